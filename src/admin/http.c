@@ -1,0 +1,284 @@
+/* http.c - request/response memory, header lookup, serialization, percent-decoding. */
+#include "admin/http.h"
+
+#include "util/err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+int admin_buf_append(admin_buf *b, const void *data, size_t n) {
+  if (n == 0)
+    return 0;
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n)
+      cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL)
+      return SM_ENOMEM;
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, n);
+  b->len += n;
+  return 0;
+}
+
+int admin_buf_printf(admin_buf *b, const char *fmt, ...) {
+  char small[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(small, sizeof(small), fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    return SM_EINVAL;
+  if ((size_t)n < sizeof(small))
+    return admin_buf_append(b, small, (size_t)n);
+  char *big = malloc((size_t)n + 1);
+  if (big == NULL)
+    return SM_ENOMEM;
+  va_start(ap, fmt);
+  vsnprintf(big, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  int err = admin_buf_append(b, big, (size_t)n);
+  free(big);
+  return err;
+}
+
+void admin_buf_finish(admin_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+struct admin_arena_block {
+  struct admin_arena_block *next;
+  max_align_t data[]; /* the allocation itself */
+};
+
+void *admin_arena_alloc(admin_arena *a, size_t n) {
+  /* One block per allocation: a request makes a handful, so a bump allocator buys nothing. */
+  struct admin_arena_block *b = malloc(sizeof(*b) + (n ? n : 1));
+  if (b == NULL)
+    return NULL;
+  b->next = a->head;
+  a->head = b;
+  return b->data;
+}
+
+char *admin_arena_strndup(admin_arena *a, const char *s, size_t n) {
+  char *p = admin_arena_alloc(a, n + 1);
+  if (p == NULL)
+    return NULL;
+  memcpy(p, s, n);
+  p[n] = '\0';
+  return p;
+}
+
+void admin_arena_finish(admin_arena *a) {
+  struct admin_arena_block *b = a->head;
+  while (b) {
+    struct admin_arena_block *next = b->next;
+    free(b);
+    b = next;
+  }
+  a->head = NULL;
+}
+
+void admin_request_free(admin_request *req) {
+  if (req == NULL)
+    return;
+  admin_arena_finish(&req->arena);
+  admin_buf_finish(&req->head);
+  free(req->body);
+  free(req);
+}
+
+const char *admin_request_header(const admin_request *req, const char *name) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcasecmp(req->headers[i].name, name) == 0)
+      return req->headers[i].value;
+  return NULL;
+}
+
+const char *admin_request_param(const admin_request *req, const char *name) {
+  for (size_t i = 0; i < req->nparams; i++)
+    if (strcmp(req->params[i].key, name) == 0)
+      return req->params[i].value;
+  return NULL;
+}
+
+const char *admin_request_query(const admin_request *req, const char *key) {
+  for (size_t i = 0; i < req->nqpairs; i++)
+    if (strcmp(req->qpairs[i].key, key) == 0)
+      return req->qpairs[i].value;
+  return NULL;
+}
+
+void admin_response_init(admin_response *res) {
+  memset(res, 0, sizeof(*res));
+  res->status = 500;
+}
+
+void admin_response_finish(admin_response *res) {
+  if (res->body)
+    (res->body_free ? res->body_free : free)(res->body);
+  res->body = NULL;
+  res->body_len = 0;
+  res->body_free = NULL;
+}
+
+int admin_response_header(admin_response *res, const char *name, const char *value) {
+  if (res->nheaders >= ADMIN_MAX_RESP_HEADERS)
+    return SM_ELIMIT;
+  snprintf(res->headers[res->nheaders].name, sizeof(res->headers[0].name), "%s", name);
+  snprintf(res->headers[res->nheaders].value, sizeof(res->headers[0].value), "%s", value);
+  res->nheaders++;
+  return 0;
+}
+
+int admin_response_set(admin_response *res, int status, const char *content_type,
+                       const char *text, size_t n) {
+  admin_response_finish(res);
+  char *body = malloc(n + 1);
+  if (body == NULL) {
+    res->status = 500;
+    res->content_type = "text/plain";
+    return SM_ENOMEM;
+  }
+  memcpy(body, text, n);
+  body[n] = '\0';
+  res->status = status;
+  res->content_type = content_type;
+  res->body = body;
+  res->body_len = n;
+  return 0;
+}
+
+/* Writes s as a JSON string body (quotes and escapes); control characters become spaces since
+ * messages are ours and never need them. */
+static int json_string(admin_buf *b, const char *s) {
+  int err = admin_buf_append(b, "\"", 1);
+  for (; !err && *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') {
+      char esc[2] = {'\\', (char)c};
+      err = admin_buf_append(b, esc, 2);
+    } else if (c < 0x20) {
+      err = admin_buf_append(b, " ", 1);
+    } else {
+      err = admin_buf_append(b, s, 1);
+    }
+  }
+  return err ? err : admin_buf_append(b, "\"", 1);
+}
+
+void admin_response_error(admin_response *res, int status, const char *code,
+                          const char *message) {
+  admin_buf b = {0};
+  int err = admin_buf_printf(&b, "{\"error\":{\"code\":");
+  if (!err)
+    err = json_string(&b, code);
+  if (!err)
+    err = admin_buf_append(&b, ",\"message\":", 11);
+  if (!err)
+    err = json_string(&b, message);
+  if (!err)
+    err = admin_buf_append(&b, "}}", 2);
+  if (err) {
+    admin_buf_finish(&b);
+    admin_response_finish(res);
+    res->status = 500;
+    return;
+  }
+  admin_response_finish(res);
+  res->status = status;
+  res->content_type = "application/json";
+  res->body = b.p;
+  res->body_len = b.len;
+  res->body_free = NULL;
+}
+
+const char *admin_status_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 413: return "Content Too Large";
+  case 415: return "Unsupported Media Type";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 503: return "Service Unavailable";
+  default: return "Unknown";
+  }
+}
+
+int admin_response_serialize(const admin_response *res, int keep_alive, admin_buf *out) {
+  size_t mark = out->len;
+  const char *body = res->body ? res->body : "";
+  size_t body_len = res->body ? res->body_len : 0;
+  int err = admin_buf_printf(out,
+                             "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                             "Connection: %s\r\n",
+                             res->status, admin_status_reason(res->status),
+                             res->content_type ? res->content_type : "application/json",
+                             body_len, keep_alive ? "keep-alive" : "close");
+  for (size_t i = 0; !err && i < res->nheaders; i++)
+    err = admin_buf_printf(out, "%s: %s\r\n", res->headers[i].name, res->headers[i].value);
+  if (!err)
+    err = admin_buf_append(out, "\r\n", 2);
+  if (!err)
+    err = admin_buf_append(out, body, body_len);
+  if (err)
+    out->len = mark; /* never leave half a response in the stream */
+  return err;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+long admin_percent_decode(const char *src, size_t n, char *dst, int plus_space) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = src[i];
+    if (c == '%') {
+      if (i + 2 >= n) /* needs two hex digits after '%' */
+        return SM_EPARSE;
+      int h = hexval(src[i + 1]), l = hexval(src[i + 2]);
+      if (h < 0 || l < 0)
+        return SM_EPARSE;
+      c = (char)(h * 16 + l);
+      if (c == '\0')
+        return SM_EPARSE;
+      i += 2;
+    } else if (c == '+' && plus_space) {
+      c = ' ';
+    } else if (c == '\0') {
+      return SM_EPARSE;
+    }
+    dst[o++] = c;
+  }
+  dst[o] = '\0';
+  return (long)o;
+}

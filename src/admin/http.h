@@ -1,0 +1,130 @@
+/* http.h - the admin API's HTTP/1.1 request and response, independent of the parser library
+ * and of the socket: handlers see only these types.
+ *
+ * A request owns all its memory (target, headers, body, decoded parameters) and frees it in one
+ * go (admin_request_free). A response is filled by a handler and serialized by the connection.
+ */
+#ifndef SM_ADMIN_HTTP_H
+#define SM_ADMIN_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits a peer cannot push past; the byte limits come from settings (ADMIN_MAX_*). */
+#define ADMIN_MAX_HEADERS 64        /* header lines per request; beyond: 431 */
+#define ADMIN_MAX_QUERY_PAIRS 64    /* key=value pairs in a query string; beyond: 400 */
+#define ADMIN_MAX_PARAMS 4          /* {param} segments in a route pattern */
+#define ADMIN_MAX_RESP_HEADERS 8    /* extra response headers a handler may add */
+#define ADMIN_PIPELINE_MAX 16       /* responses queued per connection before reading stops */
+#define ADMIN_OUTPUT_HIGH_WATER (256u * 1024u) /* output bytes per connection before reading stops */
+#define ADMIN_LINGER_MS 2000        /* after a final response, discard input this long, then close */
+
+/* A growable byte buffer with an explicit maximum (0: the caller enforces limits itself). */
+typedef struct admin_buf {
+  char *p;    /* bytes; NULL while empty and never grown */
+  size_t len; /* bytes in use */
+  size_t cap; /* bytes allocated */
+} admin_buf;
+
+/* Appends n bytes. Returns 0 or SM_ENOMEM. */
+int admin_buf_append(admin_buf *b, const void *data, size_t n);
+/* Appends printf-formatted text. Returns 0, SM_ENOMEM or SM_EINVAL. */
+int admin_buf_printf(admin_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Frees the bytes; the buffer is empty afterwards. */
+void admin_buf_finish(admin_buf *b);
+
+/* Request-scoped allocations, freed together with the request. */
+typedef struct admin_arena {
+  struct admin_arena_block *head; /* newest block first */
+} admin_arena;
+
+/* n bytes (aligned for any type) that live as long as the arena; NULL on allocation failure. */
+void *admin_arena_alloc(admin_arena *a, size_t n);
+/* A NUL-terminated copy of n bytes; NULL on allocation failure. */
+char *admin_arena_strndup(admin_arena *a, const char *s, size_t n);
+/* Frees every block. */
+void admin_arena_finish(admin_arena *a);
+
+typedef struct admin_header {
+  const char *name;  /* NUL-terminated, as sent */
+  const char *value; /* NUL-terminated, as sent (may be "") */
+} admin_header;
+
+typedef struct admin_kv {
+  const char *key;   /* NUL-terminated, percent-decoded */
+  const char *value; /* NUL-terminated, percent-decoded */
+} admin_kv;
+
+typedef struct admin_request {
+  const char *method;      /* "GET", "POST", ... (static text) */
+  const char *path;        /* request target before '?', raw (not decoded), NUL-terminated */
+  const char *query;       /* text after '?', raw, NUL-terminated; "" when absent */
+  admin_header headers[ADMIN_MAX_HEADERS];
+  size_t nheaders;
+  char *body;              /* NUL-terminated for convenience; body_len bytes */
+  size_t body_len;
+  int keep_alive;          /* the client allows another request on this connection */
+  int http_minor;          /* 0 or 1 */
+  uint64_t start_ns;       /* uv_hrtime() when its first byte arrived */
+  const char *peer;        /* client address "ip:port", set by the server */
+  admin_kv params[ADMIN_MAX_PARAMS]; /* {param} values of the matched route, decoded */
+  size_t nparams;
+  admin_kv *qpairs;        /* the parsed query string, in order; repeated keys kept */
+  size_t nqpairs;
+  void *user;              /* the auth layer's per-request data (a later issue) */
+  admin_arena arena;       /* everything above that is not static */
+  admin_buf head;          /* storage of target and header lines while parsing */
+} admin_request;
+
+/* Frees the request and all its memory. NULL is fine. */
+void admin_request_free(admin_request *req);
+
+/* Header value by case-insensitive name, or NULL. */
+const char *admin_request_header(const admin_request *req, const char *name);
+
+/* Route parameter by name ("id" of "/api/agents/{id}"), or NULL. */
+const char *admin_request_param(const admin_request *req, const char *name);
+
+/* First query value for key, or NULL; repeated keys: iterate req->qpairs. */
+const char *admin_request_query(const admin_request *req, const char *key);
+
+typedef struct admin_response {
+  int status;                   /* HTTP status code */
+  const char *content_type;     /* static text; "application/json" when NULL */
+  char *body;                   /* owned; freed with body_free (or free when NULL) */
+  size_t body_len;
+  void (*body_free)(void *);
+  struct {
+    char name[32];
+    char value[96];
+  } headers[ADMIN_MAX_RESP_HEADERS];
+  size_t nheaders;
+  int close;                    /* close the connection after this response */
+} admin_response;
+
+/* An empty 500 response: handlers overwrite it. */
+void admin_response_init(admin_response *res);
+/* Frees the body. */
+void admin_response_finish(admin_response *res);
+/* Adds a response header (copied, truncated to the field sizes). Returns 0 or SM_ELIMIT. */
+int admin_response_header(admin_response *res, const char *name, const char *value);
+/* Sets a body copied from text (n bytes). Returns 0 or SM_ENOMEM (then a 500 is answered). */
+int admin_response_set(admin_response *res, int status, const char *content_type,
+                       const char *text, size_t n);
+/* Answers {"error":{"code":code,"message":message}} with status. */
+void admin_response_error(admin_response *res, int status, const char *code,
+                          const char *message);
+
+/* Reason phrase of a status code ("Not Found"); "Unknown" for others. */
+const char *admin_status_reason(int status);
+
+/* Appends the full HTTP/1.1 response (status line, Content-Type, Content-Length, Connection,
+ * extra headers, body) to out. Returns 0 or SM_ENOMEM. */
+int admin_response_serialize(const admin_response *res, int keep_alive, admin_buf *out);
+
+/* Decodes %XX escapes (and '+' as space when plus_space) of n bytes into dst (at least n+1
+ * bytes), NUL-terminated. Returns the decoded length or SM_EPARSE for a bad escape or an
+ * embedded NUL. */
+long admin_percent_decode(const char *src, size_t n, char *dst, int plus_space);
+
+#endif

@@ -1,0 +1,243 @@
+/* http1.c - llhttp adapter. llhttp hands out spans of the caller's buffer that may be split
+ * across reads, so the target and header lines are copied into the request's own buffer as they
+ * arrive, with offsets (the buffer moves when it grows) turned into pointers once the header
+ * block is complete.
+ */
+#include "admin/http1.h"
+
+#include "util/err.h"
+
+#include <llhttp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+enum hstate { H_NONE = 0, H_FIELD, H_VALUE };
+
+struct admin_http1 {
+  llhttp_t parser;
+  llhttp_settings_t settings; /* llhttp keeps a pointer: lives as long as the parser */
+  admin_http1_config cfg;
+  admin_request *req;         /* being received; NULL between requests */
+  admin_buf body;             /* body of req while receiving */
+  size_t name_off[ADMIN_MAX_HEADERS];
+  size_t value_off[ADMIN_MAX_HEADERS];
+  size_t nheaders;            /* header lines completed so far */
+  enum hstate hstate;
+  int upgrade;                /* Upgrade/CONNECT: the connection ends after this request */
+  uint64_t seq;               /* requests begun */
+  int err_status;             /* HTTP status for the error a callback raised; 0: malformed */
+  int failed;                 /* the status to answer forever after an error; 0: fine */
+};
+
+static admin_http1 *self_of(llhttp_t *parser) {
+  return parser->data;
+}
+
+/* Appends to the header block, enforcing the header byte limit (431). */
+static int head_append(admin_http1 *p, const char *at, size_t n) {
+  admin_buf *h = &p->req->head;
+  if (h->len + n > p->cfg.max_header_bytes) {
+    p->err_status = 431;
+    return HPE_USER;
+  }
+  if (admin_buf_append(h, at, n)) {
+    p->err_status = 500;
+    return HPE_USER;
+  }
+  return 0;
+}
+
+static int on_message_begin(llhttp_t *parser) {
+  admin_http1 *p = self_of(parser);
+  admin_request_free(p->req);
+  admin_buf_finish(&p->body);
+  p->req = calloc(1, sizeof(*p->req));
+  if (p->req == NULL) {
+    p->err_status = 500;
+    return HPE_USER;
+  }
+  p->req->start_ns = uv_hrtime();
+  p->req->query = "";
+  p->nheaders = 0;
+  p->hstate = H_NONE;
+  p->upgrade = 0;
+  p->seq++;
+  return 0;
+}
+
+static int on_url(llhttp_t *parser, const char *at, size_t n) {
+  return head_append(self_of(parser), at, n);
+}
+
+static int on_url_complete(llhttp_t *parser) {
+  return head_append(self_of(parser), "", 1);
+}
+
+/* Closes a header whose value never produced a span (an empty value). */
+static int end_value(admin_http1 *p) {
+  if (p->hstate != H_VALUE)
+    return 0;
+  p->hstate = H_NONE;
+  p->nheaders++;
+  return head_append(p, "", 1);
+}
+
+static int on_header_field(llhttp_t *parser, const char *at, size_t n) {
+  admin_http1 *p = self_of(parser);
+  if (p->hstate != H_FIELD) {
+    int err = end_value(p);
+    if (err)
+      return err;
+    if (p->nheaders >= ADMIN_MAX_HEADERS) {
+      p->err_status = 431;
+      return HPE_USER;
+    }
+    p->name_off[p->nheaders] = p->req->head.len;
+    p->hstate = H_FIELD;
+  }
+  return head_append(p, at, n);
+}
+
+static int on_header_field_complete(llhttp_t *parser) {
+  admin_http1 *p = self_of(parser);
+  int err = head_append(p, "", 1);
+  p->value_off[p->nheaders] = p->req->head.len;
+  p->hstate = H_VALUE;
+  return err;
+}
+
+static int on_header_value(llhttp_t *parser, const char *at, size_t n) {
+  return head_append(self_of(parser), at, n);
+}
+
+static int on_header_value_complete(llhttp_t *parser) {
+  return end_value(self_of(parser));
+}
+
+static int on_headers_complete(llhttp_t *parser) {
+  admin_http1 *p = self_of(parser);
+  int err = end_value(p);
+  if (err)
+    return err;
+  admin_request *req = p->req;
+  if (req->head.len == 0) { /* no target: cannot happen with a valid request line */
+    p->err_status = 400;
+    return HPE_USER;
+  }
+  char *base = req->head.p;
+  req->path = base;
+  char *q = strchr(base, '?');
+  if (q) {
+    *q = '\0';
+    req->query = q + 1;
+  }
+  for (size_t i = 0; i < p->nheaders; i++) {
+    req->headers[i].name = base + p->name_off[i];
+    req->headers[i].value = base + p->value_off[i];
+  }
+  req->nheaders = p->nheaders;
+  req->method = llhttp_method_name((llhttp_method_t)parser->method);
+  req->http_minor = parser->http_minor;
+  req->keep_alive = llhttp_should_keep_alive(parser);
+  p->upgrade = parser->upgrade;
+  if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > p->cfg.max_body_bytes) {
+    p->err_status = 413;
+    return HPE_USER;
+  }
+  return 0;
+}
+
+static int on_body(llhttp_t *parser, const char *at, size_t n) {
+  admin_http1 *p = self_of(parser);
+  if (p->body.len + n > p->cfg.max_body_bytes) {
+    p->err_status = 413;
+    return HPE_USER;
+  }
+  if (admin_buf_append(&p->body, at, n)) {
+    p->err_status = 500;
+    return HPE_USER;
+  }
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *parser) {
+  admin_http1 *p = self_of(parser);
+  admin_request *req = p->req;
+  if (admin_buf_append(&p->body, "", 1)) {
+    p->err_status = 500;
+    return HPE_USER;
+  }
+  req->body = p->body.p;
+  req->body_len = p->body.len - 1;
+  p->body = (admin_buf){0};
+  if (p->upgrade)
+    req->keep_alive = 0; /* we speak no other protocol: answer, then close */
+  p->req = NULL;
+  /* The callee may pause; llhttp then stops right after this message's last byte. */
+  return p->cfg.on_request(p->cfg.ud, req) ? HPE_PAUSED : 0;
+}
+
+int admin_http1_create(const admin_http1_config *cfg, admin_http1 **out) {
+  if (cfg == NULL || cfg->on_request == NULL || cfg->max_header_bytes == 0)
+    return SM_EINVAL;
+  admin_http1 *p = calloc(1, sizeof(*p));
+  if (p == NULL)
+    return SM_ENOMEM;
+  p->cfg = *cfg;
+  llhttp_settings_init(&p->settings);
+  p->settings.on_message_begin = on_message_begin;
+  p->settings.on_url = on_url;
+  p->settings.on_url_complete = on_url_complete;
+  p->settings.on_header_field = on_header_field;
+  p->settings.on_header_field_complete = on_header_field_complete;
+  p->settings.on_header_value = on_header_value;
+  p->settings.on_header_value_complete = on_header_value_complete;
+  p->settings.on_headers_complete = on_headers_complete;
+  p->settings.on_body = on_body;
+  p->settings.on_message_complete = on_message_complete;
+  llhttp_init(&p->parser, HTTP_REQUEST, &p->settings);
+  p->parser.data = p;
+  *out = p;
+  return 0;
+}
+
+void admin_http1_destroy(admin_http1 *p) {
+  if (p == NULL)
+    return;
+  admin_request_free(p->req);
+  admin_buf_finish(&p->body);
+  free(p);
+}
+
+long admin_http1_feed(admin_http1 *p, const char *data, size_t len, int *status) {
+  if (p->failed) {
+    *status = p->failed;
+    return SM_EPARSE;
+  }
+  if (len == 0)
+    return 0;
+  llhttp_errno_t e = llhttp_execute(&p->parser, data, len);
+  switch (e) {
+  case HPE_OK:
+    return (long)len;
+  case HPE_PAUSED: {
+    long used = (long)(llhttp_get_error_pos(&p->parser) - data);
+    llhttp_resume(&p->parser);
+    return used;
+  }
+  case HPE_PAUSED_UPGRADE:
+    /* The request was delivered with keep_alive 0; whatever follows is not ours to parse. */
+    return (long)len;
+  default:
+    p->failed = p->err_status ? p->err_status : 400;
+    *status = p->failed;
+    return p->failed == 431 ? SM_ELIMIT : p->failed == 413 ? SM_ETOOBIG
+                                        : p->failed == 500 ? SM_ENOMEM
+                                                           : SM_EPARSE;
+  }
+}
+
+uint64_t admin_http1_pending(const admin_http1 *p) {
+  return p->req ? p->seq : 0;
+}

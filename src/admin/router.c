@@ -1,0 +1,173 @@
+/* router.c - route matching segment by segment; the table is small (tens of routes), so a
+ * linear scan beats any index and keeps "first registered wins" obvious. */
+#include "admin/router.h"
+
+#include "util/err.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void admin_router_init(admin_router *r, void *ud) {
+  memset(r, 0, sizeof(*r));
+  r->ud = ud;
+}
+
+/* Length of the segment starting at s (up to '/' or the end). */
+static size_t seg_len(const char *s) {
+  size_t n = 0;
+  while (s[n] && s[n] != '/')
+    n++;
+  return n;
+}
+
+static int is_param(const char *seg, size_t n) {
+  return n >= 3 && seg[0] == '{' && seg[n - 1] == '}';
+}
+
+int admin_router_add(admin_router *r, const char *method, const char *pattern,
+                     admin_handler_fn fn, admin_role min_role) {
+  if (method == NULL || pattern == NULL || fn == NULL || pattern[0] != '/')
+    return SM_EINVAL;
+  size_t params = 0;
+  for (const char *s = pattern + 1;;) {
+    size_t n = seg_len(s);
+    if (is_param(s, n))
+      params++;
+    if (s[n] == '\0')
+      break;
+    s += n + 1;
+  }
+  if (params > ADMIN_MAX_PARAMS)
+    return SM_EINVAL;
+  if (r->n >= ADMIN_MAX_ROUTES)
+    return SM_ELIMIT;
+  r->routes[r->n++] = (admin_route){method, pattern, fn, min_role};
+  return 0;
+}
+
+/* Whether path fits pattern; fills the params of m when it does. */
+static int pattern_match(const char *pattern, const char *path, admin_match *m) {
+  if (path[0] != '/')
+    return 0;
+  const char *p = pattern + 1, *s = path + 1;
+  m->nparams = 0;
+  for (;;) {
+    size_t pn = seg_len(p), sn = seg_len(s);
+    if (is_param(p, pn)) {
+      if (sn == 0) /* a param never matches an empty segment */
+        return 0;
+      m->params[m->nparams].name = p + 1;
+      m->params[m->nparams].name_len = pn - 2;
+      m->params[m->nparams].value = s;
+      m->params[m->nparams].value_len = sn;
+      m->nparams++;
+    } else if (pn != sn || memcmp(p, s, pn) != 0) {
+      return 0;
+    }
+    int pend = p[pn] == '\0', send = s[sn] == '\0';
+    if (pend || send)
+      return pend && send;
+    p += pn + 1;
+    s += sn + 1;
+  }
+}
+
+int admin_router_match(const admin_router *r, const char *method, const char *path,
+                       admin_match *m) {
+  memset(m, 0, sizeof(*m));
+  size_t alen = 0;
+  int path_known = 0;
+  admin_match tmp;
+  for (size_t i = 0; i < r->n; i++) {
+    const admin_route *rt = &r->routes[i];
+    if (!pattern_match(rt->pattern, path, &tmp))
+      continue;
+    if (strcmp(rt->method, method) == 0) {
+      *m = tmp;
+      m->route = rt;
+      return 0;
+    }
+    path_known = 1;
+    /* Allow lists each method once. */
+    char probe[24];
+    snprintf(probe, sizeof(probe), "%s", rt->method);
+    int dup = 0;
+    for (const char *a = m->allow; *a;) {
+      size_t n = strcspn(a, ",");
+      if (n == strlen(probe) && memcmp(a, probe, n) == 0)
+        dup = 1;
+      a += n;
+      while (*a == ',' || *a == ' ')
+        a++;
+    }
+    if (!dup && alen + strlen(probe) + 3 < sizeof(m->allow))
+      alen += (size_t)snprintf(m->allow + alen, sizeof(m->allow) - alen, "%s%s",
+                               alen ? ", " : "", probe);
+  }
+  return path_known ? SM_EPERM : SM_ENOENT;
+}
+
+int admin_match_bind(const admin_match *m, admin_request *req) {
+  req->nparams = 0;
+  for (size_t i = 0; i < m->nparams; i++) {
+    char *name = admin_arena_strndup(&req->arena, m->params[i].name, m->params[i].name_len);
+    char *value = admin_arena_alloc(&req->arena, m->params[i].value_len + 1);
+    if (name == NULL || value == NULL)
+      return SM_ENOMEM;
+    /* '+' is literal in a path; only the query uses it for spaces. */
+    long n = admin_percent_decode(m->params[i].value, m->params[i].value_len, value, 0);
+    if (n < 0)
+      return (int)n;
+    req->params[i].key = name;
+    req->params[i].value = value;
+    req->nparams = i + 1;
+  }
+  return 0;
+}
+
+int admin_query_parse(admin_request *req, const char *qs) {
+  req->qpairs = NULL;
+  req->nqpairs = 0;
+  size_t pairs = 0;
+  for (const char *s = qs; *s;) {
+    size_t n = strcspn(s, "&");
+    if (n)
+      pairs++;
+    s += n;
+    if (*s)
+      s++;
+  }
+  if (pairs == 0)
+    return 0;
+  if (pairs > ADMIN_MAX_QUERY_PAIRS)
+    return SM_ELIMIT;
+  admin_kv *kv = admin_arena_alloc(&req->arena, pairs * sizeof(*kv));
+  if (kv == NULL)
+    return SM_ENOMEM;
+  size_t i = 0;
+  for (const char *s = qs; *s;) {
+    size_t n = strcspn(s, "&");
+    if (n) {
+      const char *eq = memchr(s, '=', n);
+      size_t klen = eq ? (size_t)(eq - s) : n;
+      size_t vlen = eq ? n - klen - 1 : 0;
+      char *k = admin_arena_alloc(&req->arena, klen + 1);
+      char *v = admin_arena_alloc(&req->arena, vlen + 1);
+      if (k == NULL || v == NULL)
+        return SM_ENOMEM;
+      long kn = admin_percent_decode(s, klen, k, 1);
+      long vn = admin_percent_decode(eq ? eq + 1 : "", vlen, v, 1);
+      if (kn < 0 || vn < 0)
+        return SM_EPARSE;
+      kv[i].key = k;
+      kv[i].value = v;
+      i++;
+    }
+    s += n;
+    if (*s)
+      s++;
+  }
+  req->qpairs = kv;
+  req->nqpairs = i;
+  return 0;
+}

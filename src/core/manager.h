@@ -1,0 +1,43 @@
+/* manager.h - the manager context: the root of the context tree (manager -> listeners ->
+ * connections -> streams). It owns the loop's long-lived objects and the shutdown sequence.
+ */
+#ifndef SM_CORE_MANAGER_H
+#define SM_CORE_MANAGER_H
+
+#include "core/registry.h"
+#include "core/settings.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+struct grpc_server;
+struct admin_server;
+
+typedef struct sm_manager {
+  uv_loop_t *loop;
+  const sm_settings *settings;
+  agent_registry *registry;
+  struct grpc_server *grpc;   /* agent listener (src/grpc/server.h) */
+  struct admin_server *admin; /* admin HTTP listener (src/admin/server.h) */
+  int64_t started_at_ms;      /* unix ms */
+  int draining;               /* shutdown in progress: /ready says 503, no new work */
+  int maintenance;            /* maintenance mode: new commands refused, agents stay */
+  int stopping;               /* the loop's handles are closing */
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  uv_timer_t drain_timer;     /* ends the drain at DRAIN_TIMEOUT */
+  int signals;                /* signals received; a second one exits at once */
+} sm_manager;
+
+/* Builds every module from the settings and starts listening. Returns 0 or an SM_E* code
+ * (already logged). */
+int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s);
+
+/* Starts a graceful shutdown: stop accepting, GOAWAY, drain up to DRAIN_TIMEOUT, close. Safe to
+ * call more than once. */
+void sm_manager_shutdown(sm_manager *m, const char *why);
+
+/* Whether the manager is ready for work (GET /ready); *reason names what is missing. */
+int sm_manager_ready(const sm_manager *m, const char **reason);
+
+#endif

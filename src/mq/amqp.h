@@ -1,0 +1,143 @@
+/* amqp.h - the RabbitMQ adapter: one AMQP 0-9-1 connection driven by the libuv loop.
+ *
+ * The only module that includes rabbitmq-c. It owns the socket (non-blocking connect, uv_poll),
+ * heartbeats (uv timer), reconnection with exponential backoff and jitter, and three channels:
+ *   1  consuming (basic.qos / basic.consume / basic.ack), deliveries go to one consumer hook;
+ *   2  publishing with publisher confirms: every publish gets exactly one completion callback;
+ *   3  the periodic passive queue.declare that reads the command queue's depth.
+ * On connect it declares the durable queues: the command queue, <command queue>.dlq and the
+ * result queue. The login handshake (connection.start .. open-ok) uses rabbitmq-c's synchronous
+ * amqp_login bounded by a short handshake timeout; everything after it (channels, confirm.select,
+ * declares, qos, consume) is sent as pipelined method frames whose -ok replies are handled
+ * asynchronously, so a connected broker never blocks the loop on an RPC.
+ *
+ * Callbacks never run inside the call that caused them; they run from loop events.
+ */
+#ifndef SM_MQ_AMQP_H
+#define SM_MQ_AMQP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct mq_conn mq_conn;
+
+/* A byte string that is not NUL-terminated; borrowed unless said otherwise. */
+typedef struct mq_slice {
+  const char *base;
+  size_t len;
+} mq_slice;
+
+/* One string header of a message (other header value types are skipped on receive). */
+typedef struct mq_header {
+  mq_slice key;
+  mq_slice value;
+} mq_header;
+
+/* The message properties the project uses; empty slices are "absent". */
+typedef struct mq_props {
+  mq_slice content_type;   /* e.g. application/json */
+  mq_slice reply_to;       /* queue to answer to */
+  mq_slice correlation_id; /* echoed in the answer */
+  mq_slice message_id;     /* publisher's id of the message */
+  const mq_header *headers;/* string headers */
+  size_t n_headers;
+  int persistent;          /* delivery_mode 2 */
+} mq_props;
+
+/* A received message; everything it points to is valid only during the callback. */
+typedef struct mq_message {
+  uint64_t delivery_tag; /* channel 1 tag, for mq_conn_ack / mq_conn_nack */
+  uint64_t generation;   /* connection generation that delivered it */
+  int redelivered;       /* broker's redelivered flag */
+  mq_slice routing_key;
+  mq_slice body;
+  mq_props props;
+} mq_message;
+
+typedef struct mq_conn_opts {
+  const char *url;            /* amqp://user:pass@host:port/vhost (required) */
+  const char *command_queue;  /* declared durable with <name>.dlq; NULL: "agent-commands" */
+  const char *result_queue;   /* declared durable; NULL: "agent-results" */
+  unsigned heartbeat_s;       /* negotiated heartbeat; 0: 30 s */
+  double connect_timeout_s;   /* TCP connect + handshake + setup bound; 0: 5 s */
+  double backoff_min_s;       /* first reconnect delay; 0: 0.2 s */
+  double backoff_max_s;       /* reconnect delay cap; 0: 30 s */
+  double depth_interval_s;    /* command queue depth poll period; 0: 5 s, <0: off */
+  size_t max_unconfirmed;     /* publishes awaiting a confirm; 0: 4096 */
+  size_t max_message_bytes;   /* largest accepted delivery body; 0: 4 MiB (bigger: nack to DLQ) */
+} mq_conn_opts;
+
+/* Called on every transition to connected (up=1, err=0) or away from it (up=0, err says why).
+ * A connect attempt that fails before reaching "connected" reports up=0 too. */
+typedef void (*mq_state_cb)(mq_conn *c, int up, int err, void *ud);
+
+/* Called for each message delivered on channel 1. */
+typedef void (*mq_deliver_cb)(mq_conn *c, const mq_message *m, void *ud);
+
+/* Completion of one publish: 0 confirmed (basic.ack), SM_EIO nacked by the broker, SM_ECLOSED
+ * connection lost before the confirm (the message may or may not have arrived), SM_ECANCELED
+ * adapter destroyed. */
+typedef void (*mq_publish_cb)(int status, void *ud);
+
+/* Called with the command queue's message count after each depth poll. */
+typedef void (*mq_depth_cb)(mq_conn *c, uint64_t messages, uint32_t consumers, void *ud);
+
+/* Creates an adapter on loop; nothing connects until mq_conn_start. Returns 0, SM_EINVAL
+ * (missing or unparsable url: nothing allocated) or SM_ENOMEM. */
+int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out);
+
+/* Starts connecting (and reconnecting forever until destroyed). Returns 0 or SM_ESTATE. */
+int mq_conn_start(mq_conn *c);
+
+/* Closes the connection and all handles; pending publish callbacks run with SM_ECANCELED from
+ * inside this call. Memory is released after the loop ran the close callbacks. NULL is fine. */
+void mq_conn_destroy(mq_conn *c);
+
+/* Adds a state listener (at most 4). Returns 0 or SM_ELIMIT. */
+int mq_conn_on_state(mq_conn *c, mq_state_cb cb, void *ud);
+
+/* Sets the one consumer hook for channel 1 deliveries. */
+void mq_conn_set_consumer(mq_conn *c, mq_deliver_cb cb, void *ud);
+
+/* Sets the depth callback (optional; the getter works without it). */
+void mq_conn_on_depth(mq_conn *c, mq_depth_cb cb, void *ud);
+
+/* Whether the connection is up and set up (channels open, queues declared). */
+int mq_conn_is_up(const mq_conn *c);
+
+/* Generation of the current connection: increases on every successful connect. Delivery tags
+ * are only meaningful within their generation. */
+uint64_t mq_conn_generation(const mq_conn *c);
+
+/* Last known depth of the command queue; returns 0, or SM_EAGAIN when never read yet. */
+int mq_conn_queue_depth(const mq_conn *c, uint64_t *messages);
+
+/* Names of the declared queues (as configured). */
+const char *mq_conn_command_queue(const mq_conn *c);
+const char *mq_conn_result_queue(const mq_conn *c);
+
+/* Publishes body to the default exchange with routing key `queue`, on the confirm channel.
+ * cb (may be NULL) runs exactly once, later, with the outcome. Returns 0 (cb will run),
+ * SM_ECLOSED when not connected, SM_ELIMIT when max_unconfirmed publishes are pending,
+ * SM_EINVAL, or SM_EIO when the send failed (cb will not run; the connection is dropped). */
+int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props *props,
+                    mq_publish_cb cb, void *ud);
+
+/* Number of publishes awaiting a confirm. */
+size_t mq_conn_unconfirmed(const mq_conn *c);
+
+/* Starts consuming `queue` on channel 1 with prefetch; re-issued after every reconnect until
+ * mq_conn_consume_stop. Returns 0, SM_EINVAL or SM_EIO (connection dropped). When not connected
+ * it only records the wish. */
+int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch);
+
+/* Cancels the consumer (basic.cancel): no new deliveries; unacked ones stay unacked. */
+int mq_conn_consume_stop(mq_conn *c);
+
+/* Acks / nacks a delivery of generation gen. Returns 0, SM_ECLOSED when gen is not the current
+ * connection (the broker redelivers it anyway), or SM_EIO. */
+int mq_conn_ack(mq_conn *c, uint64_t gen, uint64_t tag);
+int mq_conn_nack(mq_conn *c, uint64_t gen, uint64_t tag, int requeue);
+
+#endif
