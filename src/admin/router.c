@@ -171,3 +171,36 @@ int admin_query_parse(admin_request *req, const char *qs) {
   req->nqpairs = i;
   return 0;
 }
+
+void admin_router_dispatch(const admin_router *r, admin_request *req, admin_response *res) {
+  admin_match m;
+  int err = admin_router_match(r, req->method, req->path, &m);
+  if (err == SM_ENOENT) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "no such resource: %.120s", req->path);
+    admin_response_error(res, 404, "not_found", msg);
+    return;
+  }
+  if (err == SM_EPERM) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "method %s not allowed; allowed: %s", req->method, m.allow);
+    admin_response_error(res, 405, "method_not_allowed", msg);
+    admin_response_header(res, "Allow", m.allow);
+    return;
+  }
+  err = admin_match_bind(&m, req);
+  if (err == 0)
+    err = admin_query_parse(req, req->query ? req->query : "");
+  if (err == SM_ENOMEM) {
+    admin_response_error(res, 500, "internal", "out of memory");
+    return;
+  }
+  if (err) {
+    admin_response_error(res, 400, "bad_request",
+                         err == SM_ELIMIT ? "too many query parameters"
+                                          : "malformed percent-encoding in the URL");
+    return;
+  }
+  /* The route's min_role is checked here once authentication exists (a later issue). */
+  m.route->fn(r->ud, req, res);
+}

@@ -66,6 +66,10 @@ int admin_router_match(const admin_router *r, const char *method, const char *pa
  * escape: 400) or SM_ENOMEM. */
 int admin_match_bind(const admin_match *m, admin_request *req);
 
+/* Routes req and runs its handler: 404 for an unknown path, 405 with Allow for a known path
+ * and another method, 400 for a malformed path parameter or query string. */
+void admin_router_dispatch(const admin_router *r, admin_request *req, admin_response *res);
+
 /* Parses an application/x-www-form-urlencoded query (qs, NUL-terminated) into req->qpairs in
  * order (repeated keys kept; '+' is a space; "k" alone is k=""). Returns 0, SM_EPARSE (bad
  * escape), SM_ELIMIT (more than ADMIN_MAX_QUERY_PAIRS pairs) or SM_ENOMEM. */

@@ -6,7 +6,7 @@
  * connections, since a read is consumed before the next one starts) and the flush list, so each
  * connection's output is gathered and written once per loop turn.
  *
- * Lifetime: client_call_start → on_ready → on_message* → on_closed (always exactly once, from a
+ * Lifetime: client_call_start -> on_ready -> on_message* -> on_closed (always exactly once, from a
  * close callback, after which the call is freed). Nothing calls back inside the call that
  * requested it.
  */
@@ -23,14 +23,14 @@ typedef struct client_ctx client_ctx;
 typedef struct client_call client_call;
 typedef struct net_tls_ctx net_tls_ctx;
 
-#define CLIENT_CALL_SEND_MAX (1u << 20)    /* queued outgoing bytes per call before SM_ELIMIT */
-#define CLIENT_CALL_RECV_MAX (4u << 20)    /* largest accepted incoming message */
+#define CLIENT_CALL_SEND_MAX (1u << 20)      /* queued outgoing bytes per call before SM_ELIMIT */
+#define CLIENT_CALL_RECV_MAX (4u << 20)      /* largest accepted incoming message */
 #define CLIENT_CALL_CONNECT_TIMEOUT_MS 10000 /* TCP connect plus TLS handshake */
-#define CLIENT_CALL_FINISH_TIMEOUT_MS 2000 /* wait for the server to end the call on finish */
+#define CLIENT_CALL_FINISH_TIMEOUT_MS 2000   /* wait for the server to end the call on finish */
 
 /* A request header besides the pseudo-headers and the gRPC ones. */
 typedef struct client_header {
-  const char *name;  /* lower case */
+  const char *name; /* lower case */
   const char *value;
 } client_header;
 
@@ -41,8 +41,8 @@ typedef struct client_call_req {
   const char *path;                 /* e.g. "/scan.AgentService/Connect" */
   const client_header *headers;     /* extra headers (copied by nghttp2 at start) */
   size_t nheaders;
-  net_tls_ctx *tls;                 /* client TLS context, or NULL for h2c */
-  const char *server_name;          /* SNI and verified name with TLS, or NULL */
+  net_tls_ctx *tls;        /* client TLS context, or NULL for h2c */
+  const char *server_name; /* SNI and verified name with TLS, or NULL */
 } client_call_req;
 
 typedef struct client_call_cbs {

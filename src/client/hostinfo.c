@@ -1,6 +1,7 @@
 /* hostinfo.c - /proc/stat, /proc/meminfo, /proc/loadavg, /proc/uptime, uname. */
 #include "client/hostinfo.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/utsname.h>
@@ -12,8 +13,8 @@ static int read_cpu(uint64_t *total, uint64_t *idle) {
   int n;
   if (f == NULL)
     return -1;
-  n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-             &v[4], &v[5], &v[6], &v[7]);
+  n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+             &v[5], &v[6], &v[7]);
   fclose(f);
   if (n < 4)
     return -1;
@@ -68,9 +69,8 @@ void client_hostname(char *buf, size_t cap) {
 }
 
 static void fact(client_fact *facts, size_t *n, const char *k, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 4, 5)));
 
-#include <stdarg.h>
 static void fact(client_fact *facts, size_t *n, const char *k, const char *fmt, ...) {
   va_list ap;
   if (*n >= CLIENT_FACTS_MAX)

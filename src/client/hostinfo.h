@@ -12,11 +12,11 @@
 #include <stdint.h>
 
 typedef struct client_hostinfo {
-  uint64_t sampled_ms;   /* loop time of the last sample; 0: never */
-  uint64_t cpu_total;    /* jiffies of all states at the last /proc/stat read */
-  uint64_t cpu_idle;     /* jiffies idle + iowait at that read */
-  double cpu_usage;      /* percent busy, 0..100, between the last two reads */
-  double memory_usage;   /* percent of MemTotal not available, 0..100 */
+  uint64_t sampled_ms; /* loop time of the last sample; 0: never */
+  uint64_t cpu_total;  /* jiffies of all states at the last /proc/stat read */
+  uint64_t cpu_idle;   /* jiffies idle + iowait at that read */
+  double cpu_usage;    /* percent busy, 0..100, between the last two reads */
+  double memory_usage; /* percent of MemTotal not available, 0..100 */
 } client_hostinfo;
 
 /* Refreshes the figures when now_ms is a second or more past the last sample. The first call

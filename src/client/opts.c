@@ -134,8 +134,8 @@ typedef struct opt_def {
   const char *name; /* without "--" */
   const char *env;  /* CONTRACT.md environment variable, or NULL */
   enum opt_kind kind;
-  size_t off;      /* offset in client_opts */
-  double lo, hi;   /* bounds of numbers */
+  size_t off;    /* offset in client_opts */
+  double lo, hi; /* bounds of numbers */
 } opt_def;
 
 #define OFF(f) offsetof(client_opts, f)
@@ -188,8 +188,7 @@ static int apply(client_opts *o, const opt_def *d, const char *flag, const char 
     return 0;
   case O_DBL:
     if (parse_double(v, d->lo, d->hi, &dv))
-      return fail(err, errlen, flag, "expected a number in [%g, %g], got \"%s\"", d->lo, d->hi,
-                  v);
+      return fail(err, errlen, flag, "expected a number in [%g, %g], got \"%s\"", d->lo, d->hi, v);
     *(double *)(base + d->off) = dv;
     return 0;
   case O_U32:
@@ -254,8 +253,8 @@ static const opt_def *find_opt(const char *name, size_t len) {
   return NULL;
 }
 
-int client_opts_parse(client_opts *o, int argc, char **argv, client_getenv_fn env, char *err,
-                      size_t errlen) {
+int client_opts_parse(client_opts *o, int argc, const char *const *argv, client_getenv_fn env,
+                      char *err, size_t errlen) {
   int given[sizeof(opt_table) / sizeof(opt_table[0])] = {0};
   int rc;
 

@@ -63,8 +63,8 @@ typedef const char *(*client_getenv_fn)(const char *name);
 
 /* Parses argv (argv[0] skipped) over the defaults and the environment. Returns 0, or SM_EINVAL
  * with err holding "--flag: reason" (no program name, no newline). */
-int client_opts_parse(client_opts *o, int argc, char **argv, client_getenv_fn env, char *err,
-                      size_t errlen);
+int client_opts_parse(client_opts *o, int argc, const char *const *argv, client_getenv_fn env,
+                      char *err, size_t errlen);
 
 /* Checks a capabilities text: comma-separated key=value pairs, keys non-empty; empty text is
  * valid. Returns the number of pairs, or SM_EINVAL with err holding the reason. */

@@ -27,6 +27,8 @@ typedef struct sm_manager {
   uv_signal_t sigint;
   uv_timer_t drain_timer;     /* ends the drain at DRAIN_TIMEOUT */
   int signals;                /* signals received; a second one exits at once */
+  int64_t drain_started_ms;   /* unix ms when the drain began */
+  int open_handles;           /* the manager's own handles not yet closed */
 } sm_manager;
 
 /* Builds every module from the settings and starts listening. Returns 0 or an SM_E* code

@@ -51,7 +51,8 @@ typedef struct mq_message {
   uint64_t generation;   /* connection generation that delivered it */
   int redelivered;       /* broker's redelivered flag */
   mq_slice routing_key;
-  mq_slice body;
+  mq_slice body;          /* at most max_message_bytes */
+  size_t body_size;       /* the message's full size; > body.len when truncated */
   mq_props props;
 } mq_message;
 
@@ -65,7 +66,8 @@ typedef struct mq_conn_opts {
   double backoff_max_s;       /* reconnect delay cap; 0: 30 s */
   double depth_interval_s;    /* command queue depth poll period; 0: 5 s, <0: off */
   size_t max_unconfirmed;     /* publishes awaiting a confirm; 0: 4096 */
-  size_t max_message_bytes;   /* largest accepted delivery body; 0: 4 MiB (bigger: nack to DLQ) */
+  size_t max_message_bytes;   /* body bytes kept per delivery; 0: 16 MiB (the rest is counted in
+                                 body_size but discarded: the consumer dead-letters such messages) */
 } mq_conn_opts;
 
 /* Called on every transition to connected (up=1, err=0) or away from it (up=0, err says why).
@@ -96,6 +98,9 @@ void mq_conn_destroy(mq_conn *c);
 
 /* Adds a state listener (at most 4). Returns 0 or SM_ELIMIT. */
 int mq_conn_on_state(mq_conn *c, mq_state_cb cb, void *ud);
+
+/* Removes the listener added with exactly this cb and ud (no-op when absent). */
+void mq_conn_off_state(mq_conn *c, mq_state_cb cb, void *ud);
 
 /* Sets the one consumer hook for channel 1 deliveries. */
 void mq_conn_set_consumer(mq_conn *c, mq_deliver_cb cb, void *ud);

@@ -36,13 +36,13 @@ struct net_tls {
   char err[TLS_ERR_MAX];
 };
 
-/* Formats OpenSSL's queued errors (the deepest reason last) into buf and clears the queue. */
+/* Formats the first of OpenSSL's queued errors (the root cause; later ones are the callers'
+ * summaries) into buf and clears the queue. */
 static void tls_reason(char *buf, size_t cap, const char *fallback) {
-  unsigned long e, last = 0;
-  while ((e = ERR_get_error()) != 0)
-    last = e;
-  if (last != 0)
-    ERR_error_string_n(last, buf, cap);
+  unsigned long first = ERR_get_error();
+  ERR_clear_error();
+  if (first != 0)
+    ERR_error_string_n(first, buf, cap);
   else
     snprintf(buf, cap, "%s", fallback);
 }

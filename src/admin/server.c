@@ -1,0 +1,651 @@
+/* server.c - the admin listener on libuv.
+ *
+ * Per connection: one uv_tcp_t, one uv_timer_t (whichever deadline applies now: request, idle,
+ * write stall, linger), an llhttp parser (http1.c), and two output buffers: `out` gathers the
+ * responses of this loop turn, `wbuf` is the one write in flight. A uv_check handle flushes every
+ * connection that gathered output once per loop turn. Reading stops when a connection has
+ * ADMIN_PIPELINE_MAX responses or ADMIN_OUTPUT_HIGH_WATER bytes not yet written; the unparsed
+ * rest of the last read waits in `stash` until the output drains.
+ *
+ * Closing is two-phase: a connection is marked C_CLOSING, its handles are closed, and its memory
+ * is freed in the last close callback. The server is freed after all its handles closed.
+ */
+#include "admin/server.h"
+
+#include "admin/handlers.h"
+#include "admin/http1.h"
+#include "admin/router.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ADMIN_READ_BUF (64 * 1024) /* one read; shared by all connections (reads are sync) */
+#define ADMIN_BACKLOG 511
+#define ADMIN_BUF_KEEP (64 * 1024) /* output buffers larger than this are freed after a write */
+
+enum conn_state {
+  C_OPEN = 0, /* reading requests */
+  C_DRAIN,    /* a final response is queued: write everything, then shut down */
+  C_LINGER,   /* write side shut down: discard input until EOF or ADMIN_LINGER_MS */
+  C_CLOSING,  /* handles closing; freed in the last close callback */
+};
+
+enum timer_kind { T_NONE = 0, T_IDLE, T_REQUEST, T_WRITE, T_LINGER };
+
+typedef struct admin_conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  struct admin_server *srv;
+  admin_http1 *http;
+  char peer[64];              /* "ip:port" of the client */
+  enum conn_state state;
+  int handles;                /* open handles; freed at 0 */
+  int reading;                /* uv_read_start active */
+  int peer_eof;               /* the client shut down its side */
+  admin_buf out;              /* gathered this turn, not yet handed to uv_write */
+  size_t out_n;               /* responses in out */
+  admin_buf wbuf;             /* the bytes of the write in flight */
+  size_t w_n;                 /* responses in wbuf */
+  int writing;                /* wreq in flight */
+  uv_write_t wreq;
+  uv_shutdown_t sreq;
+  admin_buf stash;            /* input not parsed yet because output backed up */
+  enum timer_kind tkind;      /* deadline the timer runs for */
+  uint64_t tseq;              /* request sequence the T_REQUEST deadline belongs to */
+  int dirty;                  /* on the server's flush list */
+  struct admin_conn *dprev, *dnext; /* flush list */
+  struct admin_conn *prev, *next;   /* all connections */
+} admin_conn;
+
+struct admin_server {
+  uv_loop_t *loop;
+  sm_manager *m;
+  const sm_settings *s;
+  admin_router router;
+  char host[256];
+  int port;
+  int bound_port;             /* -1 until listening */
+  uv_tcp_t listener;
+  uv_check_t flusher;         /* flushes gathered output once per loop turn, right after poll */
+  uv_idle_t kick;             /* output gathered outside poll (timers, write callbacks): keeps
+                                 the next poll from blocking until it is flushed */
+  int listener_closed;
+  int stopping;               /* stop_accepting called: no keep-alive from now on */
+  int closing;                /* admin_server_close called */
+  size_t open_handles;        /* handles whose close callback has not run */
+  admin_conn *conns;
+  size_t nconns;
+  admin_conn *dirty;          /* connections with output to flush this turn */
+  uint64_t request_timeout_ms;
+  uint64_t idle_timeout_ms;
+  void (*close_cb)(void *ud);
+  void *close_ud;
+  char rbuf[ADMIN_READ_BUF];
+};
+
+static void conn_close(admin_conn *c);
+static void conn_input(admin_conn *c, const char *data, size_t len);
+static void conn_update_timer(admin_conn *c);
+static void on_flush(uv_check_t *h);
+static void on_kick(uv_idle_t *h);
+
+static uint64_t secs_to_ms(double s) {
+  return s <= 0 ? 1 : (uint64_t)(s * 1000.0 + 0.5);
+}
+
+static void server_maybe_free(struct admin_server *srv) {
+  if (!srv->closing || srv->open_handles)
+    return;
+  void (*cb)(void *) = srv->close_cb;
+  void *ud = srv->close_ud;
+  free(srv);
+  if (cb)
+    cb(ud);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  struct admin_server *srv = h->data;
+  srv->open_handles--;
+  server_maybe_free(srv);
+}
+
+/* ---- flush list ---- */
+
+static void mark_dirty(admin_conn *c) {
+  struct admin_server *srv = c->srv;
+  if (c->dirty || c->state == C_CLOSING)
+    return;
+  c->dirty = 1;
+  c->dprev = NULL;
+  c->dnext = srv->dirty;
+  if (srv->dirty)
+    srv->dirty->dprev = c;
+  srv->dirty = c;
+  if (!uv_is_active((uv_handle_t *)&srv->flusher) && !srv->closing) {
+    uv_check_start(&srv->flusher, on_flush);
+    uv_idle_start(&srv->kick, on_kick);
+  }
+}
+
+static void unmark_dirty(admin_conn *c) {
+  if (!c->dirty)
+    return;
+  if (c->dprev)
+    c->dprev->dnext = c->dnext;
+  else
+    c->srv->dirty = c->dnext;
+  if (c->dnext)
+    c->dnext->dprev = c->dprev;
+  c->dirty = 0;
+  c->dprev = c->dnext = NULL;
+}
+
+/* ---- output ---- */
+
+static int backpressured(const admin_conn *c) {
+  return c->out_n + c->w_n >= ADMIN_PIPELINE_MAX ||
+         c->out.len + c->wbuf.len >= ADMIN_OUTPUT_HIGH_WATER;
+}
+
+static void read_stop(admin_conn *c) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)hint;
+  admin_conn *c = h->data;
+  *buf = uv_buf_init(c->srv->rbuf, sizeof(c->srv->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void read_start(admin_conn *c) {
+  if (!c->reading && c->state != C_CLOSING && !c->peer_eof) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+      c->reading = 1;
+  }
+}
+
+/* Queues one serialized response; logs the request line. */
+static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive,
+                       const char *method, const char *path, uint64_t start_ns) {
+  if (admin_response_serialize(res, keep_alive, &c->out) == 0) {
+    c->out_n++;
+  } else {
+    /* Out of memory: there is no way to answer in order, so give up on this client. */
+    conn_close(c);
+    return;
+  }
+  mark_dirty(c);
+  double ms = start_ns ? (double)(uv_hrtime() - start_ns) / 1e6 : 0.0;
+  sm_log_info("admin", "request", SM_LS("method", method ? method : "-"),
+              SM_LS("path", path ? path : "-"), SM_LI("status", res->status),
+              SM_LD("duration_ms", ms), SM_LI("bytes", res->body_len), SM_LS("client", c->peer));
+}
+
+/* Stops reading and writes what is queued, then shuts the connection down. */
+static void conn_drain(admin_conn *c) {
+  if (c->state != C_OPEN)
+    return;
+  c->state = C_DRAIN;
+  read_stop(c);
+  admin_buf_finish(&c->stash);
+  mark_dirty(c);
+}
+
+/* Answers an error that ends the connection (bad input, limit, timeout). */
+static void conn_fail(admin_conn *c, int status) {
+  if (c->state != C_OPEN)
+    return;
+  admin_response res;
+  admin_response_init(&res);
+  switch (status) {
+  case 408: admin_response_error(&res, 408, "request_timeout", "request not received in time"); break;
+  case 413: admin_response_error(&res, 413, "payload_too_large", "request body too large"); break;
+  case 431:
+    admin_response_error(&res, 431, "headers_too_large", "request header fields too large");
+    break;
+  case 500: admin_response_error(&res, 500, "internal", "out of memory"); break;
+  default: admin_response_error(&res, 400, "bad_request", "malformed HTTP request"); break;
+  }
+  conn_queue(c, &res, 0, NULL, NULL, 0);
+  admin_response_finish(&res);
+  conn_drain(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  admin_conn *c = req->data;
+  if (c->state == C_CLOSING)
+    return;
+  if (status < 0)
+    conn_close(c);
+}
+
+/* All output is written: half-close, then discard input a little while so the client reads
+ * our last response instead of a reset. */
+static void conn_shutdown(admin_conn *c) {
+  if (c->peer_eof) {
+    conn_close(c);
+    return;
+  }
+  c->state = C_LINGER;
+  c->sreq.data = c;
+  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    conn_close(c);
+    return;
+  }
+  read_start(c);
+  conn_update_timer(c);
+}
+
+static void on_write(uv_write_t *req, int status) {
+  admin_conn *c = req->data;
+  c->writing = 0;
+  if (c->state == C_CLOSING)
+    return;
+  c->wbuf.len = 0;
+  c->w_n = 0;
+  if (c->wbuf.cap > ADMIN_BUF_KEEP)
+    admin_buf_finish(&c->wbuf);
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->out.len) {
+    mark_dirty(c);
+  } else if (c->state == C_DRAIN) {
+    conn_shutdown(c);
+    return;
+  } else if (c->state == C_OPEN && !backpressured(c)) {
+    /* Output drained: go on with the requests held back. */
+    if (c->stash.len) {
+      admin_buf s = c->stash;
+      c->stash = (admin_buf){0};
+      conn_input(c, s.p, s.len);
+      admin_buf_finish(&s);
+    }
+    if (c->state == C_OPEN && c->stash.len == 0 && !backpressured(c))
+      read_start(c);
+  }
+  conn_update_timer(c);
+}
+
+static void conn_flush(admin_conn *c) {
+  if (c->state == C_CLOSING)
+    return;
+  if (!c->writing && c->out.len) {
+    admin_buf t = c->wbuf;
+    c->wbuf = c->out;
+    c->w_n = c->out_n;
+    c->out = t;
+    c->out.len = 0;
+    c->out_n = 0;
+    uv_buf_t b = uv_buf_init(c->wbuf.p, (unsigned)c->wbuf.len);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+      conn_close(c);
+      return;
+    }
+    c->writing = 1;
+  } else if (!c->writing && c->state == C_DRAIN) {
+    conn_shutdown(c);
+    return;
+  }
+  conn_update_timer(c);
+}
+
+static void flush_all(struct admin_server *srv) {
+  while (srv->dirty) {
+    admin_conn *c = srv->dirty;
+    unmark_dirty(c);
+    conn_flush(c);
+  }
+  uv_check_stop(&srv->flusher);
+  uv_idle_stop(&srv->kick);
+}
+
+static void on_flush(uv_check_t *h) {
+  flush_all(h->data);
+}
+
+static void on_kick(uv_idle_t *h) {
+  flush_all(h->data);
+}
+
+/* ---- requests ---- */
+
+static int conn_on_request(void *ud, admin_request *req) {
+  admin_conn *c = ud;
+  req->peer = c->peer;
+  admin_response res;
+  admin_response_init(&res);
+  admin_router_dispatch(&c->srv->router, req, &res);
+  int keep = req->keep_alive && !res.close && !c->srv->stopping;
+  conn_queue(c, &res, keep, req->method, req->path, req->start_ns);
+  admin_response_finish(&res);
+  admin_request_free(req);
+  if (c->state != C_OPEN)
+    return 1;
+  if (!keep) {
+    conn_drain(c);
+    return 1;
+  }
+  return backpressured(c);
+}
+
+static void conn_input(admin_conn *c, const char *data, size_t len) {
+  int status = 0;
+  long used = admin_http1_feed(c->http, data, len, &status);
+  if (used < 0) {
+    conn_fail(c, status);
+  } else if ((size_t)used < len && c->state == C_OPEN) {
+    /* Paused for backpressure: keep the rest for when the output drains. */
+    read_stop(c);
+    if (admin_buf_append(&c->stash, data + used, len - (size_t)used) != 0)
+      conn_close(c);
+  }
+  conn_update_timer(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  admin_conn *c = s->data;
+  if (nread == 0 || c->state == C_CLOSING)
+    return;
+  if (nread < 0) {
+    read_stop(c);
+    if (nread != UV_EOF || c->state == C_LINGER) {
+      conn_close(c);
+      return;
+    }
+    c->peer_eof = 1;
+    if (c->state == C_OPEN && (c->out.len || c->writing || c->stash.len)) {
+      /* Answer what was asked before the half-close, then go. The stash is dropped: those
+       * requests were never parsed, and the client has left. */
+      conn_drain(c);
+    } else if (c->state == C_OPEN) {
+      conn_close(c);
+    }
+    return;
+  }
+  if (c->state != C_OPEN)
+    return; /* lingering (or draining): input is discarded */
+  conn_input(c, buf->base, (size_t)nread);
+}
+
+/* ---- timers ---- */
+
+static void on_timer(uv_timer_t *t) {
+  admin_conn *c = t->data;
+  enum timer_kind k = c->tkind;
+  c->tkind = T_NONE;
+  if (k == T_REQUEST && c->state == C_OPEN) {
+    sm_log_info("admin", "request timed out", SM_LS("client", c->peer));
+    conn_fail(c, 408);
+    conn_update_timer(c);
+  } else {
+    conn_close(c);
+  }
+}
+
+static void conn_update_timer(admin_conn *c) {
+  if (c->state == C_CLOSING)
+    return;
+  struct admin_server *srv = c->srv;
+  enum timer_kind k;
+  uint64_t seq = 0, ms;
+  if (c->state == C_LINGER) {
+    k = T_LINGER;
+    ms = ADMIN_LINGER_MS;
+  } else if (c->writing || c->out.len || c->state == C_DRAIN) {
+    k = T_WRITE; /* a client that does not read is dropped after the request timeout */
+    ms = srv->request_timeout_ms;
+  } else if ((seq = admin_http1_pending(c->http)) != 0) {
+    k = T_REQUEST;
+    ms = srv->request_timeout_ms;
+  } else {
+    k = T_IDLE;
+    ms = srv->idle_timeout_ms;
+  }
+  if (k == c->tkind && (k != T_REQUEST || seq == c->tseq))
+    return;
+  c->tkind = k;
+  c->tseq = seq;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* ---- connections ---- */
+
+static void on_conn_closed(uv_handle_t *h) {
+  admin_conn *c = h->data;
+  struct admin_server *srv = c->srv;
+  srv->open_handles--;
+  if (--c->handles == 0) {
+    admin_http1_destroy(c->http);
+    admin_buf_finish(&c->out);
+    admin_buf_finish(&c->wbuf);
+    admin_buf_finish(&c->stash);
+    free(c);
+  }
+  server_maybe_free(srv);
+}
+
+static void conn_close(admin_conn *c) {
+  if (c->state == C_CLOSING)
+    return;
+  struct admin_server *srv = c->srv;
+  c->state = C_CLOSING;
+  unmark_dirty(c);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  srv->nconns--;
+  read_stop(c);
+  uv_timer_stop(&c->timer);
+  uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+  uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void peer_name(uv_tcp_t *t, char *out, size_t size) {
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  char ip[64] = "?";
+  int port = 0;
+  snprintf(out, size, "unknown");
+  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) != 0)
+    return;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    uv_ip4_name(a, ip, sizeof(ip));
+    port = ntohs(a->sin_port);
+    snprintf(out, size, "%s:%d", ip, port);
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    uv_ip6_name(a, ip, sizeof(ip));
+    port = ntohs(a->sin6_port);
+    snprintf(out, size, "[%s]:%d", ip, port);
+  }
+}
+
+static const char busy_response[] =
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    "Content-Length: 72\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+    "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many admin connections\"}}";
+
+static void on_reject_closed(uv_handle_t *h) {
+  struct admin_server *srv = h->data;
+  free(h);
+  srv->open_handles--;
+  server_maybe_free(srv);
+}
+
+/* Over ADMIN_MAX_CONNECTIONS: accept (so the kernel queue does not fill), answer 503 with
+ * whatever fits in the socket buffer right now, and close. */
+static void reject_connection(struct admin_server *srv) {
+  uv_tcp_t *t = malloc(sizeof(*t));
+  if (t == NULL)
+    return;
+  uv_tcp_init(srv->loop, t);
+  t->data = srv;
+  srv->open_handles++;
+  if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0) {
+    uv_buf_t b = uv_buf_init((char *)busy_response, sizeof(busy_response) - 1);
+    (void)uv_try_write((uv_stream_t *)t, &b, 1);
+  }
+  sm_log_warn("admin", "connection refused: limit reached",
+              SM_LI("max_connections", srv->s->admin_max_connections));
+  uv_close((uv_handle_t *)t, on_reject_closed);
+}
+
+static void on_connection(uv_stream_t *l, int status) {
+  struct admin_server *srv = l->data;
+  if (status < 0) {
+    sm_log_warn("admin", "accept failed", SM_LE(sm_err_from_uv(status)));
+    return;
+  }
+  if (srv->stopping || srv->nconns >= srv->s->admin_max_connections) {
+    reject_connection(srv);
+    return;
+  }
+  admin_conn *c = calloc(1, sizeof(*c));
+  admin_http1_config hc = {
+      .max_header_bytes = srv->s->admin_max_header_bytes,
+      .max_body_bytes = srv->s->admin_max_body_bytes,
+      .on_request = conn_on_request,
+      .ud = c,
+  };
+  if (c == NULL || admin_http1_create(&hc, &c->http) != 0) {
+    free(c);
+    reject_connection(srv);
+    return;
+  }
+  c->srv = srv;
+  uv_tcp_init(srv->loop, &c->tcp);
+  uv_timer_init(srv->loop, &c->timer);
+  c->tcp.data = c->timer.data = c;
+  c->handles = 2;
+  srv->open_handles += 2;
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->nconns++;
+  if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  peer_name(&c->tcp, c->peer, sizeof(c->peer));
+  read_start(c);
+  conn_update_timer(c);
+}
+
+/* ---- public ---- */
+
+int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **out) {
+  if (loop == NULL || m == NULL || m->settings == NULL || out == NULL)
+    return SM_EINVAL;
+  struct admin_server *srv = calloc(1, sizeof(*srv));
+  if (srv == NULL)
+    return SM_ENOMEM;
+  srv->loop = loop;
+  srv->m = m;
+  srv->s = m->settings;
+  srv->bound_port = -1;
+  srv->request_timeout_ms = secs_to_ms(srv->s->admin_request_timeout_s);
+  srv->idle_timeout_ms = secs_to_ms(srv->s->admin_idle_timeout_s);
+  int err = sm_addr_split(srv->s->admin_addr ? srv->s->admin_addr : ":8080", srv->host,
+                          &srv->port);
+  if (err) {
+    free(srv);
+    return err;
+  }
+  admin_router_init(&srv->router, m);
+  err = admin_handlers_register(&srv->router);
+  if (err) {
+    free(srv);
+    return err;
+  }
+  uv_tcp_init(loop, &srv->listener);
+  uv_check_init(loop, &srv->flusher);
+  uv_idle_init(loop, &srv->kick);
+  srv->listener.data = srv->flusher.data = srv->kick.data = srv;
+  srv->open_handles = 3;
+  *out = srv;
+  return 0;
+}
+
+int admin_server_listen(struct admin_server *srv) {
+  struct sockaddr_storage ss;
+  if (uv_ip4_addr(srv->host, srv->port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(srv->host, srv->port, (struct sockaddr_in6 *)&ss) != 0)
+    return SM_EADDR;
+  int rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&ss, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&srv->listener, ADMIN_BACKLOG, on_connection);
+  if (rc != 0) {
+    sm_log_error("admin", "cannot listen", SM_LS("addr", srv->s->admin_addr),
+                 SM_LS("reason", uv_strerror(rc)));
+    return rc == UV_EADDRINUSE || rc == UV_EADDRNOTAVAIL || rc == UV_EACCES
+               ? SM_EADDR
+               : sm_err_from_uv(rc);
+  }
+  struct sockaddr_storage name;
+  int len = sizeof(name);
+  if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&name, &len) == 0)
+    srv->bound_port = ntohs(name.ss_family == AF_INET6
+                                ? ((struct sockaddr_in6 *)&name)->sin6_port
+                                : ((struct sockaddr_in *)&name)->sin_port);
+  sm_log_info("admin", "listening", SM_LS("addr", srv->s->admin_addr),
+              SM_LI("port", srv->bound_port));
+  return 0;
+}
+
+int admin_server_port(const struct admin_server *srv) {
+  return srv->bound_port;
+}
+
+static void close_listener(struct admin_server *srv) {
+  if (srv->listener_closed)
+    return;
+  srv->listener_closed = 1;
+  uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+}
+
+void admin_server_stop_accepting(struct admin_server *srv) {
+  if (srv == NULL || srv->stopping)
+    return;
+  srv->stopping = 1;
+  close_listener(srv);
+  admin_conn *next;
+  for (admin_conn *c = srv->conns; c; c = next) {
+    next = c->next;
+    if (c->state == C_OPEN && !c->writing && c->out.len == 0 && c->stash.len == 0 &&
+        admin_http1_pending(c->http) == 0)
+      conn_close(c);
+  }
+}
+
+void admin_server_close(struct admin_server *srv, void (*cb)(void *ud), void *ud) {
+  if (srv == NULL || srv->closing)
+    return;
+  srv->stopping = 1;
+  srv->closing = 1;
+  srv->close_cb = cb;
+  srv->close_ud = ud;
+  close_listener(srv);
+  uv_check_stop(&srv->flusher);
+  uv_idle_stop(&srv->kick);
+  uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
+  uv_close((uv_handle_t *)&srv->kick, on_handle_closed);
+  while (srv->conns)
+    conn_close(srv->conns);
+}

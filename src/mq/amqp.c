@@ -1,0 +1,1300 @@
+/* amqp.c - rabbitmq-c on the libuv loop. See amqp.h for the model.
+ *
+ * Phases: IDLE -> RESOLVING (uv_getaddrinfo) -> CONNECTING (non-blocking connect polled for
+ * writability) -> SETUP (amqp_login, bounded by a short handshake timeout, then pipelined
+ * channel.open x3, confirm.select, queue.declare x3 whose -ok replies are counted) -> UP.
+ * Any failure goes to WAIT_RETRY with an exponential, jittered delay. One deadline timer bounds
+ * RESOLVING..SETUP. A heartbeat timer sends heartbeats and declares the broker dead after two
+ * heartbeat periods without any byte from it.
+ *
+ * Frames are read with amqp_simple_wait_frame_noblock and a zero timeout until the library has
+ * nothing decoded, buffered or readable, so the loop never waits on the socket. rabbitmq-c may
+ * read and enqueue frames inside a send (amqp_basic_publish checks the socket), so the end-of-turn
+ * hook also drains what the library holds. Writes are gathered: the first send of a loop turn
+ * sets TCP_CORK and a uv_prepare handle (which runs just before the loop blocks for I/O) removes
+ * it, so each turn's frames leave in as few segments as possible.
+ */
+#include "mq/amqp.h"
+
+#include "util/err.h"
+#include "util/log.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MQ_CH_CONSUME 1
+#define MQ_CH_PUBLISH 2
+#define MQ_CH_DEPTH 3
+#define MQ_MAX_LISTENERS 4
+#define MQ_MAX_RX_HEADERS 64 /* string headers kept per received message */
+#define MQ_FRAME_MAX 131072
+#define MQ_LOGIN_TIMEOUT_MS 2000 /* upper bound of the one blocking step (amqp_login) */
+
+enum mq_phase {
+  MQ_IDLE = 0,   /* created, not started */
+  MQ_RESOLVING,  /* uv_getaddrinfo running */
+  MQ_CONNECTING, /* TCP connect in flight */
+  MQ_SETUP,      /* logged in; channel/queue setup replies outstanding */
+  MQ_UP,         /* ready */
+  MQ_WAIT_RETRY, /* backoff timer running */
+  MQ_CLOSED      /* destroyed */
+};
+
+enum mq_content_kind { MQ_CONTENT_NONE = 0, MQ_CONTENT_DELIVER, MQ_CONTENT_RETURN };
+
+typedef struct mq_pending {
+  struct mq_pending *next;
+  uint64_t tag;     /* delivery tag on the publish channel */
+  mq_publish_cb cb; /* may be NULL */
+  void *ud;
+} mq_pending;
+
+/* One TCP attempt's poll handle; freed in its own close callback so it never outlives nothing. */
+typedef struct mq_sock {
+  uv_poll_t poll;
+  int fd;
+} mq_sock;
+
+struct mq_conn {
+  uv_loop_t *loop;
+  enum mq_phase phase;
+  int destroyed;       /* mq_conn_destroy called; memory goes after the last close callback */
+  int open_handles;    /* uv handles of this struct not yet closed */
+  int gai_busy;        /* getaddrinfo request in flight (holds a pointer to us) */
+
+  /* settings */
+  char *url_buf;                    /* amqp_parse_url writes into it; info points into it */
+  struct amqp_connection_info info; /* user, password, host, port, vhost */
+  char *cmd_q, *dlq, *res_q;        /* queue names */
+  unsigned heartbeat_req;           /* requested heartbeat, seconds */
+  uint64_t connect_timeout_ms;
+  double backoff_min_s, backoff_max_s;
+  uint64_t depth_interval_ms; /* 0: off */
+  size_t max_unconfirmed;
+  size_t max_message_bytes;
+
+  /* connection */
+  amqp_connection_state_t st; /* NULL unless SETUP or UP */
+  mq_sock *sock;              /* current socket's poll handle, NULL when none */
+  uv_getaddrinfo_t gai;
+  struct addrinfo *ai_list, *ai_cur; /* addresses being tried */
+  int connect_err;                   /* why the last address failed */
+  uv_timer_t retry_timer;    /* backoff, and deferred drops */
+  uv_timer_t deadline_timer; /* bounds resolve + connect + setup */
+  uv_timer_t hb_timer;       /* heartbeats and dead-peer detection */
+  uv_timer_t depth_timer;    /* queue depth polls */
+  uv_prepare_t flush;        /* end of loop turn: uncork, drain what the library holds */
+  int corked;                /* TCP_CORK set during this loop turn */
+  int lib_owns_fd;           /* the socket's fd now belongs to rabbitmq-c (closed by it) */
+  int drop_err;              /* reason for a deferred drop; 0 none */
+  unsigned attempt;          /* consecutive failed attempts, for the backoff */
+  uint64_t rng;              /* xorshift state for jitter */
+  uint64_t gen;              /* generation: +1 on every UP */
+  unsigned hb;               /* negotiated heartbeat, seconds; 0: none */
+  uint64_t last_recv_ms, last_send_ms;
+  int setup_pending; /* -ok replies the setup still waits for */
+
+  /* publishing (channel 2, confirms) */
+  uint64_t next_tag;
+  mq_pending *head, *tail;
+  size_t n_pending;
+
+  /* consuming (channel 1) */
+  char *consume_queue;
+  uint16_t prefetch;
+  int consume_wanted; /* re-consume after reconnect */
+  int consuming;      /* basic.consume sent on this connection */
+  unsigned consumer_seq;
+  char ctag[48];
+  mq_deliver_cb deliver_cb;
+  void *deliver_ud;
+
+  /* depth (channel 3) */
+  mq_depth_cb depth_cb;
+  void *depth_ud;
+  int depth_known;
+  uint64_t depth;
+  int depth_inflight;
+  int depth_ch_open;
+
+  struct {
+    mq_state_cb cb;
+    void *ud;
+  } ls[MQ_MAX_LISTENERS];
+  int n_ls;
+
+  /* the message being assembled from method + header + body frames */
+  struct {
+    enum mq_content_kind kind;
+    uint16_t channel;
+    uint64_t tag;
+    int redelivered;
+    amqp_pool_t pool; /* copies of routing key and properties */
+    mq_slice routing_key;
+    mq_props props;
+    int have_header;
+    char *body;       /* malloc'ed, min(size, max_message_bytes) */
+    size_t size, got; /* announced size, bytes received */
+  } in;
+};
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static char *mq_strdup(const char *s) {
+  size_t n = strlen(s);
+  char *p = malloc(n + 1);
+  if (p)
+    memcpy(p, s, n + 1);
+  return p;
+}
+
+static double mq_rand01(mq_conn *c) {
+  uint64_t x = c->rng;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  c->rng = x;
+  return (double)(x >> 11) / (double)(1ULL << 53);
+}
+
+static int mq_err_from_amqp(int status) {
+  switch (status) {
+  case AMQP_STATUS_OK:
+    return 0;
+  case AMQP_STATUS_NO_MEMORY:
+    return SM_ENOMEM;
+  case AMQP_STATUS_CONNECTION_CLOSED:
+  case AMQP_STATUS_SOCKET_CLOSED:
+    return SM_ECLOSED;
+  case AMQP_STATUS_TIMEOUT:
+  case AMQP_STATUS_HEARTBEAT_TIMEOUT:
+    return SM_ETIMEDOUT;
+  case AMQP_STATUS_SOCKET_ERROR:
+  case AMQP_STATUS_TCP_ERROR:
+    return SM_EIO;
+  case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED:
+    return SM_EADDR;
+  default:
+    return SM_EPROTO;
+  }
+}
+
+static amqp_bytes_t mq_bytes_of(mq_slice s) {
+  return (amqp_bytes_t){.len = s.len, .bytes = (void *)s.base};
+}
+
+static mq_slice mq_pool_dup(amqp_pool_t *pool, amqp_bytes_t b) {
+  if (b.len == 0)
+    return (mq_slice){NULL, 0};
+  char *p = amqp_pool_alloc(pool, b.len);
+  if (!p)
+    return (mq_slice){NULL, 0};
+  memcpy(p, b.bytes, b.len);
+  return (mq_slice){p, b.len};
+}
+
+static void mq_maybe_free(mq_conn *c);
+static void mq_drop(mq_conn *c, int err);
+static void mq_drain(mq_conn *c);
+static void mq_schedule_retry(mq_conn *c);
+static void mq_start_attempt(mq_conn *c);
+static void mq_on_flush(uv_prepare_t *p);
+static void mq_on_retry_timer(uv_timer_t *t);
+
+/* ---- sending ---------------------------------------------------------------------------- */
+
+/* Gathers this loop turn's frames: the prepare handle removes the cork before the loop blocks. */
+static void mq_cork(mq_conn *c) {
+  if (c->corked || !c->sock)
+    return;
+  int on = 1;
+  if (setsockopt(c->sock->fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0) {
+    c->corked = 1;
+    uv_prepare_start(&c->flush, mq_on_flush);
+  }
+}
+
+static void mq_uncork(mq_conn *c) {
+  if (!c->corked)
+    return;
+  c->corked = 0;
+  if (c->sock) {
+    int off = 0;
+    (void)setsockopt(c->sock->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+  }
+}
+
+static int mq_send_method(mq_conn *c, uint16_t ch, amqp_method_number_t id, void *decoded) {
+  mq_cork(c);
+  int r = amqp_send_method(c->st, ch, id, decoded);
+  if (r != AMQP_STATUS_OK)
+    return mq_err_from_amqp(r) ? mq_err_from_amqp(r) : SM_EIO;
+  c->last_send_ms = uv_now(c->loop);
+  return 0;
+}
+
+/* Drops the connection from the next loop turn: API calls must not run callbacks themselves. */
+static void mq_defer_drop(mq_conn *c, int err) {
+  if (c->drop_err)
+    return;
+  c->drop_err = err ? err : SM_EIO;
+  uv_timer_start(&c->retry_timer, mq_on_retry_timer, 0, 0);
+}
+
+/* ---- pending publishes -------------------------------------------------------------------- */
+
+/* Detaches every pending publish and completes each with status. */
+static void mq_fail_pending(mq_conn *c, int status) {
+  mq_pending *p = c->head;
+  c->head = c->tail = NULL;
+  c->n_pending = 0;
+  while (p) {
+    mq_pending *next = p->next;
+    if (p->cb)
+      p->cb(status, p->ud);
+    free(p);
+    p = next;
+  }
+}
+
+static void mq_confirm(mq_conn *c, uint64_t tag, int multiple, int status) {
+  mq_pending *done = NULL, **done_tail = &done;
+  if (multiple) {
+    while (c->head && c->head->tag <= tag) {
+      mq_pending *p = c->head;
+      c->head = p->next;
+      c->n_pending--;
+      p->next = NULL;
+      *done_tail = p;
+      done_tail = &p->next;
+    }
+    if (!c->head)
+      c->tail = NULL;
+  } else {
+    mq_pending *prev = NULL;
+    for (mq_pending *p = c->head; p; prev = p, p = p->next) {
+      if (p->tag != tag)
+        continue;
+      if (prev)
+        prev->next = p->next;
+      else
+        c->head = p->next;
+      if (c->tail == p)
+        c->tail = prev;
+      c->n_pending--;
+      p->next = NULL;
+      done = p;
+      break;
+    }
+  }
+  if (!done)
+    sm_log_warn("amqp", "confirm for unknown delivery tag", SM_LI("tag", tag));
+  while (done) {
+    mq_pending *next = done->next;
+    if (done->cb)
+      done->cb(status, done->ud);
+    free(done);
+    done = next;
+  }
+}
+
+/* ---- incoming content --------------------------------------------------------------------- */
+
+static void mq_content_reset(mq_conn *c) {
+  free(c->in.body);
+  c->in.body = NULL;
+  recycle_amqp_pool(&c->in.pool);
+  c->in.kind = MQ_CONTENT_NONE;
+  c->in.have_header = 0;
+  c->in.size = c->in.got = 0;
+  memset(&c->in.props, 0, sizeof c->in.props);
+  c->in.routing_key = (mq_slice){NULL, 0};
+}
+
+static void mq_content_complete(mq_conn *c) {
+  size_t kept = c->in.size < c->max_message_bytes ? c->in.size : c->max_message_bytes;
+  mq_message m = {
+    .delivery_tag = c->in.tag,
+    .generation = c->gen,
+    .redelivered = c->in.redelivered,
+    .routing_key = c->in.routing_key,
+    .body = {c->in.body, kept},
+    .body_size = c->in.size,
+    .props = c->in.props,
+  };
+  enum mq_content_kind kind = c->in.kind;
+  if (kind == MQ_CONTENT_DELIVER) {
+    if (c->deliver_cb) {
+      c->deliver_cb(c, &m, c->deliver_ud);
+    } else {
+      /* No consumer hook: hand it back to the broker for another consumer. */
+      sm_log_warn("amqp", "delivery without consumer, requeued", SM_LI("tag", m.delivery_tag));
+      if (c->phase == MQ_UP)
+        (void)amqp_basic_nack(c->st, MQ_CH_CONSUME, m.delivery_tag, 0, 1);
+    }
+  } else if (kind == MQ_CONTENT_RETURN) {
+    sm_log_warn("amqp", "message returned by broker", SM_LI("bytes", (long long)c->in.size));
+  }
+  if (!c->destroyed)
+    mq_content_reset(c);
+}
+
+static void mq_content_header(mq_conn *c, amqp_frame_t *f) {
+  if (c->in.kind == MQ_CONTENT_NONE || c->in.have_header) {
+    sm_log_warn("amqp", "unexpected content header", SM_LI("channel", f->channel));
+    return;
+  }
+  c->in.have_header = 1;
+  c->in.size = (size_t)f->payload.properties.body_size;
+  amqp_basic_properties_t *p = f->payload.properties.decoded;
+  amqp_pool_t *pool = &c->in.pool;
+  mq_props *o = &c->in.props;
+  if (p) {
+    if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
+      o->content_type = mq_pool_dup(pool, p->content_type);
+    if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
+      o->reply_to = mq_pool_dup(pool, p->reply_to);
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+      o->correlation_id = mq_pool_dup(pool, p->correlation_id);
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+      o->message_id = mq_pool_dup(pool, p->message_id);
+    if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
+      o->persistent = p->delivery_mode == 2;
+    if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) && p->headers.num_entries > 0) {
+      int n = p->headers.num_entries < MQ_MAX_RX_HEADERS ? p->headers.num_entries
+                                                         : MQ_MAX_RX_HEADERS;
+      mq_header *h = amqp_pool_alloc(pool, sizeof(mq_header) * (size_t)n);
+      size_t k = 0;
+      for (int i = 0; h && i < n; i++) {
+        amqp_table_entry_t *e = &p->headers.entries[i];
+        if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+          continue;
+        h[k].key = mq_pool_dup(pool, e->key);
+        h[k].value = mq_pool_dup(pool, e->value.value.bytes);
+        k++;
+      }
+      o->headers = h;
+      o->n_headers = h ? k : 0;
+    }
+  }
+  size_t keep = c->in.size < c->max_message_bytes ? c->in.size : c->max_message_bytes;
+  c->in.body = malloc(keep ? keep : 1);
+  if (!c->in.body) {
+    mq_drop(c, SM_ENOMEM);
+    return;
+  }
+  if (c->in.size == 0)
+    mq_content_complete(c);
+}
+
+static void mq_content_body(mq_conn *c, amqp_frame_t *f) {
+  if (c->in.kind == MQ_CONTENT_NONE || !c->in.have_header) {
+    sm_log_warn("amqp", "unexpected content body", SM_LI("channel", f->channel));
+    return;
+  }
+  amqp_bytes_t b = f->payload.body_fragment;
+  size_t keep = c->in.size < c->max_message_bytes ? c->in.size : c->max_message_bytes;
+  if (c->in.got < keep) {
+    size_t n = keep - c->in.got < b.len ? keep - c->in.got : b.len;
+    memcpy(c->in.body + c->in.got, b.bytes, n);
+  }
+  c->in.got += b.len;
+  if (c->in.got >= c->in.size)
+    mq_content_complete(c);
+}
+
+static void mq_content_begin(mq_conn *c, enum mq_content_kind kind, uint16_t ch, uint64_t tag,
+                             int redelivered, amqp_bytes_t routing_key) {
+  mq_content_reset(c);
+  c->in.kind = kind;
+  c->in.channel = ch;
+  c->in.tag = tag;
+  c->in.redelivered = redelivered;
+  c->in.routing_key = mq_pool_dup(&c->in.pool, routing_key);
+}
+
+/* ---- consuming, depth --------------------------------------------------------------------- */
+
+static int mq_send_consume(mq_conn *c) {
+  amqp_basic_qos_t qos = {.prefetch_size = 0, .prefetch_count = c->prefetch, .global = 0};
+  int err = mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_QOS_METHOD, &qos);
+  if (err)
+    return err;
+  snprintf(c->ctag, sizeof c->ctag, "sm-%llu-%u", (unsigned long long)c->gen, ++c->consumer_seq);
+  amqp_basic_consume_t bc = {
+    .ticket = 0,
+    .queue = amqp_cstring_bytes(c->consume_queue),
+    .consumer_tag = amqp_cstring_bytes(c->ctag),
+    .no_local = 0,
+    .no_ack = 0,
+    .exclusive = 0,
+    .nowait = 0,
+    .arguments = amqp_empty_table,
+  };
+  err = mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_CONSUME_METHOD, &bc);
+  if (err)
+    return err;
+  c->consuming = 1;
+  return 0;
+}
+
+static void mq_depth_poll(mq_conn *c) {
+  if (c->phase != MQ_UP || !c->depth_ch_open || c->depth_inflight)
+    return;
+  amqp_queue_declare_t qd = {
+    .ticket = 0,
+    .queue = amqp_cstring_bytes(c->cmd_q),
+    .passive = 1,
+    .durable = 0,
+    .exclusive = 0,
+    .auto_delete = 0,
+    .nowait = 0,
+    .arguments = amqp_empty_table,
+  };
+  int err = mq_send_method(c, MQ_CH_DEPTH, AMQP_QUEUE_DECLARE_METHOD, &qd);
+  if (err) {
+    mq_drop(c, err);
+    return;
+  }
+  c->depth_inflight = 1;
+}
+
+static void mq_on_depth_timer(uv_timer_t *t) {
+  mq_depth_poll(t->data);
+}
+
+/* ---- state changes ------------------------------------------------------------------------ */
+
+static void mq_notify(mq_conn *c, int up, int err) {
+  /* A copy: a listener may remove itself (or another) while being called. */
+  int n = c->n_ls;
+  struct {
+    mq_state_cb cb;
+    void *ud;
+  } ls[MQ_MAX_LISTENERS];
+  memcpy(ls, c->ls, sizeof ls[0] * (size_t)n);
+  for (int i = 0; i < n && !c->destroyed; i++) {
+    int still = 0;
+    for (int j = 0; j < c->n_ls; j++)
+      still |= c->ls[j].cb == ls[i].cb && c->ls[j].ud == ls[i].ud;
+    if (still)
+      ls[i].cb(c, up, err, ls[i].ud);
+  }
+}
+
+static void mq_on_sock_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+/* Closes the socket and the library state; fd ownership moves to rabbitmq-c once logged in. */
+static void mq_teardown_socket(mq_conn *c) {
+  mq_uncork(c);
+  uv_prepare_stop(&c->flush);
+  if (c->sock) {
+    uv_poll_stop(&c->sock->poll);
+    c->sock->poll.data = c->sock;
+    uv_close((uv_handle_t *)&c->sock->poll, mq_on_sock_closed);
+    if (!c->lib_owns_fd)
+      close(c->sock->fd);
+    c->sock = NULL;
+  }
+  if (c->st) {
+    amqp_destroy_connection(c->st); /* closes the fd once set_sockfd gave it away */
+    c->st = NULL;
+  }
+  c->lib_owns_fd = 0;
+  if (c->ai_list) {
+    uv_freeaddrinfo(c->ai_list);
+    c->ai_list = c->ai_cur = NULL;
+  }
+}
+
+static void mq_drop(mq_conn *c, int err) {
+  if (c->phase != MQ_RESOLVING && c->phase != MQ_CONNECTING && c->phase != MQ_SETUP &&
+      c->phase != MQ_UP)
+    return;
+  int was_up = c->phase == MQ_UP;
+  if (was_up)
+    sm_log_warn("amqp", "connection lost", SM_LE(err), SM_LS("host", c->info.host),
+                SM_LI("port", c->info.port));
+  else if (c->attempt % 20 == 0) /* an outage logs its first failure and then every 20th */
+    sm_log_warn("amqp", "connect failed", SM_LE(err), SM_LS("host", c->info.host),
+                SM_LI("port", c->info.port), SM_LI("attempt", c->attempt + 1));
+  else
+    sm_log_debug("amqp", "connect failed", SM_LE(err), SM_LI("attempt", c->attempt + 1));
+  if (c->phase == MQ_RESOLVING && c->gai_busy)
+    uv_cancel((uv_req_t *)&c->gai); /* on_resolved sees the new phase and stops */
+  mq_teardown_socket(c);
+  uv_timer_stop(&c->deadline_timer);
+  uv_timer_stop(&c->hb_timer);
+  uv_timer_stop(&c->depth_timer);
+  c->consuming = 0;
+  c->depth_inflight = 0;
+  c->depth_ch_open = 0;
+  c->setup_pending = 0;
+  c->drop_err = 0;
+  mq_content_reset(c);
+  c->phase = MQ_WAIT_RETRY;
+  c->attempt++;
+  mq_schedule_retry(c);
+  mq_fail_pending(c, SM_ECLOSED);
+  mq_notify(c, 0, err);
+}
+
+static void mq_on_hb_timer(uv_timer_t *t) {
+  mq_conn *c = t->data;
+  if (c->phase != MQ_UP || c->hb == 0)
+    return;
+  uint64_t now = uv_now(c->loop);
+  uint64_t hb_ms = (uint64_t)c->hb * 1000;
+  if (now - c->last_recv_ms > 2 * hb_ms) {
+    mq_drop(c, SM_ETIMEDOUT);
+    return;
+  }
+  if (now - c->last_send_ms >= hb_ms / 2) {
+    amqp_frame_t f;
+    memset(&f, 0, sizeof f);
+    f.frame_type = AMQP_FRAME_HEARTBEAT;
+    f.channel = 0;
+    mq_cork(c);
+    int r = amqp_send_frame(c->st, &f);
+    if (r != AMQP_STATUS_OK) {
+      mq_drop(c, mq_err_from_amqp(r));
+      return;
+    }
+    c->last_send_ms = now;
+  }
+  mq_drain(c);
+}
+
+static void mq_become_up(mq_conn *c) {
+  uv_timer_stop(&c->deadline_timer);
+  c->phase = MQ_UP;
+  c->gen++;
+  c->attempt = 0;
+  c->depth_ch_open = 1;
+  c->last_recv_ms = c->last_send_ms = uv_now(c->loop);
+  sm_log_info("amqp", "connected", SM_LS("host", c->info.host), SM_LI("port", c->info.port),
+              SM_LI("heartbeat_s", c->hb), SM_LI("generation", c->gen));
+  if (c->hb) {
+    uint64_t period = (uint64_t)c->hb * 1000 / 4;
+    uv_timer_start(&c->hb_timer, mq_on_hb_timer, period ? period : 1, period ? period : 1);
+  }
+  if (c->depth_interval_ms)
+    uv_timer_start(&c->depth_timer, mq_on_depth_timer, 0, c->depth_interval_ms);
+  if (c->consume_wanted) {
+    int err = mq_send_consume(c);
+    if (err) {
+      mq_drop(c, err);
+      return;
+    }
+  }
+  mq_notify(c, 1, 0);
+}
+
+static void mq_setup_done(mq_conn *c) {
+  if (c->phase != MQ_SETUP)
+    return;
+  if (--c->setup_pending == 0)
+    mq_become_up(c);
+}
+
+/* ---- frames ------------------------------------------------------------------------------- */
+
+static void mq_on_method(mq_conn *c, uint16_t ch, amqp_method_t *m) {
+  switch (m->id) {
+  case AMQP_CONNECTION_CLOSE_METHOD: {
+    amqp_connection_close_t *cl = m->decoded;
+    sm_log_warn("amqp", "broker closed the connection", SM_LI("code", cl->reply_code),
+                SM_LS("reason", cl->reply_text.len ? "see reply_text" : ""));
+    amqp_connection_close_ok_t ok;
+    memset(&ok, 0, sizeof ok);
+    (void)mq_send_method(c, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+    mq_drop(c, cl->reply_code == 403 ? SM_EAUTH : SM_ECLOSED);
+    return;
+  }
+  case AMQP_CONNECTION_BLOCKED_METHOD:
+    sm_log_warn("amqp", "broker blocked publishing (resource alarm)", SM_LI("channel", ch));
+    return;
+  case AMQP_CONNECTION_UNBLOCKED_METHOD:
+    sm_log_info("amqp", "broker unblocked publishing", SM_LI("channel", ch));
+    return;
+  case AMQP_CHANNEL_CLOSE_METHOD: {
+    amqp_channel_close_t *cl = m->decoded;
+    char text[256];
+    int n = (int)(cl->reply_text.len < sizeof text - 1 ? cl->reply_text.len : sizeof text - 1);
+    memcpy(text, cl->reply_text.bytes, (size_t)n);
+    text[n] = 0;
+    amqp_channel_close_ok_t ok;
+    memset(&ok, 0, sizeof ok);
+    int err = mq_send_method(c, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+    if (!err && ch == MQ_CH_DEPTH && c->phase == MQ_UP) {
+      /* A failed depth poll (e.g. queue deleted) costs only this channel: reopen it. */
+      sm_log_warn("amqp", "depth channel closed", SM_LI("code", cl->reply_code),
+                  SM_LS("reason", text));
+      c->depth_inflight = 0;
+      c->depth_ch_open = 0;
+      amqp_channel_open_t co;
+      memset(&co, 0, sizeof co);
+      err = mq_send_method(c, MQ_CH_DEPTH, AMQP_CHANNEL_OPEN_METHOD, &co);
+      if (!err)
+        return;
+    }
+    sm_log_error("amqp", "broker closed a channel", SM_LI("channel", ch),
+                 SM_LI("code", cl->reply_code), SM_LS("reason", text));
+    mq_drop(c, err ? err : SM_EPROTO);
+    return;
+  }
+  case AMQP_CHANNEL_OPEN_OK_METHOD:
+    if (c->phase == MQ_UP && ch == MQ_CH_DEPTH)
+      c->depth_ch_open = 1;
+    else
+      mq_setup_done(c);
+    return;
+  case AMQP_CONFIRM_SELECT_OK_METHOD:
+    mq_setup_done(c);
+    return;
+  case AMQP_QUEUE_DECLARE_OK_METHOD:
+    if (ch == MQ_CH_DEPTH) {
+      amqp_queue_declare_ok_t *ok = m->decoded;
+      c->depth_inflight = 0;
+      c->depth_known = 1;
+      c->depth = ok->message_count;
+      if (c->depth_cb)
+        c->depth_cb(c, ok->message_count, ok->consumer_count, c->depth_ud);
+    } else {
+      mq_setup_done(c);
+    }
+    return;
+  case AMQP_BASIC_QOS_OK_METHOD:
+  case AMQP_BASIC_CONSUME_OK_METHOD:
+  case AMQP_BASIC_CANCEL_OK_METHOD:
+    return;
+  case AMQP_BASIC_CANCEL_METHOD:
+    /* The broker cancelled our consumer (queue deleted, failover): start over. */
+    sm_log_warn("amqp", "broker cancelled the consumer", SM_LI("channel", ch));
+    c->consuming = 0;
+    mq_drop(c, SM_ECANCELED);
+    return;
+  case AMQP_BASIC_DELIVER_METHOD: {
+    amqp_basic_deliver_t *d = m->decoded;
+    mq_content_begin(c, MQ_CONTENT_DELIVER, ch, d->delivery_tag, d->redelivered, d->routing_key);
+    return;
+  }
+  case AMQP_BASIC_RETURN_METHOD: {
+    amqp_basic_return_t *r = m->decoded;
+    mq_content_begin(c, MQ_CONTENT_RETURN, ch, 0, 0, r->routing_key);
+    return;
+  }
+  case AMQP_BASIC_ACK_METHOD: {
+    amqp_basic_ack_t *a = m->decoded;
+    if (ch == MQ_CH_PUBLISH)
+      mq_confirm(c, a->delivery_tag, a->multiple, 0);
+    return;
+  }
+  case AMQP_BASIC_NACK_METHOD: {
+    amqp_basic_nack_t *a = m->decoded;
+    if (ch == MQ_CH_PUBLISH)
+      mq_confirm(c, a->delivery_tag, a->multiple, SM_EIO);
+    return;
+  }
+  case AMQP_CHANNEL_FLOW_METHOD: {
+    amqp_channel_flow_t *fl = m->decoded;
+    amqp_channel_flow_ok_t ok = {.active = fl->active};
+    int err = mq_send_method(c, ch, AMQP_CHANNEL_FLOW_OK_METHOD, &ok);
+    if (err)
+      mq_drop(c, err);
+    return;
+  }
+  default:
+    sm_log_debug("amqp", "unhandled method", SM_LI("channel", ch), SM_LI("method", m->id));
+    return;
+  }
+}
+
+static void mq_on_frame(mq_conn *c, amqp_frame_t *f) {
+  switch (f->frame_type) {
+  case AMQP_FRAME_METHOD:
+    mq_on_method(c, f->channel, &f->payload.method);
+    break;
+  case AMQP_FRAME_HEADER:
+    mq_content_header(c, f);
+    break;
+  case AMQP_FRAME_BODY:
+    mq_content_body(c, f);
+    break;
+  default:
+    break;
+  }
+}
+
+/* Reads every frame the library can produce without waiting. Deliveries are bounded by the
+ * prefetch and confirms by max_unconfirmed, so one call does a bounded amount of work. */
+static void mq_drain(mq_conn *c) {
+  while (!c->destroyed && (c->phase == MQ_SETUP || c->phase == MQ_UP)) {
+    amqp_frame_t f;
+    struct timeval tv = {0, 0};
+    int r = amqp_simple_wait_frame_noblock(c->st, &f, &tv);
+    if (r == AMQP_STATUS_TIMEOUT)
+      break;
+    if (r != AMQP_STATUS_OK) {
+      mq_drop(c, mq_err_from_amqp(r));
+      return;
+    }
+    mq_on_frame(c, &f);
+  }
+  if (!c->destroyed && c->st && (c->phase == MQ_SETUP || c->phase == MQ_UP))
+    amqp_maybe_release_buffers(c->st);
+}
+
+static int mq_input_pending(mq_conn *c) {
+  return c->st && (amqp_frames_enqueued(c->st) || amqp_data_in_buffer(c->st));
+}
+
+static void mq_on_flush(uv_prepare_t *p) {
+  mq_conn *c = p->data;
+  for (int i = 0; i < 4 && mq_input_pending(c); i++)
+    mq_drain(c);
+  mq_uncork(c);
+  uv_prepare_stop(&c->flush);
+}
+
+static void mq_on_io(uv_poll_t *h, int status, int events) {
+  mq_conn *c = h->data;
+  if (status < 0) {
+    mq_drop(c, sm_err_from_uv(status));
+    return;
+  }
+  if (events & UV_READABLE) {
+    c->last_recv_ms = uv_now(c->loop);
+    mq_drain(c);
+  }
+}
+
+/* ---- connecting --------------------------------------------------------------------------- */
+
+static int mq_send_setup(mq_conn *c) {
+  amqp_channel_open_t co;
+  memset(&co, 0, sizeof co);
+  for (uint16_t ch = MQ_CH_CONSUME; ch <= MQ_CH_DEPTH; ch++) {
+    int err = mq_send_method(c, ch, AMQP_CHANNEL_OPEN_METHOD, &co);
+    if (err)
+      return err;
+  }
+  amqp_confirm_select_t cs = {.nowait = 0};
+  int err = mq_send_method(c, MQ_CH_PUBLISH, AMQP_CONFIRM_SELECT_METHOD, &cs);
+  if (err)
+    return err;
+  const char *queues[3] = {c->cmd_q, c->dlq, c->res_q};
+  for (int i = 0; i < 3; i++) {
+    amqp_queue_declare_t qd = {
+      .ticket = 0,
+      .queue = amqp_cstring_bytes(queues[i]),
+      .passive = 0,
+      .durable = 1,
+      .exclusive = 0,
+      .auto_delete = 0,
+      .nowait = 0,
+      .arguments = amqp_empty_table,
+    };
+    err = mq_send_method(c, MQ_CH_PUBLISH, AMQP_QUEUE_DECLARE_METHOD, &qd);
+    if (err)
+      return err;
+  }
+  c->setup_pending = 3 + 1 + 3;
+  c->next_tag = 0;
+  return 0;
+}
+
+/* The one blocking step: amqp_login runs the handshake RPCs synchronously. The TCP connection
+ * is already established, so it costs one round trip to a live broker; a broker that accepted
+ * the connection but does not answer blocks the loop for at most MQ_LOGIN_TIMEOUT_MS. */
+static int mq_login(mq_conn *c) {
+  c->st = amqp_new_connection();
+  if (!c->st)
+    return SM_ENOMEM;
+  amqp_socket_t *s = amqp_tcp_socket_new(c->st);
+  if (!s)
+    return SM_ENOMEM;
+  amqp_tcp_socket_set_sockfd(s, c->sock->fd);
+  c->lib_owns_fd = 1;
+  uint64_t ms = c->connect_timeout_ms < MQ_LOGIN_TIMEOUT_MS ? c->connect_timeout_ms
+                                                            : MQ_LOGIN_TIMEOUT_MS;
+  struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+  (void)amqp_set_handshake_timeout(c->st, &tv);
+  (void)amqp_set_rpc_timeout(c->st, &tv);
+  amqp_rpc_reply_t r =
+    amqp_login(c->st, c->info.vhost, 0, MQ_FRAME_MAX, (int)c->heartbeat_req,
+               AMQP_SASL_METHOD_PLAIN, c->info.user, c->info.password);
+  if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+    c->hb = (unsigned)amqp_get_heartbeat(c->st);
+    return 0;
+  }
+  if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
+    if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+      amqp_connection_close_t *cl = r.reply.decoded;
+      if (cl && (cl->reply_code == 403 || cl->reply_code == 530))
+        return SM_EAUTH;
+    }
+    return SM_EPROTO;
+  }
+  if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
+    return mq_err_from_amqp(r.library_error);
+  return SM_EPROTO;
+}
+
+static void mq_try_next_address(mq_conn *c);
+
+static void mq_on_connect_poll(uv_poll_t *h, int status, int events) {
+  mq_conn *c = h->data;
+  (void)events;
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (status < 0)
+    soerr = ECONNREFUSED;
+  else if (getsockopt(c->sock->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
+    soerr = errno;
+  if (soerr) {
+    /* This address failed: close its socket and try the next one. */
+    uv_poll_stop(&c->sock->poll);
+    c->sock->poll.data = c->sock;
+    uv_close((uv_handle_t *)&c->sock->poll, mq_on_sock_closed);
+    close(c->sock->fd);
+    c->sock = NULL;
+    c->connect_err = sm_err_from_errno(soerr);
+    c->ai_cur = c->ai_cur ? c->ai_cur->ai_next : NULL;
+    mq_try_next_address(c);
+    return;
+  }
+  uv_poll_stop(&c->sock->poll);
+  uv_freeaddrinfo(c->ai_list);
+  c->ai_list = c->ai_cur = NULL;
+  c->phase = MQ_SETUP;
+  int err = mq_login(c);
+  if (!err)
+    err = mq_send_setup(c);
+  if (err) {
+    mq_drop(c, err);
+    return;
+  }
+  c->sock->poll.data = c;
+  uv_poll_start(&c->sock->poll, UV_READABLE, mq_on_io);
+  c->last_recv_ms = uv_now(c->loop);
+  /* amqp_login may have read frames past its own replies. */
+  if (mq_input_pending(c))
+    mq_drain(c);
+}
+
+static void mq_try_next_address(mq_conn *c) {
+  for (; c->ai_cur; c->ai_cur = c->ai_cur->ai_next) {
+    struct addrinfo *ai = c->ai_cur;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      continue;
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      c->connect_err = sm_err_from_errno(errno);
+      close(fd);
+      continue;
+    }
+    mq_sock *s = calloc(1, sizeof *s);
+    if (!s || uv_poll_init(c->loop, &s->poll, fd) != 0) {
+      free(s);
+      close(fd);
+      mq_drop(c, SM_ENOMEM);
+      return;
+    }
+    s->fd = fd;
+    s->poll.data = c;
+    c->sock = s;
+    uv_poll_start(&s->poll, UV_WRITABLE, mq_on_connect_poll);
+    return;
+  }
+  mq_drop(c, c->connect_err ? c->connect_err : SM_EIO);
+}
+
+static void mq_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  mq_conn *c = req->data;
+  c->gai_busy = 0;
+  if (c->destroyed || c->phase != MQ_RESOLVING) {
+    uv_freeaddrinfo(res);
+    mq_maybe_free(c);
+    return;
+  }
+  if (status < 0) {
+    mq_drop(c, SM_EADDR);
+    return;
+  }
+  c->ai_list = c->ai_cur = res;
+  c->connect_err = 0;
+  c->phase = MQ_CONNECTING;
+  mq_try_next_address(c);
+}
+
+static void mq_on_deadline(uv_timer_t *t) {
+  mq_drop(t->data, SM_ETIMEDOUT);
+}
+
+static void mq_start_attempt(mq_conn *c) {
+  char port[16];
+  snprintf(port, sizeof port, "%d", c->info.port);
+  if (c->gai_busy) {
+    /* A cancelled lookup has not returned yet: the request struct is still in use. */
+    c->phase = MQ_WAIT_RETRY;
+    uv_timer_start(&c->retry_timer, mq_on_retry_timer, 50, 0);
+    return;
+  }
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  c->phase = MQ_RESOLVING;
+  c->gai.data = c;
+  uv_timer_start(&c->deadline_timer, mq_on_deadline, c->connect_timeout_ms, 0);
+  int r = uv_getaddrinfo(c->loop, &c->gai, mq_on_resolved, c->info.host, port, &hints);
+  if (r != 0) {
+    mq_drop(c, SM_EADDR);
+    return;
+  }
+  c->gai_busy = 1;
+}
+
+static void mq_on_retry_timer(uv_timer_t *t) {
+  mq_conn *c = t->data;
+  if (c->drop_err) {
+    int err = c->drop_err;
+    c->drop_err = 0;
+    mq_drop(c, err);
+    return;
+  }
+  if (c->phase == MQ_WAIT_RETRY)
+    mq_start_attempt(c);
+}
+
+static void mq_schedule_retry(mq_conn *c) {
+  double d = c->backoff_min_s;
+  for (unsigned i = 1; i < c->attempt && d < c->backoff_max_s; i++)
+    d *= 2;
+  if (d > c->backoff_max_s)
+    d = c->backoff_max_s;
+  d *= 0.5 + 0.5 * mq_rand01(c); /* jitter: many managers must not reconnect in step */
+  uv_timer_start(&c->retry_timer, mq_on_retry_timer, (uint64_t)(d * 1000.0), 0);
+}
+
+/* ---- public API --------------------------------------------------------------------------- */
+
+static void mq_on_handle_closed(uv_handle_t *h) {
+  mq_conn *c = h->data;
+  c->open_handles--;
+  mq_maybe_free(c);
+}
+
+static void mq_maybe_free(mq_conn *c) {
+  if (!c->destroyed || c->open_handles > 0 || c->gai_busy)
+    return;
+  empty_amqp_pool(&c->in.pool);
+  free(c->url_buf);
+  free(c->cmd_q);
+  free(c->dlq);
+  free(c->res_q);
+  free(c->consume_queue);
+  free(c);
+}
+
+int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
+  if (!loop || !opts || !opts->url || !out)
+    return SM_EINVAL;
+  mq_conn *c = calloc(1, sizeof *c);
+  if (!c)
+    return SM_ENOMEM;
+  c->loop = loop;
+  const char *cq = opts->command_queue ? opts->command_queue : "agent-commands";
+  const char *rq = opts->result_queue ? opts->result_queue : "agent-results";
+  c->url_buf = mq_strdup(opts->url);
+  c->cmd_q = mq_strdup(cq);
+  c->res_q = mq_strdup(rq);
+  c->dlq = malloc(strlen(cq) + 5);
+  if (!c->url_buf || !c->cmd_q || !c->res_q || !c->dlq) {
+    free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
+    return SM_ENOMEM;
+  }
+  sprintf(c->dlq, "%s.dlq", cq);
+  amqp_default_connection_info(&c->info);
+  if (amqp_parse_url(c->url_buf, &c->info) != AMQP_STATUS_OK || c->info.ssl ||
+      !*c->cmd_q || !*c->res_q) {
+    free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
+    return SM_EINVAL;
+  }
+  /* "amqp://host/" names the default vhost "/" as every common client reads it. */
+  if (!c->info.vhost || !*c->info.vhost)
+    c->info.vhost = (char *)"/";
+  c->heartbeat_req = opts->heartbeat_s ? opts->heartbeat_s : 30;
+  c->connect_timeout_ms =
+    (uint64_t)((opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 5.0) * 1000.0);
+  c->backoff_min_s = opts->backoff_min_s > 0 ? opts->backoff_min_s : 0.2;
+  c->backoff_max_s = opts->backoff_max_s > 0 ? opts->backoff_max_s : 30.0;
+  if (c->backoff_max_s < c->backoff_min_s)
+    c->backoff_max_s = c->backoff_min_s;
+  c->depth_interval_ms = opts->depth_interval_s < 0
+                           ? 0
+                           : (uint64_t)((opts->depth_interval_s > 0 ? opts->depth_interval_s : 5.0) *
+                                        1000.0);
+  c->max_unconfirmed = opts->max_unconfirmed ? opts->max_unconfirmed : 4096;
+  c->max_message_bytes = opts->max_message_bytes ? opts->max_message_bytes : (16u << 20);
+  c->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15ULL;
+  if (!c->rng)
+    c->rng = 1;
+  init_amqp_pool(&c->in.pool, 4096);
+
+  uv_timer_t *timers[4] = {&c->retry_timer, &c->deadline_timer, &c->hb_timer, &c->depth_timer};
+  for (int i = 0; i < 4; i++) {
+    uv_timer_init(loop, timers[i]);
+    timers[i]->data = c;
+  }
+  uv_prepare_init(loop, &c->flush);
+  c->flush.data = c;
+  c->open_handles = 5;
+  c->phase = MQ_IDLE;
+  *out = c;
+  return 0;
+}
+
+int mq_conn_start(mq_conn *c) {
+  if (!c || c->phase != MQ_IDLE)
+    return SM_ESTATE;
+  mq_start_attempt(c);
+  return 0;
+}
+
+void mq_conn_destroy(mq_conn *c) {
+  if (!c || c->destroyed)
+    return;
+  if (c->phase == MQ_UP || c->phase == MQ_SETUP) {
+    /* Best effort polite close: no wait for close-ok; unacked deliveries return to the queue. */
+    amqp_connection_close_t cl;
+    memset(&cl, 0, sizeof cl);
+    cl.reply_code = AMQP_REPLY_SUCCESS;
+    cl.reply_text = amqp_cstring_bytes("shutdown");
+    mq_uncork(c);
+    (void)amqp_send_method(c->st, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl);
+  }
+  c->destroyed = 1;
+  if (c->phase == MQ_RESOLVING && c->gai_busy)
+    uv_cancel((uv_req_t *)&c->gai);
+  c->phase = MQ_CLOSED;
+  mq_teardown_socket(c);
+  mq_content_reset(c);
+  mq_fail_pending(c, SM_ECANCELED);
+  uv_handle_t *hs[5] = {(uv_handle_t *)&c->retry_timer, (uv_handle_t *)&c->deadline_timer,
+                        (uv_handle_t *)&c->hb_timer, (uv_handle_t *)&c->depth_timer,
+                        (uv_handle_t *)&c->flush};
+  for (int i = 0; i < 5; i++)
+    uv_close(hs[i], mq_on_handle_closed);
+}
+
+int mq_conn_on_state(mq_conn *c, mq_state_cb cb, void *ud) {
+  if (!c || !cb)
+    return SM_EINVAL;
+  if (c->n_ls >= MQ_MAX_LISTENERS)
+    return SM_ELIMIT;
+  c->ls[c->n_ls].cb = cb;
+  c->ls[c->n_ls].ud = ud;
+  c->n_ls++;
+  return 0;
+}
+
+void mq_conn_off_state(mq_conn *c, mq_state_cb cb, void *ud) {
+  for (int i = 0; i < c->n_ls; i++) {
+    if (c->ls[i].cb == cb && c->ls[i].ud == ud) {
+      memmove(&c->ls[i], &c->ls[i + 1], sizeof c->ls[0] * (size_t)(c->n_ls - i - 1));
+      c->n_ls--;
+      return;
+    }
+  }
+}
+
+void mq_conn_set_consumer(mq_conn *c, mq_deliver_cb cb, void *ud) {
+  c->deliver_cb = cb;
+  c->deliver_ud = ud;
+}
+
+void mq_conn_on_depth(mq_conn *c, mq_depth_cb cb, void *ud) {
+  c->depth_cb = cb;
+  c->depth_ud = ud;
+}
+
+int mq_conn_is_up(const mq_conn *c) {
+  return c && c->phase == MQ_UP;
+}
+
+uint64_t mq_conn_generation(const mq_conn *c) {
+  return c->gen;
+}
+
+int mq_conn_queue_depth(const mq_conn *c, uint64_t *messages) {
+  if (!c->depth_known)
+    return SM_EAGAIN;
+  *messages = c->depth;
+  return 0;
+}
+
+const char *mq_conn_command_queue(const mq_conn *c) {
+  return c->cmd_q;
+}
+
+const char *mq_conn_result_queue(const mq_conn *c) {
+  return c->res_q;
+}
+
+size_t mq_conn_unconfirmed(const mq_conn *c) {
+  return c->n_pending;
+}
+
+int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props *props,
+                    mq_publish_cb cb, void *ud) {
+  if (!c || !queue || (body.len && !body.base))
+    return SM_EINVAL;
+  if (c->phase != MQ_UP || c->drop_err)
+    return SM_ECLOSED;
+  if (c->n_pending >= c->max_unconfirmed)
+    return SM_ELIMIT;
+  mq_pending *p = calloc(1, sizeof *p);
+  if (!p)
+    return SM_ENOMEM;
+  amqp_basic_properties_t bp;
+  memset(&bp, 0, sizeof bp);
+  amqp_table_entry_t stack_entries[16];
+  amqp_table_entry_t *entries = stack_entries;
+  if (props) {
+    if (props->content_type.len) {
+      bp._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+      bp.content_type = mq_bytes_of(props->content_type);
+    }
+    if (props->reply_to.len) {
+      bp._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+      bp.reply_to = mq_bytes_of(props->reply_to);
+    }
+    if (props->correlation_id.len) {
+      bp._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+      bp.correlation_id = mq_bytes_of(props->correlation_id);
+    }
+    if (props->message_id.len) {
+      bp._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+      bp.message_id = mq_bytes_of(props->message_id);
+    }
+    if (props->persistent) {
+      bp._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+      bp.delivery_mode = 2;
+    }
+    if (props->n_headers) {
+      if (props->n_headers > 16) {
+        entries = calloc(props->n_headers, sizeof *entries);
+        if (!entries) {
+          free(p);
+          return SM_ENOMEM;
+        }
+      }
+      for (size_t i = 0; i < props->n_headers; i++) {
+        entries[i].key = mq_bytes_of(props->headers[i].key);
+        entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        entries[i].value.value.bytes = mq_bytes_of(props->headers[i].value);
+      }
+      bp._flags |= AMQP_BASIC_HEADERS_FLAG;
+      bp.headers.num_entries = (int)props->n_headers;
+      bp.headers.entries = entries;
+    }
+  }
+  mq_cork(c);
+  int r = amqp_basic_publish(c->st, MQ_CH_PUBLISH, amqp_empty_bytes, amqp_cstring_bytes(queue), 0,
+                             0, &bp, mq_bytes_of(body));
+  if (entries != stack_entries)
+    free(entries);
+  if (r != AMQP_STATUS_OK) {
+    free(p);
+    mq_defer_drop(c, mq_err_from_amqp(r));
+    return SM_EIO;
+  }
+  c->last_send_ms = uv_now(c->loop);
+  p->tag = ++c->next_tag;
+  p->cb = cb;
+  p->ud = ud;
+  if (c->tail)
+    c->tail->next = p;
+  else
+    c->head = p;
+  c->tail = p;
+  c->n_pending++;
+  return 0;
+}
+
+int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch) {
+  if (!c || !queue || !*queue)
+    return SM_EINVAL;
+  char *q = mq_strdup(queue);
+  if (!q)
+    return SM_ENOMEM;
+  free(c->consume_queue);
+  c->consume_queue = q;
+  c->prefetch = prefetch;
+  c->consume_wanted = 1;
+  if (c->phase != MQ_UP || c->consuming || c->drop_err)
+    return 0;
+  int err = mq_send_consume(c);
+  if (err) {
+    mq_defer_drop(c, err);
+    return SM_EIO;
+  }
+  return 0;
+}
+
+int mq_conn_consume_stop(mq_conn *c) {
+  if (!c)
+    return SM_EINVAL;
+  c->consume_wanted = 0;
+  if (c->phase != MQ_UP || !c->consuming || c->drop_err)
+    return 0;
+  amqp_basic_cancel_t bc = {.consumer_tag = amqp_cstring_bytes(c->ctag), .nowait = 0};
+  int err = mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_CANCEL_METHOD, &bc);
+  if (err) {
+    mq_defer_drop(c, err);
+    return SM_EIO;
+  }
+  c->consuming = 0;
+  return 0;
+}
+
+static int mq_ack_common(mq_conn *c, uint64_t gen, uint64_t tag, int ack, int requeue) {
+  if (!c)
+    return SM_EINVAL;
+  if (c->phase != MQ_UP || gen != c->gen || c->drop_err)
+    return SM_ECLOSED;
+  mq_cork(c);
+  int r = ack ? amqp_basic_ack(c->st, MQ_CH_CONSUME, tag, 0)
+              : amqp_basic_nack(c->st, MQ_CH_CONSUME, tag, 0, requeue ? 1 : 0);
+  if (r != AMQP_STATUS_OK) {
+    mq_defer_drop(c, mq_err_from_amqp(r));
+    return SM_EIO;
+  }
+  c->last_send_ms = uv_now(c->loop);
+  return 0;
+}
+
+int mq_conn_ack(mq_conn *c, uint64_t gen, uint64_t tag) {
+  return mq_ack_common(c, gen, tag, 1, 0);
+}
+
+int mq_conn_nack(mq_conn *c, uint64_t gen, uint64_t tag, int requeue) {
+  return mq_ack_common(c, gen, tag, 0, requeue);
+}

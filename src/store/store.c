@@ -1,0 +1,104 @@
+/* store.c - the store interface's dispatch and the checks both backends share. */
+#include "store/store.h"
+
+#include "util/err.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+void store_set_state_cb(store *s, store_state_cb cb, void *ud) {
+  s->on_state = cb;
+  s->state_ud = ud;
+}
+
+int store_sort_key(const sm_command *c, char *out, size_t outlen) {
+  int64_t t = c->created_at < 0 ? 0 : c->created_at;
+  int n = snprintf(out, outlen, "%013" PRId64 ":%s", t, c->id ? c->id : "");
+  return n < 0 || (size_t)n >= outlen ? SM_ETOOBIG : 0;
+}
+
+int store_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *ud) {
+  if (c == NULL || c->id == NULL || c->type == NULL || cb == NULL ||
+      strlen(c->id) > COMMAND_MAX_ID)
+    return SM_EINVAL;
+  return s->ops->cmd_create(s, c, cb, ud);
+}
+
+int store_cmd_get(store *s, const char *id, store_cmd_cb cb, void *ud) {
+  if (id == NULL || cb == NULL || strlen(id) > COMMAND_MAX_ID)
+    return SM_EINVAL;
+  return s->ops->cmd_get(s, id, cb, ud);
+}
+
+int store_cmd_update(store *s, const sm_command *c, command_status expected,
+                     const char *outbox_payload, size_t outbox_len, store_cmd_cb cb, void *ud) {
+  if (c == NULL || c->id == NULL || cb == NULL)
+    return SM_EINVAL;
+  /* rewriting a non-final record in place (same status: agent, attempts) is allowed too */
+  if (expected != c->status && !command_transition_allowed(expected, c->status))
+    return SM_EINVAL;
+  if (expected == c->status && command_status_is_final(expected))
+    return SM_EINVAL;
+  return s->ops->cmd_update(s, c, expected, outbox_payload, outbox_len, cb, ud);
+}
+
+int store_cmd_list(store *s, const store_filter *f, const char *cursor, size_t limit,
+                   store_list_cb cb, void *ud) {
+  static const store_filter none = {0};
+  if (cb == NULL || limit == 0 || limit > STORE_MAX_LIST ||
+      (cursor && strlen(cursor) > STORE_MAX_CURSOR))
+    return SM_EINVAL;
+  return s->ops->cmd_list(s, f ? f : &none, cursor && *cursor ? cursor : NULL, limit, cb, ud);
+}
+
+int store_outbox_add(store *s, const char *id, const char *payload, size_t len,
+                     store_done_cb cb, void *ud) {
+  if (id == NULL || payload == NULL || cb == NULL)
+    return SM_EINVAL;
+  return s->ops->outbox_add(s, id, payload, len, cb, ud);
+}
+
+int store_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud) {
+  if (cb == NULL || limit == 0 || limit > STORE_MAX_LIST)
+    return SM_EINVAL;
+  return s->ops->outbox_list(s, limit, cb, ud);
+}
+
+int store_outbox_remove(store *s, const char *id, store_done_cb cb, void *ud) {
+  if (id == NULL || cb == NULL)
+    return SM_EINVAL;
+  return s->ops->outbox_remove(s, id, cb, ud);
+}
+
+int store_agent_put(store *s, const char *id, const char *instance, const char *data,
+                    int64_t ttl_ms, store_done_cb cb, void *ud) {
+  if (id == NULL || *id == '\0' || instance == NULL || data == NULL || ttl_ms <= 0 || cb == NULL)
+    return SM_EINVAL;
+  return s->ops->agent_put(s, id, instance, data, ttl_ms, cb, ud);
+}
+
+int store_agent_del(store *s, const char *id, const char *instance, store_done_cb cb, void *ud) {
+  if (id == NULL || cb == NULL)
+    return SM_EINVAL;
+  return s->ops->agent_del(s, id, instance, cb, ud);
+}
+
+int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud) {
+  if (cb == NULL || limit == 0 || limit > 100000)
+    return SM_EINVAL;
+  return s->ops->agent_list(s, limit, cb, ud);
+}
+
+int store_is_up(const store *s) {
+  return s->ops->is_up(s);
+}
+
+const char *store_name(const store *s) {
+  return s->ops->name;
+}
+
+void store_close(store *s, void (*closed)(void *ud), void *ud) {
+  if (s != NULL)
+    s->ops->close(s, closed, ud);
+}

@@ -1,0 +1,102 @@
+/* admin-testserver: the admin listener alone on a loop, for test/integration/test_admin_*.py
+ * until (and besides) the real sirius-manager. Settings come from the environment like the
+ * manager's (ADMIN_API_ADDR, ADMIN_REQUEST_TIMEOUT, ...). Extra environment of this program:
+ *   TEST_AGENTS=N   registers N fake agents agent-001..agent-N (odd ones busy, even ones idle)
+ *   TEST_READY=1    makes /ready answer 200 (the manager's readiness needs an agent listener)
+ * Prints "PORT <n>" on stdout once listening; exits 0 on SIGTERM/SIGINT after a clean close. */
+#include "admin/server.h"
+#include "core/manager.h"
+#include "core/registry.h"
+#include "core/settings.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+static int fake_send(void *link, const agent_command *cmd) {
+  (void)link, (void)cmd;
+  return 0;
+}
+static void fake_end(void *link, int reason, const char *message) {
+  (void)link, (void)reason, (void)message;
+}
+static const char *fake_peer(void *link) {
+  (void)link;
+  return "127.0.0.1:1";
+}
+static const agent_link_ops fake_ops = {"fake", fake_send, fake_end, fake_peer};
+
+typedef struct app {
+  sm_manager m;
+  uv_signal_t sigterm, sigint;
+  int closed;
+} app;
+
+static void on_admin_closed(void *ud) {
+  app *a = ud;
+  a->closed = 1;
+  agent_registry_destroy(a->m.registry);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  app *a = s->data;
+  (void)signum;
+  uv_close((uv_handle_t *)&a->sigterm, NULL);
+  uv_close((uv_handle_t *)&a->sigint, NULL);
+  admin_server_stop_accepting(a->m.admin);
+  admin_server_close(a->m.admin, on_admin_closed, a);
+}
+
+int main(int argc, char **argv) {
+  static sm_settings s;
+  int rc = sm_settings_load(&s, argc, argv);
+  if (rc)
+    return rc > 0 ? 0 : 2;
+  sm_log_configure(s.log_level, s.log_format);
+  static app a;
+  uv_loop_t *loop = uv_default_loop();
+  a.m.loop = loop;
+  a.m.settings = &s;
+  if (getenv("TEST_READY") && strcmp(getenv("TEST_READY"), "1") == 0)
+    a.m.grpc = (struct grpc_server *)&a; /* any non-NULL: "the agent listener runs" */
+  agent_registry_config rc2 = {s.agent_timeout_s, s.max_agents, s.instance_id};
+  if (agent_registry_create(loop, &rc2, &a.m.registry))
+    return 1;
+  int n = getenv("TEST_AGENTS") ? atoi(getenv("TEST_AGENTS")) : 0;
+  for (int i = 1; i <= n; i++) {
+    char id[32], caps[64], ver[16];
+    snprintf(id, sizeof(id), "agent-%03d", i);
+    snprintf(caps, sizeof(caps), "os=%s,scan_type=nmap", i % 3 ? "linux" : "windows");
+    snprintf(ver, sizeof(ver), "1.%d.0", i % 5);
+    sm_kv meta[] = {{"hostname", "test-host"}, {"version", ver}, {"capabilities", caps}};
+    agent *ag;
+    if (agent_registry_attach(a.m.registry, id, strlen(id), i % 2 ? AGENT_BUSY : AGENT_IDLE,
+                              meta, 3, &fake_ops, &a, &ag))
+      return 1;
+  }
+  int err = admin_server_create(loop, &a.m, &a.m.admin);
+  if (!err)
+    err = admin_server_listen(a.m.admin);
+  if (err) {
+    fprintf(stderr, "admin-testserver: %s\n", sm_strerror(err));
+    return 1;
+  }
+  printf("PORT %d\n", admin_server_port(a.m.admin));
+  fflush(stdout);
+  uv_signal_init(loop, &a.sigterm);
+  uv_signal_init(loop, &a.sigint);
+  a.sigterm.data = a.sigint.data = &a;
+  uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&a.sigint, on_signal, SIGINT);
+  uv_run(loop, UV_RUN_DEFAULT);
+  int busy = uv_loop_close(loop);
+  sm_settings_finish(&s);
+  if (!a.closed || busy) {
+    fprintf(stderr, "admin-testserver: unclean exit (closed %d, loop busy %d)\n", a.closed, busy);
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,120 @@
+/* Unit tests of src/admin/router.c: pattern matching, params, 404/405, query strings. */
+#include "t.h"
+#include "admin/router.h"
+#include "util/err.h"
+
+static void h_a(void *ud, admin_request *req, admin_response *res) {
+  (void)ud, (void)req, (void)res;
+}
+static void h_b(void *ud, admin_request *req, admin_response *res) {
+  (void)ud, (void)req, (void)res;
+}
+
+static void test_match(void) {
+  admin_router r;
+  admin_router_init(&r, NULL);
+  T_EQ_INT(admin_router_add(&r, "GET", "/api/agents", h_a, ADMIN_ROLE_VIEWER), 0);
+  T_EQ_INT(admin_router_add(&r, "GET", "/api/agents/{id}", h_b, ADMIN_ROLE_VIEWER), 0);
+  T_EQ_INT(admin_router_add(&r, "PUT", "/api/commands/{id}/cancel", h_a, ADMIN_ROLE_OPERATOR), 0);
+  T_EQ_INT(admin_router_add(&r, "POST", "/api/agents", h_b, ADMIN_ROLE_ADMIN), 0);
+  T_EQ_INT(admin_router_add(&r, "GET", "/health", h_a, ADMIN_ROLE_PUBLIC), 0);
+  admin_match m;
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/agents", &m), 0);
+  T_ASSERT(m.route->fn == h_a);
+  T_EQ_INT(m.nparams, 0);
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/a%2Fb", &m), 0);
+  T_ASSERT(m.route->fn == h_b);
+  T_EQ_INT(m.route->min_role, ADMIN_ROLE_VIEWER);
+  T_EQ_INT(m.nparams, 1);
+  T_EQ_INT(m.params[0].name_len, 2);
+  T_ASSERT(memcmp(m.params[0].name, "id", 2) == 0);
+  T_EQ_INT(m.params[0].value_len, 5);
+  T_EQ_INT(admin_router_match(&r, "PUT", "/api/commands/c1/cancel", &m), 0);
+  T_EQ_INT(m.route->min_role, ADMIN_ROLE_OPERATOR);
+  T_ASSERT(memcmp(m.params[0].value, "c1", 2) == 0);
+  /* 404s: unknown, trailing slash, empty param, prefix, extra segment */
+  T_EQ_INT(admin_router_match(&r, "GET", "/nope", &m), SM_ENOENT);
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/", &m), SM_ENOENT);
+  T_EQ_INT(admin_router_match(&r, "GET", "/api", &m), SM_ENOENT);
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/x/y", &m), SM_ENOENT);
+  T_EQ_INT(admin_router_match(&r, "GET", "/healthz", &m), SM_ENOENT);
+  T_EQ_INT(admin_router_match(&r, "GET", "*", &m), SM_ENOENT);
+  /* 405 with Allow */
+  T_EQ_INT(admin_router_match(&r, "DELETE", "/api/agents", &m), SM_EPERM);
+  T_EQ_STR(m.allow, "GET, POST");
+  T_EQ_INT(admin_router_match(&r, "POST", "/health", &m), SM_EPERM);
+  T_EQ_STR(m.allow, "GET");
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/commands/c1/cancel", &m), SM_EPERM);
+  T_EQ_STR(m.allow, "PUT");
+}
+
+static void test_add_errors(void) {
+  admin_router r;
+  admin_router_init(&r, NULL);
+  T_EQ_INT(admin_router_add(&r, "GET", "nope", h_a, 0), SM_EINVAL);
+  T_EQ_INT(admin_router_add(&r, "GET", "/{a}/{b}/{c}/{d}/{e}", h_a, 0), SM_EINVAL);
+  for (int i = 0; i < ADMIN_MAX_ROUTES; i++)
+    T_EQ_INT(admin_router_add(&r, "GET", "/x", h_a, 0), 0);
+  T_EQ_INT(admin_router_add(&r, "GET", "/x", h_a, 0), SM_ELIMIT);
+}
+
+static admin_request *req_new(void) {
+  admin_request *req = calloc(1, sizeof(*req));
+  T_ASSERT(req != NULL);
+  return req;
+}
+
+static void test_bind(void) {
+  admin_router r;
+  admin_router_init(&r, NULL);
+  admin_router_add(&r, "GET", "/api/agents/{id}", h_a, 0);
+  admin_match m;
+  admin_request *req = req_new();
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/a%20b+c", &m), 0);
+  T_EQ_INT(admin_match_bind(&m, req), 0);
+  T_EQ_STR(admin_request_param(req, "id"), "a b+c");
+  T_ASSERT(admin_request_param(req, "x") == NULL);
+  T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/a%2", &m), 0);
+  T_EQ_INT(admin_match_bind(&m, req), SM_EPARSE);
+  admin_request_free(req);
+}
+
+static void test_query(void) {
+  admin_request *req = req_new();
+  T_EQ_INT(admin_query_parse(req, "capability=os:linux&capability=scan_type%3Anmap&"
+                                  "status=idle&&flag&q=a+b%21&=v"),
+           0);
+  T_EQ_INT(req->nqpairs, 6);
+  T_EQ_STR(req->qpairs[0].key, "capability");
+  T_EQ_STR(req->qpairs[0].value, "os:linux");
+  T_EQ_STR(req->qpairs[1].value, "scan_type:nmap");
+  T_EQ_STR(admin_request_query(req, "capability"), "os:linux");
+  T_EQ_STR(admin_request_query(req, "status"), "idle");
+  T_EQ_STR(admin_request_query(req, "flag"), "");
+  T_EQ_STR(admin_request_query(req, "q"), "a b!");
+  T_EQ_STR(req->qpairs[5].key, "");
+  T_ASSERT(admin_request_query(req, "missing") == NULL);
+  T_EQ_INT(admin_query_parse(req, ""), 0);
+  T_EQ_INT(req->nqpairs, 0);
+  T_EQ_INT(admin_query_parse(req, "a=%G1"), SM_EPARSE);
+  admin_buf b = {0};
+  for (int i = 0; i < ADMIN_MAX_QUERY_PAIRS; i++)
+    admin_buf_printf(&b, "k%d=v&", i);
+  admin_buf_append(&b, "", 1);
+  T_EQ_INT(admin_query_parse(req, b.p), 0);
+  T_EQ_INT(req->nqpairs, ADMIN_MAX_QUERY_PAIRS);
+  b.len--;
+  admin_buf_printf(&b, "one=more");
+  admin_buf_append(&b, "", 1);
+  T_EQ_INT(admin_query_parse(req, b.p), SM_ELIMIT);
+  admin_buf_finish(&b);
+  admin_request_free(req);
+}
+
+int main(void) {
+  T_RUN(test_match);
+  T_RUN(test_add_errors);
+  T_RUN(test_bind);
+  T_RUN(test_query);
+  return t_done();
+}

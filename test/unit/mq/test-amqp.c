@@ -1,0 +1,486 @@
+/* test-amqp.c - the RabbitMQ adapter, intake and publisher against a real rabbitmq-server.
+ *
+ * Run by with-broker.sh, which starts a throwaway broker and exports SM_RABBITMQ_PORT,
+ * SM_RABBITMQ_DIR and SM_RABBITMQ_SCRIPT. The cases share one broker and one loop and run in
+ * order: connect, confirms and depth, consume with prefetch, pause, dead-lettering, windows,
+ * a broker crash and restart (loop keeps running, publishes fail then succeed), heartbeat
+ * timeout on a frozen broker, and teardown with every handle closed.
+ */
+#include "mq/amqp.h"
+#include "mq/intake.h"
+#include "mq/publisher.h"
+#include "t.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#define MAX_SEEN 512
+
+typedef struct ctx {
+  uv_loop_t loop;
+  uv_timer_t tick; /* keeps the loop turning; counts turns during the outage */
+  uint64_t ticks;
+  mq_conn *conn;
+  mq_intake *intake;
+  mq_publisher *pub;
+  int ups, downs, last_err;
+  /* publishes */
+  int confirmed, nacked, closed, canceled;
+  /* deliveries */
+  int delivered;
+  mq_intake_handle handles[MAX_SEEN];
+  char corr[MAX_SEEN][64];
+  int redelivered_seen;
+  int auto_ack;     /* ack each delivery from the callback */
+  int reject_next;  /* dead-letter the next delivery */
+  /* depth */
+  uint64_t depth;
+  int depth_reports;
+  /* publisher */
+  int ready_calls;
+  /* DLQ reader */
+  mq_conn *dconn;
+  mq_intake *dintake;
+  int dlq_got;
+  char dlq_reason[128];
+  char dlq_body[128];
+  char dlq_corr[64];
+  char dlq_hdr[64];
+} ctx;
+
+static ctx T;
+
+static void on_tick(uv_timer_t *t) {
+  (void)t;
+  T.ticks++;
+}
+
+typedef int (*pred_fn)(void);
+
+/* Runs the loop until pred holds or secs pass; returns pred's last value. */
+static int run_until(pred_fn pred, double secs) {
+  uint64_t end = uv_now(&T.loop) + (uint64_t)(secs * 1000);
+  while (!pred() && uv_now(&T.loop) < end)
+    uv_run(&T.loop, UV_RUN_ONCE);
+  return pred();
+}
+
+static int never(void) {
+  return 0;
+}
+
+static void run_for(double secs) {
+  (void)run_until(never, secs);
+}
+
+static void on_state(mq_conn *c, int up, int err, void *ud) {
+  (void)c;
+  (void)ud;
+  if (up)
+    T.ups++;
+  else
+    T.downs++;
+  T.last_err = err;
+}
+
+static void on_published(int status, void *ud) {
+  (void)ud;
+  if (status == 0)
+    T.confirmed++;
+  else if (status == SM_EIO)
+    T.nacked++;
+  else if (status == SM_ECLOSED)
+    T.closed++;
+  else if (status == SM_ECANCELED)
+    T.canceled++;
+}
+
+static void on_depth(mq_conn *c, uint64_t messages, uint32_t consumers, void *ud) {
+  (void)c;
+  (void)consumers;
+  (void)ud;
+  T.depth = messages;
+  T.depth_reports++;
+}
+
+static void copy_slice(char *dst, size_t cap, mq_slice s) {
+  size_t n = s.len < cap - 1 ? s.len : cap - 1;
+  if (n)
+    memcpy(dst, s.base, n);
+  dst[n] = 0;
+}
+
+static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
+  (void)ud;
+  if (T.delivered < MAX_SEEN) {
+    T.handles[T.delivered] = m->handle;
+    copy_slice(T.corr[T.delivered], sizeof T.corr[0], m->props.correlation_id);
+  }
+  T.delivered++;
+  T.redelivered_seen += m->redelivered;
+  if (T.reject_next) {
+    T.reject_next = 0;
+    T_EQ_INT(mq_intake_reject_dlq(in, m->handle, "invalid command: bad json"), 0);
+    T_EQ_INT(mq_intake_reject_dlq(in, m->handle, "twice"), SM_ESTATE);
+    return;
+  }
+  if (T.auto_ack)
+    T_EQ_INT(mq_intake_ack(in, m->handle), 0);
+}
+
+static void on_dlq_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
+  (void)ud;
+  T.dlq_got++;
+  copy_slice(T.dlq_body, sizeof T.dlq_body, m->body);
+  copy_slice(T.dlq_corr, sizeof T.dlq_corr, m->props.correlation_id);
+  for (size_t i = 0; i < m->props.n_headers; i++) {
+    const mq_header *h = &m->props.headers[i];
+    if (h->key.len == 18 && !memcmp(h->key.base, "x-rejection-reason", 18))
+      copy_slice(T.dlq_reason, sizeof T.dlq_reason, h->value);
+    if (h->key.len == 8 && !memcmp(h->key.base, "x-source", 8))
+      copy_slice(T.dlq_hdr, sizeof T.dlq_hdr, h->value);
+  }
+  T_EQ_INT(mq_intake_ack(in, m->handle), 0);
+}
+
+static void on_ready(mq_publisher *p, void *ud) {
+  (void)p;
+  (void)ud;
+  T.ready_calls++;
+}
+
+static char url[128];
+static const char *broker_dir, *broker_script;
+
+static void broker(const char *verb, int background) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s %s %s >/dev/null%s", broker_script, verb, broker_dir,
+           background ? " 2>&1 &" : "");
+  T_EQ_INT(system(cmd), 0);
+}
+
+/* Publishes n messages with correlation ids "<prefix><i>" to the command queue. */
+static int publish_n(int n, const char *prefix) {
+  int ok = 0;
+  for (int i = 0; i < n; i++) {
+    char corr[64], body[64];
+    snprintf(corr, sizeof corr, "%s%d", prefix, i);
+    snprintf(body, sizeof body, "{\"type\":\"echo\",\"n\":%d}", i);
+    mq_header h = {{"x-source", 8}, {"test", 4}};
+    mq_props props = {.content_type = {"application/json", 16},
+                      .correlation_id = {corr, strlen(corr)},
+                      .reply_to = {"t-replies", 9},
+                      .headers = &h,
+                      .n_headers = 1,
+                      .persistent = 1};
+    int err = mq_conn_publish(T.conn, "t-cmd", (mq_slice){body, strlen(body)}, &props,
+                              on_published, NULL);
+    if (err)
+      return err;
+    ok++;
+  }
+  return ok == n ? 0 : SM_EINTERNAL;
+}
+
+static int want_confirmed;
+static int want_delivered;
+static int want_depth;
+static int want_ups;
+static int want_downs;
+static int p_confirmed(void) { return T.confirmed >= want_confirmed; }
+static int p_delivered(void) { return T.delivered >= want_delivered; }
+static int p_depth(void) { return T.depth_reports > 0 && (int)T.depth == want_depth; }
+static int p_ups(void) { return T.ups >= want_ups; }
+static int p_downs(void) { return T.downs >= want_downs; }
+static int p_dlq(void) { return T.dlq_got >= 1; }
+static int p_dead_lettered(void) {
+  mq_intake_stats st;
+  mq_intake_get_stats(T.intake, &st);
+  return st.dead_lettered >= 1;
+}
+
+static void test_bad_url(void) {
+  mq_conn *c = NULL;
+  mq_conn_opts o = {.url = "http://nope"};
+  T_EQ_INT(mq_conn_create(&T.loop, &o, &c), SM_EINVAL);
+  T_ASSERT(c == NULL);
+}
+
+static void test_connect(void) {
+  mq_conn_opts o = {
+    .url = url,
+    .command_queue = "t-cmd",
+    .result_queue = "t-res",
+    .heartbeat_s = 2,
+    .connect_timeout_s = 5,
+    .backoff_min_s = 0.1,
+    .backoff_max_s = 0.5,
+    .depth_interval_s = 0.1,
+    .max_unconfirmed = 300,
+  };
+  T_EQ_INT(mq_conn_create(&T.loop, &o, &T.conn), 0);
+  T_EQ_INT(mq_conn_on_state(T.conn, on_state, NULL), 0);
+  mq_conn_on_depth(T.conn, on_depth, NULL);
+  T_EQ_INT(mq_conn_publish(T.conn, "t-cmd", (mq_slice){"x", 1}, NULL, NULL, NULL), SM_ECLOSED);
+  T_EQ_INT(mq_conn_start(T.conn), 0);
+  T_EQ_INT(mq_conn_start(T.conn), SM_ESTATE);
+  want_ups = 1;
+  T_ASSERT(run_until(p_ups, 10));
+  T_ASSERT(mq_conn_is_up(T.conn));
+  T_EQ_INT(mq_conn_generation(T.conn), 1);
+  T_EQ_STR(mq_conn_command_queue(T.conn), "t-cmd");
+}
+
+static void test_publish_confirm_and_depth(void) {
+  int c0 = T.confirmed;
+  T_EQ_INT(publish_n(100, "a"), 0);
+  T_EQ_INT(mq_conn_unconfirmed(T.conn), 100);
+  want_confirmed = c0 + 100;
+  T_ASSERT(run_until(p_confirmed, 10));
+  T_EQ_INT(mq_conn_unconfirmed(T.conn), 0);
+  T_EQ_INT(T.nacked + T.closed, 0);
+  want_depth = 100;
+  T_ASSERT(run_until(p_depth, 5));
+  uint64_t d = 0;
+  T_EQ_INT(mq_conn_queue_depth(T.conn, &d), 0);
+  T_EQ_INT(d, 100);
+}
+
+static void test_adapter_confirm_window(void) {
+  /* max_unconfirmed = 300: the 301st publish in one turn is refused, nothing is lost. */
+  int c0 = T.confirmed;
+  T_EQ_INT(publish_n(300, "w"), 0);
+  T_EQ_INT(mq_conn_publish(T.conn, "t-cmd", (mq_slice){"x", 1}, NULL, on_published, NULL),
+           SM_ELIMIT);
+  want_confirmed = c0 + 300;
+  T_ASSERT(run_until(p_confirmed, 10));
+  want_depth = 400;
+  T_ASSERT(run_until(p_depth, 5));
+}
+
+static void test_consume_prefetch(void) {
+  T_EQ_INT(mq_intake_create(T.conn, 10, on_delivery, NULL, &T.intake), 0);
+  T_EQ_INT(mq_intake_start(T.intake), 0);
+  want_delivered = 10;
+  T_ASSERT(run_until(p_delivered, 5));
+  run_for(0.3);
+  T_EQ_INT(T.delivered, 10); /* the prefetch holds the rest back */
+  T_EQ_INT(mq_intake_unacked(T.intake), 10);
+  T_EQ_STR(T.corr[0], "a0");
+  T_EQ_STR(T.corr[9], "a9");
+  for (int i = 0; i < 10; i++)
+    T_EQ_INT(mq_intake_ack(T.intake, T.handles[i]), 0);
+  T_EQ_INT(mq_intake_ack(T.intake, T.handles[0]), SM_ENOENT);
+  T_EQ_INT(mq_intake_unacked(T.intake), 0);
+  T.auto_ack = 1;
+  want_delivered = 400;
+  T_ASSERT(run_until(p_delivered, 10));
+  run_for(0.2);
+  T_EQ_INT(T.delivered, 400);
+  T_EQ_STR(T.corr[99], "a99");
+  T_EQ_STR(T.corr[100], "w0");
+  want_depth = 0;
+  T_ASSERT(run_until(p_depth, 5));
+}
+
+static void test_pause_resume(void) {
+  T_EQ_INT(mq_intake_pause(T.intake), 0);
+  T_ASSERT(mq_intake_paused(T.intake));
+  run_for(0.2); /* let basic.cancel reach the broker */
+  int d0 = T.delivered, c0 = T.confirmed;
+  T_EQ_INT(publish_n(5, "p"), 0);
+  want_confirmed = c0 + 5;
+  T_ASSERT(run_until(p_confirmed, 5));
+  run_for(0.3);
+  T_EQ_INT(T.delivered, d0); /* paused: nothing new arrives */
+  T_EQ_INT(mq_intake_resume(T.intake), 0);
+  want_delivered = d0 + 5;
+  T_ASSERT(run_until(p_delivered, 5));
+  T_EQ_STR(T.corr[d0], "p0");
+}
+
+static void test_reject_to_dlq(void) {
+  T.reject_next = 1;
+  int d0 = T.delivered;
+  const char *body = "{not json";
+  mq_header h = {{"x-source", 8}, {"bad-client", 10}};
+  mq_props props = {.correlation_id = {"bad-1", 5}, .headers = &h, .n_headers = 1,
+                    .persistent = 1};
+  T_EQ_INT(mq_conn_publish(T.conn, "t-cmd", (mq_slice){body, strlen(body)}, &props, on_published,
+                           NULL),
+           0);
+  want_delivered = d0 + 1;
+  T_ASSERT(run_until(p_delivered, 5));
+  T_ASSERT(run_until(p_dead_lettered, 5));
+  T_EQ_INT(mq_intake_unacked(T.intake), 0);
+  /* Read the DLQ back through a second adapter whose "command queue" is the DLQ. */
+  mq_conn_opts o = {.url = url, .command_queue = "t-cmd.dlq", .result_queue = "t-res",
+                    .depth_interval_s = -1};
+  T_EQ_INT(mq_conn_create(&T.loop, &o, &T.dconn), 0);
+  T_EQ_INT(mq_intake_create(T.dconn, 4, on_dlq_delivery, NULL, &T.dintake), 0);
+  T_EQ_INT(mq_intake_start(T.dintake), 0);
+  T_EQ_INT(mq_conn_start(T.dconn), 0);
+  T_ASSERT(run_until(p_dlq, 10));
+  T_EQ_STR(T.dlq_body, "{not json");
+  T_EQ_STR(T.dlq_reason, "invalid command: bad json");
+  T_EQ_STR(T.dlq_corr, "bad-1");
+  T_EQ_STR(T.dlq_hdr, "bad-client");
+  mq_intake_destroy(T.dintake);
+  mq_conn_destroy(T.dconn);
+  T.dintake = NULL;
+  T.dconn = NULL;
+}
+
+static void test_publisher_window(void) {
+  T_EQ_INT(mq_publisher_create(T.conn, 4, &T.pub), 0);
+  mq_publisher_on_ready(T.pub, on_ready, NULL);
+  int c0 = T.confirmed;
+  for (int i = 0; i < 4; i++)
+    T_EQ_INT(mq_publisher_publish(T.pub, NULL, (mq_slice){"{\"id\":\"r\"}", 10},
+                                  (mq_slice){"corr", 4}, on_published, NULL),
+             0);
+  T_EQ_INT(mq_publisher_publish(T.pub, NULL, (mq_slice){"{}", 2}, (mq_slice){NULL, 0},
+                                on_published, NULL),
+           SM_ELIMIT);
+  T_ASSERT(!mq_publisher_can_publish(T.pub));
+  T_EQ_INT(mq_publisher_inflight(T.pub), 4);
+  T_EQ_INT(T.ready_calls, 0); /* never from inside the call */
+  want_confirmed = c0 + 4;
+  T_ASSERT(run_until(p_confirmed, 5));
+  T_EQ_INT(T.ready_calls, 1);
+  T_ASSERT(mq_publisher_can_publish(T.pub));
+  mq_publisher_stats st;
+  mq_publisher_get_stats(T.pub, &st);
+  T_EQ_INT(st.published, 4);
+  T_EQ_INT(st.confirmed, 4);
+  T_EQ_INT(st.refused, 1);
+}
+
+static void test_broker_restart(void) {
+  /* One delivery left unacked across the crash: its handle must go stale. */
+  T.auto_ack = 0;
+  int d0 = T.delivered, c0 = T.confirmed + T.closed;
+  T_EQ_INT(publish_n(1, "keep"), 0);
+  want_delivered = d0 + 1;
+  T_ASSERT(run_until(p_delivered, 5));
+  mq_intake_handle stale = T.handles[d0];
+  /* Publishes in flight when the broker dies: each completes, confirmed or SM_ECLOSED. */
+  T_EQ_INT(publish_n(50, "crash"), 0);
+  int downs0 = T.downs, ups0 = T.ups;
+  broker("kill", 0);
+  want_downs = downs0 + 1;
+  T_ASSERT(run_until(p_downs, 10));
+  T_ASSERT(!mq_conn_is_up(T.conn));
+  T_EQ_INT(T.confirmed + T.closed, c0 + 1 + 50);
+  T_EQ_INT(mq_conn_unconfirmed(T.conn), 0);
+  T_EQ_INT(mq_intake_ack(T.intake, stale), SM_ECLOSED);
+  T_EQ_INT(mq_intake_unacked(T.intake), 0);
+  T_EQ_INT(mq_publisher_publish(T.pub, NULL, (mq_slice){"{}", 2}, (mq_slice){NULL, 0},
+                                on_published, NULL),
+           SM_ECLOSED);
+  T_EQ_INT(mq_conn_publish(T.conn, "t-cmd", (mq_slice){"x", 1}, NULL, NULL, NULL), SM_ECLOSED);
+  /* The outage: the loop keeps turning (10 ms ticks) while reconnects fail and back off. */
+  uint64_t t0 = T.ticks;
+  int fails0 = T.downs;
+  run_for(1.0);
+  T_ASSERT(T.ticks - t0 >= 50);
+  T_ASSERT(T.downs - fails0 >= 2); /* backoff capped at 0.5 s: several attempts failed */
+  /* Restart in the background and keep the loop running until the adapter is back. */
+  broker("restart", 1);
+  want_ups = ups0 + 1;
+  T_ASSERT(run_until(p_ups, 60));
+  T_EQ_INT(mq_conn_generation(T.conn), 2);
+  T_ASSERT(T.ready_calls >= 2); /* the publisher announced the reconnect */
+  c0 = T.confirmed;
+  T_EQ_INT(mq_publisher_publish(T.pub, NULL, (mq_slice){"{}", 2}, (mq_slice){NULL, 0},
+                                on_published, NULL),
+           0);
+  want_confirmed = c0 + 1;
+  T_ASSERT(run_until(p_confirmed, 10));
+  /* The intake consumes again by itself: the persistent messages come (back). */
+  T.auto_ack = 1;
+  want_delivered = T.delivered + 1;
+  int got = run_until(p_delivered, 10);
+  if (!got)
+    fprintf(stderr, "depth=%llu reports=%d delivered=%d unacked=%zu\n",
+            (unsigned long long)T.depth, T.depth_reports, T.delivered,
+            mq_intake_unacked(T.intake));
+  T_ASSERT(got);
+  run_for(0.5);
+  int seen_keep = 0;
+  for (int i = d0 + 1; i < T.delivered && i < MAX_SEEN; i++)
+    seen_keep |= strcmp(T.corr[i], "keep0") == 0;
+  T_ASSERT(seen_keep);
+}
+
+static int read_pid(const char *path) {
+  FILE *f = fopen(path, "r");
+  int pid = 0;
+  if (f) {
+    if (fscanf(f, "%d", &pid) != 1)
+      pid = 0;
+    fclose(f);
+  }
+  return pid;
+}
+
+static void test_heartbeat_timeout(void) {
+  /* A frozen broker keeps the TCP connection open: only heartbeats can tell (2 s -> <= 4.5 s). */
+  char path[512];
+  snprintf(path, sizeof path, "%s/rabbit.pid", broker_dir);
+  int pid = read_pid(path);
+  T_ASSERT(pid > 0);
+  int downs0 = T.downs, ups0 = T.ups;
+  T_EQ_INT(kill(pid, SIGSTOP), 0);
+  want_downs = downs0 + 1;
+  int detected = run_until(p_downs, 8);
+  int err = T.last_err;
+  kill(pid, SIGCONT);
+  T_ASSERT(detected);
+  T_EQ_INT(err, SM_ETIMEDOUT);
+  want_ups = ups0 + 1;
+  T_ASSERT(run_until(p_ups, 20));
+}
+
+static void test_teardown(void) {
+  mq_publisher_destroy(T.pub);
+  mq_intake_destroy(T.intake);
+  mq_conn_destroy(T.conn);
+  mq_conn_destroy(NULL);
+  uv_close((uv_handle_t *)&T.tick, NULL);
+  T_EQ_INT(uv_run(&T.loop, UV_RUN_DEFAULT), 0);
+  T_EQ_INT(uv_loop_close(&T.loop), 0);
+}
+
+int main(void) {
+  const char *port = getenv("SM_RABBITMQ_PORT");
+  broker_dir = getenv("SM_RABBITMQ_DIR");
+  broker_script = getenv("SM_RABBITMQ_SCRIPT");
+  if (!port || !broker_dir || !broker_script) {
+    fprintf(stderr, "run through with-broker.sh\n");
+    return 1;
+  }
+  sm_log_configure(SM_LOG_WARN, SM_LOG_CONSOLE);
+  snprintf(url, sizeof url, "amqp://guest:guest@localhost:%s/", port);
+  T_EQ_INT(uv_loop_init(&T.loop), 0);
+  uv_timer_init(&T.loop, &T.tick);
+  uv_timer_start(&T.tick, on_tick, 10, 10);
+  T_RUN(test_bad_url);
+  T_RUN(test_connect);
+  T_RUN(test_publish_confirm_and_depth);
+  T_RUN(test_adapter_confirm_window);
+  T_RUN(test_consume_prefetch);
+  T_RUN(test_pause_resume);
+  T_RUN(test_reject_to_dlq);
+  T_RUN(test_publisher_window);
+  T_RUN(test_broker_restart);
+  T_RUN(test_heartbeat_timeout);
+  T_RUN(test_teardown);
+  return t_done();
+}

@@ -1,0 +1,428 @@
+/* test-store-conformance.c - one suite, both store backends: `memory` or `valkey` (argv[1] or
+ * SM_STORE_BACKEND). For valkey the test starts its own redis-server on a free port. */
+#include "store/store.h"
+#include "util/err.h"
+#include "../t.h"
+#include "redis-helper.h"
+
+#include <uv.h>
+
+static uv_loop_t *loop;
+static store *S;
+
+typedef struct res {
+  int done, err, existed;
+  sm_command *cmd;
+  size_t n;
+  char *ids[STORE_MAX_LIST];
+  char cursor[STORE_MAX_CURSOR + 1];
+  int has_cursor;
+  char *payloads[64];
+  char *instances[64];
+} res;
+
+static void res_clear(res *r) {
+  command_free(r->cmd);
+  for (size_t i = 0; i < r->n && i < STORE_MAX_LIST; i++)
+    free(r->ids[i]);
+  for (size_t i = 0; i < 64; i++) {
+    free(r->payloads[i]);
+    free(r->instances[i]);
+  }
+  memset(r, 0, sizeof(*r));
+}
+
+static void on_guard(uv_timer_t *t) {
+  (void)t;
+  fprintf(stderr, "operation did not complete in time\n");
+  abort();
+}
+
+static void wait_done(res *r) {
+  uv_timer_t guard;
+  uv_timer_init(loop, &guard);
+  uv_timer_start(&guard, on_guard, 5000, 0);
+  while (!r->done)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void cmd_cb(void *ud, int err, const sm_command *c, int existed) {
+  res *r = ud;
+  r->done = 1;
+  r->err = err;
+  r->existed = existed;
+  r->cmd = c ? command_clone(c) : NULL;
+}
+
+static void list_cb(void *ud, int err, sm_command *const *cmds, size_t n, const char *cursor) {
+  res *r = ud;
+  r->done = 1;
+  r->err = err;
+  r->n = n;
+  for (size_t i = 0; i < n; i++)
+    r->ids[i] = strdup(cmds[i]->id);
+  if (cursor) {
+    r->has_cursor = 1;
+    snprintf(r->cursor, sizeof(r->cursor), "%s", cursor);
+  }
+}
+
+static void done_cb(void *ud, int err) {
+  res *r = ud;
+  r->done = 1;
+  r->err = err;
+}
+
+static void outbox_cb(void *ud, int err, const store_outbox_item *it, size_t n) {
+  res *r = ud;
+  r->done = 1;
+  r->err = err;
+  r->n = n;
+  for (size_t i = 0; i < n && i < 64; i++) {
+    r->ids[i] = strdup(it[i].id);
+    r->payloads[i] = strdup(it[i].payload);
+    T_EQ_INT(strlen(it[i].payload), it[i].len);
+  }
+}
+
+static void agents_cb(void *ud, int err, const store_agent_rec *a, size_t n) {
+  res *r = ud;
+  r->done = 1;
+  r->err = err;
+  r->n = n;
+  for (size_t i = 0; i < n && i < 64; i++) {
+    r->ids[i] = strdup(a[i].id);
+    r->instances[i] = strdup(a[i].instance);
+    r->payloads[i] = strdup(a[i].data);
+  }
+}
+
+static sm_command *mk(const char *id, const char *type, const char *agent_id, int64_t created) {
+  sm_command *c = command_new();
+  command_set_str(&c->id, id);
+  command_set_str(&c->type, type);
+  command_set_str(&c->target_agent, agent_id);
+  c->created_at = created;
+  return c;
+}
+
+/* Creates c and checks the callback is deferred. Returns the result's existed flag. */
+static int create(const sm_command *c) {
+  res r = {0};
+  T_EQ_INT(store_cmd_create(S, c, cmd_cb, &r), 0);
+  T_EQ_INT(r.done, 0); /* never inside the call */
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  T_ASSERT(r.cmd != NULL);
+  int existed = r.existed;
+  res_clear(&r);
+  return existed;
+}
+
+static void test_create_get(void) {
+  sm_command *c = mk("c-1", "scan", NULL, 1000);
+  sm_kv p = {"target", "10.0.0.5"};
+  c->params = calloc(1, sizeof(sm_kv));
+  c->params[0].key = strdup(p.key);
+  c->params[0].value = strdup(p.value);
+  c->nparams = 1;
+  T_EQ_INT(create(c), 0);
+  T_EQ_INT(create(c), 1); /* same id again: the stored record */
+
+  res r = {0};
+  T_EQ_INT(store_cmd_get(S, "c-1", cmd_cb, &r), 0);
+  T_EQ_INT(r.done, 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  T_EQ_STR(r.cmd->type, "scan");
+  T_EQ_INT(r.cmd->nparams, 1);
+  T_EQ_STR(r.cmd->params[0].value, "10.0.0.5");
+  T_EQ_INT(r.cmd->status, COMMAND_QUEUED);
+  res_clear(&r);
+
+  T_EQ_INT(store_cmd_get(S, "nope", cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, SM_ENOENT);
+  T_ASSERT(r.cmd == NULL);
+  res_clear(&r);
+  command_free(c);
+}
+
+static void test_idempotency(void) {
+  sm_command *a = mk("idem-a", "echo", NULL, 2000);
+  command_set_str(&a->idempotency_key, "key-1");
+  T_EQ_INT(create(a), 0);
+  sm_command *b = mk("idem-b", "echo", NULL, 2001);
+  command_set_str(&b->idempotency_key, "key-1");
+  res r = {0};
+  T_EQ_INT(store_cmd_create(S, b, cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  T_EQ_INT(r.existed, 1);
+  T_EQ_STR(r.cmd->id, "idem-a");
+  res_clear(&r);
+  T_EQ_INT(store_cmd_get(S, "idem-b", cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, SM_ENOENT);
+  res_clear(&r);
+  command_free(a);
+  command_free(b);
+}
+
+static int update(sm_command *c, command_status expected, const char *outbox, res *r) {
+  int err = store_cmd_update(S, c, expected, outbox, outbox ? strlen(outbox) : 0, cmd_cb, r);
+  if (err)
+    return err;
+  T_EQ_INT(r->done, 0);
+  wait_done(r);
+  return r->err;
+}
+
+static void test_update_cas(void) {
+  sm_command *c = mk("u-1", "scan", NULL, 3000);
+  T_EQ_INT(create(c), 0);
+  res r = {0};
+  c->status = COMMAND_DISPATCHED;
+  command_set_str(&c->agent_id, "agent-7");
+  c->attempts = 1;
+  c->dispatched_at = 3100;
+  T_EQ_INT(update(c, COMMAND_QUEUED, NULL, &r), 0);
+  T_EQ_STR(r.cmd->agent_id, "agent-7");
+  res_clear(&r);
+
+  /* a stale writer that still believes it is queued loses */
+  c->status = COMMAND_CANCELLED;
+  T_EQ_INT(update(c, COMMAND_QUEUED, NULL, &r), SM_ESTATE);
+  T_ASSERT(r.cmd != NULL);
+  T_EQ_INT(r.cmd->status, COMMAND_DISPATCHED);
+  res_clear(&r);
+
+  /* final with a result and its outbox entry in the same write */
+  c->status = COMMAND_COMPLETED;
+  c->completed_at = 3200;
+  sm_kv d = {"out", "ok"};
+  T_EQ_INT(command_set_result(c, "completed", &d, 1, NULL, 3200), 0);
+  T_EQ_INT(update(c, COMMAND_DISPATCHED, "{\"id\":\"u-1\"}", &r), 0);
+  res_clear(&r);
+  T_EQ_INT(store_cmd_get(S, "u-1", cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.cmd->status, COMMAND_COMPLETED);
+  T_ASSERT(r.cmd->result.present);
+  T_EQ_STR(r.cmd->result.data[0].value, "ok");
+  res_clear(&r);
+
+  /* nothing leaves a final status: refused at once, no callback */
+  c->status = COMMAND_FAILED;
+  T_EQ_INT(store_cmd_update(S, c, COMMAND_COMPLETED, NULL, 0, cmd_cb, &r), SM_EINVAL);
+  /* a writer that expected running on a completed record gets SM_ESTATE */
+  T_EQ_INT(update(c, COMMAND_RUNNING, NULL, &r), SM_ESTATE);
+  T_EQ_INT(r.cmd->status, COMMAND_COMPLETED);
+  res_clear(&r);
+  /* absent */
+  sm_command *x = mk("u-missing", "scan", NULL, 1);
+  x->status = COMMAND_DISPATCHED;
+  T_EQ_INT(update(x, COMMAND_QUEUED, NULL, &r), SM_ENOENT);
+  res_clear(&r);
+  command_free(x);
+  command_free(c);
+
+  /* the outbox holds u-1's result */
+  T_EQ_INT(store_outbox_list(S, 10, outbox_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.n, 1);
+  T_EQ_STR(r.ids[0], "u-1");
+  T_EQ_STR(r.payloads[0], "{\"id\":\"u-1\"}");
+  res_clear(&r);
+  T_EQ_INT(store_outbox_remove(S, "u-1", done_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  res_clear(&r);
+}
+
+/* Pages through a listing; returns the number of commands seen, checking creation order. */
+static size_t list_all(const store_filter *f, size_t page, char ids[][32]) {
+  char cursor[STORE_MAX_CURSOR + 1] = "";
+  size_t total = 0;
+  for (int guard = 0; guard < 100; guard++) {
+    res r = {0};
+    T_EQ_INT(store_cmd_list(S, f, cursor[0] ? cursor : NULL, page, list_cb, &r), 0);
+    T_EQ_INT(r.done, 0);
+    wait_done(&r);
+    T_EQ_INT(r.err, 0);
+    T_ASSERT(r.n <= page);
+    for (size_t i = 0; i < r.n; i++)
+      snprintf(ids[total++], 32, "%s", r.ids[i]);
+    int more = r.has_cursor;
+    if (more)
+      snprintf(cursor, sizeof(cursor), "%s", r.cursor);
+    res_clear(&r);
+    if (!more)
+      return total;
+  }
+  abort();
+}
+
+static void test_list(void) {
+  /* 25 commands: types alternate, every third on agent a1, created in order */
+  for (int i = 0; i < 25; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "l-%02d", i);
+    sm_command *c = mk(id, i % 2 ? "scan" : "echo", i % 3 == 0 ? "a1" : NULL, 10000 + i);
+    T_EQ_INT(create(c), 0);
+    if (i % 5 == 0) { /* some dispatched, to filter by status */
+      res r = {0};
+      c->status = COMMAND_DISPATCHED;
+      T_EQ_INT(update(c, COMMAND_QUEUED, NULL, &r), 0);
+      res_clear(&r);
+    }
+    command_free(c);
+  }
+  static char ids[200][32];
+  store_filter all = {0};
+  size_t n = list_all(&all, 7, ids);
+  /* c-1, idem-a, u-1 and the 25 */
+  T_EQ_INT(n, 28);
+  T_EQ_STR(ids[0], "c-1");
+  T_EQ_STR(ids[3], "l-00");
+  T_EQ_STR(ids[27], "l-24");
+
+  store_filter ty = {.type = "scan"};
+  n = list_all(&ty, 5, ids);
+  T_EQ_INT(n, 12 + 2); /* 12 odd l-*, c-1, u-1 */
+
+  store_filter ag = {.agent_id = "a1"};
+  n = list_all(&ag, 4, ids);
+  T_EQ_INT(n, 9); /* l-00, 03, ..., 24 */
+  T_EQ_STR(ids[8], "l-24");
+
+  store_filter disp = {.status_mask = COMMAND_BIT(COMMAND_DISPATCHED)};
+  n = list_all(&disp, 10, ids);
+  T_EQ_INT(n, 5);
+  T_EQ_STR(ids[0], "l-00");
+
+  store_filter active = {.status_mask = COMMAND_MASK_ACTIVE};
+  n = list_all(&active, 100, ids);
+  T_EQ_INT(n, 27); /* all but the completed u-1 */
+
+  store_filter combo = {.status_mask = COMMAND_BIT(COMMAND_QUEUED), .type = "echo",
+                        .agent_id = "a1"};
+  n = list_all(&combo, 3, ids);
+  /* even i, i%3==0, i%5!=0: 6, 12, 18, 24 */
+  T_EQ_INT(n, 4);
+  T_EQ_STR(ids[0], "l-06");
+
+  res r = {0};
+  T_EQ_INT(store_cmd_list(S, &all, NULL, 0, list_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_cmd_list(S, &all, NULL, STORE_MAX_LIST + 1, list_cb, &r), SM_EINVAL);
+}
+
+static void test_outbox(void) {
+  res r = {0};
+  const char *ids[3] = {"o-1", "o-2", "o-3"};
+  for (int i = 0; i < 3; i++) {
+    T_EQ_INT(store_outbox_add(S, ids[i], "payload", 7, done_cb, &r), 0);
+    T_EQ_INT(r.done, 0);
+    wait_done(&r);
+    T_EQ_INT(r.err, 0);
+    res_clear(&r);
+  }
+  T_EQ_INT(store_outbox_list(S, 2, outbox_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.n, 2);
+  T_EQ_STR(r.ids[0], "o-1");
+  T_EQ_STR(r.payloads[1], "payload");
+  res_clear(&r);
+  T_EQ_INT(store_outbox_remove(S, "o-1", done_cb, &r), 0);
+  wait_done(&r);
+  res_clear(&r);
+  T_EQ_INT(store_outbox_remove(S, "o-absent", done_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  res_clear(&r);
+  T_EQ_INT(store_outbox_list(S, 10, outbox_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.n, 2);
+  T_EQ_STR(r.ids[0], "o-2");
+  res_clear(&r);
+}
+
+static void test_agents(void) {
+  res r = {0};
+  T_EQ_INT(store_agent_put(S, "ag-1", "inst-A", "{\"id\":\"ag-1\"}", 10000, done_cb, &r), 0);
+  T_EQ_INT(r.done, 0);
+  wait_done(&r);
+  res_clear(&r);
+  T_EQ_INT(store_agent_put(S, "ag-2", "inst-A", "{}", 10000, done_cb, &r), 0);
+  wait_done(&r);
+  res_clear(&r);
+  T_EQ_INT(store_agent_put(S, "ag-short", "inst-B", "{}", 50, done_cb, &r), 0);
+  wait_done(&r);
+  res_clear(&r);
+  usleep(120 * 1000);
+  T_EQ_INT(store_agent_list(S, 100, agents_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  T_EQ_INT(r.n, 2); /* ag-short expired */
+  res_clear(&r);
+  /* another instance does not own ag-1: no delete */
+  T_EQ_INT(store_agent_del(S, "ag-1", "inst-B", done_cb, &r), 0);
+  wait_done(&r);
+  res_clear(&r);
+  T_EQ_INT(store_agent_del(S, "ag-2", "inst-A", done_cb, &r), 0);
+  wait_done(&r);
+  res_clear(&r);
+  T_EQ_INT(store_agent_list(S, 100, agents_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.n, 1);
+  T_EQ_STR(r.ids[0], "ag-1");
+  T_EQ_STR(r.instances[0], "inst-A");
+  T_EQ_STR(r.payloads[0], "{\"id\":\"ag-1\"}");
+  res_clear(&r);
+}
+
+static int closed_flag;
+static void on_closed(void *ud) {
+  (void)ud;
+  closed_flag = 1;
+}
+
+static void on_state(void *ud, int up) {
+  *(int *)ud = up;
+}
+
+int main(int argc, char **argv) {
+  const char *backend = argc > 1 ? argv[1] : getenv("SM_STORE_BACKEND");
+  if (backend == NULL)
+    backend = "memory";
+  loop = uv_default_loop();
+  test_redis redis = {0};
+  if (strcmp(backend, "valkey") == 0) {
+    th_redis_start(&redis, NULL);
+    store_valkey_config cfg = {.host = "127.0.0.1", .port = redis.port, .prefix = "t:"};
+    T_EQ_INT(store_valkey_create(loop, &cfg, &S), 0);
+    int up = 0;
+    store_set_state_cb(S, on_state, &up);
+    while (!up)
+      uv_run(loop, UV_RUN_ONCE);
+  } else {
+    store_mem_config cfg = {0};
+    T_EQ_INT(store_mem_create(loop, &cfg, &S), 0);
+  }
+  fprintf(stderr, "backend: %s\n", store_name(S));
+  T_ASSERT(store_is_up(S));
+  T_RUN(test_create_get);
+  T_RUN(test_idempotency);
+  T_RUN(test_update_cas);
+  T_RUN(test_list);
+  T_RUN(test_outbox);
+  T_RUN(test_agents);
+  store_close(S, on_closed, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  T_ASSERT(closed_flag);
+  if (redis.pid)
+    th_redis_stop(&redis);
+  T_EQ_INT(uv_loop_close(loop), 0);
+  return t_done();
+}
