@@ -10,6 +10,7 @@ packages=(
   librabbitmq-dev libhiredis-dev libcjson-dev libssl-dev node-llhttp
   # tests and run
   redis-server rabbitmq-server python3 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest
+  python3-pika
   nghttp2-client curl openssl prometheus wrk procps iproute2
 )
 

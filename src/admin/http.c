@@ -140,8 +140,8 @@ int admin_response_header(admin_response *res, const char *name, const char *val
   return 0;
 }
 
-int admin_response_set(admin_response *res, int status, const char *content_type,
-                       const char *text, size_t n) {
+int admin_response_set(admin_response *res, int status, const char *content_type, const char *text,
+                       size_t n) {
   admin_response_finish(res);
   char *body = malloc(n + 1);
   if (body == NULL) {
@@ -176,8 +176,7 @@ static int json_string(admin_buf *b, const char *s) {
   return err ? err : admin_buf_append(b, "\"", 1);
 }
 
-void admin_response_error(admin_response *res, int status, const char *code,
-                          const char *message) {
+void admin_response_error(admin_response *res, int status, const char *code, const char *message) {
   admin_buf b = {0};
   int err = admin_buf_printf(&b, "{\"error\":{\"code\":");
   if (!err)
@@ -204,26 +203,46 @@ void admin_response_error(admin_response *res, int status, const char *code,
 
 const char *admin_status_reason(int status) {
   switch (status) {
-  case 100: return "Continue";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 413: return "Content Too Large";
-  case 415: return "Unsupported Media Type";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 503: return "Service Unavailable";
-  default: return "Unknown";
+  case 100:
+    return "Continue";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 413:
+    return "Content Too Large";
+  case 415:
+    return "Unsupported Media Type";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Unknown";
   }
 }
 
@@ -235,8 +254,8 @@ int admin_response_serialize(const admin_response *res, int keep_alive, admin_bu
                              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                              "Connection: %s\r\n",
                              res->status, admin_status_reason(res->status),
-                             res->content_type ? res->content_type : "application/json",
-                             body_len, keep_alive ? "keep-alive" : "close");
+                             res->content_type ? res->content_type : "application/json", body_len,
+                             keep_alive ? "keep-alive" : "close");
   for (size_t i = 0; !err && i < res->nheaders; i++)
     err = admin_buf_printf(out, "%s: %s\r\n", res->headers[i].name, res->headers[i].value);
   if (!err)

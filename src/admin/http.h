@@ -11,13 +11,14 @@
 #include <stdint.h>
 
 /* Limits a peer cannot push past; the byte limits come from settings (ADMIN_MAX_*). */
-#define ADMIN_MAX_HEADERS 64        /* header lines per request; beyond: 431 */
-#define ADMIN_MAX_QUERY_PAIRS 64    /* key=value pairs in a query string; beyond: 400 */
-#define ADMIN_MAX_PARAMS 4          /* {param} segments in a route pattern */
-#define ADMIN_MAX_RESP_HEADERS 8    /* extra response headers a handler may add */
-#define ADMIN_PIPELINE_MAX 16       /* responses queued per connection before reading stops */
-#define ADMIN_OUTPUT_HIGH_WATER (256u * 1024u) /* output bytes per connection before reading stops */
-#define ADMIN_LINGER_MS 2000        /* after a final response, discard input this long, then close */
+#define ADMIN_MAX_HEADERS 64     /* header lines per request; beyond: 431 */
+#define ADMIN_MAX_QUERY_PAIRS 64 /* key=value pairs in a query string; beyond: 400 */
+#define ADMIN_MAX_PARAMS 4       /* {param} segments in a route pattern */
+#define ADMIN_MAX_RESP_HEADERS 8 /* extra response headers a handler may add */
+#define ADMIN_PIPELINE_MAX 16    /* responses queued per connection before reading stops */
+#define ADMIN_OUTPUT_HIGH_WATER                                                                    \
+  (256u * 1024u)             /* output bytes per connection before reading stops */
+#define ADMIN_LINGER_MS 2000 /* after a final response, discard input this long, then close */
 
 /* A growable byte buffer with an explicit maximum (0: the caller enforces limits itself). */
 typedef struct admin_buf {
@@ -56,24 +57,24 @@ typedef struct admin_kv {
 } admin_kv;
 
 typedef struct admin_request {
-  const char *method;      /* "GET", "POST", ... (static text) */
-  const char *path;        /* request target before '?', raw (not decoded), NUL-terminated */
-  const char *query;       /* text after '?', raw, NUL-terminated; "" when absent */
+  const char *method; /* "GET", "POST", ... (static text) */
+  const char *path;   /* request target before '?', raw (not decoded), NUL-terminated */
+  const char *query;  /* text after '?', raw, NUL-terminated; "" when absent */
   admin_header headers[ADMIN_MAX_HEADERS];
   size_t nheaders;
-  char *body;              /* NUL-terminated for convenience; body_len bytes */
+  char *body; /* NUL-terminated for convenience; body_len bytes */
   size_t body_len;
-  int keep_alive;          /* the client allows another request on this connection */
-  int http_minor;          /* 0 or 1 */
-  uint64_t start_ns;       /* uv_hrtime() when its first byte arrived */
-  const char *peer;        /* client address "ip:port", set by the server */
+  int keep_alive;                    /* the client allows another request on this connection */
+  int http_minor;                    /* 0 or 1 */
+  uint64_t start_ns;                 /* uv_hrtime() when its first byte arrived */
+  const char *peer;                  /* client address "ip:port", set by the server */
   admin_kv params[ADMIN_MAX_PARAMS]; /* {param} values of the matched route, decoded */
   size_t nparams;
-  admin_kv *qpairs;        /* the parsed query string, in order; repeated keys kept */
+  admin_kv *qpairs; /* the parsed query string, in order; repeated keys kept */
   size_t nqpairs;
-  void *user;              /* the auth layer's per-request data (a later issue) */
-  admin_arena arena;       /* everything above that is not static */
-  admin_buf head;          /* storage of target and header lines while parsing */
+  void *user;        /* the auth layer's per-request data (a later issue) */
+  admin_arena arena; /* everything above that is not static */
+  admin_buf head;    /* storage of target and header lines while parsing */
 } admin_request;
 
 /* Frees the request and all its memory. NULL is fine. */
@@ -89,9 +90,9 @@ const char *admin_request_param(const admin_request *req, const char *name);
 const char *admin_request_query(const admin_request *req, const char *key);
 
 typedef struct admin_response {
-  int status;                   /* HTTP status code */
-  const char *content_type;     /* static text; "application/json" when NULL */
-  char *body;                   /* owned; freed with body_free (or free when NULL) */
+  int status;               /* HTTP status code */
+  const char *content_type; /* static text; "application/json" when NULL */
+  char *body;               /* owned; freed with body_free (or free when NULL) */
   size_t body_len;
   void (*body_free)(void *);
   struct {
@@ -99,7 +100,7 @@ typedef struct admin_response {
     char value[96];
   } headers[ADMIN_MAX_RESP_HEADERS];
   size_t nheaders;
-  int close;                    /* close the connection after this response */
+  int close; /* close the connection after this response */
 } admin_response;
 
 /* An empty 500 response: handlers overwrite it. */
@@ -109,11 +110,10 @@ void admin_response_finish(admin_response *res);
 /* Adds a response header (copied, truncated to the field sizes). Returns 0 or SM_ELIMIT. */
 int admin_response_header(admin_response *res, const char *name, const char *value);
 /* Sets a body copied from text (n bytes). Returns 0 or SM_ENOMEM (then a 500 is answered). */
-int admin_response_set(admin_response *res, int status, const char *content_type,
-                       const char *text, size_t n);
+int admin_response_set(admin_response *res, int status, const char *content_type, const char *text,
+                       size_t n);
 /* Answers {"error":{"code":code,"message":message}} with status. */
-void admin_response_error(admin_response *res, int status, const char *code,
-                          const char *message);
+void admin_response_error(admin_response *res, int status, const char *code, const char *message);
 
 /* Reason phrase of a status code ("Not Found"); "Unknown" for others. */
 const char *admin_status_reason(int status);

@@ -10,6 +10,7 @@
 #include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 enum hstate { H_NONE = 0, H_FIELD, H_VALUE };
@@ -18,16 +19,17 @@ struct admin_http1 {
   llhttp_t parser;
   llhttp_settings_t settings; /* llhttp keeps a pointer: lives as long as the parser */
   admin_http1_config cfg;
-  admin_request *req;         /* being received; NULL between requests */
-  admin_buf body;             /* body of req while receiving */
+  admin_request *req; /* being received; NULL between requests */
+  admin_buf body;     /* body of req while receiving */
   size_t name_off[ADMIN_MAX_HEADERS];
   size_t value_off[ADMIN_MAX_HEADERS];
-  size_t nheaders;            /* header lines completed so far */
+  size_t nheaders; /* header lines completed so far */
   enum hstate hstate;
-  int upgrade;                /* Upgrade/CONNECT: the connection ends after this request */
-  uint64_t seq;               /* requests begun */
-  int err_status;             /* HTTP status for the error a callback raised; 0: malformed */
-  int failed;                 /* the status to answer forever after an error; 0: fine */
+  int upgrade;       /* Upgrade/CONNECT: the connection ends after this request */
+  int want_continue; /* "Expect: 100-continue" with a body still to come */
+  uint64_t seq;      /* requests begun */
+  int err_status;    /* HTTP status for the error a callback raised; 0: malformed */
+  int failed;        /* the status to answer forever after an error; 0: fine */
 };
 
 static admin_http1 *self_of(llhttp_t *parser) {
@@ -62,6 +64,7 @@ static int on_message_begin(llhttp_t *parser) {
   p->nheaders = 0;
   p->hstate = H_NONE;
   p->upgrade = 0;
+  p->want_continue = 0;
   p->seq++;
   return 0;
 }
@@ -145,6 +148,10 @@ static int on_headers_complete(llhttp_t *parser) {
     p->err_status = 413;
     return HPE_USER;
   }
+  const char *expect = admin_request_header(req, "expect");
+  if (expect && strcasecmp(expect, "100-continue") == 0 && req->http_minor >= 1 &&
+      ((parser->flags & F_CHUNKED) || parser->content_length > 0))
+    p->want_continue = 1;
   return 0;
 }
 
@@ -232,12 +239,20 @@ long admin_http1_feed(admin_http1 *p, const char *data, size_t len, int *status)
   default:
     p->failed = p->err_status ? p->err_status : 400;
     *status = p->failed;
-    return p->failed == 431 ? SM_ELIMIT : p->failed == 413 ? SM_ETOOBIG
-                                        : p->failed == 500 ? SM_ENOMEM
-                                                           : SM_EPARSE;
+    return p->failed == 431   ? SM_ELIMIT
+           : p->failed == 413 ? SM_ETOOBIG
+           : p->failed == 500 ? SM_ENOMEM
+                              : SM_EPARSE;
   }
 }
 
 uint64_t admin_http1_pending(const admin_http1 *p) {
   return p->req ? p->seq : 0;
+}
+
+int admin_http1_take_continue(admin_http1 *p) {
+  if (!p->want_continue || p->req == NULL)
+    return 0;
+  p->want_continue = 0;
+  return 1;
 }

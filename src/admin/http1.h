@@ -39,4 +39,8 @@ long admin_http1_feed(admin_http1 *p, const char *data, size_t len, int *status)
  * request" from "a new one". */
 uint64_t admin_http1_pending(const admin_http1 *p);
 
+/* 1 once per request when the client sent "Expect: 100-continue", its headers passed the
+ * limits and its body has not arrived yet: the caller answers "100 Continue" now. */
+int admin_http1_take_continue(admin_http1 *p);
+
 #endif

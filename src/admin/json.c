@@ -42,8 +42,7 @@ cJSON *admin_agent_json(const agent *a, const char *instance) {
   if (o == NULL)
     return NULL;
   int bad = add_str(o, "id", a->id) | add_str(o, "hostname", a->hostname) |
-            add_str(o, "version", a->version) |
-            add_str(o, "status", agent_status_name(a->status));
+            add_str(o, "version", a->version) | add_str(o, "status", agent_status_name(a->status));
   cJSON *caps = cJSON_AddObjectToObject(o, "capabilities");
   if (caps == NULL)
     bad = -1;

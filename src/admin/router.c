@@ -24,8 +24,8 @@ static int is_param(const char *seg, size_t n) {
   return n >= 3 && seg[0] == '{' && seg[n - 1] == '}';
 }
 
-int admin_router_add(admin_router *r, const char *method, const char *pattern,
-                     admin_handler_fn fn, admin_role min_role) {
+int admin_router_add(admin_router *r, const char *method, const char *pattern, admin_handler_fn fn,
+                     admin_role min_role) {
   if (method == NULL || pattern == NULL || fn == NULL || pattern[0] != '/')
     return SM_EINVAL;
   size_t params = 0;
@@ -101,8 +101,8 @@ int admin_router_match(const admin_router *r, const char *method, const char *pa
         a++;
     }
     if (!dup && alen + strlen(probe) + 3 < sizeof(m->allow))
-      alen += (size_t)snprintf(m->allow + alen, sizeof(m->allow) - alen, "%s%s",
-                               alen ? ", " : "", probe);
+      alen += (size_t)snprintf(m->allow + alen, sizeof(m->allow) - alen, "%s%s", alen ? ", " : "",
+                               probe);
   }
   return path_known ? SM_EPERM : SM_ENOENT;
 }
@@ -201,6 +201,7 @@ void admin_router_dispatch(const admin_router *r, admin_request *req, admin_resp
                                           : "malformed percent-encoding in the URL");
     return;
   }
-  /* The route's min_role is checked here once authentication exists (a later issue). */
+  if (r->guard && r->guard(r->guard_ud, req, m.route, res))
+    return;
   m.route->fn(r->ud, req, res);
 }

@@ -21,31 +21,39 @@ typedef enum admin_role {
 typedef void (*admin_handler_fn)(void *ud, admin_request *req, admin_response *res);
 
 typedef struct admin_route {
-  const char *method;   /* "GET", "POST", ... (static text) */
-  const char *pattern;  /* "/api/agents/{id}": literal segments and whole-segment {params} */
+  const char *method;  /* "GET", "POST", ... (static text) */
+  const char *pattern; /* "/api/agents/{id}": literal segments and whole-segment {params} */
   admin_handler_fn fn;
-  admin_role min_role;  /* the least role allowed */
+  admin_role min_role; /* the least role allowed */
 } admin_route;
+
+/* Runs before the handler of every matched route (authentication, roles, rate limits: the
+ * security issue plugs in here). Returns 0 to go on, or non-zero with res filled (401, 403,
+ * 429, ...). It may set req->user for the handler and the request log. */
+typedef int (*admin_guard_fn)(void *guard_ud, admin_request *req, const admin_route *route,
+                              admin_response *res);
 
 #define ADMIN_MAX_ROUTES 64
 
 typedef struct admin_router {
   admin_route routes[ADMIN_MAX_ROUTES]; /* in registration order; first match wins */
   size_t n;
-  void *ud; /* passed to every handler */
+  void *ud;             /* passed to every handler */
+  admin_guard_fn guard; /* NULL: every route is open (until authentication exists) */
+  void *guard_ud;
 } admin_router;
 
 /* Result of a lookup. */
 typedef struct admin_match {
-  const admin_route *route;      /* the match, or NULL */
+  const admin_route *route; /* the match, or NULL */
   struct {
-    const char *name;            /* into the pattern, name_len bytes */
+    const char *name; /* into the pattern, name_len bytes */
     size_t name_len;
-    const char *value;           /* into the path (raw, not decoded), value_len bytes */
+    const char *value; /* into the path (raw, not decoded), value_len bytes */
     size_t value_len;
   } params[ADMIN_MAX_PARAMS];
   size_t nparams;
-  char allow[96];                /* for 405: methods of routes whose pattern matched */
+  char allow[96]; /* for 405: methods of routes whose pattern matched */
 } admin_match;
 
 /* An empty router. */
@@ -53,14 +61,13 @@ void admin_router_init(admin_router *r, void *ud);
 
 /* Adds a route (copied; the strings must outlive the router). Returns 0, SM_EINVAL (pattern
  * not starting with '/', or more than ADMIN_MAX_PARAMS params) or SM_ELIMIT (table full). */
-int admin_router_add(admin_router *r, const char *method, const char *pattern,
-                     admin_handler_fn fn, admin_role min_role);
+int admin_router_add(admin_router *r, const char *method, const char *pattern, admin_handler_fn fn,
+                     admin_role min_role);
 
 /* Looks up method + path (path: NUL-terminated, raw). Returns 0 with m->route set; SM_ENOENT
  * when no pattern matches the path (404); SM_EPERM when patterns match but not for this method
  * (405, m->allow lists the methods, comma-separated). */
-int admin_router_match(const admin_router *r, const char *method, const char *path,
-                       admin_match *m);
+int admin_router_match(const admin_router *r, const char *method, const char *path, admin_match *m);
 
 /* Decodes the match's params into req->params (in req's arena). Returns 0, SM_EPARSE (bad
  * escape: 400) or SM_ENOMEM. */

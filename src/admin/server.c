@@ -40,22 +40,22 @@ typedef struct admin_conn {
   uv_timer_t timer;
   struct admin_server *srv;
   admin_http1 *http;
-  char peer[64];              /* "ip:port" of the client */
+  char peer[96]; /* "ip:port" of the client */
   enum conn_state state;
-  int handles;                /* open handles; freed at 0 */
-  int reading;                /* uv_read_start active */
-  int peer_eof;               /* the client shut down its side */
-  admin_buf out;              /* gathered this turn, not yet handed to uv_write */
-  size_t out_n;               /* responses in out */
-  admin_buf wbuf;             /* the bytes of the write in flight */
-  size_t w_n;                 /* responses in wbuf */
-  int writing;                /* wreq in flight */
+  int handles;    /* open handles; freed at 0 */
+  int reading;    /* uv_read_start active */
+  int peer_eof;   /* the client shut down its side */
+  admin_buf out;  /* gathered this turn, not yet handed to uv_write */
+  size_t out_n;   /* responses in out */
+  admin_buf wbuf; /* the bytes of the write in flight */
+  size_t w_n;     /* responses in wbuf */
+  int writing;    /* wreq in flight */
   uv_write_t wreq;
   uv_shutdown_t sreq;
-  admin_buf stash;            /* input not parsed yet because output backed up */
-  enum timer_kind tkind;      /* deadline the timer runs for */
-  uint64_t tseq;              /* request sequence the T_REQUEST deadline belongs to */
-  int dirty;                  /* on the server's flush list */
+  admin_buf stash;                  /* input not parsed yet because output backed up */
+  enum timer_kind tkind;            /* deadline the timer runs for */
+  uint64_t tseq;                    /* request sequence the T_REQUEST deadline belongs to */
+  int dirty;                        /* on the server's flush list */
   struct admin_conn *dprev, *dnext; /* flush list */
   struct admin_conn *prev, *next;   /* all connections */
 } admin_conn;
@@ -67,20 +67,21 @@ struct admin_server {
   admin_router router;
   char host[256];
   int port;
-  int bound_port;             /* -1 until listening */
+  int bound_port; /* -1 until listening */
   uv_tcp_t listener;
-  uv_check_t flusher;         /* flushes gathered output once per loop turn, right after poll */
-  uv_idle_t kick;             /* output gathered outside poll (timers, write callbacks): keeps
-                                 the next poll from blocking until it is flushed */
+  uv_check_t flusher; /* flushes gathered output once per loop turn, right after poll */
+  uv_idle_t kick;     /* output gathered outside poll (timers, write callbacks): keeps
+                         the next poll from blocking until it is flushed */
   int listener_closed;
-  int stopping;               /* stop_accepting called: no keep-alive from now on */
-  int closing;                /* admin_server_close called */
-  size_t open_handles;        /* handles whose close callback has not run */
+  int stopping;        /* stop_accepting called: no keep-alive from now on */
+  int closing;         /* admin_server_close called */
+  size_t open_handles; /* handles whose close callback has not run */
   admin_conn *conns;
   size_t nconns;
-  admin_conn *dirty;          /* connections with output to flush this turn */
+  admin_conn *dirty; /* connections with output to flush this turn */
   uint64_t request_timeout_ms;
   uint64_t idle_timeout_ms;
+  admin_buf busy; /* the serialized 503 for connections beyond the limit */
   void (*close_cb)(void *ud);
   void *close_ud;
   char rbuf[ADMIN_READ_BUF];
@@ -101,6 +102,7 @@ static void server_maybe_free(struct admin_server *srv) {
     return;
   void (*cb)(void *) = srv->close_cb;
   void *ud = srv->close_ud;
+  admin_buf_finish(&srv->busy);
   free(srv);
   if (cb)
     cb(ud);
@@ -173,8 +175,8 @@ static void read_start(admin_conn *c) {
 }
 
 /* Queues one serialized response; logs the request line. */
-static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive,
-                       const char *method, const char *path, uint64_t start_ns) {
+static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive, const char *method,
+                       const char *path, uint64_t start_ns) {
   if (admin_response_serialize(res, keep_alive, &c->out) == 0) {
     c->out_n++;
   } else {
@@ -206,13 +208,21 @@ static void conn_fail(admin_conn *c, int status) {
   admin_response res;
   admin_response_init(&res);
   switch (status) {
-  case 408: admin_response_error(&res, 408, "request_timeout", "request not received in time"); break;
-  case 413: admin_response_error(&res, 413, "payload_too_large", "request body too large"); break;
+  case 408:
+    admin_response_error(&res, 408, "request_timeout", "request not received in time");
+    break;
+  case 413:
+    admin_response_error(&res, 413, "payload_too_large", "request body too large");
+    break;
   case 431:
     admin_response_error(&res, 431, "headers_too_large", "request header fields too large");
     break;
-  case 500: admin_response_error(&res, 500, "internal", "out of memory"); break;
-  default: admin_response_error(&res, 400, "bad_request", "malformed HTTP request"); break;
+  case 500:
+    admin_response_error(&res, 500, "internal", "out of memory");
+    break;
+  default:
+    admin_response_error(&res, 400, "bad_request", "malformed HTTP request");
+    break;
   }
   conn_queue(c, &res, 0, NULL, NULL, 0);
   admin_response_finish(&res);
@@ -349,6 +359,10 @@ static void conn_input(admin_conn *c, const char *data, size_t len) {
     read_stop(c);
     if (admin_buf_append(&c->stash, data + used, len - (size_t)used) != 0)
       conn_close(c);
+  } else if (admin_http1_take_continue(c->http)) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (admin_buf_append(&c->out, cont, sizeof(cont) - 1) == 0)
+      mark_dirty(c);
   }
   conn_update_timer(c);
 }
@@ -475,11 +489,6 @@ static void peer_name(uv_tcp_t *t, char *out, size_t size) {
   }
 }
 
-static const char busy_response[] =
-    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    "Content-Length: 72\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
-    "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many admin connections\"}}";
-
 static void on_reject_closed(uv_handle_t *h) {
   struct admin_server *srv = h->data;
   free(h);
@@ -497,8 +506,9 @@ static void reject_connection(struct admin_server *srv) {
   t->data = srv;
   srv->open_handles++;
   if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0) {
-    uv_buf_t b = uv_buf_init((char *)busy_response, sizeof(busy_response) - 1);
-    (void)uv_try_write((uv_stream_t *)t, &b, 1);
+    uv_buf_t b = uv_buf_init(srv->busy.p, (unsigned)srv->busy.len);
+    if (srv->busy.len)
+      (void)uv_try_write((uv_stream_t *)t, &b, 1);
   }
   sm_log_warn("admin", "connection refused: limit reached",
               SM_LI("max_connections", srv->s->admin_max_connections));
@@ -562,15 +572,22 @@ int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **ou
   srv->bound_port = -1;
   srv->request_timeout_ms = secs_to_ms(srv->s->admin_request_timeout_s);
   srv->idle_timeout_ms = secs_to_ms(srv->s->admin_idle_timeout_s);
-  int err = sm_addr_split(srv->s->admin_addr ? srv->s->admin_addr : ":8080", srv->host,
-                          &srv->port);
+  int err = sm_addr_split(srv->s->admin_addr ? srv->s->admin_addr : ":8080", srv->host, &srv->port);
   if (err) {
     free(srv);
     return err;
   }
   admin_router_init(&srv->router, m);
   err = admin_handlers_register(&srv->router);
+  admin_response busy;
+  admin_response_init(&busy);
+  admin_response_error(&busy, 503, "unavailable", "too many admin connections");
+  admin_response_header(&busy, "Retry-After", "1");
+  if (!err)
+    err = admin_response_serialize(&busy, 0, &srv->busy);
+  admin_response_finish(&busy);
   if (err) {
+    admin_buf_finish(&srv->busy);
     free(srv);
     return err;
   }
@@ -594,16 +611,14 @@ int admin_server_listen(struct admin_server *srv) {
   if (rc != 0) {
     sm_log_error("admin", "cannot listen", SM_LS("addr", srv->s->admin_addr),
                  SM_LS("reason", uv_strerror(rc)));
-    return rc == UV_EADDRINUSE || rc == UV_EADDRNOTAVAIL || rc == UV_EACCES
-               ? SM_EADDR
-               : sm_err_from_uv(rc);
+    return rc == UV_EADDRINUSE || rc == UV_EADDRNOTAVAIL || rc == UV_EACCES ? SM_EADDR
+                                                                            : sm_err_from_uv(rc);
   }
   struct sockaddr_storage name;
   int len = sizeof(name);
   if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&name, &len) == 0)
-    srv->bound_port = ntohs(name.ss_family == AF_INET6
-                                ? ((struct sockaddr_in6 *)&name)->sin6_port
-                                : ((struct sockaddr_in *)&name)->sin_port);
+    srv->bound_port = ntohs(name.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&name)->sin6_port
+                                                       : ((struct sockaddr_in *)&name)->sin_port);
   sm_log_info("admin", "listening", SM_LS("addr", srv->s->admin_addr),
               SM_LI("port", srv->bound_port));
   return 0;

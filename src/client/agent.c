@@ -261,10 +261,6 @@ static void cmd_maybe_close(client_cmd *c) {
   if (c->spawned) {
     uv_close((uv_handle_t *)&c->proc, cmd_handle_closed);
     uv_close((uv_handle_t *)&c->out, cmd_handle_closed);
-  } else if (c->open_handles == 3) {
-    /* spawn failed after the pipe was initialised */
-    uv_close((uv_handle_t *)&c->out, cmd_handle_closed);
-    c->open_handles--;
   }
 }
 
@@ -427,9 +423,10 @@ static int cmd_spawn(client_cmd *c) {
   c->proc.data = c;
   rc = uv_spawn(f->loop, &c->proc, &po);
   if (rc) {
-    /* uv_spawn initialised the process handle even on failure: it must be closed too. */
+    /* The process handle and the pipe are initialised even on failure: close both now; the
+     * timer closes when the command finishes (open_handles still counts all three). */
     uv_close((uv_handle_t *)&c->proc, cmd_handle_closed);
-    c->open_handles--;
+    uv_close((uv_handle_t *)&c->out, cmd_handle_closed);
     return sm_err_from_uv(rc);
   }
   c->spawned = 1;
@@ -457,6 +454,12 @@ static void agent_on_command(client_agent *a, const Scan__CommandMessage *m) {
     sm_log_error("agent", "crashing on purpose (--crash-after)", SM_LS("agent_id", a->id),
                  SM_LI("commands", f->st.commands));
     _exit(3);
+  }
+  /* The manager may send a command again (after a reconnect) while it still runs here: run it
+   * once, and tell the manager it is running. */
+  if (*id && strcmp(m->type, "cancel") != 0 && find_cmd(a, id) != NULL) {
+    send_result(a, id, "running", NULL, NULL, 0);
+    return;
   }
   client_exec_plan(&f->xcfg, &a->rng, m, a->active, &plan);
   sm_log_debug("agent", "command", SM_LS("agent_id", a->id), SM_LS("command_id", id),
@@ -733,7 +736,10 @@ int client_fleet_create(uv_loop_t *loop, const client_opts *o, client_fleet **ou
     f->nbinds = o->nsource_addrs;
   }
   if (o->tls) {
-    net_tls_config tc = {.cert_file = o->tls_cert, .key_file = o->tls_key, .ca_file = o->tls_ca};
+    net_tls_config tc = {.cert_file = o->tls_cert,
+                         .key_file = o->tls_key,
+                         .ca_file = o->tls_ca,
+                         .insecure = o->tls_insecure};
     rc = net_tls_ctx_create_client(&tc, &f->tls);
     if (rc) {
       snprintf(err, errlen, "--tls: cannot set up TLS (%s)", sm_strerror(rc));

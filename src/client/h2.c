@@ -253,11 +253,17 @@ static int on_stream_close_cb(nghttp2_session *s, int32_t sid, uint32_t code, vo
 
 static int on_frame_recv_cb(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
   client_call *c = ud;
-  (void)s;
+  /* The server's END_STREAM (trailers) ends the call even while our side is open: reset our
+   * half with NO_ERROR, as gRPC does, so the stream closes now. */
+  if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+      f->hd.stream_id == c->stream_id && (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+      !c->stream_closed)
+    nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, c->stream_id, NGHTTP2_NO_ERROR);
+  /* GOAWAY alone changes nothing here: the server still ends our stream (or nghttp2 closes it
+   * as refused when it is above last_stream_id), and on_stream_close reports that. */
   if (f->hd.type == NGHTTP2_GOAWAY)
     sm_log_debug("client", "server sent GOAWAY", SM_LI("code", f->goaway.error_code),
                  SM_LI("last_stream_id", f->goaway.last_stream_id));
-  (void)c;
   return 0;
 }
 

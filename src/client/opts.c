@@ -158,6 +158,7 @@ static const opt_def opt_table[] = {
     {"tls-cert", NULL, O_STR, OFF(tls_cert), 0, 0},
     {"tls-key", NULL, O_STR, OFF(tls_key), 0, 0},
     {"tls-server-name", NULL, O_STR, OFF(tls_server_name), 0, 0},
+    {"tls-insecure", NULL, O_FLAG, OFF(tls_insecure), 0, 0},
     {"scan-duration-ms", NULL, O_DBL, OFF(scan_duration_ms), 0, 86400000},
     {"scan-duration-dist", NULL, O_SPECIAL, OFF(scan_dist), 0, 0},
     {"fail-rate", NULL, O_DBL, OFF(fail_rate), 0, 1},
@@ -313,7 +314,7 @@ int client_opts_parse(client_opts *o, int argc, const char *const *argv, client_
   if ((o->tls_cert == NULL) != (o->tls_key == NULL))
     return fail(err, errlen, o->tls_cert ? "--tls-key" : "--tls-cert",
                 "--tls-cert and --tls-key go together");
-  if ((o->tls_ca || o->tls_cert || o->tls_server_name) && !o->tls)
+  if ((o->tls_ca || o->tls_cert || o->tls_server_name || o->tls_insecure) && !o->tls)
     o->tls = 1; /* any TLS flag implies --tls */
   if (o->id && o->count)
     return fail(err, errlen, "--count", "cannot be combined with --id (use --id-prefix)");
@@ -342,6 +343,7 @@ const char *client_opts_usage(void) {
          "  --tls-ca FILE              verify the server against this CA\n"
          "  --tls-cert FILE --tls-key FILE   client certificate (mutual TLS)\n"
          "  --tls-server-name NAME     SNI / expected server name\n"
+         "  --tls-insecure             do not verify the server (development only)\n"
          "  --scan-duration-ms MS      mean simulated scan duration (1000)\n"
          "  --scan-duration-dist D     fixed, uniform (0..2*mean) or exp (fixed)\n"
          "  --fail-rate P              probability a command fails (0)\n"

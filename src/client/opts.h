@@ -38,6 +38,7 @@ typedef struct client_opts {
   const char *tls_cert;        /* client certificate file (mutual TLS) */
   const char *tls_key;         /* client key file */
   const char *tls_server_name; /* SNI and verified name; NULL: host of --server */
+  int tls_insecure;            /* skip verifying the server (development only) */
   double scan_duration_ms;     /* mean simulated scan duration */
   enum client_dist scan_dist;  /* distribution of scan durations */
   double fail_rate;            /* probability 0..1 that a command fails */

@@ -30,7 +30,8 @@ typedef struct grpc_method {
   void (*on_half_close)(grpc_call *call);
   /* The stream is gone; called exactly once for every started call, and the last callback.
    * reason: 0 when the response was sent in full, SM_ECANCELED when the client reset the
-   * stream, SM_ECLOSED when the connection went away, SM_EPROTO for a stream error. */
+   * stream, SM_EPROTO for a stream error, or why the connection went away (SM_ECLOSED by the
+   * peer, SM_ETIMEDOUT stalled or unanswered keepalive, SM_ECANCELED server closing). */
   void (*on_close)(grpc_call *call, int reason);
 } grpc_method;
 

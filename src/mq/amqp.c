@@ -68,9 +68,9 @@ typedef struct mq_sock {
 struct mq_conn {
   uv_loop_t *loop;
   enum mq_phase phase;
-  int destroyed;       /* mq_conn_destroy called; memory goes after the last close callback */
-  int open_handles;    /* uv handles of this struct not yet closed */
-  int gai_busy;        /* getaddrinfo request in flight (holds a pointer to us) */
+  int destroyed;    /* mq_conn_destroy called; memory goes after the last close callback */
+  int open_handles; /* uv handles of this struct not yet closed */
+  int gai_busy;     /* getaddrinfo request in flight (holds a pointer to us) */
 
   /* settings */
   char *url_buf;                    /* amqp_parse_url writes into it; info points into it */
@@ -89,18 +89,18 @@ struct mq_conn {
   uv_getaddrinfo_t gai;
   struct addrinfo *ai_list, *ai_cur; /* addresses being tried */
   int connect_err;                   /* why the last address failed */
-  uv_timer_t retry_timer;    /* backoff, and deferred drops */
-  uv_timer_t deadline_timer; /* bounds resolve + connect + setup */
-  uv_timer_t hb_timer;       /* heartbeats and dead-peer detection */
-  uv_timer_t depth_timer;    /* queue depth polls */
-  uv_prepare_t flush;        /* end of loop turn: uncork, drain what the library holds */
-  int corked;                /* TCP_CORK set during this loop turn */
-  int lib_owns_fd;           /* the socket's fd now belongs to rabbitmq-c (closed by it) */
-  int drop_err;              /* reason for a deferred drop; 0 none */
-  unsigned attempt;          /* consecutive failed attempts, for the backoff */
-  uint64_t rng;              /* xorshift state for jitter */
-  uint64_t gen;              /* generation: +1 on every UP */
-  unsigned hb;               /* negotiated heartbeat, seconds; 0: none */
+  uv_timer_t retry_timer;            /* backoff, and deferred drops */
+  uv_timer_t deadline_timer;         /* bounds resolve + connect + setup */
+  uv_timer_t hb_timer;               /* heartbeats and dead-peer detection */
+  uv_timer_t depth_timer;            /* queue depth polls */
+  uv_prepare_t flush;                /* end of loop turn: uncork, drain what the library holds */
+  int corked;                        /* TCP_CORK set during this loop turn */
+  int lib_owns_fd;                   /* the socket's fd now belongs to rabbitmq-c (closed by it) */
+  int drop_err;                      /* reason for a deferred drop; 0 none */
+  unsigned attempt;                  /* consecutive failed attempts, for the backoff */
+  uint64_t rng;                      /* xorshift state for jitter */
+  uint64_t gen;                      /* generation: +1 on every UP */
+  unsigned hb;                       /* negotiated heartbeat, seconds; 0: none */
   uint64_t last_recv_ms, last_send_ms;
   int setup_pending; /* -ok replies the setup still waits for */
 
@@ -324,13 +324,13 @@ static void mq_content_reset(mq_conn *c) {
 static void mq_content_complete(mq_conn *c) {
   size_t kept = c->in.size < c->max_message_bytes ? c->in.size : c->max_message_bytes;
   mq_message m = {
-    .delivery_tag = c->in.tag,
-    .generation = c->gen,
-    .redelivered = c->in.redelivered,
-    .routing_key = c->in.routing_key,
-    .body = {c->in.body, kept},
-    .body_size = c->in.size,
-    .props = c->in.props,
+      .delivery_tag = c->in.tag,
+      .generation = c->gen,
+      .redelivered = c->in.redelivered,
+      .routing_key = c->in.routing_key,
+      .body = {c->in.body, kept},
+      .body_size = c->in.size,
+      .props = c->in.props,
   };
   enum mq_content_kind kind = c->in.kind;
   if (kind == MQ_CONTENT_DELIVER) {
@@ -371,8 +371,8 @@ static void mq_content_header(mq_conn *c, amqp_frame_t *f) {
     if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
       o->persistent = p->delivery_mode == 2;
     if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) && p->headers.num_entries > 0) {
-      int n = p->headers.num_entries < MQ_MAX_RX_HEADERS ? p->headers.num_entries
-                                                         : MQ_MAX_RX_HEADERS;
+      int n =
+          p->headers.num_entries < MQ_MAX_RX_HEADERS ? p->headers.num_entries : MQ_MAX_RX_HEADERS;
       mq_header *h = amqp_pool_alloc(pool, sizeof(mq_header) * (size_t)n);
       size_t k = 0;
       for (int i = 0; h && i < n; i++) {
@@ -432,14 +432,14 @@ static int mq_send_consume(mq_conn *c) {
     return err;
   snprintf(c->ctag, sizeof c->ctag, "sm-%llu-%u", (unsigned long long)c->gen, ++c->consumer_seq);
   amqp_basic_consume_t bc = {
-    .ticket = 0,
-    .queue = amqp_cstring_bytes(c->consume_queue),
-    .consumer_tag = amqp_cstring_bytes(c->ctag),
-    .no_local = 0,
-    .no_ack = 0,
-    .exclusive = 0,
-    .nowait = 0,
-    .arguments = amqp_empty_table,
+      .ticket = 0,
+      .queue = amqp_cstring_bytes(c->consume_queue),
+      .consumer_tag = amqp_cstring_bytes(c->ctag),
+      .no_local = 0,
+      .no_ack = 0,
+      .exclusive = 0,
+      .nowait = 0,
+      .arguments = amqp_empty_table,
   };
   err = mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_CONSUME_METHOD, &bc);
   if (err)
@@ -452,14 +452,14 @@ static void mq_depth_poll(mq_conn *c) {
   if (c->phase != MQ_UP || !c->depth_ch_open || c->depth_inflight)
     return;
   amqp_queue_declare_t qd = {
-    .ticket = 0,
-    .queue = amqp_cstring_bytes(c->cmd_q),
-    .passive = 1,
-    .durable = 0,
-    .exclusive = 0,
-    .auto_delete = 0,
-    .nowait = 0,
-    .arguments = amqp_empty_table,
+      .ticket = 0,
+      .queue = amqp_cstring_bytes(c->cmd_q),
+      .passive = 1,
+      .durable = 0,
+      .exclusive = 0,
+      .auto_delete = 0,
+      .nowait = 0,
+      .arguments = amqp_empty_table,
   };
   int err = mq_send_method(c, MQ_CH_DEPTH, AMQP_QUEUE_DECLARE_METHOD, &qd);
   if (err) {
@@ -741,6 +741,11 @@ static void mq_on_frame(mq_conn *c, amqp_frame_t *f) {
 /* Reads every frame the library can produce without waiting. Deliveries are bounded by the
  * prefetch and confirms by max_unconfirmed, so one call does a bounded amount of work. */
 static void mq_drain(mq_conn *c) {
+  /* Heartbeat frames are swallowed by rabbitmq-c, so "the broker sent something" is read off the
+   * socket: this drain may consume bytes that no readable event will report. */
+  char peek;
+  if (c->sock && recv(c->sock->fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
+    c->last_recv_ms = uv_now(c->loop);
   while (!c->destroyed && (c->phase == MQ_SETUP || c->phase == MQ_UP)) {
     amqp_frame_t f;
     struct timeval tv = {0, 0};
@@ -798,14 +803,14 @@ static int mq_send_setup(mq_conn *c) {
   const char *queues[3] = {c->cmd_q, c->dlq, c->res_q};
   for (int i = 0; i < 3; i++) {
     amqp_queue_declare_t qd = {
-      .ticket = 0,
-      .queue = amqp_cstring_bytes(queues[i]),
-      .passive = 0,
-      .durable = 1,
-      .exclusive = 0,
-      .auto_delete = 0,
-      .nowait = 0,
-      .arguments = amqp_empty_table,
+        .ticket = 0,
+        .queue = amqp_cstring_bytes(queues[i]),
+        .passive = 0,
+        .durable = 1,
+        .exclusive = 0,
+        .auto_delete = 0,
+        .nowait = 0,
+        .arguments = amqp_empty_table,
     };
     err = mq_send_method(c, MQ_CH_PUBLISH, AMQP_QUEUE_DECLARE_METHOD, &qd);
     if (err)
@@ -816,9 +821,12 @@ static int mq_send_setup(mq_conn *c) {
   return 0;
 }
 
-/* The one blocking step: amqp_login runs the handshake RPCs synchronously. The TCP connection
- * is already established, so it costs one round trip to a live broker; a broker that accepted
- * the connection but does not answer blocks the loop for at most MQ_LOGIN_TIMEOUT_MS. */
+/* The one blocking step: amqp_login runs the handshake (start, tune, open: three round trips)
+ * synchronously. The TCP connection is already established, so a live broker answers in about a
+ * millisecond on a LAN; a broker that accepted the connection but does not answer blocks the loop
+ * for at most MQ_LOGIN_TIMEOUT_MS (2 s). The handshake could be driven asynchronously too
+ * (amqp_send_header, start-ok with a hand-built SASL PLAIN response and client properties,
+ * amqp_tune_connection on tune); that is a possible later step, not done here. */
 static int mq_login(mq_conn *c) {
   c->st = amqp_new_connection();
   if (!c->st)
@@ -828,14 +836,13 @@ static int mq_login(mq_conn *c) {
     return SM_ENOMEM;
   amqp_tcp_socket_set_sockfd(s, c->sock->fd);
   c->lib_owns_fd = 1;
-  uint64_t ms = c->connect_timeout_ms < MQ_LOGIN_TIMEOUT_MS ? c->connect_timeout_ms
-                                                            : MQ_LOGIN_TIMEOUT_MS;
+  uint64_t ms =
+      c->connect_timeout_ms < MQ_LOGIN_TIMEOUT_MS ? c->connect_timeout_ms : MQ_LOGIN_TIMEOUT_MS;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
   (void)amqp_set_handshake_timeout(c->st, &tv);
   (void)amqp_set_rpc_timeout(c->st, &tv);
-  amqp_rpc_reply_t r =
-    amqp_login(c->st, c->info.vhost, 0, MQ_FRAME_MAX, (int)c->heartbeat_req,
-               AMQP_SASL_METHOD_PLAIN, c->info.user, c->info.password);
+  amqp_rpc_reply_t r = amqp_login(c->st, c->info.vhost, 0, MQ_FRAME_MAX, (int)c->heartbeat_req,
+                                  AMQP_SASL_METHOD_PLAIN, c->info.user, c->info.password);
   if (r.reply_type == AMQP_RESPONSE_NORMAL) {
     c->hb = (unsigned)amqp_get_heartbeat(c->st);
     return 0;
@@ -1032,8 +1039,8 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   }
   sprintf(c->dlq, "%s.dlq", cq);
   amqp_default_connection_info(&c->info);
-  if (amqp_parse_url(c->url_buf, &c->info) != AMQP_STATUS_OK || c->info.ssl ||
-      !*c->cmd_q || !*c->res_q) {
+  if (amqp_parse_url(c->url_buf, &c->info) != AMQP_STATUS_OK || c->info.ssl || !*c->cmd_q ||
+      !*c->res_q) {
     free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
     return SM_EINVAL;
   }
@@ -1042,15 +1049,15 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
     c->info.vhost = (char *)"/";
   c->heartbeat_req = opts->heartbeat_s ? opts->heartbeat_s : 30;
   c->connect_timeout_ms =
-    (uint64_t)((opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 5.0) * 1000.0);
+      (uint64_t)((opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 5.0) * 1000.0);
   c->backoff_min_s = opts->backoff_min_s > 0 ? opts->backoff_min_s : 0.2;
   c->backoff_max_s = opts->backoff_max_s > 0 ? opts->backoff_max_s : 30.0;
   if (c->backoff_max_s < c->backoff_min_s)
     c->backoff_max_s = c->backoff_min_s;
-  c->depth_interval_ms = opts->depth_interval_s < 0
-                           ? 0
-                           : (uint64_t)((opts->depth_interval_s > 0 ? opts->depth_interval_s : 5.0) *
-                                        1000.0);
+  c->depth_interval_ms =
+      opts->depth_interval_s < 0
+          ? 0
+          : (uint64_t)((opts->depth_interval_s > 0 ? opts->depth_interval_s : 5.0) * 1000.0);
   c->max_unconfirmed = opts->max_unconfirmed ? opts->max_unconfirmed : 4096;
   c->max_message_bytes = opts->max_message_bytes ? opts->max_message_bytes : (16u << 20);
   c->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15ULL;

@@ -36,13 +36,13 @@ typedef struct mq_header {
 
 /* The message properties the project uses; empty slices are "absent". */
 typedef struct mq_props {
-  mq_slice content_type;   /* e.g. application/json */
-  mq_slice reply_to;       /* queue to answer to */
-  mq_slice correlation_id; /* echoed in the answer */
-  mq_slice message_id;     /* publisher's id of the message */
-  const mq_header *headers;/* string headers */
+  mq_slice content_type;    /* e.g. application/json */
+  mq_slice reply_to;        /* queue to answer to */
+  mq_slice correlation_id;  /* echoed in the answer */
+  mq_slice message_id;      /* publisher's id of the message */
+  const mq_header *headers; /* string headers */
   size_t n_headers;
-  int persistent;          /* delivery_mode 2 */
+  int persistent; /* delivery_mode 2 */
 } mq_props;
 
 /* A received message; everything it points to is valid only during the callback. */
@@ -51,23 +51,23 @@ typedef struct mq_message {
   uint64_t generation;   /* connection generation that delivered it */
   int redelivered;       /* broker's redelivered flag */
   mq_slice routing_key;
-  mq_slice body;          /* at most max_message_bytes */
-  size_t body_size;       /* the message's full size; > body.len when truncated */
+  mq_slice body;    /* at most max_message_bytes */
+  size_t body_size; /* the message's full size; > body.len when truncated */
   mq_props props;
 } mq_message;
 
 typedef struct mq_conn_opts {
-  const char *url;            /* amqp://user:pass@host:port/vhost (required) */
-  const char *command_queue;  /* declared durable with <name>.dlq; NULL: "agent-commands" */
-  const char *result_queue;   /* declared durable; NULL: "agent-results" */
-  unsigned heartbeat_s;       /* negotiated heartbeat; 0: 30 s */
-  double connect_timeout_s;   /* TCP connect + handshake + setup bound; 0: 5 s */
-  double backoff_min_s;       /* first reconnect delay; 0: 0.2 s */
-  double backoff_max_s;       /* reconnect delay cap; 0: 30 s */
-  double depth_interval_s;    /* command queue depth poll period; 0: 5 s, <0: off */
-  size_t max_unconfirmed;     /* publishes awaiting a confirm; 0: 4096 */
-  size_t max_message_bytes;   /* body bytes kept per delivery; 0: 16 MiB (the rest is counted in
-                                 body_size but discarded: the consumer dead-letters such messages) */
+  const char *url;           /* amqp://user:pass@host:port/vhost (required) */
+  const char *command_queue; /* declared durable with <name>.dlq; NULL: "agent-commands" */
+  const char *result_queue;  /* declared durable; NULL: "agent-results" */
+  unsigned heartbeat_s;      /* negotiated heartbeat; 0: 30 s */
+  double connect_timeout_s;  /* TCP connect + handshake + setup bound; 0: 5 s */
+  double backoff_min_s;      /* first reconnect delay; 0: 0.2 s */
+  double backoff_max_s;      /* reconnect delay cap; 0: 30 s */
+  double depth_interval_s;   /* command queue depth poll period; 0: 5 s, <0: off */
+  size_t max_unconfirmed;    /* publishes awaiting a confirm; 0: 4096 */
+  size_t max_message_bytes;  /* body bytes kept per delivery; 0: 16 MiB (the rest is counted in
+                                body_size but discarded: the consumer dead-letters such messages) */
 } mq_conn_opts;
 
 /* Called on every transition to connected (up=1, err=0) or away from it (up=0, err says why).

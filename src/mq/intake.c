@@ -16,8 +16,8 @@
 typedef struct mq_rec {
   uint64_t tag;
   uint64_t gen;
-  int dlq_busy;   /* a dead-letter publish is in flight */
-  char *mem;      /* one block: body, properties and header strings */
+  int dlq_busy; /* a dead-letter publish is in flight */
+  char *mem;    /* one block: body, properties and header strings */
   mq_slice body;
   mq_props props; /* points into mem */
 } mq_rec;
@@ -32,10 +32,10 @@ typedef struct mq_dlq_op {
 struct mq_intake {
   mq_conn *conn;
   uint16_t prefetch;
-  int started;      /* mq_intake_start called */
-  int paused;       /* consumer cancelled on purpose */
-  sm_map recs;      /* tag bytes -> mq_rec, current generation only */
-  mq_dlq_op *ops;   /* dead-letter publishes in flight */
+  int started;    /* mq_intake_start called */
+  int paused;     /* consumer cancelled on purpose */
+  sm_map recs;    /* tag bytes -> mq_rec, current generation only */
+  mq_dlq_op *ops; /* dead-letter publishes in flight */
   mq_intake_cb cb;
   void *ud;
   mq_intake_stats stats;
@@ -65,13 +65,13 @@ static mq_rec *mq_rec_new(const mq_message *m) {
   r->mem = mem;
   mq_header *hs = (mq_header *)mem; /* malloc alignment suits the header array at the start */
   char *p = mem + nh * sizeof(mq_header);
-#define MQ_COPY_(dst, src)                                                                    \
-  do {                                                                                        \
-    (dst).base = p;                                                                           \
-    (dst).len = (src).len;                                                                    \
-    if ((src).len)                                                                            \
-      memcpy(p, (src).base, (src).len);                                                       \
-    p += (src).len;                                                                           \
+#define MQ_COPY_(dst, src)                                                                         \
+  do {                                                                                             \
+    (dst).base = p;                                                                                \
+    (dst).len = (src).len;                                                                         \
+    if ((src).len)                                                                                 \
+      memcpy(p, (src).base, (src).len);                                                            \
+    p += (src).len;                                                                                \
   } while (0)
   MQ_COPY_(r->body, m->body);
   MQ_COPY_(r->props.content_type, m->props.content_type);
@@ -142,10 +142,10 @@ static void mq_intake_on_deliver(mq_conn *c, const mq_message *m, void *ud) {
   }
   in->stats.delivered++;
   mq_intake_msg im = {
-    .handle = {.gen = m->generation, .tag = m->delivery_tag},
-    .body = m->body,
-    .props = m->props,
-    .redelivered = m->redelivered,
+      .handle = {.gen = m->generation, .tag = m->delivery_tag},
+      .body = m->body,
+      .props = m->props,
+      .redelivered = m->redelivered,
   };
   in->cb(in, &im, in->ud);
 }

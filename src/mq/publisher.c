@@ -23,8 +23,8 @@ struct mq_publisher {
   mq_publisher_ready_cb ready_cb;
   void *ready_ud;
   mq_publisher_stats stats;
-  int busy;        /* inside a user callback: destroy defers the free */
-  int dead;        /* destroyed while busy */
+  int busy; /* inside a user callback: destroy defers the free */
+  int dead; /* destroyed while busy */
 };
 
 static void mq_pub_unlink(mq_publisher *p, mq_pub_op *op) {
@@ -114,8 +114,8 @@ void mq_publisher_on_ready(mq_publisher *p, mq_publisher_ready_cb cb, void *ud) 
   p->ready_ud = ud;
 }
 
-int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body,
-                         mq_slice correlation_id, mq_publish_done_cb cb, void *ud) {
+int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body, mq_slice correlation_id,
+                         mq_publish_done_cb cb, void *ud) {
   if (!p)
     return SM_EINVAL;
   if (!mq_conn_is_up(p->conn)) {
@@ -134,9 +134,9 @@ int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body,
   op->cb = cb;
   op->ud = ud;
   mq_props props = {
-    .content_type = {"application/json", 16},
-    .correlation_id = correlation_id,
-    .persistent = 1,
+      .content_type = {"application/json", 16},
+      .correlation_id = correlation_id,
+      .persistent = 1,
   };
   int err = mq_conn_publish(p->conn, queue ? queue : mq_conn_result_queue(p->conn), body, &props,
                             mq_pub_on_done, op);

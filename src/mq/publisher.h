@@ -36,8 +36,8 @@ void mq_publisher_on_ready(mq_publisher *p, mq_publisher_ready_cb cb, void *ud);
 /* Publishes body (JSON) persistently to queue (NULL: the result queue) through the default
  * exchange, with correlation_id when non-empty. Returns 0 (cb will run exactly once),
  * SM_ECLOSED (not connected), SM_ELIMIT (window full), SM_EINVAL, SM_ENOMEM or SM_EIO. */
-int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body,
-                         mq_slice correlation_id, mq_publish_done_cb cb, void *ud);
+int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body, mq_slice correlation_id,
+                         mq_publish_done_cb cb, void *ud);
 
 /* Whether a publish would be accepted now (connected and the window has room). */
 int mq_publisher_can_publish(const mq_publisher *p);

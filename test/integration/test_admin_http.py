@@ -158,13 +158,19 @@ def test_output_backpressure(server_factory):
     """A client that does not read while asking for large answers: the server stops reading
     (bounded output) and carries on once the client reads."""
     srv = server_factory(TEST_AGENTS=1000)
-    with contextlib.closing(connect(srv, timeout=10)) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(get("/api/agents?limit=1000") * 12)  # ~5 MB of answers
+    n = 24  # ~9 MB of answers, more than the socket buffers hold
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: sane window
+    s.settimeout(10)
+    with contextlib.closing(s):
+        s.connect(("127.0.0.1", srv.port))
+        s.sendall(get("/api/agents?limit=1000") * n)
         time.sleep(0.5)
         assert http("GET", srv.url + "/health")[0] == 200  # others are served meanwhile
+        answered = srv.logs().count('"path":"/api/agents"')
+        assert answered < n, "the server kept producing for a client that does not read"
         r = Reader(s)
-        for _ in range(12):
+        for _ in range(n):
             status, _, body = r.response()
             assert status == 200 and body["total"] == 1000 and len(body["agents"]) == 1000
 
@@ -214,9 +220,27 @@ def test_body_limit_413(server_factory):
         assert Reader(s).response()[0] == 405
 
 
+def test_expect_100_continue(server_factory):
+    srv = server_factory(ADMIN_MAX_BODY_BYTES=1024)
+    with contextlib.closing(connect(srv)) as s:
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 4\r\n\r\n")
+        r = Reader(s)
+        while b"\r\n\r\n" not in r.buf:
+            r._fill()
+        assert r.buf.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        r.buf = r.buf[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        s.sendall(b"abcd")
+        assert r.response()[0] == 405
+    with contextlib.closing(connect(srv)) as s:  # too large: 413 at once, no 100
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 4096\r\n\r\n")
+        assert Reader(s).response()[0] == 413
+
+
 @pytest.mark.parametrize("raw", [
     b"BLAH\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nBad Header Name: x\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nNo-Colon-Here\r\n\r\n",
     b"GET /health HTTP/7.1\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
 ])

@@ -20,8 +20,9 @@ FINAL = {"completed", "failed", "cancelled", "rejected"}
 class Stream:
     """One Connect call as the server sees it."""
 
-    def __init__(self, headers):
+    def __init__(self, headers, peer=""):
         self.headers = headers
+        self.peer = peer  # e.g. "ipv4:127.0.0.2:40312"
         self.msgs = []
         self.out = queue.Queue()
         self.closed = False
@@ -61,7 +62,7 @@ class FakeManager:
                 return pb.agent_pb2.PingResponse(message="pong", timestamp=int(time.time()))
 
             def Connect(self, request_iterator, context):
-                st = Stream(dict(context.invocation_metadata()))
+                st = Stream(dict(context.invocation_metadata()), context.peer())
                 with mgr.lock:
                     mgr.streams.append(st)
 

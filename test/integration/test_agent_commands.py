@@ -82,6 +82,19 @@ def test_sleep_scan_update(fake, agents):  # noqa: F811
     assert fake.final(st, fake.send(st, "scan", {})).status == "rejected"
 
 
+def test_duplicate_command_runs_once(fake, agents):  # noqa: F811
+    agents(fake.addr, "--id", "dup1", "--max-concurrent", "3")
+    st = fake.stream("dup1")
+    cid = fake.send(st, "sleep", {"seconds": "0.5"})
+    wait_for(lambda: any(x.status == "running" for x in st.results(cid)), timeout=5,
+             what="running")
+    fake.send(st, "sleep", {"seconds": "0.5"}, cid=cid)
+    assert fake.final(st, cid).status == "completed"
+    time.sleep(0.8)
+    assert len([x for x in st.results(cid) if x.status == "completed"]) == 1
+    assert [x.status for x in st.results(cid)].count("accepted") == 1
+
+
 def test_busy_and_status_field(fake, agents):  # noqa: F811
     agents(fake.addr, "--id", "b1", "--max-concurrent", "1", "--heartbeat-interval", "0.1")
     st = fake.stream("b1")

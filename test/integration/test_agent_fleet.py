@@ -24,6 +24,14 @@ def test_count_gives_distinct_streams(fake, agents):  # noqa: F811
     wait_for(lambda: not fake.open_streams(), timeout=5, what="all streams closed")
 
 
+def test_source_addrs_round_robin(fake, agents):  # noqa: F811
+    agents(fake.addr, "--count", "4", "--source-addrs", "127.0.0.2,127.0.0.3")
+    wait_for(lambda: len(fake.open_streams()) == 4, timeout=10, what="4 streams")
+    peers = {s.agent_id: s.peer.split(":")[1] for s in fake.open_streams()}
+    assert peers == {"agent-1": "127.0.0.2", "agent-2": "127.0.0.3", "agent-3": "127.0.0.2",
+                     "agent-4": "127.0.0.3"}, peers
+
+
 def test_reconnects_after_server_restart_and_stream_end(pb, agents):  # noqa: F811
     m = FakeManager(pb).start()
     agents(m.addr, "--id", "r1", "--reconnect-min-ms", "50", "--reconnect-max-ms", "500")
@@ -162,6 +170,10 @@ def test_tls_and_mutual_tls(pb, agents, tmp_path):  # noqa: F811
                       "other.example")
         time.sleep(1.0)
         assert not m.open_streams("tls3")
+        # --tls-insecure skips verification of the server (the name mismatch is accepted)
+        agents(m.addr, "--id", "tls4", "--tls-insecure", "--tls-cert", c["client.pem"],
+               "--tls-key", c["client.key"], "--tls-server-name", "other.example")
+        m.stream("tls4")
         assert "TLS" in bad.logs() or "tls" in bad.logs()
         assert "tls" in bad2.logs().lower()
     finally:

@@ -73,8 +73,8 @@ int main(int argc, char **argv) {
     snprintf(ver, sizeof(ver), "1.%d.0", i % 5);
     sm_kv meta[] = {{"hostname", "test-host"}, {"version", ver}, {"capabilities", caps}};
     agent *ag;
-    if (agent_registry_attach(a.m.registry, id, strlen(id), i % 2 ? AGENT_BUSY : AGENT_IDLE,
-                              meta, 3, &fake_ops, &a, &ag))
+    if (agent_registry_attach(a.m.registry, id, strlen(id), i % 2 ? AGENT_BUSY : AGENT_IDLE, meta,
+                              3, &fake_ops, &a, &ag))
       return 1;
   }
   int err = admin_server_create(loop, &a.m, &a.m.admin);
@@ -84,13 +84,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "admin-testserver: %s\n", sm_strerror(err));
     return 1;
   }
-  printf("PORT %d\n", admin_server_port(a.m.admin));
-  fflush(stdout);
+  /* Signals first: the test may send SIGTERM as soon as it reads the port. */
   uv_signal_init(loop, &a.sigterm);
   uv_signal_init(loop, &a.sigint);
   a.sigterm.data = a.sigint.data = &a;
   uv_signal_start(&a.sigterm, on_signal, SIGTERM);
   uv_signal_start(&a.sigint, on_signal, SIGINT);
+  printf("PORT %d\n", admin_server_port(a.m.admin));
+  fflush(stdout);
   uv_run(loop, UV_RUN_DEFAULT);
   int busy = uv_loop_close(loop);
   sm_settings_finish(&s);

@@ -73,12 +73,14 @@ static admin_router router;
 static int links[8];
 
 static void attach(const char *id, enum agent_status st, const char *version, const char *caps) {
-  sm_kv meta[] = {{"hostname", "host-x"}, {"version", version}, {"capabilities", caps},
-                  {"segment", "10.0.0.0/24"}, {"max_concurrent", "4"}};
+  sm_kv meta[] = {{"hostname", "host-x"},
+                  {"version", version},
+                  {"capabilities", caps},
+                  {"segment", "10.0.0.0/24"},
+                  {"max_concurrent", "4"}};
   agent *a = NULL;
   static size_t k;
-  T_EQ_INT(agent_registry_attach(reg, id, strlen(id), st, meta, 5, &fake_ops, &links[k++ % 8],
-                                 &a),
+  T_EQ_INT(agent_registry_attach(reg, id, strlen(id), st, meta, 5, &fake_ops, &links[k++ % 8], &a),
            0);
 }
 

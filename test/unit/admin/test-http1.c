@@ -174,6 +174,26 @@ static void test_body_limit(void) {
   admin_http1_destroy(p);
 }
 
+static void test_expect_continue(void) {
+  sink s = {0};
+  admin_http1 *p = mk(&s, 4096, 100);
+  const char h[] = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+  int st = 0;
+  T_EQ_INT(admin_http1_feed(p, h, sizeof(h) - 1, &st), sizeof(h) - 1);
+  T_EQ_INT(admin_http1_take_continue(p), 1);
+  T_EQ_INT(admin_http1_take_continue(p), 0); /* once */
+  T_EQ_INT(admin_http1_feed(p, "abc", 3, &st), 3);
+  T_EQ_INT(s.n, 1);
+  T_EQ_STR(s.reqs[0]->body, "abc");
+  /* Headers and body in one go: nothing to continue. */
+  const char all[] = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx";
+  T_EQ_INT(admin_http1_feed(p, all, sizeof(all) - 1, &st), sizeof(all) - 1);
+  T_EQ_INT(admin_http1_take_continue(p), 0);
+  T_EQ_INT(s.n, 2);
+  sink_free(&s);
+  admin_http1_destroy(p);
+}
+
 static void test_malformed(void) {
   const char *bad[] = {
       "GARBAGE\r\n\r\n",
@@ -227,6 +247,7 @@ int main(void) {
   T_RUN(test_header_limit);
   T_RUN(test_too_many_headers);
   T_RUN(test_body_limit);
+  T_RUN(test_expect_continue);
   T_RUN(test_malformed);
   T_RUN(test_response_serialize);
   T_RUN(test_percent_decode);

@@ -111,10 +111,59 @@ static void test_query(void) {
   admin_request_free(req);
 }
 
+static admin_role seen_role;
+static int guard(void *ud, admin_request *req, const admin_route *route, admin_response *res) {
+  (void)ud, (void)req;
+  seen_role = route->min_role;
+  if (route->min_role > ADMIN_ROLE_PUBLIC) {
+    admin_response_error(res, 401, "unauthorized", "no key");
+    return 1;
+  }
+  return 0;
+}
+static int handled;
+static void h_ok(void *ud, admin_request *req, admin_response *res) {
+  (void)ud, (void)req;
+  handled++;
+  admin_response_set(res, 200, "text/plain", "ok", 2);
+}
+
+static void test_guard_and_dispatch(void) {
+  admin_router r;
+  admin_router_init(&r, NULL);
+  admin_router_add(&r, "GET", "/health", h_ok, ADMIN_ROLE_PUBLIC);
+  admin_router_add(&r, "GET", "/api/x", h_ok, ADMIN_ROLE_VIEWER);
+  r.guard = guard;
+  admin_request *req = req_new();
+  req->method = "GET";
+  req->path = "/api/x";
+  admin_response res;
+  admin_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 401);
+  T_EQ_INT(seen_role, ADMIN_ROLE_VIEWER);
+  T_EQ_INT(handled, 0);
+  admin_response_finish(&res);
+  req->path = "/health";
+  admin_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 200);
+  T_EQ_INT(handled, 1);
+  admin_response_finish(&res);
+  req->path = "/api/x";
+  req->query = "a=%ZZ"; /* malformed query: 400 before the guard or handler */
+  admin_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 400);
+  admin_response_finish(&res);
+  admin_request_free(req);
+}
+
 int main(void) {
   T_RUN(test_match);
   T_RUN(test_add_errors);
   T_RUN(test_bind);
   T_RUN(test_query);
+  T_RUN(test_guard_and_dispatch);
   return t_done();
 }

@@ -205,7 +205,8 @@ static ssize_t h2p_body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_
   size_t n = st->body_len - st->body_off;
   if (n > length)
     n = length;
-  memcpy(buf, st->body + st->body_off, n);
+  if (n)
+    memcpy(buf, st->body + st->body_off, n);
   st->body_off += n;
   if (st->body_off == st->body_len) {
     if (st->body_eos) {

@@ -1,0 +1,40 @@
+/* services.h - the services the agent listener serves, each one entry of the service table:
+ * scan.AgentService (agent_service.c) and grpc.health.v1.Health (health.c). A second agent
+ * protocol is one more create function here and one more entry in server.c's table. */
+#ifndef SM_GRPC_SERVICES_H
+#define SM_GRPC_SERVICES_H
+
+#include "core/registry.h"
+#include "grpc/call.h"
+
+/* ---- scan.AgentService: Ping and Connect, feeding the agent registry ---- */
+
+typedef struct grpc_agent_service grpc_agent_service;
+
+/* Creates the service over reg and fills *svc (its table entry). first_message_ms: a Connect
+ * stream that has not registered by then is ended (0: never). Returns 0 or SM_ENOMEM. */
+int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, grpc_service *svc,
+                              grpc_agent_service **out);
+
+/* Frees the service (its calls must be closed). NULL is fine. */
+void grpc_agent_service_destroy(grpc_agent_service *as);
+
+/* ---- grpc.health.v1.Health: Check and Watch ---- */
+
+typedef struct grpc_health grpc_health;
+
+/* Creates the health service and fills *svc. Known services start SERVING: "" and those in
+ * names (NULL-terminated). Returns 0 or SM_ENOMEM. */
+int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health **out);
+
+/* Sets a known service's status (grpc.health.v1 ServingStatus: 1 SERVING, 2 NOT_SERVING);
+ * every Watch on it hears of the change. Returns 0 or SM_ENOENT. */
+int grpc_health_set(grpc_health *h, const char *service, int status);
+
+/* Sets every known service's status. */
+void grpc_health_set_all(grpc_health *h, int status);
+
+/* Frees it (its calls must be closed). NULL is fine. */
+void grpc_health_destroy(grpc_health *h);
+
+#endif

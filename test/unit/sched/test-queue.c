@@ -1,0 +1,173 @@
+/* test-queue.c - the waiting queue's order, bound and removal; least_loaded placement. */
+#include "core/registry.h"
+#include "sched/queue.h"
+#include "sched/strategy.h"
+#include "t.h"
+#include "util/err.h"
+
+#include <stdlib.h>
+
+static void test_order(void) {
+  sched_queue q;
+  sched_queue_init(&q, 10);
+  sched_item it[6];
+  sched_item_init(&it[0], 5, 0, 1);
+  sched_item_init(&it[1], 9, 0, 2);
+  sched_item_init(&it[2], 5, 2000, 3); /* same priority, a deadline: before it[0] */
+  sched_item_init(&it[3], 5, 1000, 4); /* earlier deadline: first of priority 5 */
+  sched_item_init(&it[4], 0, 10, 5);
+  sched_item_init(&it[5], 5, 0, 6); /* same as it[0], later arrival */
+  for (int i = 0; i < 6; i++)
+    T_EQ_INT(sched_queue_push(&q, &it[i]), 0);
+  T_EQ_INT(sched_queue_push(&q, &it[0]), SM_EEXIST);
+  int want[] = {1, 3, 2, 0, 5, 4};
+  for (int i = 0; i < 6; i++)
+    T_ASSERT(sched_queue_pop(&q) == &it[want[i]]);
+  T_ASSERT(sched_queue_pop(&q) == NULL);
+  sched_queue_finish(&q);
+}
+
+static void test_limit(void) {
+  sched_queue q;
+  sched_queue_init(&q, 2);
+  sched_item it[3];
+  for (int i = 0; i < 3; i++)
+    sched_item_init(&it[i], 5, 0, (uint64_t)i);
+  T_EQ_INT(sched_queue_push(&q, &it[0]), 0);
+  T_EQ_INT(sched_queue_push(&q, &it[1]), 0);
+  T_EQ_INT(sched_queue_push(&q, &it[2]), SM_ELIMIT);
+  T_EQ_INT(sched_queue_requeue(&q, &it[2]), 0); /* accepted once: the bound does not apply */
+  T_EQ_INT(sched_queue_len(&q), 3);
+  sched_queue_finish(&q);
+}
+
+static void test_random_remove(void) {
+  enum { N = 2000 };
+  sched_queue q;
+  sched_queue_init(&q, N);
+  sched_item *it = calloc(N, sizeof(*it));
+  srand(7);
+  for (int i = 0; i < N; i++) {
+    sched_item_init(&it[i], rand() % 10, rand() % 3 ? 0 : rand() % 100000, (uint64_t)i);
+    T_EQ_INT(sched_queue_push(&q, &it[i]), 0);
+  }
+  for (int i = 0; i < N; i += 3)
+    T_EQ_INT(sched_queue_remove(&q, &it[i]), 1);
+  T_EQ_INT(sched_queue_remove(&q, &it[0]), 0);
+  sched_item *prev = NULL;
+  size_t n = 0;
+  for (sched_item *x; (x = sched_queue_pop(&q)) != NULL; prev = x, n++) {
+    T_ASSERT(x->seq % 3 != 0);
+    if (prev)
+      T_ASSERT(!sched_item_before(x, prev));
+  }
+  T_EQ_INT(n, N - (N + 2) / 3);
+  free(it);
+  sched_queue_finish(&q);
+}
+
+/* ---- placement ---- */
+
+static int fake_send(void *link, const agent_command *cmd) {
+  (void)link;
+  (void)cmd;
+  return 0;
+}
+static void fake_end(void *link, int reason, const char *message) {
+  (void)link;
+  (void)reason;
+  (void)message;
+}
+static const char *fake_peer(void *link) {
+  (void)link;
+  return "test";
+}
+static const agent_link_ops fake_ops = {"test", fake_send, fake_end, fake_peer};
+
+static agent *attach(agent_registry *reg, const char *id, const char *caps, const char *maxc) {
+  sm_kv meta[2] = {{"capabilities", caps}, {"max_concurrent", maxc}};
+  agent *a = NULL;
+  static int link;
+  T_EQ_INT(agent_registry_attach(reg, id, strlen(id), AGENT_IDLE, meta, 2, &fake_ops, &link, &a),
+           0);
+  return a;
+}
+
+static void test_least_loaded(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  agent_registry_config rc = {.agent_timeout_s = 300, .max_agents = 10, .instance = "t"};
+  agent_registry *reg;
+  T_EQ_INT(agent_registry_create(&loop, &rc, &reg), 0);
+  sched_strategy *s;
+  T_EQ_INT(sched_least_loaded_create(&s), 0);
+  sched_request rq = {.max_agent_load = 0.8};
+  agent *out = NULL;
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT); /* nobody */
+  agent *a = attach(reg, "a", "scan_type=nmap", "2");
+  agent *b = attach(reg, "b", "os=linux", "1");
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_ASSERT(out == a || out == b);
+  /* least loaded: a has one of two slots in use (load 0.5), b none */
+  a->assigned = 1;
+  a->load = agent_load_compute(a);
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_ASSERT(out == b);
+  /* capabilities: only a */
+  sm_kv cap = {"scan_type", "nmap"};
+  rq.caps = &cap;
+  rq.ncaps = 1;
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_ASSERT(out == a);
+  a->assigned = 2; /* at max_concurrent */
+  a->load = agent_load_compute(a);
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  sm_kv nocap = {"scan_type", "masscan"};
+  rq.caps = &nocap;
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT);
+  rq.caps = NULL;
+  rq.ncaps = 0;
+  /* MAX_AGENT_LOAD: b at 0.9 cpu is not eligible, a is full */
+  agent_heartbeat hb = {.cpu_usage = 90};
+  agent_registry_heartbeat(reg, b, &hb);
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  hb.cpu_usage = 10;
+  agent_registry_heartbeat(reg, b, &hb);
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_ASSERT(out == b);
+  /* maintenance and error are skipped */
+  agent_registry_touch(reg, b, AGENT_MAINTENANCE, NULL, 0);
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  agent_registry_touch(reg, b, AGENT_ERROR, NULL, 0);
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  agent_registry_touch(reg, b, AGENT_BUSY, NULL, 0);
+  /* explicit agent */
+  rq.agent_id = "a";
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  rq.agent_id = "ghost";
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT);
+  rq.agent_id = "b";
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_ASSERT(out == b);
+  /* ties: fewest assigned */
+  rq.agent_id = NULL;
+  a->assigned = 0;
+  a->max_concurrent = 4;
+  a->cpu_usage = 0;
+  a->load = 0;
+  b->load = 0;
+  b->cpu_usage = 0;
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  sched_strategy_destroy(s);
+  agent_registry_destroy(reg);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+}
+
+int main(void) {
+  T_RUN(test_order);
+  T_RUN(test_limit);
+  T_RUN(test_random_remove);
+  T_RUN(test_least_loaded);
+  return t_done();
+}
