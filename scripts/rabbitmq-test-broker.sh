@@ -65,6 +65,11 @@ wait_ready() {
   die "rabbitmq-server not ready after ${READY_TIMEOUT}s (logs in $dir/log)"
 }
 
+# The pid of a live epmd (a zombie left by an earlier stop does not count), or nothing.
+epmd_pid() {
+  ps -C epmd -o pid=,stat= 2>/dev/null | awk '$2 !~ /^Z/ {print $1; exit}'
+}
+
 cmd_start() {
   local dir=${1:-}
   [ -x "$RMQ_BIN/rabbitmq-server" ] || die "rabbitmq-server not installed (scripts/setup.sh)"
@@ -77,7 +82,7 @@ cmd_start() {
   dist=$(free_port)
   while [ "$dist" = "$port" ]; do dist=$(free_port); done
   node="sm-test-$port@localhost"
-  pgrep -x epmd >/dev/null 2>&1 && echo 0 >"$dir/epmd-ours" || echo 1 >"$dir/epmd-ours"
+  if [ -n "$(epmd_pid)" ]; then echo 0 >"$dir/epmd-ours"; else echo 1 >"$dir/epmd-ours"; fi
   cat >"$dir/rabbitmq.conf" <<EOF
 listeners.tcp.1 = 127.0.0.1:$port
 loopback_users.guest = true
@@ -112,7 +117,7 @@ EOF
   wait_ready "$dir" "$port" "$node"
   if [ "$(cat "$dir/epmd-ours")" = 1 ]; then
     # The node started epmd: remember its pid so `stop` ends exactly that process.
-    pgrep -x epmd >"$dir/epmd.pid" 2>/dev/null || true
+    epmd_pid >"$dir/epmd.pid" || true
   fi
   echo "$port $dir"
 }

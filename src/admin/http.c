@@ -201,6 +201,76 @@ void admin_response_error(admin_response *res, int status, const char *code, con
   res->body_free = NULL;
 }
 
+struct admin_deferred {
+  int refs;         /* 2 at creation: the handler's and the requester's */
+  int done;         /* the handler completed */
+  int released;     /* the requester released */
+  admin_response res; /* the answer once done */
+  void (*ready)(void *ud, admin_deferred *d);
+  void *ready_ud;
+};
+
+static void deferred_unref(admin_deferred *d) {
+  if (--d->refs > 0)
+    return;
+  admin_response_finish(&d->res);
+  free(d);
+}
+
+admin_deferred *admin_response_defer(admin_response *res) {
+  if (res->deferred != NULL)
+    return NULL;
+  admin_deferred *d = calloc(1, sizeof(*d));
+  if (d == NULL)
+    return NULL;
+  d->refs = 2;
+  admin_response_init(&d->res);
+  res->deferred = d;
+  return d;
+}
+
+void admin_deferred_complete(admin_deferred *d, admin_response *res) {
+  if (d == NULL || d->done) {
+    admin_response_finish(res);
+    return;
+  }
+  d->done = 1;
+  if (d->released) {
+    admin_response_finish(res);
+  } else {
+    d->res = *res;
+    d->res.deferred = NULL;
+  }
+  admin_response_init(res);
+  /* The requester may release d inside ready: our own reference keeps d alive until here. */
+  if (!d->released && d->ready)
+    d->ready(d->ready_ud, d);
+  deferred_unref(d);
+}
+
+int admin_deferred_abandoned(const admin_deferred *d) {
+  return d == NULL || d->released;
+}
+
+void admin_deferred_watch(admin_deferred *d, void (*ready)(void *ud, admin_deferred *d), void *ud) {
+  d->ready = ready;
+  d->ready_ud = ud;
+}
+
+admin_response *admin_deferred_response(admin_deferred *d) {
+  return d != NULL && d->done && !d->released ? &d->res : NULL;
+}
+
+void admin_deferred_release(admin_deferred *d) {
+  if (d == NULL || d->released)
+    return;
+  d->released = 1;
+  d->ready = NULL;
+  d->ready_ud = NULL;
+  admin_response_finish(&d->res);
+  deferred_unref(d);
+}
+
 const char *admin_status_reason(int status) {
   switch (status) {
   case 100:
@@ -241,6 +311,8 @@ const char *admin_status_reason(int status) {
     return "Not Implemented";
   case 503:
     return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
   default:
     return "Unknown";
   }

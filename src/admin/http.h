@@ -89,6 +89,8 @@ const char *admin_request_param(const admin_request *req, const char *name);
 /* First query value for key, or NULL; repeated keys: iterate req->qpairs. */
 const char *admin_request_query(const admin_request *req, const char *key);
 
+typedef struct admin_deferred admin_deferred;
+
 typedef struct admin_response {
   int status;               /* HTTP status code */
   const char *content_type; /* static text; "application/json" when NULL */
@@ -101,6 +103,7 @@ typedef struct admin_response {
   } headers[ADMIN_MAX_RESP_HEADERS];
   size_t nheaders;
   int close; /* close the connection after this response */
+  admin_deferred *deferred; /* set by admin_response_defer: the answer comes later */
 } admin_response;
 
 /* An empty 500 response: handlers overwrite it. */
@@ -114,6 +117,37 @@ int admin_response_set(admin_response *res, int status, const char *content_type
                        size_t n);
 /* Answers {"error":{"code":code,"message":message}} with status. */
 void admin_response_error(admin_response *res, int status, const char *code, const char *message);
+
+/* Deferred responses. A handler whose answer needs an asynchronous call (store, lifecycle)
+ * calls admin_response_defer(res), leaves res alone, and later hands the real response to
+ * admin_deferred_complete. The deferred object has two owners, each dropping its reference once:
+ * the handler (by completing) and the requester that called the router (by releasing). Either
+ * may go first, so a completion after the connection closed is dropped safely, and a requester
+ * that gives up (timeout, close) never sees a late answer. */
+
+/* Marks res as answered later and returns the handle to complete, or NULL when out of memory
+ * (then the handler answers synchronously, e.g. 500). At most once per response. */
+admin_deferred *admin_response_defer(admin_response *res);
+
+/* The handler's answer: takes res's contents (res is left empty, as after admin_response_init)
+ * and drops the handler's reference; d must not be used afterwards. May run inside the handler
+ * itself (before the requester watches) or from any later loop event. When the requester is gone,
+ * the response is freed. */
+void admin_deferred_complete(admin_deferred *d, admin_response *res);
+
+/* 1 when the requester released d (connection closed, timed out): the handler may skip work. */
+int admin_deferred_abandoned(const admin_deferred *d);
+
+/* Requester side: ready(ud, d) runs inside admin_deferred_complete (so it must only note that the
+ * answer is there, never write to a socket). Not called when d is already complete: check
+ * admin_deferred_response first. */
+void admin_deferred_watch(admin_deferred *d, void (*ready)(void *ud, admin_deferred *d), void *ud);
+
+/* Requester side: the completed response, or NULL while the handler has not answered. */
+admin_response *admin_deferred_response(admin_deferred *d);
+
+/* Requester side: drops the requester's reference (and any watch). NULL is fine. */
+void admin_deferred_release(admin_deferred *d);
 
 /* Reason phrase of a status code ("Not Found"); "Unknown" for others. */
 const char *admin_status_reason(int status);

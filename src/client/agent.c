@@ -59,6 +59,7 @@ struct client_agent {
   client_rng rng;
   client_cmd *cmds; /* running (and hung) commands */
   int active;       /* running commands that count against max_concurrent */
+  int up;           /* counted in st.connected */
 };
 
 struct client_fleet {
@@ -575,6 +576,7 @@ static void on_ready(client_call *call, void *ud) {
   a->ready_at = uv_now(f->loop);
   f->st.connects++;
   f->st.connected++;
+  a->up = 1;
   sm_log_debug("agent", "connected", SM_LS("agent_id", a->id));
   send_register(a);
   uint64_t hb = (uint64_t)(f->o->heartbeat_interval * 1000.0 + 0.5);
@@ -601,10 +603,11 @@ static void on_message(client_call *call, void *ud, const uint8_t *msg, size_t l
 static void on_closed(void *ud, int err, int grpc_status, const char *grpc_message) {
   client_agent *a = ud;
   client_fleet *f = a->f;
-  int was_ready = a->state == A_READY;
+  int was_ready = a->up;
   a->call = NULL;
   f->pending--;
   if (was_ready) {
+    a->up = 0;
     f->st.connected--;
     f->st.disconnects++;
     if (uv_now(f->loop) - a->ready_at >= STABLE_MS)
@@ -612,8 +615,10 @@ static void on_closed(void *ud, int err, int grpc_status, const char *grpc_messa
   }
   if (a->state != A_STOPPED) {
     uv_timer_stop(&a->timer);
-    sm_log_info("agent", was_ready ? "stream ended" : "connect failed", SM_LS("agent_id", a->id),
-                SM_LE(err), SM_LI("grpc_status", grpc_status), SM_LS("grpc_message", grpc_message));
+    /* A fleet of thousands logs each agent's failed connects at debug level only. */
+    enum sm_log_level lvl = f->nagents > 1 && !was_ready ? SM_LOG_DEBUG : SM_LOG_INFO;
+    SM_LOG_(lvl, "agent", was_ready ? "stream ended" : "connect failed", SM_LS("agent_id", a->id),
+            SM_LE(err), SM_LI("grpc_status", grpc_status), SM_LS("grpc_message", grpc_message));
     a->state = A_WAIT;
     agent_schedule_reconnect(a);
   }

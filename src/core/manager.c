@@ -9,7 +9,14 @@
 #include "core/manager.h"
 
 #include "admin/server.h"
+#include "core/cmd_intake.h"
+#include "core/lifecycle.h"
+#include "core/lifecycle_mq.h"
 #include "grpc/server.h"
+#include "mq/amqp.h"
+#include "mq/publisher.h"
+#include "sched/strategy.h"
+#include "store/store.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -23,12 +30,17 @@
 
 static void close_all(sm_manager *m);
 
-/* Work that a graceful shutdown waits for: open agent connections that still have calls other
- * than their long-lived Connect stream are not tracked here; the command lifecycle adds its
- * in-flight commands when it exists. Agent streams themselves are ended, not waited for. */
+#define MQ_PREFETCH 256        /* unacked intake deliveries (bounds kept messages) */
+#define MQ_PUBLISH_WINDOW 1024 /* result publishes awaiting a confirm */
+
+/* Work that a graceful shutdown waits for: commands running on agents and store writes not yet
+ * acknowledged. Agent streams themselves are ended, not waited for. */
 static size_t inflight(const sm_manager *m) {
-  (void)m;
-  return 0;
+  if (m->lifecycle == NULL)
+    return 0;
+  lifecycle_stats st;
+  lifecycle_get_stats(m->lifecycle, &st);
+  return st.inflight + st.pending_writes;
 }
 
 static void drain_tick(uv_timer_t *t) {
@@ -67,18 +79,46 @@ static void admin_closed(void *ud) {
   m->admin = NULL;
 }
 
+static void store_closed(void *ud) {
+  sm_manager *m = ud;
+  m->store = NULL;
+}
+
+/* The store closes after the lifecycle: its last writes must complete first. */
+static void lifecycle_closed(void *ud) {
+  sm_manager *m = ud;
+  m->lifecycle = NULL;
+  if (m->store)
+    store_close(m->store, store_closed, m);
+}
+
 static void close_all(sm_manager *m) {
   if (m->stopping)
     return;
   m->stopping = 1;
   sm_log_info("manager", "closing");
-  /* Agents are told first, while their connections still exist to carry the trailers. */
+  /* Intake first (no new work), then the publisher (its callbacks must not outlive the
+   * lifecycle); results not yet confirmed stay in the outbox for the next start. */
+  cmd_intake_destroy(m->intake);
+  m->intake = NULL;
+  mq_publisher_destroy(m->publisher);
+  m->publisher = NULL;
+  /* The lifecycle lets go of the registry before the agents are told, so commands they still
+   * hold stay dispatched/running in the store (the next start recovers them) instead of being
+   * counted as lost to a failed agent. */
+  if (m->lifecycle)
+    lifecycle_close(m->lifecycle, lifecycle_closed, m);
+  else if (m->store)
+    store_close(m->store, store_closed, m);
+  /* Agents are told while their connections still exist to carry the trailers. */
   if (m->registry)
     agent_registry_end_all(m->registry, SM_ECANCELED, "manager shutting down");
   if (m->grpc)
     grpc_server_close(m->grpc, grpc_closed, m);
   if (m->admin)
     admin_server_close(m->admin, admin_closed, m);
+  mq_conn_destroy(m->mq);
+  m->mq = NULL;
   if (m->registry) {
     agent_registry_destroy(m->registry);
     m->registry = NULL;
@@ -99,7 +139,8 @@ void sm_manager_shutdown(sm_manager *m, const char *why) {
     grpc_server_drain(m->grpc);
   if (m->admin)
     admin_server_stop_accepting(m->admin);
-  uv_timer_start(&m->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
+  /* The first check waits one period so that GOAWAY and health updates reach the peers. */
+  uv_timer_start(&m->drain_timer, drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
 }
 
 int sm_manager_ready(const sm_manager *m, const char **reason) {
@@ -111,8 +152,126 @@ int sm_manager_ready(const sm_manager *m, const char **reason) {
     *reason = "agent listener not running";
     return 0;
   }
+  if (m->store == NULL || !store_is_up(m->store)) {
+    *reason = "store not connected";
+    return 0;
+  }
+  if (m->mq && !mq_conn_is_up(m->mq)) {
+    *reason = "rabbitmq not connected";
+    return 0;
+  }
   *reason = NULL;
   return 1;
+}
+
+static void on_accepting(void *ud, int accepting) {
+  sm_manager *m = ud;
+  cmd_intake_set_accepting(m->intake, accepting);
+}
+
+static void on_store_state(void *ud, int up) {
+  sm_manager *m = ud;
+  (void)m;
+  if (up)
+    sm_log_info("manager", "store connected");
+  else
+    sm_log_warn("manager", "store unreachable: new commands refused until it is back");
+}
+
+static void on_mq_state(mq_conn *c, int up, int err, void *ud) {
+  (void)c;
+  (void)ud;
+  if (up)
+    sm_log_info("manager", "rabbitmq connected");
+  else
+    sm_log_warn("manager", "rabbitmq unreachable: intake paused, results wait in the outbox",
+                SM_LE(err));
+}
+
+/* The store (Valkey, or in-process without VALKEY_HOST), RabbitMQ (with RABBITMQ_URL) and the
+ * lifecycle on top of them. */
+static int start_pipeline(sm_manager *m, const sm_settings *s) {
+  int err;
+  if (s->valkey_host) {
+    store_valkey_config vc = {
+        .host = s->valkey_host,
+        .port = s->valkey_port,
+        .password = s->valkey_password,
+        .db = s->valkey_db,
+    };
+    err = store_valkey_create(m->loop, &vc, &m->store);
+  } else {
+    store_mem_config mc = {0};
+    err = store_mem_create(m->loop, &mc, &m->store);
+  }
+  if (err) {
+    sm_log_error("manager", "store setup failed", SM_LE(err));
+    return err;
+  }
+
+  lifecycle_publisher lp;
+  if (s->rabbitmq_url) {
+    mq_conn_opts mo = {
+        .url = s->rabbitmq_url,
+        .command_queue = s->amqp_command_queue,
+        .result_queue = s->amqp_result_queue,
+    };
+    err = mq_conn_create(m->loop, &mo, &m->mq);
+    if (err) {
+      sm_log_error("manager", "RABBITMQ_URL: cannot use it", SM_LE(err));
+      return err;
+    }
+    mq_conn_on_state(m->mq, on_mq_state, m);
+    err = mq_publisher_create(m->mq, MQ_PUBLISH_WINDOW, &m->publisher);
+    if (err)
+      return err;
+    lifecycle_mq_publisher(m->publisher, &lp);
+  }
+
+  sched_strategy *strategy = NULL;
+  err = sched_least_loaded_create(&strategy);
+  if (err)
+    return err;
+  double grace = s->agent_timeout_s < 60 ? s->agent_timeout_s : 60;
+  lifecycle_config lc = {
+      .queue_size = s->command_queue_size,
+      .max_agent_load = s->max_agent_load,
+      .command_timeout_s = s->command_timeout_s,
+      .timeout_grace_s = s->command_timeout_grace_s,
+      .max_retries = s->max_retries,
+      .reconnect_grace_s = grace,
+      .instance = s->instance_id,
+      .result_queue = s->amqp_result_queue,
+      .on_accepting = on_accepting,
+      .on_store_state = on_store_state,
+      .hook_ud = m,
+  };
+  err = lifecycle_create(m->loop, &lc, m->registry, m->store, m->publisher ? &lp : NULL, strategy,
+                         &m->lifecycle);
+  if (err) {
+    sched_strategy_destroy(strategy);
+    sm_log_error("manager", "lifecycle setup failed", SM_LE(err));
+    return err;
+  }
+  lifecycle_set_maintenance(m->lifecycle, m->maintenance);
+  if (m->publisher)
+    lifecycle_mq_attach(m->lifecycle, m->publisher);
+  err = lifecycle_start(m->lifecycle);
+  if (err)
+    return err;
+
+  if (m->mq) {
+    err = cmd_intake_create(m->mq, m->lifecycle, MQ_PREFETCH, &m->intake);
+    if (err == 0)
+      err = cmd_intake_start(m->intake);
+    if (err == 0)
+      err = mq_conn_start(m->mq);
+    if (err) {
+      sm_log_error("manager", "rabbitmq setup failed", SM_LE(err));
+      return err;
+    }
+  }
+  return 0;
 }
 
 int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
@@ -142,6 +301,10 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
   if (err)
     goto fail;
   err = agent_registry_start(m->registry);
+  if (err)
+    goto fail;
+
+  err = start_pipeline(m, s);
   if (err)
     goto fail;
 

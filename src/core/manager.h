@@ -12,6 +12,11 @@
 
 struct grpc_server;
 struct admin_server;
+struct lifecycle;
+struct store;
+struct mq_conn;
+struct cmd_intake;
+struct mq_publisher;
 
 typedef struct sm_manager {
   uv_loop_t *loop;
@@ -19,6 +24,11 @@ typedef struct sm_manager {
   agent_registry *registry;
   struct grpc_server *grpc;   /* agent listener (src/grpc/server.h) */
   struct admin_server *admin; /* admin HTTP listener (src/admin/server.h) */
+  struct store *store;        /* command/agent store: Valkey or in-process (src/store/store.h) */
+  struct lifecycle *lifecycle;/* the command lifecycle (src/core/lifecycle.h) */
+  struct mq_conn *mq;         /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
+  struct cmd_intake *intake;  /* AMQP intake into the lifecycle (src/core/cmd_intake.h) */
+  struct mq_publisher *publisher; /* AMQP result publisher (src/mq/publisher.h) */
   int64_t started_at_ms;      /* unix ms */
   int draining;               /* shutdown in progress: /ready says 503, no new work */
   int maintenance;            /* maintenance mode: new commands refused, agents stay */

@@ -87,6 +87,8 @@ static const setting table[] = {
      "prune agents silent this long", NULL},
     {"COMMAND_TIMEOUT", K_SECONDS, OFF(command_timeout_s), "300", 0.001, 86400 * 30,
      "default execution timeout", NULL},
+    {"COMMAND_TIMEOUT_GRACE", K_SECONDS, OFF(command_timeout_grace_s), "10", 0.001, 3600,
+     "extra time after a command's timeout before it is timed_out", NULL},
     {"MAX_RETRIES", K_INT, OFF(max_retries), "3", 0, 100, "re-dispatches after agent loss", NULL},
     {"MAINTENANCE_MODE", K_BOOL, OFF(maintenance_mode), "false", 0, 0, "start in maintenance mode",
      NULL},

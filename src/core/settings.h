@@ -48,6 +48,7 @@ typedef struct sm_settings {
   size_t command_queue_size;/* COMMAND_QUEUE_SIZE, 1000 */
   double agent_timeout_s;   /* AGENT_TIMEOUT, 300 */
   double command_timeout_s; /* COMMAND_TIMEOUT, 300 */
+  double command_timeout_grace_s; /* COMMAND_TIMEOUT_GRACE: after timeout_seconds, 10 */
   int max_retries;          /* MAX_RETRIES, 3 */
   int maintenance_mode;     /* MAINTENANCE_MODE */
   int detailed_metrics;     /* ENABLE_DETAILED_METRICS, true */

@@ -20,6 +20,7 @@
 struct grpc_agent_service {
   agent_registry *reg;
   uint64_t first_message_ms;
+  char first_message_why[64]; /* the status message of the first-message timeout */
   ProtobufCAllocator alloc;
   size_t arena_used;
   int arena_busy;
@@ -146,12 +147,9 @@ static void connect_start(grpc_call *call) {
   l->call = call;
   l->svc = as;
   grpc_call_set_data(call, l);
-  if (as->first_message_ms) {
-    char why[96];
-    snprintf(why, sizeof(why), "no first message within %.3g s",
-             (double)as->first_message_ms / 1000.0);
-    grpc_call_set_timeout(call, as->first_message_ms, GRPC_DEADLINE_EXCEEDED, why);
-  }
+  if (as->first_message_ms)
+    grpc_call_set_timeout(call, as->first_message_ms, GRPC_DEADLINE_EXCEEDED,
+                          as->first_message_why);
 }
 
 /* Borrowed views of a protobuf map as sm_kv; up to `cap` in buf, else allocated. */
@@ -311,6 +309,8 @@ int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, gr
     return SM_ENOMEM;
   as->reg = reg;
   as->first_message_ms = first_message_ms;
+  snprintf(as->first_message_why, sizeof(as->first_message_why),
+           "no first message within %.3g s", (double)first_message_ms / 1000.0);
   as->alloc.alloc = arena_alloc;
   as->alloc.free = arena_free;
   as->alloc.allocator_data = as;

@@ -81,7 +81,8 @@ void grpc_call_finish(grpc_call *call, int status, const char *message);
 int grpc_call_finished(const grpc_call *call);
 
 /* Finishes the call with status/message if it is still open after ms milliseconds; 0 cancels.
- * One such timer per call (the first-message timeout of a stream, for instance). */
+ * One such timer per call (the first-message timeout of a stream, for instance). message is
+ * not copied: it must stay valid while the timer is set (a string the service keeps). */
 void grpc_call_set_timeout(grpc_call *call, uint64_t ms, int status, const char *message);
 
 #endif

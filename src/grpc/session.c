@@ -55,7 +55,7 @@ struct grpc_call {
   unsigned trailers_sent : 1;   /* the END_STREAM HEADERS frame went out */
   unsigned accept_encoding : 1; /* add grpc-accept-encoding to the trailers */
   int status;
-  char message[MSG_MAX]; /* percent-encoded */
+  char *message; /* percent-encoded; allocated when the call finishes with one */
 
   /* response messages waiting for nghttp2 */
   out_chunk *out_head, *out_tail;
@@ -64,7 +64,7 @@ struct grpc_call {
   uint64_t deadline_ms;   /* from grpc-timeout (absolute); 0: none */
   uint64_t timer_due_ms;  /* the handler's grpc_call_set_timeout (absolute); 0: none */
   int timer_status;
-  char timer_message[128];
+  const char *timer_message; /* the handler's, kept alive by it */
 };
 
 struct grpc_session {
@@ -155,7 +155,7 @@ static void submit_trailers(grpc_call *c) {
   snprintf(status, sizeof(status), "%d", c->status);
   nghttp2_nv nva[3] = {NV("grpc-status", status, NGHTTP2_NV_FLAG_NONE)};
   size_t n = 1;
-  if (c->message[0])
+  if (c->message)
     nva[n++] = (nghttp2_nv)NV("grpc-message", c->message, NGHTTP2_NV_FLAG_NONE);
   if (c->accept_encoding)
     nva[n++] = (nghttp2_nv)NV_STATIC("grpc-accept-encoding", "identity");
@@ -187,7 +187,7 @@ static void submit_trailers_only(grpc_call *c, const char *http_status) {
                        NV_STATIC("content-type", "application/grpc"),
                        NV("grpc-status", status, NGHTTP2_NV_FLAG_NONE)};
   size_t n = 3;
-  if (c->message[0])
+  if (c->message)
     nva[n++] = (nghttp2_nv)NV("grpc-message", c->message, NGHTTP2_NV_FLAG_NONE);
   if (c->accept_encoding)
     nva[n++] = (nghttp2_nv)NV_STATIC("grpc-accept-encoding", "identity");
@@ -216,7 +216,11 @@ static void call_end(grpc_call *c, const char *http_status, int status, const ch
     return;
   c->finishing = 1;
   c->status = status;
-  grpc_percent_encode(message ? message : "", c->message, sizeof(c->message));
+  if (message && message[0]) {
+    char enc[MSG_MAX];
+    grpc_percent_encode(message, enc, sizeof(enc));
+    c->message = strdup(enc); /* without it the status still goes out */
+  }
   grpc_frame_reader_finish(&c->reader); /* no more request messages are read */
   sm_log_debug("grpc", "call finished", SM_LS("path", grpc_call_path(c)),
                SM_LS("peer", grpc_call_peer(c)), SM_LS("status", grpc_status_name(status)),
@@ -301,7 +305,7 @@ void grpc_call_set_timeout(grpc_call *call, uint64_t ms, int status, const char 
   }
   call->timer_due_ms = now_ms(call->s) + ms;
   call->timer_status = status;
-  snprintf(call->timer_message, sizeof(call->timer_message), "%s", message ? message : "");
+  call->timer_message = message;
   arm(call->s, call->timer_due_ms);
 }
 
@@ -370,6 +374,7 @@ static void call_free(grpc_call *c, int reason) {
   free_queue(c);
   grpc_frame_reader_finish(&c->reader);
   free(c->path);
+  free(c->message);
   free(c->encoding);
   free(c->meta);
   free(c);

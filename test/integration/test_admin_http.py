@@ -413,3 +413,40 @@ def test_real_manager_admin_routes(manager):
     assert body["total"] == len(body["agents"])
     assert manager.get("/api/agents/nobody")[0] == 404
     assert manager.get("/api/agents?limit=abc")[0] == 400
+
+
+@pytest.mark.skipif(not os.path.exists(MANAGER_BIN), reason="sirius-manager not built")
+def test_real_manager_lists_grpc_agents(manager, pb):
+    """Two python grpcio agents Connect; /api/agents and /api/agents/{id} report them."""
+    import queue
+
+    import grpc
+    ch = grpc.insecure_channel(manager.grpc_addr)
+    stub = pb.agent_pb2_grpc.AgentServiceStub(ch)
+    streams = []
+    for aid, caps, ver in [("py-b", "os=linux,scan_type=nmap", "1.4.0"),
+                           ("py-a", "os=windows", "0.9.0")]:
+        q = queue.Queue()
+        q.put(pb.agent_pb2.AgentMessage(
+            agent_id=aid, status=pb.agent_pb2.IDLE,
+            heartbeat=pb.agent_pb2.HeartbeatMessage(timestamp=int(time.time())),
+            metadata={"hostname": "h-" + aid, "version": ver, "capabilities": caps,
+                      "segment": "10.1.0.0/16", "max_concurrent": "2"}))
+        streams.append((q, stub.Connect(iter(q.get, None))))
+    try:
+        wait_for(lambda: manager.agents()["total"] == 2, what="two agents listed")
+        body = manager.agents()
+        assert [a["id"] for a in body["agents"]] == ["py-a", "py-b"]
+        status, _, a = manager.get("/api/agents/py-b")
+        assert status == 200 and a["hostname"] == "h-py-b" and a["version"] == "1.4.0"
+        assert a["capabilities"] == {"os": "linux", "scan_type": "nmap"}
+        assert a["status"] == "idle" and a["max_concurrent"] == 2
+        assert a["segment"] == "10.1.0.0/16" and a["instance"]
+        assert a["peer"].startswith("127.0.0.1:")
+        assert manager.get("/api/agents?capability=os:linux")[2]["total"] == 1
+        assert manager.get("/api/agents?min_version=1.0.0")[2]["total"] == 1
+    finally:
+        for q, call in streams:
+            q.put(None)
+            call.cancel()
+        ch.close()

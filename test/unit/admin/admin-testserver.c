@@ -7,6 +7,7 @@
 #include "admin/server.h"
 #include "core/manager.h"
 #include "core/registry.h"
+#include "store/store.h"
 #include "core/settings.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -39,6 +40,7 @@ static void on_admin_closed(void *ud) {
   app *a = ud;
   a->closed = 1;
   agent_registry_destroy(a->m.registry);
+  store_close(a->m.store, NULL, NULL);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -62,6 +64,9 @@ int main(int argc, char **argv) {
   a.m.settings = &s;
   if (getenv("TEST_READY") && strcmp(getenv("TEST_READY"), "1") == 0)
     a.m.grpc = (struct grpc_server *)&a; /* any non-NULL: "the agent listener runs" */
+  store_mem_config smc = {0};
+  if (store_mem_create(loop, &smc, &a.m.store)) /* readiness also needs a connected store */
+    return 1;
   agent_registry_config rc2 = {s.agent_timeout_s, s.max_agents, s.instance_id};
   if (agent_registry_create(loop, &rc2, &a.m.registry))
     return 1;
