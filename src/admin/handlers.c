@@ -1,4 +1,5 @@
-/* handlers.c - GET /health, /ready, /api/agents, /api/agents/{id}. */
+/* handlers.c - GET /health, /ready, /api/agents, /api/agents/{id}; the command routes are in
+ * cmd_handlers.c. */
 #include "admin/handlers.h"
 
 #include "admin/json.h"
@@ -151,7 +152,8 @@ static void h_agents(void *ud, admin_request *req, admin_response *res) {
     return;
   }
   agent_registry_foreach(m->registry, &f, collect, &l);
-  qsort(l.v, l.n, sizeof(*l.v), by_id);
+  if (l.n > 1) /* (qsort of a NULL array is undefined even for 0 elements) */
+    qsort(l.v, l.n, sizeof(*l.v), by_id);
 
   cJSON *o = cJSON_CreateObject();
   cJSON *arr = o ? cJSON_AddArrayToObject(o, "agents") : NULL;
@@ -193,5 +195,6 @@ int admin_handlers_register(admin_router *r) {
   err = err ? err : admin_router_add(r, "GET", "/ready", h_ready, ADMIN_ROLE_PUBLIC);
   err = err ? err : admin_router_add(r, "GET", "/api/agents", h_agents, ADMIN_ROLE_VIEWER);
   err = err ? err : admin_router_add(r, "GET", "/api/agents/{id}", h_agent, ADMIN_ROLE_VIEWER);
+  err = err ? err : admin_cmd_handlers_register(r);
   return err;
 }

@@ -1,15 +1,31 @@
 /* handlers.h - the admin API's routes (CONTRACT.md "Admin API"). Each handler reads the manager
- * (the router's ud) and fills a response; none blocks. */
+ * (the router's ud) and fills a response, or defers it (admin_response_defer) and completes it
+ * from a store/lifecycle callback; none blocks. */
 #ifndef SM_ADMIN_HANDLERS_H
 #define SM_ADMIN_HANDLERS_H
 
 #include "admin/router.h"
 
-#define ADMIN_AGENTS_DEFAULT_LIMIT 100 /* GET /api/agents without ?limit */
-#define ADMIN_AGENTS_MAX_LIMIT 1000    /* ?limit above this is a 400 */
-#define ADMIN_READY_RETRY_AFTER "5"    /* seconds, Retry-After of a 503 from /ready */
+#define ADMIN_AGENTS_DEFAULT_LIMIT 100   /* GET /api/agents without ?limit */
+#define ADMIN_AGENTS_MAX_LIMIT 1000      /* ?limit above this is a 400 */
+#define ADMIN_READY_RETRY_AFTER "5"      /* seconds, Retry-After of a 503 from /ready */
+#define ADMIN_COMMANDS_DEFAULT_LIMIT 100 /* GET /api/commands without ?limit */
+#define ADMIN_COMMANDS_MAX_LIMIT 1000    /* ?limit above this is a 400 (STORE_MAX_LIST) */
+#define ADMIN_SUBMIT_MAX 1000            /* commands in one POST /api/commands array */
+/* Bytes of an Idempotency-Key header: room for ":<index>" within COMMAND_MAX_ID. */
+#define ADMIN_IDEMPOTENCY_KEY_MAX 120
+
+#define ADMIN_STR_(x) #x
+#define ADMIN_STR(x) ADMIN_STR_(x) /* a numeric macro as a string literal */
 
 /* Registers every route on r (whose ud must be the sm_manager). Returns 0 or SM_ELIMIT. */
 int admin_handlers_register(admin_router *r);
+
+/* Registers the command and administration routes (cmd_handlers.c): POST/GET /api/commands,
+ * GET /api/commands/{id}, PUT /api/commands/{id}/cancel, GET /api/status,
+ * POST /api/admin/maintenance, POST /api/admin/shutdown. They read m->lifecycle, m->store and
+ * m->mq (each may be NULL: 503 / reported as down) and answer through deferred responses.
+ * Returns 0 or SM_ELIMIT. Called by admin_handlers_register. */
+int admin_cmd_handlers_register(admin_router *r);
 
 #endif

@@ -202,9 +202,9 @@ void admin_response_error(admin_response *res, int status, const char *code, con
 }
 
 struct admin_deferred {
-  int refs;         /* 2 at creation: the handler's and the requester's */
-  int done;         /* the handler completed */
-  int released;     /* the requester released */
+  int refs;           /* 2 at creation: the handler's and the requester's */
+  int done;           /* the handler completed */
+  int released;       /* the requester released */
   admin_response res; /* the answer once done */
   void (*ready)(void *ud, admin_deferred *d);
   void *ready_ud;

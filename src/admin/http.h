@@ -2,7 +2,8 @@
  * and of the socket: handlers see only these types.
  *
  * A request owns all its memory (target, headers, body, decoded parameters) and frees it in one
- * go (admin_request_free). A response is filled by a handler and serialized by the connection.
+ * go (admin_request_free). A response is filled by a handler and serialized by the connection,
+ * or deferred by the handler and completed later (admin_response_defer, below).
  */
 #ifndef SM_ADMIN_HTTP_H
 #define SM_ADMIN_HTTP_H
@@ -102,7 +103,7 @@ typedef struct admin_response {
     char value[96];
   } headers[ADMIN_MAX_RESP_HEADERS];
   size_t nheaders;
-  int close; /* close the connection after this response */
+  int close;                /* close the connection after this response */
   admin_deferred *deferred; /* set by admin_response_defer: the answer comes later */
 } admin_response;
 

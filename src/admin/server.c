@@ -7,6 +7,16 @@
  * ADMIN_PIPELINE_MAX responses or ADMIN_OUTPUT_HIGH_WATER bytes not yet written; the unparsed
  * rest of the last read waits in `stash` until the output drains.
  *
+ * Deferred responses (admin_response_defer): a request whose handler answers later gets a slot
+ * in the connection's FIFO of unanswered requests; every later response of that connection
+ * queues behind it (serialized at once, held in its slot) so pipelined answers keep request
+ * order. Slots count toward ADMIN_PIPELINE_MAX. A completion only marks its slot ready and moves
+ * the ready head of the FIFO into `out`; the write happens in the flush of the loop turn. Every
+ * waiting slot is also on the server's timeout list: slots join it in time order with the same
+ * timeout, so the list is sorted by deadline and one timer serves them all. At the deadline the
+ * slot answers 503 with Retry-After and releases the handler's deferred object, whose late
+ * completion is then dropped; a connection that closes releases its slots the same way.
+ *
  * Closing is two-phase: a connection is marked C_CLOSING, its handles are closed, and its memory
  * is freed in the last close callback. The server is freed after all its handles closed.
  */
@@ -24,7 +34,8 @@
 
 #define ADMIN_READ_BUF (64 * 1024) /* one read; shared by all connections (reads are sync) */
 #define ADMIN_BACKLOG 511
-#define ADMIN_BUF_KEEP (64 * 1024) /* output buffers larger than this are freed after a write */
+#define ADMIN_BUF_KEEP (64 * 1024)  /* output buffers larger than this are freed after a write */
+#define ADMIN_DEFER_RETRY_AFTER "1" /* Retry-After of the 503 of a deferred request timed out */
 
 enum conn_state {
   C_OPEN = 0, /* reading requests */
@@ -34,6 +45,23 @@ enum conn_state {
 };
 
 enum timer_kind { T_NONE = 0, T_IDLE, T_REQUEST, T_WRITE, T_LINGER };
+
+struct admin_conn;
+
+/* One request answered later, or an answer waiting behind one (see the top of the file). */
+typedef struct conn_slot {
+  struct conn_slot *next;          /* the connection's FIFO */
+  struct conn_slot *tprev, *tnext; /* the server's timeout list (waiting slots only) */
+  struct admin_conn *c;
+  admin_deferred *d;  /* the handler's answer to come; NULL once `bytes` holds the answer */
+  admin_buf bytes;    /* the serialized answer (when d is NULL) */
+  int keep;           /* request: client allows keep-alive; serialized: the answer keeps it */
+  int timed;          /* on the timeout list */
+  uint64_t deadline;  /* uv_now() ms */
+  const char *method; /* static text */
+  char path[160];     /* for the request log, truncated */
+  uint64_t start_ns;
+} conn_slot;
 
 typedef struct admin_conn {
   uv_tcp_t tcp;
@@ -53,6 +81,8 @@ typedef struct admin_conn {
   uv_write_t wreq;
   uv_shutdown_t sreq;
   admin_buf stash;                  /* input not parsed yet because output backed up */
+  conn_slot *shead, *stail;         /* unanswered (deferred) requests and answers behind them */
+  size_t nslots;                    /* slots in that FIFO */
   enum timer_kind tkind;            /* deadline the timer runs for */
   uint64_t tseq;                    /* request sequence the T_REQUEST deadline belongs to */
   int dirty;                        /* on the server's flush list */
@@ -69,9 +99,12 @@ struct admin_server {
   int port;
   int bound_port; /* -1 until listening */
   uv_tcp_t listener;
-  uv_check_t flusher; /* flushes gathered output once per loop turn, right after poll */
-  uv_idle_t kick;     /* output gathered outside poll (timers, write callbacks): keeps
-                         the next poll from blocking until it is flushed */
+  uv_check_t flusher;       /* flushes gathered output once per loop turn, right after poll */
+  uv_idle_t kick;           /* output gathered outside poll (timers, write callbacks): keeps
+                               the next poll from blocking until it is flushed */
+  uv_timer_t defer_timer;   /* the deadline of the oldest waiting deferred request */
+  conn_slot *thead, *ttail; /* waiting deferred requests, oldest (earliest deadline) first */
+  uint64_t defer_timeout_ms;
   int listener_closed;
   int stopping;        /* stop_accepting called: no keep-alive from now on */
   int closing;         /* admin_server_close called */
@@ -92,6 +125,7 @@ static void conn_input(admin_conn *c, const char *data, size_t len);
 static void conn_update_timer(admin_conn *c);
 static void on_flush(uv_check_t *h);
 static void on_kick(uv_idle_t *h);
+static void conn_advance(admin_conn *c);
 
 static uint64_t secs_to_ms(double s) {
   return s <= 0 ? 1 : (uint64_t)(s * 1000.0 + 0.5);
@@ -148,7 +182,7 @@ static void unmark_dirty(admin_conn *c) {
 /* ---- output ---- */
 
 static int backpressured(const admin_conn *c) {
-  return c->out_n + c->w_n >= ADMIN_PIPELINE_MAX ||
+  return c->out_n + c->w_n + c->nslots >= ADMIN_PIPELINE_MAX ||
          c->out.len + c->wbuf.len >= ADMIN_OUTPUT_HIGH_WATER;
 }
 
@@ -174,21 +208,41 @@ static void read_start(admin_conn *c) {
   }
 }
 
-/* Queues one serialized response; logs the request line. */
-static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive, const char *method,
-                       const char *path, uint64_t start_ns) {
-  if (admin_response_serialize(res, keep_alive, &c->out) == 0) {
-    c->out_n++;
-  } else {
-    /* Out of memory: there is no way to answer in order, so give up on this client. */
-    conn_close(c);
-    return;
-  }
-  mark_dirty(c);
+/* Logs the request line of an answer. */
+static void log_request(admin_conn *c, const admin_response *res, const char *method,
+                        const char *path, uint64_t start_ns) {
   double ms = start_ns ? (double)(uv_hrtime() - start_ns) / 1e6 : 0.0;
   sm_log_info("admin", "request", SM_LS("method", method ? method : "-"),
               SM_LS("path", path ? path : "-"), SM_LI("status", res->status),
               SM_LD("duration_ms", ms), SM_LI("bytes", res->body_len), SM_LS("client", c->peer));
+}
+
+/* Queues one serialized response; logs the request line. With deferred requests still
+ * unanswered, the response waits in a slot behind them. */
+static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive, const char *method,
+                       const char *path, uint64_t start_ns) {
+  conn_slot *sl = NULL;
+  if (c->shead != NULL && (sl = calloc(1, sizeof(*sl))) == NULL) {
+    conn_close(c);
+    return;
+  }
+  if (admin_response_serialize(res, keep_alive, sl ? &sl->bytes : &c->out) != 0) {
+    /* Out of memory: there is no way to answer in order, so give up on this client. */
+    free(sl);
+    conn_close(c);
+    return;
+  }
+  log_request(c, res, method, path, start_ns);
+  if (sl != NULL) {
+    sl->c = c;
+    sl->keep = keep_alive;
+    c->stail->next = sl;
+    c->stail = sl;
+    c->nslots++;
+    return;
+  }
+  c->out_n++;
+  mark_dirty(c);
 }
 
 /* Stops reading and writes what is queued, then shuts the connection down. */
@@ -270,8 +324,10 @@ static void on_write(uv_write_t *req, int status) {
   if (c->out.len) {
     mark_dirty(c);
   } else if (c->state == C_DRAIN) {
-    conn_shutdown(c);
-    return;
+    if (c->nslots == 0) {
+      conn_shutdown(c);
+      return;
+    }
   } else if (c->state == C_OPEN && !backpressured(c)) {
     /* Output drained: go on with the requests held back. */
     if (c->stash.len) {
@@ -303,7 +359,7 @@ static void conn_flush(admin_conn *c) {
       return;
     }
     c->writing = 1;
-  } else if (!c->writing && c->state == C_DRAIN) {
+  } else if (!c->writing && c->state == C_DRAIN && c->nslots == 0) {
     conn_shutdown(c);
     return;
   }
@@ -328,6 +384,180 @@ static void on_kick(uv_idle_t *h) {
   flush_all(h->data);
 }
 
+/* ---- deferred requests ---- */
+
+static void on_defer_timer(uv_timer_t *t);
+
+static void defer_timer_update(struct admin_server *srv) {
+  if (srv->closing)
+    return;
+  if (srv->thead == NULL) {
+    uv_timer_stop(&srv->defer_timer);
+    return;
+  }
+  uint64_t now = uv_now(srv->loop);
+  uint64_t dl = srv->thead->deadline;
+  uv_timer_start(&srv->defer_timer, on_defer_timer, dl > now ? dl - now : 0, 0);
+}
+
+static void timeout_remove(struct admin_server *srv, conn_slot *sl) {
+  if (!sl->timed)
+    return;
+  int was_head = srv->thead == sl;
+  if (sl->tprev)
+    sl->tprev->tnext = sl->tnext;
+  else
+    srv->thead = sl->tnext;
+  if (sl->tnext)
+    sl->tnext->tprev = sl->tprev;
+  else
+    srv->ttail = sl->tprev;
+  sl->tprev = sl->tnext = NULL;
+  sl->timed = 0;
+  if (was_head)
+    defer_timer_update(srv);
+}
+
+static void timeout_append(struct admin_server *srv, conn_slot *sl) {
+  sl->deadline = uv_now(srv->loop) + srv->defer_timeout_ms;
+  sl->timed = 1;
+  sl->tnext = NULL;
+  sl->tprev = srv->ttail;
+  if (srv->ttail)
+    srv->ttail->tnext = sl;
+  else
+    srv->thead = sl;
+  srv->ttail = sl;
+  if (srv->thead == sl)
+    defer_timer_update(srv);
+}
+
+/* Frees a slot taken off its connection's FIFO. */
+static void slot_free(struct admin_server *srv, conn_slot *sl) {
+  timeout_remove(srv, sl);
+  admin_deferred_release(sl->d);
+  admin_buf_finish(&sl->bytes);
+  free(sl);
+}
+
+/* Drops every slot of the connection (closing, or answers after a final one). */
+static void conn_drop_slots(admin_conn *c) {
+  while (c->shead) {
+    conn_slot *sl = c->shead;
+    c->shead = sl->next;
+    slot_free(c->srv, sl);
+  }
+  c->stail = NULL;
+  c->nslots = 0;
+}
+
+static int slot_ready(conn_slot *sl) {
+  return sl->d == NULL || admin_deferred_response(sl->d) != NULL;
+}
+
+/* Moves the answered head of the FIFO into `out` (written in this turn's flush). */
+static void conn_advance(admin_conn *c) {
+  struct admin_server *srv = c->srv;
+  while (c->state != C_CLOSING && c->shead && slot_ready(c->shead)) {
+    conn_slot *sl = c->shead;
+    c->shead = sl->next;
+    if (c->shead == NULL)
+      c->stail = NULL;
+    c->nslots--;
+    int keep = sl->keep, err = 0;
+    if (sl->d != NULL) {
+      admin_response *res = admin_deferred_response(sl->d);
+      keep = keep && !res->close && !srv->stopping;
+      err = admin_response_serialize(res, keep, &c->out);
+      if (!err)
+        log_request(c, res, sl->method, sl->path, sl->start_ns);
+    } else {
+      err = admin_buf_append(&c->out, sl->bytes.p, sl->bytes.len);
+    }
+    slot_free(srv, sl);
+    if (err) {
+      conn_close(c);
+      return;
+    }
+    c->out_n++;
+    mark_dirty(c);
+    if (!keep) {
+      /* This answer ends the connection: the requests behind it are not answered. */
+      conn_drop_slots(c);
+      conn_drain(c);
+    }
+  }
+  conn_update_timer(c);
+}
+
+static void on_deferred_ready(void *ud, admin_deferred *d) {
+  (void)d;
+  conn_slot *sl = ud;
+  admin_conn *c = sl->c;
+  timeout_remove(c->srv, sl);
+  if (sl == c->shead)
+    conn_advance(c);
+}
+
+static void on_defer_timer(uv_timer_t *t) {
+  struct admin_server *srv = t->data;
+  uint64_t now = uv_now(srv->loop);
+  while (srv->thead && srv->thead->deadline <= now) {
+    conn_slot *sl = srv->thead;
+    admin_conn *c = sl->c;
+    timeout_remove(srv, sl);
+    /* The handler's late answer is dropped from now on. */
+    admin_deferred_release(sl->d);
+    sl->d = NULL;
+    admin_response res;
+    admin_response_init(&res);
+    admin_response_error(&res, 503, "timeout", "the request was not answered in time");
+    admin_response_header(&res, "Retry-After", ADMIN_DEFER_RETRY_AFTER);
+    sl->keep = sl->keep && !srv->stopping;
+    int err = admin_response_serialize(&res, sl->keep, &sl->bytes);
+    if (!err)
+      log_request(c, &res, sl->method, sl->path, sl->start_ns);
+    admin_response_finish(&res);
+    sm_log_warn("admin", "deferred request timed out", SM_LS("path", sl->path),
+                SM_LS("client", c->peer));
+    if (err)
+      conn_close(c);
+    else if (sl == c->shead)
+      conn_advance(c);
+  }
+  defer_timer_update(srv);
+}
+
+/* Takes over the deferred answer of req: a slot at the tail of the FIFO. Returns 0 or
+ * SM_ENOMEM (then the connection is closed). */
+static int conn_defer(admin_conn *c, admin_request *req, admin_deferred *d) {
+  conn_slot *sl = calloc(1, sizeof(*sl));
+  if (sl == NULL) {
+    admin_deferred_release(d);
+    conn_close(c);
+    return SM_ENOMEM;
+  }
+  sl->c = c;
+  sl->d = d;
+  sl->keep = req->keep_alive;
+  sl->method = req->method;
+  snprintf(sl->path, sizeof(sl->path), "%s", req->path ? req->path : "-");
+  sl->start_ns = req->start_ns;
+  if (c->stail)
+    c->stail->next = sl;
+  else
+    c->shead = sl;
+  c->stail = sl;
+  c->nslots++;
+  if (admin_deferred_response(d) != NULL) {
+    conn_advance(c); /* answered inside the handler already */
+  } else {
+    admin_deferred_watch(d, on_deferred_ready, sl);
+    timeout_append(c->srv, sl);
+  }
+  return 0;
+}
+
 /* ---- requests ---- */
 
 static int conn_on_request(void *ud, admin_request *req) {
@@ -336,8 +566,16 @@ static int conn_on_request(void *ud, admin_request *req) {
   admin_response res;
   admin_response_init(&res);
   admin_router_dispatch(&c->srv->router, req, &res);
-  int keep = req->keep_alive && !res.close && !c->srv->stopping;
-  conn_queue(c, &res, keep, req->method, req->path, req->start_ns);
+  int keep;
+  if (res.deferred != NULL) {
+    admin_deferred *d = res.deferred;
+    res.deferred = NULL;
+    keep = req->keep_alive && !c->srv->stopping;
+    conn_defer(c, req, d);
+  } else {
+    keep = req->keep_alive && !res.close && !c->srv->stopping;
+    conn_queue(c, &res, keep, req->method, req->path, req->start_ns);
+  }
   admin_response_finish(&res);
   admin_request_free(req);
   if (c->state != C_OPEN)
@@ -359,7 +597,9 @@ static void conn_input(admin_conn *c, const char *data, size_t len) {
     read_stop(c);
     if (admin_buf_append(&c->stash, data + used, len - (size_t)used) != 0)
       conn_close(c);
-  } else if (admin_http1_take_continue(c->http)) {
+  } else if (admin_http1_take_continue(c->http) && c->shead == NULL) {
+    /* (Behind unanswered requests an interim answer would jump the queue: the client then
+     * sends its body after its own expect timeout.) */
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     if (admin_buf_append(&c->out, cont, sizeof(cont) - 1) == 0)
       mark_dirty(c);
@@ -378,7 +618,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       return;
     }
     c->peer_eof = 1;
-    if (c->state == C_OPEN && (c->out.len || c->writing || c->stash.len)) {
+    if (c->state == C_OPEN && (c->out.len || c->writing || c->stash.len || c->nslots)) {
       /* Answer what was asked before the half-close, then go. The stash is dropped: those
        * requests were never parsed, and the client has left. */
       conn_drain(c);
@@ -416,12 +656,19 @@ static void conn_update_timer(admin_conn *c) {
   if (c->state == C_LINGER) {
     k = T_LINGER;
     ms = ADMIN_LINGER_MS;
-  } else if (c->writing || c->out.len || c->state == C_DRAIN) {
+  } else if (c->writing || c->out.len || (c->state == C_DRAIN && c->nslots == 0)) {
     k = T_WRITE; /* a client that does not read is dropped after the request timeout */
     ms = srv->request_timeout_ms;
   } else if ((seq = admin_http1_pending(c->http)) != 0) {
     k = T_REQUEST;
     ms = srv->request_timeout_ms;
+  } else if (c->nslots) {
+    /* Waiting for handlers: the server's deferred timeout bounds that, not the idle timeout. */
+    if (c->tkind != T_NONE) {
+      uv_timer_stop(&c->timer);
+      c->tkind = T_NONE;
+    }
+    return;
   } else {
     k = T_IDLE;
     ms = srv->idle_timeout_ms;
@@ -455,6 +702,7 @@ static void conn_close(admin_conn *c) {
   struct admin_server *srv = c->srv;
   c->state = C_CLOSING;
   unmark_dirty(c);
+  conn_drop_slots(c);
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -572,6 +820,8 @@ int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **ou
   srv->bound_port = -1;
   srv->request_timeout_ms = secs_to_ms(srv->s->admin_request_timeout_s);
   srv->idle_timeout_ms = secs_to_ms(srv->s->admin_idle_timeout_s);
+  /* A handler waiting on the store gets as long as a client has to send its request. */
+  srv->defer_timeout_ms = srv->request_timeout_ms;
   int err = sm_addr_split(srv->s->admin_addr ? srv->s->admin_addr : ":8080", srv->host, &srv->port);
   if (err) {
     free(srv);
@@ -594,8 +844,9 @@ int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **ou
   uv_tcp_init(loop, &srv->listener);
   uv_check_init(loop, &srv->flusher);
   uv_idle_init(loop, &srv->kick);
-  srv->listener.data = srv->flusher.data = srv->kick.data = srv;
-  srv->open_handles = 3;
+  uv_timer_init(loop, &srv->defer_timer);
+  srv->listener.data = srv->flusher.data = srv->kick.data = srv->defer_timer.data = srv;
+  srv->open_handles = 4;
   *out = srv;
   return 0;
 }
@@ -628,6 +879,14 @@ int admin_server_port(const struct admin_server *srv) {
   return srv->bound_port;
 }
 
+admin_router *admin_server_router(struct admin_server *srv) {
+  return &srv->router;
+}
+
+size_t admin_server_connections(const struct admin_server *srv) {
+  return srv->nconns;
+}
+
 static void close_listener(struct admin_server *srv) {
   if (srv->listener_closed)
     return;
@@ -644,7 +903,7 @@ void admin_server_stop_accepting(struct admin_server *srv) {
   for (admin_conn *c = srv->conns; c; c = next) {
     next = c->next;
     if (c->state == C_OPEN && !c->writing && c->out.len == 0 && c->stash.len == 0 &&
-        admin_http1_pending(c->http) == 0)
+        c->nslots == 0 && admin_http1_pending(c->http) == 0)
       conn_close(c);
   }
 }
@@ -661,6 +920,8 @@ void admin_server_close(struct admin_server *srv, void (*cb)(void *ud), void *ud
   uv_idle_stop(&srv->kick);
   uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
   uv_close((uv_handle_t *)&srv->kick, on_handle_closed);
+  uv_timer_stop(&srv->defer_timer);
+  uv_close((uv_handle_t *)&srv->defer_timer, on_handle_closed);
   while (srv->conns)
     conn_close(srv->conns);
 }

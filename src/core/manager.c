@@ -228,10 +228,6 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     lifecycle_mq_publisher(m->publisher, &lp);
   }
 
-  sched_strategy *strategy = NULL;
-  err = sched_least_loaded_create(&strategy);
-  if (err)
-    return err;
   double grace = s->agent_timeout_s < 60 ? s->agent_timeout_s : 60;
   lifecycle_config lc = {
       .queue_size = s->command_queue_size,
@@ -246,10 +242,11 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
       .on_store_state = on_store_state,
       .hook_ud = m,
   };
-  err = lifecycle_create(m->loop, &lc, m->registry, m->store, m->publisher ? &lp : NULL, strategy,
+  /* NULL strategy: the lifecycle creates and owns least_loaded placement; the orchestration
+   * issue (LOAD_BALANCING_STRATEGY) brings the others. */
+  err = lifecycle_create(m->loop, &lc, m->registry, m->store, m->publisher ? &lp : NULL, NULL,
                          &m->lifecycle);
   if (err) {
-    sched_strategy_destroy(strategy);
     sm_log_error("manager", "lifecycle setup failed", SM_LE(err));
     return err;
   }

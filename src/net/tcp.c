@@ -13,6 +13,7 @@
 #define PLAIN_BUF_SIZE (16 * 1024) /* decrypted bytes per SSL_read: one TLS record */
 #define WBUF_MIN 4096
 #define LISTEN_BACKLOG 511
+#define CLOSE_GRACE_MS 1000 /* listener close: time given to connections to write their last bytes */
 
 /* Output gathered for one uv_write; the request lives with its bytes. */
 typedef struct net_wbuf {
@@ -34,7 +35,8 @@ struct net_conn {
   net_wbuf *inflight;                /* being written (one at a time) */
   uint64_t proto_due;                /* protocol timer, uv_now ms; 0: none */
   uint64_t handshake_due;            /* TLS handshake deadline; 0: none */
-  uint64_t stall_since;              /* output stuck (or graceful close) since; 0: not */
+  uint64_t stall_since;              /* a write waits on the peer since; 0: not */
+  uint64_t close_due;                /* graceful close: closed by then at the latest; 0: not */
   size_t stall_queue;                /* write queue size when progress was last seen */
   int close_reason;
   int handles_open;                  /* handles whose close callback is still owed */
@@ -44,6 +46,7 @@ struct net_conn {
   unsigned closed : 1;               /* uv_close called */
   unsigned in_flush : 1;             /* on the flush list */
   unsigned flushing : 1;             /* inside conn_flush */
+  unsigned tls_shut : 1;             /* close_notify queued */
   char peer[64];
 };
 
@@ -63,6 +66,7 @@ struct net_listener {
   uint64_t full_logged_at; /* when "connection limit reached" was last logged */
   size_t refused;          /* connections refused since then */
   int closing;
+  int prepare_closed;
   void (*close_cb)(void *ud);
   void *close_ud;
 };
@@ -171,8 +175,7 @@ static void write_cb(uv_write_t *req, int status) {
       conn_close_now(c, sm_err_from_uv(status));
     return;
   }
-  if (c->stall_since && !c->closing)
-    c->stall_since = 0; /* progress; conn_flush re-checks the level */
+  c->stall_since = 0; /* progress; conn_flush re-checks the level */
   net_conn_want_flush(c);
 }
 
@@ -190,6 +193,14 @@ static void start_write(net_conn *c) {
     c->inflight = NULL;
     free(w);
     conn_close_now(c, sm_err_from_uv(r));
+    return;
+  }
+  /* libuv wrote what the socket took; a rest waits on the peer: start the stall clock. */
+  size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  if (q > 0 && c->stall_since == 0) {
+    c->stall_since = uv_now(c->l->loop);
+    c->stall_queue = q;
+    conn_arm(c);
   }
 }
 
@@ -323,7 +334,8 @@ void net_conn_want_flush(net_conn *c) {
     uv_prepare_start(&l->prepare, prepare_cb);
 }
 
-/* Stops reading while the output is over the limit; resumes below it. */
+/* Stops reading while the output is over the limit (what the peer sends would only make more
+ * output); resumes below it. */
 static void backpressure(net_conn *c) {
   net_listener *l = c->l;
   size_t out = net_conn_output(c);
@@ -332,14 +344,8 @@ static void backpressure(net_conn *c) {
       c->paused = 1;
       uv_read_stop((uv_stream_t *)&c->tcp);
     }
-    if (c->stall_since == 0) {
-      c->stall_since = uv_now(l->loop);
-      c->stall_queue = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-      conn_arm(c);
-    }
   } else if (c->paused && !c->closing) {
     c->paused = 0;
-    c->stall_since = 0;
     int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
     if (r < 0)
       conn_close_now(c, sm_err_from_uv(r));
@@ -361,6 +367,10 @@ static void conn_flush(net_conn *c) {
       conn_close_now(c, err);
       return;
     }
+  }
+  if (c->tls && c->closing && !c->tls_shut && net_tls_established(c->tls)) {
+    c->tls_shut = 1; /* after the protocol's last words */
+    net_tls_shutdown(c->tls);
   }
   if (c->tls && !c->closed && tls_take_output(c) != 0) {
     conn_close_now(c, SM_ENOMEM);
@@ -400,10 +410,16 @@ static void timer_cb(uv_timer_t *t) {
     conn_close_now(c, SM_ETIMEDOUT);
     return;
   }
-  if (c->stall_since) {
+  if (c->close_due && now >= c->close_due) {
+    sm_log_debug(l->cfg.name, "closing: output not written in time", SM_LS("peer", c->peer),
+                 SM_LI("queued_bytes", net_conn_output(c)));
+    conn_close_now(c, c->close_reason);
+    return;
+  }
+  if (c->stall_since && !c->closing) {
     size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
     uint64_t limit = (uint64_t)(l->cfg.stall_timeout_s * 1000.0);
-    if (q < c->stall_queue && !c->closing) {
+    if (q < c->stall_queue) {
       c->stall_since = now; /* the peer reads, slowly: not stalled */
       c->stall_queue = q;
     } else if (now - c->stall_since >= limit) {
@@ -432,11 +448,13 @@ static void conn_arm(net_conn *c) {
   uint64_t due = c->proto_due;
   if (c->handshake_due && (due == 0 || c->handshake_due < due))
     due = c->handshake_due;
-  if (c->stall_since) {
+  if (c->stall_since && !c->closing) {
     uint64_t sd = c->stall_since + (uint64_t)(l->cfg.stall_timeout_s * 1000.0);
     if (due == 0 || sd < due)
       due = sd;
   }
+  if (c->close_due && (due == 0 || c->close_due < due))
+    due = c->close_due;
   if (due == 0) {
     uv_timer_stop(&c->timer);
     return;
@@ -486,34 +504,40 @@ static void conn_close_now(net_conn *c, int reason) {
   uv_close((uv_handle_t *)&c->timer, conn_closed_cb);
 }
 
-void net_conn_close(net_conn *c, int reason, int graceful) {
+/* Stops reading and writes out what is queued (and what on_flush still produces), then closes;
+ * at the latest after grace_ms. */
+static void conn_close_graceful(net_conn *c, int reason, uint64_t grace_ms) {
   if (c->closed)
     return;
   if (c->close_reason == 0)
     c->close_reason = reason;
-  if (!graceful) {
-    conn_close_now(c, reason);
+  uint64_t due = uv_now(c->l->loop) + grace_ms;
+  if (c->closing) {
+    if (due < c->close_due) {
+      c->close_due = due;
+      conn_arm(c);
+    }
     return;
   }
-  if (c->closing)
-    return;
   c->closing = 1;
   if (!c->paused) {
     c->paused = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
   }
-  if (c->tls && net_tls_established(c->tls)) {
-    net_tls_shutdown(c->tls);
-    if (tls_take_output(c) != 0) {
-      conn_close_now(c, SM_ENOMEM);
-      return;
-    }
-  }
-  /* Bounded: a peer that does not read what is left is dropped after the stall timeout. */
-  c->stall_since = uv_now(c->l->loop);
-  c->stall_queue = (size_t)-1;
+  c->close_due = due;
   conn_arm(c);
   net_conn_want_flush(c);
+}
+
+void net_conn_close(net_conn *c, int reason, int graceful) {
+  if (!graceful) {
+    if (c->close_reason == 0)
+      c->close_reason = reason;
+    conn_close_now(c, reason);
+    return;
+  }
+  /* A peer that does not read what is left is dropped after the stall timeout. */
+  conn_close_graceful(c, reason, (uint64_t)(c->l->cfg.stall_timeout_s * 1000.0));
 }
 
 /* ---- accepting ---- */
@@ -730,7 +754,15 @@ void net_listener_foreach(net_listener *l, void (*fn)(net_conn *c, void *ud), vo
 }
 
 static void listener_maybe_done(net_listener *l) {
-  if (!l->closing || l->nconns > 0 || l->handles_open > 0)
+  if (!l->closing || l->nconns > 0)
+    return;
+  if (!l->prepare_closed) {
+    /* the flushes of the closing connections needed it until now */
+    l->prepare_closed = 1;
+    uv_close((uv_handle_t *)&l->prepare, listener_handle_closed);
+    return;
+  }
+  if (l->handles_open > 0)
     return;
   void (*cb)(void *) = l->close_cb;
   void *ud = l->close_ud;
@@ -750,7 +782,12 @@ void net_listener_close(net_listener *l, void (*cb)(void *ud), void *ud) {
   l->close_cb = cb;
   l->close_ud = ud;
   net_listener_stop(l);
-  for (net_conn *c = l->conns; c; c = c->next)
-    conn_close_now(c, SM_ECANCELED);
-  uv_close((uv_handle_t *)&l->prepare, listener_handle_closed);
+  /* Gracefully but briefly: trailers and GOAWAYs queued just before still go out. */
+  for (net_conn *c = l->conns; c; c = c->next) {
+    if (c->opened)
+      conn_close_graceful(c, SM_ECANCELED, CLOSE_GRACE_MS);
+    else
+      conn_close_now(c, SM_ECANCELED);
+  }
+  listener_maybe_done(l);
 }
