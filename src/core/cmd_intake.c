@@ -21,7 +21,13 @@ typedef struct pending {
   int in_flight;          /* a lifecycle_submit is waiting for its answer */
 } pending;
 
+/* While paused by a refusal, how often to ask the lifecycle whether it accepts again: its own
+ * accepting hook reports only its transitions, and a refusal can come without one (the queue
+ * filled and drained between two of our submissions). */
+#define RESUME_POLL_MS 100
+
 struct cmd_intake {
+  uv_timer_t resume_timer; /* polls lifecycle_accepting while paused */
   mq_intake *in;
   lifecycle *lc;
   uint16_t prefetch;
@@ -69,6 +75,7 @@ static void dead_letter(cmd_intake *ci, pending *p, const char *reason) {
 }
 
 static void try_submit(cmd_intake *ci, pending *p);
+static void resume_poll(uv_timer_t *t);
 
 static void submitted(void *ud, int err, const sm_command *cmd, int existed) {
   pending *p = ud;
@@ -126,9 +133,9 @@ static void try_submit(cmd_intake *ci, pending *p) {
   if (err == SM_EUNAVAIL || err == SM_ELIMIT) {
     ci->stats.deferred++;
     if (ci->accepting) {
-      /* The lifecycle will report accepting=0 through its hook; pause now to be sure. */
       ci->accepting = 0;
       mq_intake_pause(ci->in);
+      uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
     }
     return;
   }
@@ -169,16 +176,29 @@ static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
     ci->stats.deferred++;
 }
 
-int cmd_intake_create(mq_conn *conn, lifecycle *lc, uint16_t prefetch, cmd_intake **out) {
+static void free_cb(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void resume_poll(uv_timer_t *t) {
+  cmd_intake *ci = t->data;
+  if (lifecycle_accepting(ci->lc))
+    cmd_intake_set_accepting(ci, 1);
+}
+
+int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc, uint16_t prefetch,
+                      cmd_intake **out) {
   cmd_intake *ci = calloc(1, sizeof(*ci));
   if (ci == NULL)
     return SM_ENOMEM;
+  uv_timer_init(loop, &ci->resume_timer);
+  ci->resume_timer.data = ci;
   ci->lc = lc;
   ci->prefetch = prefetch;
   ci->accepting = lifecycle_accepting(lc);
   int err = mq_intake_create(conn, prefetch, on_delivery, ci, &ci->in);
   if (err) {
-    free(ci);
+    uv_close((uv_handle_t *)&ci->resume_timer, free_cb);
     return err;
   }
   *out = ci;
@@ -200,8 +220,10 @@ void cmd_intake_set_accepting(cmd_intake *ci, int accepting) {
               SM_LI("held", ci->stats.held));
   if (!accepting) {
     mq_intake_pause(ci->in);
+    uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
     return;
   }
+  uv_timer_stop(&ci->resume_timer);
   mq_intake_resume(ci->in);
   /* Submit what was kept, oldest first is not needed: each is independent. A refusal inside the
    * walk flips accepting back to 0 and ends it. */
@@ -231,5 +253,6 @@ void cmd_intake_destroy(cmd_intake *ci) {
     p = next;
   }
   mq_intake_destroy(ci->in);
-  free(ci);
+  ci->in = NULL;
+  uv_close((uv_handle_t *)&ci->resume_timer, free_cb);
 }

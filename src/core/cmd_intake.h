@@ -23,7 +23,8 @@ typedef struct cmd_intake_stats {
 
 /* Creates the bridge and the mq intake on conn (prefetch 0: 256); deliveries start with
  * cmd_intake_start. Returns 0, SM_EINVAL or SM_ENOMEM. */
-int cmd_intake_create(mq_conn *conn, lifecycle *lc, uint16_t prefetch, cmd_intake **out);
+int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc, uint16_t prefetch,
+                      cmd_intake **out);
 
 /* Starts consuming. Returns 0 or an SM_E* code. */
 int cmd_intake_start(cmd_intake *ci);
@@ -34,8 +35,9 @@ void cmd_intake_set_accepting(cmd_intake *ci, int accepting);
 
 void cmd_intake_get_stats(const cmd_intake *ci, cmd_intake_stats *out);
 
-/* Stops consuming and frees the bridge; kept deliveries stay unacked and return to the queue
- * when the connection closes. Submissions still in flight complete into nothing. NULL is fine. */
+/* Stops consuming and frees the bridge (after its timer's close callback); kept deliveries stay
+ * unacked and return to the queue when the connection closes. Submissions still in flight
+ * complete into nothing. NULL is fine. */
 void cmd_intake_destroy(cmd_intake *ci);
 
 #endif

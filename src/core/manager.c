@@ -258,7 +258,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     return err;
 
   if (m->mq) {
-    err = cmd_intake_create(m->mq, m->lifecycle, MQ_PREFETCH, &m->intake);
+    err = cmd_intake_create(m->loop, m->mq, m->lifecycle, MQ_PREFETCH, &m->intake);
     if (err == 0)
       err = cmd_intake_start(m->intake);
     if (err == 0)

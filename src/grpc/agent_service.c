@@ -153,16 +153,16 @@ static void connect_start(grpc_call *call) {
 }
 
 /* Borrowed views of a protobuf map as sm_kv; up to `cap` in buf, else allocated. */
-#define MAP_VIEW(field_entries, n, buf, cap, out)                                              \
-  do {                                                                                         \
-    (out) = (buf);                                                                             \
-    if ((n) > (cap))                                                                           \
-      (out) = malloc((n) * sizeof(sm_kv));                                                     \
-    if ((out) != NULL)                                                                         \
-      for (size_t i_ = 0; i_ < (n); i_++) {                                                    \
-        (out)[i_].key = (field_entries)[i_]->key;                                              \
-        (out)[i_].value = (field_entries)[i_]->value;                                          \
-      }                                                                                        \
+#define MAP_VIEW(field_entries, n, buf, cap, out)                                                  \
+  do {                                                                                             \
+    (out) = (buf);                                                                                 \
+    if ((n) > (cap))                                                                               \
+      (out) = malloc((n) * sizeof(sm_kv));                                                         \
+    if ((out) != NULL)                                                                             \
+      for (size_t i_ = 0; i_ < (n); i_++) {                                                        \
+        (out)[i_].key = (field_entries)[i_]->key;                                                  \
+        (out)[i_].value = (field_entries)[i_]->value;                                              \
+      }                                                                                            \
   } while (0)
 
 static int agent_status_of(Scan__AgentStatus s) {
@@ -188,7 +188,7 @@ static void connect_register(agent_link *l, grpc_call *call, const Scan__AgentMe
     sm_log_info("grpc", "agent registration refused", SM_LS("agent_id", id),
                 SM_LS("peer", grpc_call_peer(call)), SM_LE(err));
     grpc_call_finish(call, grpc_status_from_err(err),
-                     err == SM_ELIMIT  ? "agent registry is full"
+                     err == SM_ELIMIT   ? "agent registry is full"
                      : err == SM_EINVAL ? "invalid agent id or metadata"
                                         : "registration failed");
     return;
@@ -203,8 +203,8 @@ static void connect_message(grpc_call *call, const uint8_t *data, size_t len) {
   agent_link *l = grpc_call_data(call);
   grpc_agent_service *as = l->svc;
   int arena;
-  Scan__AgentMessage *m = (Scan__AgentMessage *)unpack(as, &scan__agent_message__descriptor,
-                                                        data, len, &arena);
+  Scan__AgentMessage *m =
+      (Scan__AgentMessage *)unpack(as, &scan__agent_message__descriptor, data, len, &arena);
   if (m == NULL) {
     grpc_call_finish(call, GRPC_INTERNAL, "cannot decode scan.AgentMessage");
     return;
@@ -232,8 +232,7 @@ static void connect_message(grpc_call *call, const uint8_t *data, size_t len) {
                           .memory_usage = m->heartbeat->memory_usage,
                           .active_commands = m->heartbeat->active_commands};
     agent_registry_heartbeat(as->reg, l->agent, &hb);
-  } else if (m->payload_case == SCAN__AGENT_MESSAGE__PAYLOAD_COMMAND_RESULT &&
-             m->command_result) {
+  } else if (m->payload_case == SCAN__AGENT_MESSAGE__PAYLOAD_COMMAND_RESULT && m->command_result) {
     const Scan__CommandResult *cr = m->command_result;
     sm_kv dbuf[16], *dv = NULL;
     MAP_VIEW(cr->data, cr->n_data, dbuf, 16u, dv);
@@ -309,8 +308,8 @@ int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, gr
     return SM_ENOMEM;
   as->reg = reg;
   as->first_message_ms = first_message_ms;
-  snprintf(as->first_message_why, sizeof(as->first_message_why),
-           "no first message within %.3g s", (double)first_message_ms / 1000.0);
+  snprintf(as->first_message_why, sizeof(as->first_message_why), "no first message within %.3g s",
+           (double)first_message_ms / 1000.0);
   as->alloc.alloc = arena_alloc;
   as->alloc.free = arena_free;
   as->alloc.allocator_data = as;

@@ -36,10 +36,10 @@ typedef struct grpc_method {
 } grpc_method;
 
 typedef struct grpc_service {
-  const char *name;            /* "scan.AgentService" */
+  const char *name; /* "scan.AgentService" */
   const grpc_method *methods;
   size_t nmethods;
-  void *ud;                    /* the service's context: grpc_call_service_data() */
+  void *ud; /* the service's context: grpc_call_service_data() */
 } grpc_service;
 
 /* The service's ud. */

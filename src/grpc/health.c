@@ -15,7 +15,7 @@
 typedef struct watcher {
   struct watcher *prev, *next;
   grpc_call *call;
-  int sent;                    /* last status sent; -1 none */
+  int sent; /* last status sent; -1 none */
   char service[HEALTH_NAME_MAX + 1];
 } watcher;
 

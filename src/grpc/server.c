@@ -25,10 +25,10 @@ enum { SVC_AGENT, SVC_HEALTH, SVC_COUNT };
 struct grpc_server {
   uv_loop_t *loop;
   const sm_settings *settings;
-  net_tls_ctx *tls;              /* NULL: h2c */
+  net_tls_ctx *tls; /* NULL: h2c */
   net_listener *listener;
-  grpc_session_config scfg;      /* shared by every session */
-  grpc_service svc[SVC_COUNT];   /* the service table's entries */
+  grpc_session_config scfg;    /* shared by every session */
+  grpc_service svc[SVC_COUNT]; /* the service table's entries */
   const grpc_service *table[SVC_COUNT];
   grpc_agent_service *agents;
   grpc_health *health;
@@ -134,8 +134,8 @@ int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *re
       goto fail;
   }
 
-  err = grpc_agent_service_create(reg, to_ms(s->grpc_first_message_timeout_s),
-                                  &srv->svc[SVC_AGENT], &srv->agents);
+  err = grpc_agent_service_create(reg, to_ms(s->grpc_first_message_timeout_s), &srv->svc[SVC_AGENT],
+                                  &srv->agents);
   if (err)
     goto fail;
   static const char *const health_names[] = {"scan.AgentService", NULL};
@@ -155,8 +155,8 @@ int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *re
       .stream_window = STREAM_WINDOW,
       .connection_window = CONNECTION_WINDOW,
       .keepalive_ms = keepalive,
-      .keepalive_timeout_ms = keepalive && keepalive < KEEPALIVE_TIMEOUT_MS ? keepalive
-                                                                             : KEEPALIVE_TIMEOUT_MS,
+      .keepalive_timeout_ms =
+          keepalive && keepalive < KEEPALIVE_TIMEOUT_MS ? keepalive : KEEPALIVE_TIMEOUT_MS,
       .idle_ms = to_ms(s->grpc_idle_timeout_s),
       .max_output_bytes = s->grpc_max_output_bytes,
       .stall_ms = to_ms(s->grpc_stall_timeout_s),

@@ -36,11 +36,11 @@ struct grpc_call {
 
   /* request headers, gathered until END_HEADERS */
   char *path;
-  size_t header_bytes;  /* name + value + 32 per field, as SETTINGS_MAX_HEADER_LIST_SIZE */
-  char *encoding;       /* grpc-encoding when not identity */
-  char *meta;           /* custom metadata: "name\0value\0" pairs */
+  size_t header_bytes; /* name + value + 32 per field, as SETTINGS_MAX_HEADER_LIST_SIZE */
+  char *encoding;      /* grpc-encoding when not identity */
+  char *meta;          /* custom metadata: "name\0value\0" pairs */
   size_t meta_len;
-  uint64_t timeout_ms;  /* grpc-timeout; 0: none */
+  uint64_t timeout_ms; /* grpc-timeout; 0: none */
   unsigned post : 1, ct_ok : 1, te_ok : 1, timeout_bad : 1, headers_too_big : 1;
 
   /* request messages */
@@ -51,7 +51,6 @@ struct grpc_call {
   unsigned started : 1;         /* dispatched to the method (on_close is owed) */
   unsigned headers_sent : 1;    /* response headers submitted */
   unsigned finishing : 1;       /* status set: no more messages either way */
-  unsigned trailers_queued : 1; /* trailers (or Trailers-Only) submitted */
   unsigned trailers_sent : 1;   /* the END_STREAM HEADERS frame went out */
   unsigned accept_encoding : 1; /* add grpc-accept-encoding to the trailers */
   int status;
@@ -61,8 +60,8 @@ struct grpc_call {
   out_chunk *out_head, *out_tail;
   size_t out_bytes;
 
-  uint64_t deadline_ms;   /* from grpc-timeout (absolute); 0: none */
-  uint64_t timer_due_ms;  /* the handler's grpc_call_set_timeout (absolute); 0: none */
+  uint64_t deadline_ms;  /* from grpc-timeout (absolute); 0: none */
+  uint64_t timer_due_ms; /* the handler's grpc_call_set_timeout (absolute); 0: none */
   int timer_status;
   const char *timer_message; /* the handler's, kept alive by it */
 };
@@ -74,20 +73,22 @@ struct grpc_session {
   void *io_ud;
   grpc_call *calls; /* open streams that have a call */
   size_t ncalls;
-  size_t queued;          /* response bytes in the calls' queues */
-  uint64_t last_recv_ms;  /* last bytes from the peer */
-  uint64_t idle_since_ms; /* when the last call ended (or the session began) */
-  uint64_t ping_sent_ms;  /* keepalive PING outstanding since; 0: none */
+  size_t queued;             /* response bytes in the calls' queues */
+  uint64_t last_recv_ms;     /* last bytes from the peer */
+  uint64_t idle_since_ms;    /* when the last call ended (or the session began) */
+  uint64_t ping_sent_ms;     /* keepalive PING outstanding since; 0: none */
   uint64_t stalled_since_ms; /* output over the maximum since; 0: not */
-  uint64_t timer_due_ms;  /* what the transport's timer is set to; 0: not set */
+  uint64_t timer_due_ms;     /* what the transport's timer is set to; 0: not set */
   unsigned draining : 1, closing : 1, dead : 1, destroying : 1;
 };
 
-#define NV(n, v, flags)                                                                        \
-  {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), (flags)}
-#define NV_STATIC(n, v)                                                                        \
-  {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1,                               \
-   NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE}
+#define NV(n, v, flags)                                                                            \
+  { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), (flags) }
+#define NV_STATIC(n, v)                                                                            \
+  {                                                                                                \
+    (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1,                                  \
+        NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE                               \
+  }
 
 static uint64_t now_ms(grpc_session *s) {
   return s->io->now(s->io_ud);
@@ -162,7 +163,6 @@ static void submit_trailers(grpc_call *c) {
   int rv = nghttp2_submit_trailer(c->s->h2, c->stream_id, nva, n);
   if (rv != 0)
     sm_log_debug("grpc", "cannot submit trailers", SM_LS("error", nghttp2_strerror(rv)));
-  c->trailers_queued = 1;
 }
 
 /* Response headers with a data provider that serves the call's queue. */
@@ -170,8 +170,7 @@ static int submit_headers(grpc_call *c) {
   nghttp2_nv nva[] = {NV_STATIC(":status", "200"), NV_STATIC("content-type", "application/grpc"),
                       NV_STATIC("grpc-accept-encoding", "identity")};
   nghttp2_data_provider prd = {.source.ptr = c, .read_callback = data_read_cb};
-  int rv = nghttp2_submit_response(c->s->h2, c->stream_id, nva, sizeof(nva) / sizeof(nva[0]),
-                                   &prd);
+  int rv = nghttp2_submit_response(c->s->h2, c->stream_id, nva, sizeof(nva) / sizeof(nva[0]), &prd);
   if (rv != 0)
     return rv == NGHTTP2_ERR_NOMEM ? SM_ENOMEM : SM_ECLOSED;
   c->headers_sent = 1;
@@ -195,7 +194,6 @@ static void submit_trailers_only(grpc_call *c, const char *http_status) {
   if (rv != 0)
     sm_log_debug("grpc", "cannot submit response", SM_LS("error", nghttp2_strerror(rv)));
   c->headers_sent = 1;
-  c->trailers_queued = 1;
 }
 
 static void free_queue(grpc_call *c) {
@@ -447,8 +445,8 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
   if (name_is(name, nlen, "content-type")) {
     static const char ct[] = "application/grpc";
     size_t l = sizeof(ct) - 1;
-    c->ct_ok = vlen >= l && memcmp(value, ct, l) == 0 &&
-               (vlen == l || value[l] == '+' || value[l] == ';');
+    c->ct_ok =
+        vlen >= l && memcmp(value, ct, l) == 0 && (vlen == l || value[l] == '+' || value[l] == ';');
   } else if (name_is(name, nlen, "te")) {
     c->te_ok = vlen == 8 && memcmp(value, "trailers", 8) == 0;
   } else if (name_is(name, nlen, "grpc-timeout")) {
@@ -469,8 +467,8 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
 }
 
 /* Finds the method of "/<service>/<method>". */
-static int route(grpc_session *s, const char *path, const grpc_service **svc,
-                 const grpc_method **m, char *why, size_t cap) {
+static int route(grpc_session *s, const char *path, const grpc_service **svc, const grpc_method **m,
+                 char *why, size_t cap) {
   const char *slash = path[0] == '/' ? strchr(path + 1, '/') : NULL;
   if (slash == NULL || slash[1] == '\0' || strchr(slash + 1, '/') != NULL) {
     snprintf(why, cap, "malformed method path \"%.200s\"", path);
@@ -553,9 +551,8 @@ static void call_half_close(grpc_call *c) {
 
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user_data) {
   grpc_session *s = user_data;
-  grpc_call *c = frame->hd.stream_id
-                     ? nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id)
-                     : NULL;
+  grpc_call *c =
+      frame->hd.stream_id ? nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id) : NULL;
   switch (frame->hd.type) {
   case NGHTTP2_HEADERS:
     if (c == NULL)
@@ -745,8 +742,9 @@ int grpc_session_recv(grpc_session *s, const uint8_t *data, size_t len) {
   if (n < 0) {
     sm_log_debug("grpc", "HTTP/2 connection error", SM_LS("peer", s->io->peer(s->io_ud)),
                  SM_LS("reason", nghttp2_strerror((int)n)));
-    /* Fatal errors leave the session unusable; the rest queued a GOAWAY worth sending. */
-    if (n != NGHTTP2_ERR_BAD_CLIENT_MAGIC && nghttp2_is_fatal((int)n))
+    /* Fatal errors (a bad preface, a flood) leave the session unusable: close without a word.
+     * Protocol errors are not returned here: nghttp2 queues a GOAWAY and winds down. */
+    if (nghttp2_is_fatal((int)n))
       s->dead = 1;
     return n == NGHTTP2_ERR_NOMEM ? SM_ENOMEM : SM_EPROTO;
   }

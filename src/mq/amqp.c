@@ -114,6 +114,9 @@ struct mq_conn {
   uint16_t prefetch;
   int consume_wanted; /* re-consume after reconnect */
   int consuming;      /* basic.consume sent on this connection */
+  int consume_inflight; /* basic.consume sent, basic.consume-ok not yet received */
+  int cancel_deferred;  /* a stop came while consume_inflight: cancel on consume-ok (RabbitMQ
+                           closes the channel with 541 on a cancel racing its consume) */
   unsigned consumer_seq;
   char ctag[48];
   mq_deliver_cb deliver_cb;
@@ -445,7 +448,14 @@ static int mq_send_consume(mq_conn *c) {
   if (err)
     return err;
   c->consuming = 1;
+  c->consume_inflight = 1;
+  c->cancel_deferred = 0;
   return 0;
+}
+
+static int mq_send_cancel(mq_conn *c) {
+  amqp_basic_cancel_t bc = {.consumer_tag = amqp_cstring_bytes(c->ctag), .nowait = 0};
+  return mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_CANCEL_METHOD, &bc);
 }
 
 static void mq_depth_poll(mq_conn *c) {
@@ -539,6 +549,8 @@ static void mq_drop(mq_conn *c, int err) {
   uv_timer_stop(&c->hb_timer);
   uv_timer_stop(&c->depth_timer);
   c->consuming = 0;
+  c->consume_inflight = 0;
+  c->cancel_deferred = 0;
   c->depth_inflight = 0;
   c->depth_ch_open = 0;
   c->setup_pending = 0;
@@ -676,8 +688,16 @@ static void mq_on_method(mq_conn *c, uint16_t ch, amqp_method_t *m) {
       mq_setup_done(c);
     }
     return;
-  case AMQP_BASIC_QOS_OK_METHOD:
   case AMQP_BASIC_CONSUME_OK_METHOD:
+    c->consume_inflight = 0;
+    if (c->cancel_deferred) {
+      c->cancel_deferred = 0;
+      int err = mq_send_cancel(c);
+      if (err)
+        mq_drop(c, err);
+    }
+    return;
+  case AMQP_BASIC_QOS_OK_METHOD:
   case AMQP_BASIC_CANCEL_OK_METHOD:
     return;
   case AMQP_BASIC_CANCEL_METHOD:
@@ -1256,7 +1276,14 @@ int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch) {
   c->consume_queue = q;
   c->prefetch = prefetch;
   c->consume_wanted = 1;
-  if (c->phase != MQ_UP || c->consuming || c->drop_err)
+  if (c->phase != MQ_UP || c->drop_err)
+    return 0;
+  if (c->cancel_deferred) { /* stopped and wanted again before consume-ok: keep that consumer */
+    c->cancel_deferred = 0;
+    c->consuming = 1;
+    return 0;
+  }
+  if (c->consuming)
     return 0;
   int err = mq_send_consume(c);
   if (err) {
@@ -1272,8 +1299,12 @@ int mq_conn_consume_stop(mq_conn *c) {
   c->consume_wanted = 0;
   if (c->phase != MQ_UP || !c->consuming || c->drop_err)
     return 0;
-  amqp_basic_cancel_t bc = {.consumer_tag = amqp_cstring_bytes(c->ctag), .nowait = 0};
-  int err = mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_CANCEL_METHOD, &bc);
+  if (c->consume_inflight) {
+    c->cancel_deferred = 1;
+    c->consuming = 0;
+    return 0;
+  }
+  int err = mq_send_cancel(c);
   if (err) {
     mq_defer_drop(c, err);
     return SM_EIO;

@@ -13,7 +13,8 @@
 #define PLAIN_BUF_SIZE (16 * 1024) /* decrypted bytes per SSL_read: one TLS record */
 #define WBUF_MIN 4096
 #define LISTEN_BACKLOG 511
-#define CLOSE_GRACE_MS 1000 /* listener close: time given to connections to write their last bytes */
+#define CLOSE_GRACE_MS                                                                             \
+  1000 /* listener close: time given to connections to write their last bytes */
 
 /* Output gathered for one uv_write; the request lives with its bytes. */
 typedef struct net_wbuf {
@@ -39,14 +40,14 @@ struct net_conn {
   uint64_t close_due;                /* graceful close: closed by then at the latest; 0: not */
   size_t stall_queue;                /* write queue size when progress was last seen */
   int close_reason;
-  int handles_open;                  /* handles whose close callback is still owed */
-  unsigned opened : 1;               /* on_open called: on_close is owed */
-  unsigned paused : 1;               /* reading stopped for backpressure */
-  unsigned closing : 1;              /* graceful close: writing out, then closing */
-  unsigned closed : 1;               /* uv_close called */
-  unsigned in_flush : 1;             /* on the flush list */
-  unsigned flushing : 1;             /* inside conn_flush */
-  unsigned tls_shut : 1;             /* close_notify queued */
+  int handles_open;      /* handles whose close callback is still owed */
+  unsigned opened : 1;   /* on_open called: on_close is owed */
+  unsigned paused : 1;   /* reading stopped for backpressure */
+  unsigned closing : 1;  /* graceful close: writing out, then closing */
+  unsigned closed : 1;   /* uv_close called */
+  unsigned in_flush : 1; /* on the flush list */
+  unsigned flushing : 1; /* inside conn_flush */
+  unsigned tls_shut : 1; /* close_notify queued */
   char peer[64];
 };
 
@@ -54,9 +55,9 @@ struct net_listener {
   uv_loop_t *loop;
   net_listener_config cfg; /* addr and name are owned copies */
   uv_tcp_t srv;
-  uv_prepare_t prepare;    /* flushes before the loop sleeps */
-  int listening;           /* srv is open */
-  int handles_open;        /* srv/prepare close callbacks owed */
+  uv_prepare_t prepare; /* flushes before the loop sleeps */
+  int listening;        /* srv is open */
+  int handles_open;     /* srv/prepare close callbacks owed */
   int port;
   net_conn *conns;
   size_t nconns;
@@ -423,8 +424,8 @@ static void timer_cb(uv_timer_t *t) {
       c->stall_since = now; /* the peer reads, slowly: not stalled */
       c->stall_queue = q;
     } else if (now - c->stall_since >= limit) {
-      sm_log_info(l->cfg.name, "peer stopped reading, connection dropped",
-                  SM_LS("peer", c->peer), SM_LI("queued_bytes", net_conn_output(c)));
+      sm_log_info(l->cfg.name, "peer stopped reading, connection dropped", SM_LS("peer", c->peer),
+                  SM_LI("queued_bytes", net_conn_output(c)));
       conn_close_now(c, SM_ETIMEDOUT);
       return;
     }
@@ -578,8 +579,7 @@ static void refuse(net_listener *l, uv_stream_t *server) {
   uint64_t now = uv_now(l->loop);
   if (l->full_logged_at == 0 || now - l->full_logged_at >= 1000) {
     sm_log_warn(l->cfg.name, "connection limit reached, refusing connections",
-                SM_LI("max_connections", l->cfg.max_connections),
-                SM_LI("refused", l->refused));
+                SM_LI("max_connections", l->cfg.max_connections), SM_LI("refused", l->refused));
     l->full_logged_at = now;
     l->refused = 0;
   }
@@ -676,8 +676,8 @@ static int resolve(net_listener *l, const char *host, int port, struct sockaddr_
   if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0)
     return 0;
   uv_getaddrinfo_t req;
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE};
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
   char ports[16];
   snprintf(ports, sizeof(ports), "%d", port);
   /* no callback: synchronous, acceptable before the loop serves anyone */

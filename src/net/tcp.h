@@ -44,15 +44,15 @@ typedef struct net_conn_ops {
 } net_conn_ops;
 
 typedef struct net_listener_config {
-  const char *addr;            /* "host:port", ":port", "[v6]:port"; port 0 picks one */
-  size_t max_connections;      /* MAX_CONNECTIONS */
-  size_t max_output_bytes;     /* per connection, before reading stops */
-  double stall_timeout_s;      /* drop a connection whose output is stuck this long */
-  double handshake_timeout_s;  /* TLS handshake must finish in this */
-  net_tls_ctx *tls;            /* NULL: plaintext; borrowed, must outlive the listener */
+  const char *addr;           /* "host:port", ":port", "[v6]:port"; port 0 picks one */
+  size_t max_connections;     /* MAX_CONNECTIONS */
+  size_t max_output_bytes;    /* per connection, before reading stops */
+  double stall_timeout_s;     /* drop a connection whose output is stuck this long */
+  double handshake_timeout_s; /* TLS handshake must finish in this */
+  net_tls_ctx *tls;           /* NULL: plaintext; borrowed, must outlive the listener */
   const net_conn_ops *ops;
-  void *ud;                    /* the protocol's context: net_listener_data() */
-  const char *name;            /* for logs, e.g. "grpc" */
+  void *ud;         /* the protocol's context: net_listener_data() */
+  const char *name; /* for logs, e.g. "grpc" */
 } net_listener_config;
 
 /* Creates a listener (nothing bound yet). Returns 0, SM_EINVAL or SM_ENOMEM. */

@@ -216,8 +216,8 @@ int net_tls_create(net_tls_ctx *ctx, const char *server_name, net_tls **out) {
     SSL_set_connect_state(t->ssl);
     if (server_name != NULL && server_name[0]) {
       unsigned char ip[16];
-      int is_ip = inet_pton(AF_INET, server_name, ip) == 1 ||
-                  inet_pton(AF_INET6, server_name, ip) == 1;
+      int is_ip =
+          inet_pton(AF_INET, server_name, ip) == 1 || inet_pton(AF_INET6, server_name, ip) == 1;
       int verifying = SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER;
       int ok = 1;
       /* SNI carries host names only (RFC 6066); an address is checked against the

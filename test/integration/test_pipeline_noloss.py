@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import wait_for
-from pipeline_fixtures import (FINAL, Collector, amqp_channel, broker, declare,  # noqa: F401
-                               kill9,
+from pipeline_fixtures import (FINAL, Collector, amqp_channel, broker,  # noqa: F401
+                               command_ids_listed, declare, kill9, rest_commands_available,
                                pipeline_env, publish, redis, same_ports_manager,
                                start_manager, store_statuses)
 
@@ -91,7 +91,8 @@ def diagnose(r, redis_, ids):
             f"outbox {redis_.cmd('HLEN', 'sm:outbox')}, e.g. {missing[:3]}")
 
 
-def check_all_final(r, redis_, ids, timeout):  # noqa: F811
+def check_all_final(r, redis_, ids, timeout, m=None):  # noqa: F811
+    m = m or r.m
     try:
         finals = r.res.wait_final(ids, timeout=timeout)
     except AssertionError as e:
@@ -107,6 +108,12 @@ def check_all_final(r, redis_, ids, timeout):  # noqa: F811
     assert redis_.cmd("ZCARD", "sm:cmds:active") == 0
     # the outbox drains once everything is confirmed
     wait_for(lambda: redis_.cmd("HLEN", "sm:outbox") == 0, timeout=20, what="outbox empty")
+    # the REST API agrees (when this build serves it), checked on a sample
+    if rest_commands_available(m):
+        sample = ids[::max(1, len(ids) // 200)]
+        api = command_ids_listed(m, sample)
+        assert all(api[i] == finals[i]["status"] or api[i] in FINAL for i in sample), \
+            {i: s for i, s in api.items() if s not in FINAL}
     return finals
 
 
@@ -123,7 +130,7 @@ def test_no_loss_manager_kill9(run, broker, redis, tmp_path, started):  # noqa: 
     m2 = same_ports_manager(r.m, str(tmp_path), started)
     m2.start()
     wait_for(lambda: m2.get("/ready", timeout=1)[0] == 200, timeout=20, what="restarted /ready")
-    finals = check_all_final(r, redis, ids, timeout=60)
+    finals = check_all_final(r, redis, ids, timeout=60, m=m2)
     assert sum(1 for d in finals.values() if d["status"] == "completed") >= len(ids) * 0.95, \
         {s: sum(1 for d in finals.values() if d["status"] == s) for s in FINAL}
 

@@ -25,15 +25,15 @@
 
 typedef struct h2p_stream {
   int32_t id;
-  int http_status;       /* :status of the first HEADERS */
-  int grpc_status;       /* -1 until seen */
+  int http_status; /* :status of the first HEADERS */
+  int grpc_status; /* -1 until seen */
   char grpc_message[512];
   char accept_encoding[64];
   char content_type[64];
-  int trailers_only;     /* grpc-status came in the first HEADERS */
-  int headers;           /* HEADERS frames received */
-  int closed;            /* stream closed */
-  uint32_t close_code;   /* error code of the close */
+  int trailers_only;   /* grpc-status came in the first HEADERS */
+  int headers;         /* HEADERS frames received */
+  int closed;          /* stream closed */
+  uint32_t close_code; /* error code of the close */
   int rst_received;
   grpc_frame_reader reader;
   size_t nmsgs;
@@ -42,28 +42,28 @@ typedef struct h2p_stream {
   /* request body to send */
   uint8_t *body;
   size_t body_len, body_off;
-  int body_eos;          /* END_STREAM after the body */
+  int body_eos; /* END_STREAM after the body */
   int body_deferred;
 } h2p_stream;
 
 typedef struct h2peer {
   nghttp2_session *cli;
   grpc_session *srv;
-  int srv_closed;        /* grpc_session_flush said SM_ECLOSED, or an error closed it */
-  int srv_err;           /* the error that closed it */
+  int srv_closed; /* grpc_session_flush said SM_ECLOSED, or an error closed it */
+  int srv_err;    /* the error that closed it */
   /* transport */
-  uint8_t *out;          /* server -> client bytes not yet delivered */
+  uint8_t *out; /* server -> client bytes not yet delivered */
   size_t out_len, out_cap;
-  size_t fake_output;    /* pretend this much is stuck in the socket */
+  size_t fake_output; /* pretend this much is stuck in the socket */
   int flush_wanted;
-  uint64_t now;          /* the clock */
-  uint64_t timer_due;    /* the session's timer; 0: none */
+  uint64_t now;       /* the clock */
+  uint64_t timer_due; /* the session's timer; 0: none */
   int goaway_received;
-  int ping_acks;         /* PING ACKs the client received */
-  int pings;             /* PINGs (not ACK) the client received */
+  int ping_acks; /* PING ACKs the client received */
+  int pings;     /* PINGs (not ACK) the client received */
   h2p_stream streams[H2P_STREAMS];
   size_t nstreams;
-  int reading_stopped;   /* the client does not read (stalled peer) */
+  int reading_stopped; /* the client does not read (stalled peer) */
 } h2peer;
 
 static size_t h2p_output(void *io) {
@@ -103,8 +103,8 @@ static const char *h2p_peer(void *io) {
   return "192.0.2.1:4242";
 }
 
-static const grpc_session_io h2p_io = {h2p_output, h2p_write, h2p_want_flush, h2p_set_timer,
-                                       h2p_now, h2p_peer};
+static const grpc_session_io h2p_io = {h2p_output,    h2p_write, h2p_want_flush,
+                                       h2p_set_timer, h2p_now,   h2p_peer};
 
 static h2p_stream *h2peer_stream(h2peer *p, int32_t id) {
   for (size_t i = 0; i < p->nstreams; i++)
@@ -114,8 +114,7 @@ static h2p_stream *h2peer_stream(h2peer *p, int32_t id) {
 }
 
 static int h2p_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
-                         size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags,
-                         void *ud) {
+                         size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
   (void)s;
   (void)flags;
   h2peer *p = ud;
@@ -294,7 +293,7 @@ static int32_t h2peer_request_ex(h2peer *p, const char *method, const char *path
                                  const char *const *extra, size_t nextra, int body_follows) {
   nghttp2_nv nva[32];
   size_t n = 0;
-#define H2P_NV(nm, v)                                                                          \
+#define H2P_NV(nm, v)                                                                              \
   nva[n++] = (nghttp2_nv){(uint8_t *)(nm), (uint8_t *)(v), strlen(nm), strlen(v), 0}
   H2P_NV(":method", method);
   H2P_NV(":scheme", "http");

@@ -11,9 +11,9 @@
 
 /* ---- a test service: test.Echo ---- */
 
-static int closes;          /* on_close calls */
+static int closes; /* on_close calls */
 static int last_close_reason;
-static int last_send_err;   /* what the last grpc_call_send_bytes returned */
+static int last_send_err; /* what the last grpc_call_send_bytes returned */
 static char last_agent_id[64];
 
 static void echo_msg(grpc_call *c, const uint8_t *d, size_t n) {
@@ -59,17 +59,22 @@ static void record_close(grpc_call *c, int reason) {
 
 static const grpc_method echo_methods[] = {
     {.name = "Unary", .on_message = unary_msg, .on_close = record_close},
-    {.name = "Stream", .client_streaming = 1, .on_message = echo_msg,
-     .on_half_close = stream_half_close, .on_close = record_close},
+    {.name = "Stream",
+     .client_streaming = 1,
+     .on_message = echo_msg,
+     .on_half_close = stream_half_close,
+     .on_close = record_close},
     {.name = "Hold", .client_streaming = 1, .on_close = record_close},
     {.name = "Fail", .on_message = fail_msg, .on_close = record_close},
-    {.name = "Timeout", .client_streaming = 1, .on_start = timeout_start,
-     .on_message = timeout_msg, .on_close = record_close},
+    {.name = "Timeout",
+     .client_streaming = 1,
+     .on_start = timeout_start,
+     .on_message = timeout_msg,
+     .on_close = record_close},
     {.name = "Header", .on_message = header_msg, .on_close = record_close},
 };
 static const grpc_service echo_service = {"test.Echo", echo_methods,
-                                          sizeof(echo_methods) / sizeof(echo_methods[0]),
-                                          &closes};
+                                          sizeof(echo_methods) / sizeof(echo_methods[0]), &closes};
 static const grpc_service *const services[] = {&echo_service};
 
 static grpc_session_config cfg;
@@ -94,8 +99,8 @@ static void reset_cfg(void) {
   last_send_err = 12345;
 }
 
-static h2p_stream *unary(h2peer *p, const char *path, const char *body,
-                         const char *const *extra, size_t nextra) {
+static h2p_stream *unary(h2peer *p, const char *path, const char *body, const char *const *extra,
+                         size_t nextra) {
   int32_t id = h2peer_request(p, path, extra, nextra);
   h2peer_send_msg(p, id, body, strlen(body), 1);
   h2peer_pump(p);

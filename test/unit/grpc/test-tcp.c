@@ -189,15 +189,15 @@ static void c_close(client *c) {
 }
 
 /* Runs the loop until cond holds (or fails after ~3 s). */
-#define RUN_UNTIL(cond)                                                                        \
-  do {                                                                                         \
-    uint64_t t0_ = uv_now(loop);                                                               \
-    while (!(cond)) {                                                                          \
-      uv_run(loop, UV_RUN_ONCE);                                                               \
-      uv_update_time(loop);                                                                    \
-      if (uv_now(loop) - t0_ > 3000)                                                           \
-        T_FAIL_("timed out waiting for %s", #cond);                                            \
-    }                                                                                          \
+#define RUN_UNTIL(cond)                                                                            \
+  do {                                                                                             \
+    uint64_t t0_ = uv_now(loop);                                                                   \
+    while (!(cond)) {                                                                              \
+      uv_run(loop, UV_RUN_ONCE);                                                                   \
+      uv_update_time(loop);                                                                        \
+      if (uv_now(loop) - t0_ > 3000)                                                               \
+        T_FAIL_("timed out waiting for %s", #cond);                                                \
+    }                                                                                              \
   } while (0)
 
 /* A timer keeps UV_RUN_ONCE from blocking forever while nothing else is due. */

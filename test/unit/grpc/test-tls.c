@@ -56,8 +56,8 @@ static size_t drain(net_tls *t, uint8_t *out, size_t cap) {
 }
 
 static net_tls_ctx *server_ctx(const char *client_ca) {
-  net_tls_config cfg = {.cert_file = certs.server_cert, .key_file = certs.server_key,
-                        .ca_file = client_ca};
+  net_tls_config cfg = {
+      .cert_file = certs.server_cert, .key_file = certs.server_key, .ca_file = client_ca};
   net_tls_ctx *ctx = NULL;
   T_EQ_INT(net_tls_ctx_create_server(&cfg, &ctx), 0);
   return ctx;
