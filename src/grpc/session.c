@@ -16,6 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define MSG_MAX 512 /* longest grpc-message we send (after percent-encoding) */
 
@@ -66,6 +70,16 @@ struct grpc_call {
   const char *timer_message; /* the handler's, kept alive by it */
 };
 
+/* Allocations of at least this size bypass malloc (see the allocator below). */
+#define SESSION_BIG_MIN 4096
+/* Of those, buffers at least this large are nghttp2's outbound frame buffer, whose content is
+ * dead between frames; only they are trimmed (the others, e.g. the stream map, hold state). */
+#define SESSION_TRIM_MIN 16384
+#define SESSION_BIG_MAX 4
+/* A connection that has not written for this long gets its big buffers trimmed (once per quiet
+ * spell); busy connections are never trimmed. */
+#define SESSION_TRIM_QUIET_MS 1000
+
 struct grpc_session {
   nghttp2_session *h2;
   const grpc_session_config *cfg;
@@ -80,6 +94,16 @@ struct grpc_session {
   uint64_t stalled_since_ms; /* output over the maximum since; 0: not */
   uint64_t timer_due_ms;     /* what the transport's timer is set to; 0: not set */
   unsigned draining : 1, closing : 1, dead : 1, destroying : 1;
+  /* nghttp2's large buffers (its 16 KiB outbound frame buffer above all) live in their own
+   * page-aligned mappings so that an idle connection can hand their pages back (see trim). */
+  struct {
+    void *p;        /* NULL: free slot */
+    size_t len;     /* mapped bytes (whole pages) */
+    int trimmable;  /* the outbound frame buffer (see trim) */
+  } big[SESSION_BIG_MAX];
+  unsigned creating : 1; /* inside nghttp2_session_server_new3 */
+  uint64_t last_write_ms; /* when the session last produced output */
+  unsigned big_dirty : 1; /* a big buffer was written since the last trim */
 };
 
 #define NV(n, v, flags)                                                                            \
@@ -671,6 +695,98 @@ static int on_error(nghttp2_session *h2, int lib_error_code, const char *msg, si
 
 /* ---- session ---- */
 
+/* ---- nghttp2 allocator ----
+ *
+ * nghttp2 allocates a 16 KiB outbound frame buffer per session up front, and malloc places such
+ * chunks so that two of their pages become resident once the first frame is written. An idle
+ * agent connection thus costs ~8 KiB for a buffer that holds nothing between frames. Here
+ * allocations of SESSION_BIG_MIN bytes or more get their own page-aligned anonymous mapping, and
+ * once a connection has been quiet for SESSION_TRIM_QUIET_MS with nothing left to send (nghttp2
+ * resets the buffer after each frame, so it holds no data then) the pages are handed back with
+ * MADV_DONTNEED; the next frame faults in one zeroed page. */
+
+static size_t page_round(size_t n) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  return (n + pg - 1) / pg * pg;
+}
+
+static int big_find(grpc_session *s, const void *p) {
+  for (int i = 0; i < SESSION_BIG_MAX; i++)
+    if (s->big[i].p == p)
+      return i;
+  return -1;
+}
+
+static void *big_alloc(grpc_session *s, size_t size) {
+  int slot = big_find(s, NULL);
+  if (slot < 0)
+    return NULL; /* the caller falls back to malloc */
+  size_t len = page_round(size);
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  s->big[slot].p = p;
+  s->big[slot].len = len;
+  /* The frame buffer is allocated while the session is created; a large inbound buffer
+   * allocated later (big header blocks) holds data across reads and must never be trimmed. */
+  s->big[slot].trimmable = s->creating && size >= SESSION_TRIM_MIN;
+  return p;
+}
+
+static void *mem_malloc(size_t size, void *ud) {
+  grpc_session *s = ud;
+  void *p = size >= SESSION_BIG_MIN ? big_alloc(s, size) : NULL;
+  return p ? p : malloc(size);
+}
+
+static void mem_free(void *ptr, void *ud) {
+  grpc_session *s = ud;
+  if (ptr == NULL)
+    return;
+  int i = big_find(s, ptr);
+  if (i < 0) {
+    free(ptr);
+    return;
+  }
+  munmap(s->big[i].p, s->big[i].len);
+  s->big[i].p = NULL;
+}
+
+static void *mem_calloc(size_t nmemb, size_t size, void *ud) {
+  grpc_session *s = ud;
+  if (size && nmemb > SIZE_MAX / size)
+    return NULL;
+  size_t n = nmemb * size;
+  void *p = n >= SESSION_BIG_MIN ? big_alloc(s, n) : NULL; /* fresh mappings are zeroed */
+  return p ? p : calloc(nmemb, size);
+}
+
+static void *mem_realloc(void *ptr, size_t size, void *ud) {
+  grpc_session *s = ud;
+  int i = ptr ? big_find(s, ptr) : -1;
+  if (i < 0 && size < SESSION_BIG_MIN)
+    return realloc(ptr, size);
+  if (i >= 0 && size <= s->big[i].len)
+    return ptr;
+  void *np = mem_malloc(size, ud);
+  if (np == NULL)
+    return NULL;
+  if (ptr) {
+    size_t old = i >= 0 ? s->big[i].len : malloc_usable_size(ptr);
+    memcpy(np, ptr, old < size ? old : size);
+    mem_free(ptr, ud);
+  }
+  return np;
+}
+
+/* Hands back the pages of the big buffers; see above for why their content is dead here. */
+static void trim(grpc_session *s) {
+  for (int i = 0; i < SESSION_BIG_MAX; i++)
+    if (s->big[i].p && s->big[i].trimmable)
+      madvise(s->big[i].p, s->big[i].len, MADV_DONTNEED);
+  s->big_dirty = 0;
+}
+
 int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *io, void *io_ud,
                         grpc_session **out) {
   grpc_session *s = calloc(1, sizeof(*s));
@@ -700,7 +816,14 @@ int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *i
   nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
   /* Closed streams are kept only for priority bookkeeping we do not use: save the memory. */
   nghttp2_option_set_no_closed_streams(opt, 1);
-  int rv = nghttp2_session_server_new2(&s->h2, cbs, s, opt);
+  /* Our responses repeat a handful of short header fields: a 256-byte HPACK table compresses
+   * them as well as the default 4 KiB one, and its ring buffer is 64 bytes instead of 1 KiB per
+   * connection. */
+  nghttp2_option_set_max_deflate_dynamic_table_size(opt, 256);
+  nghttp2_mem mem = {s, mem_malloc, mem_free, mem_calloc, mem_realloc};
+  s->creating = 1;
+  int rv = nghttp2_session_server_new3(&s->h2, cbs, s, opt, &mem);
+  s->creating = 0;
   nghttp2_session_callbacks_del(cbs);
   nghttp2_option_del(opt);
   if (rv != 0) {
@@ -755,6 +878,7 @@ int grpc_session_flush(grpc_session *s) {
   if (s->dead)
     return SM_ECLOSED;
   size_t max = s->cfg->max_output_bytes;
+  int wrote = 0, drained = 0;
   while (s->io->output(s->io_ud) < max) {
     const uint8_t *data;
     ssize_t n = nghttp2_session_mem_send(s->h2, &data);
@@ -762,14 +886,24 @@ int grpc_session_flush(grpc_session *s) {
       s->dead = 1;
       return SM_EPROTO;
     }
-    if (n == 0)
+    if (n == 0) {
+      drained = 1;
       break;
+    }
+    wrote = 1;
     int err = s->io->write(s->io_ud, data, (size_t)n);
     if (err) {
       s->dead = 1;
       return err;
     }
   }
+  if (wrote) {
+    /* Trimmed by the timer once the connection has been quiet for a while. */
+    s->last_write_ms = now_ms(s);
+    s->big_dirty = 1;
+    arm(s, s->last_write_ms + SESSION_TRIM_QUIET_MS);
+  }
+  (void)drained;
   if (s->io->output(s->io_ud) + s->queued >= max) {
     if (s->stalled_since_ms == 0) {
       s->stalled_since_ms = now_ms(s);
@@ -814,6 +948,14 @@ int grpc_session_timer(grpc_session *s) {
     }
   }
 
+  if (s->big_dirty) {
+    if (now - s->last_write_ms < SESSION_TRIM_QUIET_MS)
+      next_due(&next, s->last_write_ms + SESSION_TRIM_QUIET_MS);
+    else if (!nghttp2_session_want_write(s->h2))
+      trim(s);
+    /* else output is coming: the flush that writes it re-arms the trim (re-arming for "now"
+     * here would spin this timer without ever letting the flush run) */
+  }
   if (cfg->keepalive_ms) {
     if (s->ping_sent_ms) {
       if (now - s->ping_sent_ms >= cfg->keepalive_timeout_ms) {

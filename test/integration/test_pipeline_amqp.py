@@ -247,14 +247,14 @@ def test_timeout_retries_and_expiry(pb, broker, redis, tmp_path, started,  # noq
 
 def test_intake_backpressure_resumes(broker, redis, tmp_path, started,  # noqa: F811
                                      collectors, agent_factory):
-    """COMMAND_QUEUE_SIZE 2 with 1500 commands: the intake pauses whenever the queue is full and
+    """COMMAND_QUEUE_SIZE 2 with 800 commands: the intake pauses whenever the queue is full and
     must resume every time it drains, until every command has run."""
     m, cmd_q, res = setup_pipeline(broker, redis, tmp_path, started, collectors, "bp",
                                    COMMAND_QUEUE_SIZE="2", SIRIUS_LOG_LEVEL="info")
     agent_factory(m.grpc_addr, args=["--count", "10", "--id-prefix", "bp-", "--max-concurrent",
                                      "2", "--heartbeat-interval", "1"])
     wait_for(lambda: len(m.agent_ids()) == 10, timeout=20, what="10 agents")
-    ids = [f"bp-{i:04d}" for i in range(1500)]
+    ids = [f"bp-{i:04d}" for i in range(800)]
     publish(broker.port, cmd_q, [{"id": i, "type": "echo", "params": {"i": i}} for i in ids])
     finals = res.wait_final(ids, timeout=30)
     assert all(d["status"] == "completed" for d in finals.values())
