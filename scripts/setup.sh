@@ -11,7 +11,7 @@ packages=(
   # tests and run
   redis-server rabbitmq-server python3 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest
   python3-pika
-  nghttp2-client curl openssl prometheus wrk procps iproute2
+  nghttp2-client curl openssl prometheus wrk procps iproute2 clang-format git bc util-linux
 )
 
 missing=()

@@ -52,6 +52,22 @@ run_suite() { # name builddir meson-setup-args...
   fi
 }
 
+# Style is checked by the tools, not by review (docs/conventions.md).
+echo "=== clang-format check"
+if command -v clang-format >/dev/null; then
+  unformatted=$(for f in $(git ls-files 'src/*.[ch]' 'test/unit/*.[ch]' 'bench/*.[ch]' 2>/dev/null); do
+    clang-format --dry-run -Werror "$f" >/dev/null 2>&1 || echo "$f"
+  done)
+  if [ -n "$unformatted" ]; then
+    echo "not formatted (run clang-format -i):"
+    echo "$unformatted"
+    failures+=("clang-format")
+    failed=$((failed + 1))
+  else
+    passed=$((passed + 1))
+  fi
+fi
+
 run_suite "release" build
 if [ "$quick" -eq 0 ]; then
   # Sanitizers: leaks, overflows, use-after-free and undefined behaviour abort the test.

@@ -670,6 +670,16 @@ static void h_status(void *ud, admin_request *req, admin_response *res) {
   bad |= bs == NULL || !cJSON_AddNumberToObject(ag, "total", (double)total);
   for (int st = 0; bs && st < AGENT_STATUS_COUNT; st++)
     bad |= !cJSON_AddNumberToObject(bs, agent_status_name((enum agent_status)st), (double)by[st]);
+  if (ag && m->registry) {
+    agent_registry_stats rs;
+    agent_registry_get_stats(m->registry, &rs);
+    bad |= !cJSON_AddNumberToObject(ag, "messages_total", (double)rs.messages);
+    bad |= !cJSON_AddNumberToObject(ag, "heartbeats_total", (double)rs.heartbeats);
+    bad |= !cJSON_AddNumberToObject(ag, "results_total", (double)rs.results);
+    bad |= !cJSON_AddNumberToObject(ag, "registered_total", (double)rs.registered);
+    bad |= !cJSON_AddNumberToObject(ag, "pruned_total", (double)rs.pruned);
+    bad |= !cJSON_AddNumberToObject(ag, "disconnected_total", (double)rs.disconnected);
+  }
 
   /* commands: the lifecycle's counters */
   cJSON *cm = cJSON_AddObjectToObject(o, "commands");

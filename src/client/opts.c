@@ -21,6 +21,7 @@ void client_opts_defaults(client_opts *o) {
   o->max_concurrent = 1;
   o->weight = 1.0;
   o->heartbeat_interval = 10.0;
+  o->heartbeat_burst = 1;
   o->scan_duration_ms = 1000.0;
   o->scan_dist = CLIENT_DIST_FIXED;
   o->reconnect_min_ms = 100;
@@ -151,6 +152,7 @@ static const opt_def opt_table[] = {
     {"max-concurrent", NULL, O_SPECIAL, OFF(max_concurrent), 1, 100000},
     {"weight", NULL, O_SPECIAL, OFF(weight), 0, 1e6},
     {"heartbeat-interval", NULL, O_SPECIAL, OFF(heartbeat_interval), 0.001, 86400},
+    {"heartbeat-burst", NULL, O_U32, OFF(heartbeat_burst), 1, 10000},
     {"allow-exec", NULL, O_FLAG, OFF(allow_exec), 0, 0},
     {"token", NULL, O_STR, OFF(token), 0, 0},
     {"tls", NULL, O_FLAG, OFF(tls), 0, 0},
@@ -337,6 +339,8 @@ const char *client_opts_usage(void) {
          "  --max-concurrent N         commands run at once (1); more are rejected \"busy\"\n"
          "  --weight W                 relative capacity (1)\n"
          "  --heartbeat-interval S     seconds between heartbeats, fractional allowed (10)\n"
+         "  --heartbeat-burst N        heartbeats per interval while the stream has room (1);\n"
+         "                             with a 0.001 s interval: as fast as the manager takes them\n"
          "  --allow-exec               permit exec commands (/bin/sh -c)\n"
          "  --token TOKEN              send authorization: Bearer TOKEN\n"
          "  --tls                      connect with TLS (ALPN h2)\n"

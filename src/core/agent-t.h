@@ -34,9 +34,9 @@ typedef struct agent_command {
 
 /* A heartbeat's figures, as the agent reports them. */
 typedef struct agent_heartbeat {
-  int64_t timestamp;     /* agent's clock, unix seconds */
-  double cpu_usage;      /* percent, 0..100 (values in 0..1 are taken as fractions) */
-  double memory_usage;   /* percent, 0..100 (values in 0..1 are taken as fractions) */
+  int64_t timestamp;   /* agent's clock, unix seconds */
+  double cpu_usage;    /* percent, 0..100 (values in 0..1 are taken as fractions) */
+  double memory_usage; /* percent, 0..100 (values in 0..1 are taken as fractions) */
   int32_t active_commands;
 } agent_heartbeat;
 
@@ -76,38 +76,38 @@ typedef struct agent_capability {
   char *value;
 } agent_capability;
 
-#define AGENT_ID_MAX 128        /* bytes in an agent id */
+#define AGENT_ID_MAX 128          /* bytes in an agent id */
 #define AGENT_META_VALUE_MAX 1024 /* bytes in one descriptor value */
-#define AGENT_CAPS_MAX 64       /* capabilities per agent */
+#define AGENT_CAPS_MAX 64         /* capabilities per agent */
 
 /* One connected agent. Owned by the registry; read-only outside core/. */
 typedef struct agent {
-  char *id;                  /* unique id, NUL-terminated, at most AGENT_ID_MAX bytes */
+  char *id; /* unique id, NUL-terminated, at most AGENT_ID_MAX bytes */
   size_t id_len;
-  char *hostname;            /* descriptor: "" when not sent */
-  char *version;             /* semantic version text, "" when not sent */
-  char *segment;             /* CIDR of the agent's network segment, "" when not sent */
-  agent_capability *caps;    /* declared capabilities, sorted by key */
+  char *hostname;         /* descriptor: "" when not sent */
+  char *version;          /* semantic version text, "" when not sent */
+  char *segment;          /* CIDR of the agent's network segment, "" when not sent */
+  agent_capability *caps; /* declared capabilities, sorted by key */
   size_t ncaps;
-  int32_t max_concurrent;    /* commands it runs at once, >= 1 */
-  double weight;             /* relative capacity, > 0 */
-  enum agent_status status;  /* last reported state */
-  double cpu_usage;          /* percent 0..100, last heartbeat */
-  double memory_usage;       /* percent 0..100, last heartbeat */
-  int32_t active_commands;   /* last heartbeat's figure */
-  int32_t assigned;          /* commands the manager has given it and not seen finish */
-  double load;               /* derived, 0..1 */
-  int64_t connected_at_ms;   /* unix ms of registration */
-  int64_t last_seen_ms;      /* unix ms of the last message */
-  uint64_t generation;       /* bumped on each new stream for this id; stale handles compare it */
-  uint64_t messages;         /* messages received on the current stream */
+  int32_t max_concurrent;   /* commands it runs at once, >= 1 */
+  double weight;            /* relative capacity, > 0 */
+  enum agent_status status; /* last reported state */
+  double cpu_usage;         /* percent 0..100, last heartbeat */
+  double memory_usage;      /* percent 0..100, last heartbeat */
+  int32_t active_commands;  /* last heartbeat's figure */
+  int32_t assigned;         /* commands the manager has given it and not seen finish */
+  double load;              /* derived, 0..1 */
+  int64_t connected_at_ms;  /* unix ms of registration */
+  int64_t last_seen_ms;     /* unix ms of the last message */
+  uint64_t generation;      /* bumped on each new stream for this id; stale handles compare it */
+  uint64_t messages;        /* messages received on the current stream */
   /* transport */
   const agent_link_ops *link_ops; /* NULL while no stream is attached */
   void *link;
   /* registry bookkeeping */
-  struct agent *seen_prev;   /* list ordered by last_seen, oldest first (pruning) */
+  struct agent *seen_prev; /* list ordered by last_seen, oldest first (pruning) */
   struct agent *seen_next;
-  size_t index;              /* position in the registry's dense array */
+  size_t index; /* position in the registry's dense array */
 } agent;
 
 /* A stale-safe reference to an agent: resolves to NULL once that stream has gone. */
@@ -118,11 +118,11 @@ typedef struct agent_handle {
 
 /* What a later issue's selection and the admin API filter agents by. Zero values match all. */
 typedef struct agent_filter {
-  unsigned status_mask;       /* bit (1 << status) for each accepted status; 0: any */
-  const sm_kv *caps;          /* required capabilities (value "*" or "" matches any value) */
+  unsigned status_mask; /* bit (1 << status) for each accepted status; 0: any */
+  const sm_kv *caps;    /* required capabilities (value "*" or "" matches any value) */
   size_t ncaps;
-  const char *min_version;    /* semantic version, NULL: any */
-  double max_load;            /* agents with load <= max_load; negative: any */
+  const char *min_version; /* semantic version, NULL: any */
+  double max_load;         /* agents with load <= max_load; negative: any */
 } agent_filter;
 
 #endif

@@ -13,12 +13,12 @@ typedef struct pending {
   struct pending *next, *prev;
   cmd_intake *ci;
   mq_intake_handle handle;
-  char *body;             /* copy of the message body, kept to submit again */
+  char *body; /* copy of the message body, kept to submit again */
   size_t len;
-  char *reply_to;         /* NULL: none */
+  char *reply_to; /* NULL: none */
   char *correlation_id;
   char *message_id;
-  int in_flight;          /* a lifecycle_submit is waiting for its answer */
+  int in_flight; /* a lifecycle_submit is waiting for its answer */
 } pending;
 
 /* While paused by a refusal, how often to ask the lifecycle whether it accepts again: its own
@@ -32,7 +32,7 @@ struct cmd_intake {
   lifecycle *lc;
   uint16_t prefetch;
   int accepting;
-  pending *head;          /* every delivery not yet settled */
+  pending *head; /* every delivery not yet settled */
   cmd_intake_stats stats;
 };
 

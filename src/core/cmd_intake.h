@@ -15,10 +15,10 @@
 typedef struct cmd_intake cmd_intake;
 
 typedef struct cmd_intake_stats {
-  uint64_t accepted;      /* stored (new or idempotent repeat) and acked */
-  uint64_t rejected;      /* sent to the dead-letter queue */
-  uint64_t deferred;      /* refusals that kept a delivery for later */
-  size_t held;            /* deliveries kept now */
+  uint64_t accepted; /* stored (new or idempotent repeat) and acked */
+  uint64_t rejected; /* sent to the dead-letter queue */
+  uint64_t deferred; /* refusals that kept a delivery for later */
+  size_t held;       /* deliveries kept now */
 } cmd_intake_stats;
 
 /* Creates the bridge and the mq intake on conn (prefetch 0: 256); deliveries start with

@@ -99,9 +99,10 @@ void command_idgen_next(command_idgen *g, int64_t now_ms, char out[COMMAND_ID_LE
   uint64_t ms = (uint64_t)now_ms & 0xffffffffffffull;
   uint64_t hi = (ms << 16) | (0x7ull << 12) | (g->seq & 0xfff);
   uint64_t lo = (xorshift(&g->rng) & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-  snprintf(out, COMMAND_ID_LEN + 1, "%08" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%04" PRIx64
-           "-%012" PRIx64, (uint64_t)(hi >> 32), (uint64_t)((hi >> 16) & 0xffff),
-           (uint64_t)(hi & 0xffff), (uint64_t)(lo >> 48), (uint64_t)(lo & 0xffffffffffffull));
+  snprintf(out, COMMAND_ID_LEN + 1,
+           "%08" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%04" PRIx64 "-%012" PRIx64,
+           (uint64_t)(hi >> 32), (uint64_t)((hi >> 16) & 0xffff), (uint64_t)(hi & 0xffff),
+           (uint64_t)(lo >> 48), (uint64_t)(lo & 0xffffffffffffull));
 }
 
 /* ---- time --------------------------------------------------------------------------------- */
@@ -141,14 +142,12 @@ int command_time_parse(const char *s, int64_t *out_ms) {
   const char *p = s;
   if (s == NULL)
     return SM_EINVAL;
-  if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
-      digits(&p, 2, &d))
+  if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d))
     return SM_EINVAL;
   if (*p != 'T' && *p != 't' && *p != ' ')
     return SM_EINVAL;
   p++;
-  if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' ||
-      digits(&p, 2, &se))
+  if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' || digits(&p, 2, &se))
     return SM_EINVAL;
   if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60)
     return SM_EINVAL;
@@ -331,14 +330,13 @@ sm_command *command_clone(const sm_command *c) {
             dup_str(&n->target_agent, c->target_agent) | dup_str(&n->strategy, c->strategy) |
             dup_str(&n->agent_id, c->agent_id) | dup_str(&n->parent_id, c->parent_id) |
             dup_str(&n->reply_to, c->reply_to) | dup_str(&n->correlation_id, c->correlation_id) |
-            dup_str(&n->idempotency_key, c->idempotency_key) |
-            dup_str(&n->instance, c->instance) |
+            dup_str(&n->idempotency_key, c->idempotency_key) | dup_str(&n->instance, c->instance) |
             kvs_dup(&n->params, &n->nparams, c->params, c->nparams) |
             kvs_dup(&n->capabilities, &n->ncapabilities, c->capabilities, c->ncapabilities) |
             kvs_dup(&n->filter, &n->nfilter, c->filter, c->nfilter);
   if (!err && c->result.present)
-    err = command_set_result(n, c->result.status, c->result.data, c->result.ndata,
-                             c->result.error, c->result.completed_at);
+    err = command_set_result(n, c->result.status, c->result.data, c->result.ndata, c->result.error,
+                             c->result.completed_at);
   for (size_t i = 0; !err && i < c->nchildren; i++)
     err = command_add_child(n, c->children[i]);
   if (err) {
@@ -367,8 +365,7 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
 static int id_chars_ok(const char *s) {
   for (; *s; s++) {
     unsigned char ch = (unsigned char)*s;
-    if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '?' || ch == '#' || ch == '%' ||
-        ch == '\\')
+    if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '?' || ch == '#' || ch == '%' || ch == '\\')
       return 0;
   }
   return 1;
@@ -458,8 +455,7 @@ static int get_map(const cJSON *obj, const char *name, sm_kv **dst, size_t *ndst
         snprintf(num, sizeof(num), "%.17g", d);
       val = num;
     } else {
-      rc = fail(err, errlen, SM_EINVAL, "%s.%s: must be a string, number or boolean", name,
-                key);
+      rc = fail(err, errlen, SM_EINVAL, "%s.%s: must be a string, number or boolean", name, key);
       break;
     }
     size_t vlen = strlen(val);
@@ -522,8 +518,7 @@ int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen)
   if (!rc)
     rc = get_string(json, "agent_id", COMMAND_MAX_ID, 0, &c->target_agent, &total, err, errlen);
   if (!rc)
-    rc = get_map(json, "capabilities", &c->capabilities, &c->ncapabilities, &total, err,
-                 errlen);
+    rc = get_map(json, "capabilities", &c->capabilities, &c->ncapabilities, &total, err, errlen);
   if (!rc)
     rc = get_int(json, "priority", 0, 9, &present, &v, err, errlen);
   if (!rc && present)
@@ -563,8 +558,7 @@ int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen)
   return 0;
 }
 
-int command_parse_text(const char *text, size_t len, sm_command **out, char *err,
-                       size_t errlen) {
+int command_parse_text(const char *text, size_t len, sm_command **out, char *err, size_t errlen) {
   *out = NULL;
   if (len > COMMAND_MAX_TOTAL + 64 * 1024)
     return fail(err, errlen, SM_ETOOBIG, "command: larger than %d bytes", COMMAND_MAX_TOTAL);
@@ -598,7 +592,7 @@ static int add_time(cJSON *obj, const char *name, int64_t ms) {
 
 static int add_str(cJSON *obj, const char *name, const char *s) {
   return (s ? cJSON_AddStringToObject(obj, name, s) : cJSON_AddNullToObject(obj, name)) ? 0
-                                                                                       : SM_ENOMEM;
+                                                                                        : SM_ENOMEM;
 }
 
 cJSON *command_to_json(const sm_command *c) {
@@ -607,14 +601,13 @@ cJSON *command_to_json(const sm_command *c) {
     return NULL;
   int rc = add_str(o, "id", c->id) | add_str(o, "type", c->type) |
            add_str(o, "status", command_status_name(c->status)) |
-           add_map(o, "params", c->params, c->nparams) |
-           add_str(o, "agent_id", command_agent(c));
+           add_map(o, "params", c->params, c->nparams) | add_str(o, "agent_id", command_agent(c));
   if (c->ncapabilities)
     rc |= add_map(o, "capabilities", c->capabilities, c->ncapabilities);
   rc |= (cJSON_AddNumberToObject(o, "priority", c->priority) ? 0 : SM_ENOMEM);
   if (c->timeout_seconds)
-    rc |= (cJSON_AddNumberToObject(o, "timeout_seconds", (double)c->timeout_seconds) ? 0
-                                                                                       : SM_ENOMEM);
+    rc |=
+        (cJSON_AddNumberToObject(o, "timeout_seconds", (double)c->timeout_seconds) ? 0 : SM_ENOMEM);
   if (c->deadline)
     rc |= add_time(o, "deadline", c->deadline);
   if (c->strategy)
@@ -686,13 +679,13 @@ char *command_serialize(const sm_command *c, size_t *len) {
            add_int(o, "timeout", c->timeout_seconds) | add_int(o, "deadline", c->deadline) |
            add_opt(o, "strategy", c->strategy) | add_int(o, "bcast", c->broadcast) |
            add_map(o, "filter", c->filter, c->nfilter) |
-           add_opt(o, "status", command_status_name(c->status)) |
-           add_opt(o, "agent", c->agent_id) | add_int(o, "attempts", c->attempts) |
-           add_int(o, "created", c->created_at) | add_int(o, "dispatched", c->dispatched_at) |
-           add_int(o, "started", c->started_at) | add_int(o, "completed", c->completed_at) |
-           add_opt(o, "parent", c->parent_id) | add_opt(o, "reply_to", c->reply_to) |
-           add_opt(o, "corr", c->correlation_id) | add_opt(o, "idem", c->idempotency_key) |
-           add_int(o, "src", c->source) | add_opt(o, "instance", c->instance);
+           add_opt(o, "status", command_status_name(c->status)) | add_opt(o, "agent", c->agent_id) |
+           add_int(o, "attempts", c->attempts) | add_int(o, "created", c->created_at) |
+           add_int(o, "dispatched", c->dispatched_at) | add_int(o, "started", c->started_at) |
+           add_int(o, "completed", c->completed_at) | add_opt(o, "parent", c->parent_id) |
+           add_opt(o, "reply_to", c->reply_to) | add_opt(o, "corr", c->correlation_id) |
+           add_opt(o, "idem", c->idempotency_key) | add_int(o, "src", c->source) |
+           add_opt(o, "instance", c->instance);
   if (c->result.present) {
     cJSON *r = cJSON_AddObjectToObject(o, "result");
     rc |= r ? (add_opt(r, "status", c->result.status) |

@@ -16,15 +16,15 @@
 #include <stdint.h>
 
 /* Limits on what a submitter controls; the parser refuses anything beyond them. */
-#define COMMAND_MAX_ID 128             /* bytes of id (also of agent_id, idempotency key) */
-#define COMMAND_MAX_TYPE 64            /* bytes of type */
-#define COMMAND_MAX_PARAMS 64          /* entries of params, of capabilities, of filter */
-#define COMMAND_MAX_KEY 256            /* bytes of a params/capabilities key */
-#define COMMAND_MAX_VALUE (64 * 1024)  /* bytes of one value */
+#define COMMAND_MAX_ID 128              /* bytes of id (also of agent_id, idempotency key) */
+#define COMMAND_MAX_TYPE 64             /* bytes of type */
+#define COMMAND_MAX_PARAMS 64           /* entries of params, of capabilities, of filter */
+#define COMMAND_MAX_KEY 256             /* bytes of a params/capabilities key */
+#define COMMAND_MAX_VALUE (64 * 1024)   /* bytes of one value */
 #define COMMAND_MAX_TOTAL (1024 * 1024) /* bytes of a whole command (keys + values + fields) */
 #define COMMAND_MAX_TIMEOUT_S (30LL * 24 * 3600) /* timeout_seconds upper bound: 30 days */
-#define COMMAND_MAX_CHILDREN 100000    /* children of a broadcast */
-#define COMMAND_ID_LEN 36              /* generated ids: UUIDv7 text form */
+#define COMMAND_MAX_CHILDREN 100000              /* children of a broadcast */
+#define COMMAND_ID_LEN 36                        /* generated ids: UUIDv7 text form */
 
 typedef enum command_status {
   COMMAND_QUEUED = 0, /* stored, waiting for an agent */
@@ -41,54 +41,54 @@ typedef enum command_status {
 /* Bit of a status in a status mask (store listings). */
 #define COMMAND_BIT(s) (1u << (unsigned)(s))
 #define COMMAND_MASK_ALL ((1u << COMMAND_STATUS_COUNT) - 1u)
-#define COMMAND_MASK_ACTIVE \
+#define COMMAND_MASK_ACTIVE                                                                        \
   (COMMAND_BIT(COMMAND_QUEUED) | COMMAND_BIT(COMMAND_DISPATCHED) | COMMAND_BIT(COMMAND_RUNNING))
 
 typedef enum command_source { COMMAND_SRC_REST = 0, COMMAND_SRC_AMQP } command_source;
 
 typedef struct command_result {
-  int present;           /* a result was recorded */
-  char *status;          /* the agent's result status ("completed", "failed", ...) or NULL */
-  sm_kv *data;           /* owned strings */
+  int present;  /* a result was recorded */
+  char *status; /* the agent's result status ("completed", "failed", ...) or NULL */
+  sm_kv *data;  /* owned strings */
   size_t ndata;
-  char *error;           /* NULL: none */
-  int64_t completed_at;  /* unix ms */
+  char *error;          /* NULL: none */
+  int64_t completed_at; /* unix ms */
 } command_result;
 
 typedef struct sm_command {
   /* as submitted */
-  char *id;                 /* unique; client-chosen or generated */
-  char *type;               /* non-empty */
-  sm_kv *params;            /* owned strings; numbers/booleans kept as their text */
+  char *id;      /* unique; client-chosen or generated */
+  char *type;    /* non-empty */
+  sm_kv *params; /* owned strings; numbers/booleans kept as their text */
   size_t nparams;
-  char *target_agent;       /* "agent_id" as submitted: run on this agent; NULL: any */
-  sm_kv *capabilities;      /* the agent must have all of these */
+  char *target_agent;  /* "agent_id" as submitted: run on this agent; NULL: any */
+  sm_kv *capabilities; /* the agent must have all of these */
   size_t ncapabilities;
-  int priority;             /* 0..9, higher first; default 5 */
-  int64_t timeout_seconds;  /* execution timeout at the agent; 0: COMMAND_TIMEOUT */
-  int64_t deadline;         /* unix ms; 0: none. Not started by then -> expired */
-  char *strategy;           /* overrides LOAD_BALANCING_STRATEGY; NULL: default */
-  int broadcast;            /* one child command per agent matching the filter */
-  sm_kv *filter;            /* broadcast agent filter (status, segment, min_version, ...) */
+  int priority;            /* 0..9, higher first; default 5 */
+  int64_t timeout_seconds; /* execution timeout at the agent; 0: COMMAND_TIMEOUT */
+  int64_t deadline;        /* unix ms; 0: none. Not started by then -> expired */
+  char *strategy;          /* overrides LOAD_BALANCING_STRATEGY; NULL: default */
+  int broadcast;           /* one child command per agent matching the filter */
+  sm_kv *filter;           /* broadcast agent filter (status, segment, min_version, ...) */
   size_t nfilter;
   /* lifecycle */
   command_status status;
-  char *agent_id;           /* the agent it was dispatched to; NULL: none yet */
-  int attempts;             /* dispatches so far */
-  int64_t created_at;       /* unix ms */
+  char *agent_id;     /* the agent it was dispatched to; NULL: none yet */
+  int attempts;       /* dispatches so far */
+  int64_t created_at; /* unix ms */
   int64_t dispatched_at;
   int64_t started_at;
   int64_t completed_at;
   command_result result;
-  char **children;          /* broadcast: child command ids (owned) */
+  char **children; /* broadcast: child command ids (owned) */
   size_t nchildren;
-  char *parent_id;          /* broadcast child: the parent's id */
+  char *parent_id; /* broadcast child: the parent's id */
   /* intake */
-  char *reply_to;           /* AMQP reply_to of the intake message */
-  char *correlation_id;     /* AMQP correlation_id */
-  char *idempotency_key;    /* Idempotency-Key header */
-  command_source source;    /* rest or amqp */
-  char *instance;           /* INSTANCE_ID of the manager that accepted it */
+  char *reply_to;        /* AMQP reply_to of the intake message */
+  char *correlation_id;  /* AMQP correlation_id */
+  char *idempotency_key; /* Idempotency-Key header */
+  command_source source; /* rest or amqp */
+  char *instance;        /* INSTANCE_ID of the manager that accepted it */
 } sm_command;
 
 /* Generator of unique, time-sortable ids (UUIDv7 with a 12-bit counter in rand_a, so ids made in
@@ -121,8 +121,7 @@ sm_command *command_clone(const sm_command *c);
 int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen);
 
 /* command_parse from text (bad JSON gives SM_EPARSE with "body: invalid JSON"). */
-int command_parse_text(const char *text, size_t len, sm_command **out, char *err,
-                       size_t errlen);
+int command_parse_text(const char *text, size_t len, sm_command **out, char *err, size_t errlen);
 
 /* The API form (CONTRACT.md): RFC 3339 UTC times, "agent_id" the dispatched or requested
  * agent, result and children when present. NULL when out of memory. */

@@ -22,23 +22,23 @@ typedef struct sm_manager {
   uv_loop_t *loop;
   const sm_settings *settings;
   agent_registry *registry;
-  struct grpc_server *grpc;   /* agent listener (src/grpc/server.h) */
-  struct admin_server *admin; /* admin HTTP listener (src/admin/server.h) */
-  struct store *store;        /* command/agent store: Valkey or in-process (src/store/store.h) */
-  struct lifecycle *lifecycle;/* the command lifecycle (src/core/lifecycle.h) */
-  struct mq_conn *mq;         /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
-  struct cmd_intake *intake;  /* AMQP intake into the lifecycle (src/core/cmd_intake.h) */
+  struct grpc_server *grpc;    /* agent listener (src/grpc/server.h) */
+  struct admin_server *admin;  /* admin HTTP listener (src/admin/server.h) */
+  struct store *store;         /* command/agent store: Valkey or in-process (src/store/store.h) */
+  struct lifecycle *lifecycle; /* the command lifecycle (src/core/lifecycle.h) */
+  struct mq_conn *mq;          /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
+  struct cmd_intake *intake;   /* AMQP intake into the lifecycle (src/core/cmd_intake.h) */
   struct mq_publisher *publisher; /* AMQP result publisher (src/mq/publisher.h) */
-  int64_t started_at_ms;      /* unix ms */
-  int draining;               /* shutdown in progress: /ready says 503, no new work */
-  int maintenance;            /* maintenance mode: new commands refused, agents stay */
-  int stopping;               /* the loop's handles are closing */
+  int64_t started_at_ms;          /* unix ms */
+  int draining;                   /* shutdown in progress: /ready says 503, no new work */
+  int maintenance;                /* maintenance mode: new commands refused, agents stay */
+  int stopping;                   /* the loop's handles are closing */
   uv_signal_t sigterm;
   uv_signal_t sigint;
-  uv_timer_t drain_timer;     /* ends the drain at DRAIN_TIMEOUT */
-  int signals;                /* signals received; a second one exits at once */
-  int64_t drain_started_ms;   /* unix ms when the drain began */
-  int open_handles;           /* the manager's own handles not yet closed */
+  uv_timer_t drain_timer;   /* ends the drain at DRAIN_TIMEOUT */
+  int signals;              /* signals received; a second one exits at once */
+  int64_t drain_started_ms; /* unix ms when the drain began */
+  int open_handles;         /* the manager's own handles not yet closed */
 } sm_manager;
 
 /* Builds every module from the settings and starts listening. Returns 0 or an SM_E* code

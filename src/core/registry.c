@@ -15,16 +15,21 @@
 struct agent_registry {
   uv_loop_t *loop;
   agent_registry_config cfg;
-  char *instance;              /* copy of cfg.instance */
+  char *instance; /* copy of cfg.instance */
   agent_registry_events ev;
-  sm_map by_id;                /* id -> agent */
-  agent **items;               /* dense array of every agent */
+  sm_map by_id;  /* id -> agent */
+  agent **items; /* dense array of every agent */
   size_t len, cap;
-  agent *seen_head, *seen_tail;/* oldest last_seen first */
+  agent *seen_head, *seen_tail; /* oldest last_seen first */
   uv_timer_t prune_timer;
   int timer_started;
-  uint64_t next_generation;    /* registry-wide, so a handle never matches a later stream */
+  uint64_t next_generation; /* registry-wide, so a handle never matches a later stream */
+  agent_registry_stats stats;
 };
+
+void agent_registry_get_stats(const agent_registry *reg, agent_registry_stats *out) {
+  *out = reg->stats;
+}
 
 static const char *const status_names[AGENT_STATUS_COUNT] = {"unknown", "idle", "busy", "error",
                                                              "maintenance"};
@@ -331,12 +336,12 @@ static void prune_cb(uv_timer_t *t) {
     sm_log_info("registry", "agent pruned", SM_LS("agent_id", a->id),
                 SM_LI("silent_ms", sm_now_ms() - a->last_seen_ms));
     release_link(a, SM_ETIMEDOUT, "agent timed out");
+    reg->stats.pruned++;
     registry_remove(reg, a, SM_ETIMEDOUT);
   }
 }
 
-int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg,
-                          agent_registry **out) {
+int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg, agent_registry **out) {
   if (cfg->agent_timeout_s <= 0 || cfg->max_agents == 0)
     return SM_EINVAL;
   agent_registry *reg = calloc(1, sizeof(*reg));
@@ -427,6 +432,8 @@ int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
     a->connected_at_ms = sm_now_ms();
     mark_seen(reg, a);
     a->load = agent_load_compute(a);
+    reg->stats.messages++;
+    reg->stats.registered++;
     if (reg->ev.on_register)
       reg->ev.on_register(reg->ev.ud, a, 1);
     *out = a;
@@ -469,6 +476,8 @@ int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
   a->last_seen_ms = a->connected_at_ms;
   seen_append(reg, a);
   a->load = agent_load_compute(a);
+  reg->stats.messages++;
+  reg->stats.registered++;
   sm_log_info("registry", "agent registered", SM_LS("agent_id", a->id),
               SM_LS("hostname", a->hostname), SM_LS("version", a->version),
               SM_LS("peer", ops->peer(link)), SM_LS("protocol", ops->protocol));
@@ -483,15 +492,17 @@ void agent_registry_detach(agent_registry *reg, agent *a, void *link, int reason
     return; /* defensive: a link the registry no longer holds */
   a->link_ops = NULL;
   a->link = NULL;
+  reg->stats.disconnected++;
   sm_log_info("registry", "agent disconnected", SM_LS("agent_id", a->id),
               SM_LS("reason", sm_err_name(reason)));
   registry_remove(reg, a, reason);
 }
 
-int agent_registry_touch(agent_registry *reg, agent *a, enum agent_status status,
-                         const sm_kv *meta, size_t nmeta) {
+int agent_registry_touch(agent_registry *reg, agent *a, enum agent_status status, const sm_kv *meta,
+                         size_t nmeta) {
   mark_seen(reg, a);
   a->messages++;
+  reg->stats.messages++;
   if ((unsigned)status < AGENT_STATUS_COUNT)
     a->status = status;
   int err = nmeta ? apply_meta(a, meta, nmeta) : 0;
@@ -511,6 +522,7 @@ static double clamp_pct(double v) {
 
 void agent_registry_heartbeat(agent_registry *reg, agent *a, const agent_heartbeat *hb) {
   mark_seen(reg, a);
+  reg->stats.heartbeats++;
   a->cpu_usage = clamp_pct(hb->cpu_usage);
   a->memory_usage = clamp_pct(hb->memory_usage);
   a->active_commands = hb->active_commands < 0 ? 0 : hb->active_commands;
@@ -521,6 +533,7 @@ void agent_registry_heartbeat(agent_registry *reg, agent *a, const agent_heartbe
 
 void agent_registry_result(agent_registry *reg, agent *a, const agent_result *r) {
   mark_seen(reg, a);
+  reg->stats.results++;
   if (reg->ev.on_result)
     reg->ev.on_result(reg->ev.ud, a, r);
 }

@@ -58,8 +58,8 @@ void agent_registry_detach(agent_registry *reg, agent *a, void *link, int reason
 
 /* Any later message: status, metadata updates, last-seen. Returns 0 or SM_EINVAL (a bad
  * descriptor value; the record keeps its old values). */
-int agent_registry_touch(agent_registry *reg, agent *a, enum agent_status status,
-                         const sm_kv *meta, size_t nmeta);
+int agent_registry_touch(agent_registry *reg, agent *a, enum agent_status status, const sm_kv *meta,
+                         size_t nmeta);
 
 /* A heartbeat's figures; updates the derived load. */
 void agent_registry_heartbeat(agent_registry *reg, agent *a, const agent_heartbeat *hb);
@@ -69,6 +69,18 @@ void agent_registry_result(agent_registry *reg, agent *a, const agent_result *r)
 
 /* The agent with this id, or NULL. O(1). */
 agent *agent_registry_find(const agent_registry *reg, const char *id, size_t id_len);
+
+/* Counters since the registry was created. */
+typedef struct agent_registry_stats {
+  uint64_t messages;     /* agent messages received (registrations included) */
+  uint64_t heartbeats;   /* of which heartbeats */
+  uint64_t results;      /* of which command results */
+  uint64_t registered;   /* registrations (replacements included) */
+  uint64_t pruned;       /* agents pruned for silence */
+  uint64_t disconnected; /* agents whose stream ended */
+} agent_registry_stats;
+
+void agent_registry_get_stats(const agent_registry *reg, agent_registry_stats *out);
 
 /* Number of registered agents. */
 size_t agent_registry_count(const agent_registry *reg);

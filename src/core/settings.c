@@ -15,21 +15,31 @@
 #include <strings.h>
 #include <unistd.h>
 
-enum kind { K_STR, K_BOOL, K_INT, K_SIZE, K_SECONDS, K_DOUBLE, K_LEVEL, K_FORMAT, K_ADDR, K_CHOICE };
+enum kind {
+  K_STR,
+  K_BOOL,
+  K_INT,
+  K_SIZE,
+  K_SECONDS,
+  K_DOUBLE,
+  K_LEVEL,
+  K_FORMAT,
+  K_ADDR,
+  K_CHOICE
+};
 
 typedef struct setting {
-  const char *env;  /* environment variable; the flag is derived from it */
+  const char *env; /* environment variable; the flag is derived from it */
   enum kind kind;
-  size_t off;       /* offset in sm_settings */
-  const char *def;  /* default as text; NULL: unset */
-  double min, max;  /* range for numbers */
+  size_t off;      /* offset in sm_settings */
+  const char *def; /* default as text; NULL: unset */
+  double min, max; /* range for numbers */
   const char *help;
   const char *const *choices; /* K_CHOICE */
 } setting;
 
-static const char *const strategies[] = {"round_robin", "least_loaded", "capability_match",
-                                         "weighted",    "adaptive",     "locality",
-                                         NULL};
+static const char *const strategies[] = {
+    "round_robin", "least_loaded", "capability_match", "weighted", "adaptive", "locality", NULL};
 
 #define OFF(f) offsetof(sm_settings, f)
 #define KIB 1024.0
@@ -41,14 +51,13 @@ static const setting table[] = {
      NULL},
     {"METRICS_ADDR", K_ADDR, OFF(metrics_addr), ":2112", 0, 0, "Prometheus /metrics", NULL},
     {"ADMIN_API_KEY", K_STR, OFF(admin_api_key), NULL, 0, 0, "key with the admin role", NULL},
-    {"ADMIN_API_KEYS_FILE", K_STR, OFF(admin_api_keys_file), NULL, 0, 0,
-     "file of role:key lines", NULL},
+    {"ADMIN_API_KEYS_FILE", K_STR, OFF(admin_api_keys_file), NULL, 0, 0, "file of role:key lines",
+     NULL},
     {"ADMIN_TLS_ENABLED", K_BOOL, OFF(admin_tls_enabled), "false", 0, 0,
      "TLS on the admin listener", NULL},
     {"ADMIN_TLS_CERT_FILE", K_STR, OFF(admin_tls_cert_file), NULL, 0, 0,
      "admin TLS certificate (PEM)", NULL},
-    {"ADMIN_TLS_KEY_FILE", K_STR, OFF(admin_tls_key_file), NULL, 0, 0, "admin TLS key (PEM)",
-     NULL},
+    {"ADMIN_TLS_KEY_FILE", K_STR, OFF(admin_tls_key_file), NULL, 0, 0, "admin TLS key (PEM)", NULL},
     {"TLS_ENABLED", K_BOOL, OFF(tls_enabled), "false", 0, 0, "TLS (ALPN h2) for agents", NULL},
     {"TLS_CERT_FILE", K_STR, OFF(tls_cert_file), NULL, 0, 0, "agent listener certificate (PEM)",
      NULL},
@@ -68,13 +77,14 @@ static const setting table[] = {
      "durable intake queue", NULL},
     {"AMQP_RESULT_QUEUE", K_STR, OFF(amqp_result_queue), "agent-results", 0, 0,
      "durable result queue", NULL},
-    {"SIRIUS_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn, error",
-     NULL},
+    {"SIRIUS_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn, error", NULL},
     {"SIRIUS_LOG_FORMAT", K_FORMAT, OFF(log_format), "json", 0, 0, "json or console", NULL},
     {"APP_VERSION", K_STR, OFF(app_version), SM_VERSION, 0, 0, "version reported by /api/status",
      NULL},
-    {"APP_ENV", K_STR, OFF(app_env), "production", 0, 0, "environment name (development opens "
-                                                         "the API without keys)", NULL},
+    {"APP_ENV", K_STR, OFF(app_env), "production", 0, 0,
+     "environment name (development opens "
+     "the API without keys)",
+     NULL},
     {"INSTANCE_ID", K_STR, OFF(instance_id), NULL, 0, 0, "this manager's name (default: hostname)",
      NULL},
     {"MAX_AGENT_LOAD", K_DOUBLE, OFF(max_agent_load), "0.8", 0, 1,
@@ -356,8 +366,9 @@ int sm_settings_load(sm_settings *s, int argc, char **argv) {
     return SM_EINVAL;
   }
   if (s->admin_tls_enabled && (s->admin_tls_cert_file == NULL || s->admin_tls_key_file == NULL)) {
-    fprintf(stderr,
-            "sirius-manager: ADMIN_TLS_ENABLED: needs ADMIN_TLS_CERT_FILE and ADMIN_TLS_KEY_FILE\n");
+    fprintf(
+        stderr,
+        "sirius-manager: ADMIN_TLS_ENABLED: needs ADMIN_TLS_CERT_FILE and ADMIN_TLS_KEY_FILE\n");
     return SM_EINVAL;
   }
   return 0;

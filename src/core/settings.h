@@ -13,20 +13,20 @@
 
 typedef struct sm_settings {
   /* listeners */
-  char *grpc_addr;          /* GRPC_SERVER_ADDR, ":50051" */
-  char *admin_addr;         /* ADMIN_API_ADDR, ":8080" */
-  char *metrics_addr;       /* METRICS_ADDR, ":2112" */
+  char *grpc_addr;    /* GRPC_SERVER_ADDR, ":50051" */
+  char *admin_addr;   /* ADMIN_API_ADDR, ":8080" */
+  char *metrics_addr; /* METRICS_ADDR, ":2112" */
   /* admin security (wired by the admin issue) */
-  char *admin_api_key;      /* ADMIN_API_KEY */
-  char *admin_api_keys_file;/* ADMIN_API_KEYS_FILE */
-  int admin_tls_enabled;    /* ADMIN_TLS_ENABLED */
+  char *admin_api_key;       /* ADMIN_API_KEY */
+  char *admin_api_keys_file; /* ADMIN_API_KEYS_FILE */
+  int admin_tls_enabled;     /* ADMIN_TLS_ENABLED */
   char *admin_tls_cert_file;
   char *admin_tls_key_file;
   /* agent TLS */
-  int tls_enabled;          /* TLS_ENABLED */
-  char *tls_cert_file;      /* TLS_CERT_FILE */
-  char *tls_key_file;       /* TLS_KEY_FILE */
-  char *tls_client_ca_file; /* TLS_CLIENT_CA_FILE: mutual TLS when set */
+  int tls_enabled;              /* TLS_ENABLED */
+  char *tls_cert_file;          /* TLS_CERT_FILE */
+  char *tls_key_file;           /* TLS_KEY_FILE */
+  char *tls_client_ca_file;     /* TLS_CLIENT_CA_FILE: mutual TLS when set */
   char *agent_auth_tokens_file; /* AGENT_AUTH_TOKENS_FILE */
   /* store and broker */
   char *valkey_host;        /* VALKEY_HOST; NULL: in-process store */
@@ -39,28 +39,29 @@ typedef struct sm_settings {
   /* logging and identity */
   enum sm_log_level log_level;   /* SIRIUS_LOG_LEVEL */
   enum sm_log_format log_format; /* SIRIUS_LOG_FORMAT */
-  char *app_version;        /* APP_VERSION, the build version */
-  char *app_env;            /* APP_ENV, "production" */
-  char *instance_id;        /* INSTANCE_ID, the hostname */
+  char *app_version;             /* APP_VERSION, the build version */
+  char *app_env;                 /* APP_ENV, "production" */
+  char *instance_id;             /* INSTANCE_ID, the hostname */
   /* scheduling */
-  double max_agent_load;    /* MAX_AGENT_LOAD, 0.8 */
-  char *lb_strategy;        /* LOAD_BALANCING_STRATEGY, "least_loaded" */
-  size_t command_queue_size;/* COMMAND_QUEUE_SIZE, 1000 */
-  double agent_timeout_s;   /* AGENT_TIMEOUT, 300 */
-  double command_timeout_s; /* COMMAND_TIMEOUT, 300 */
-  double command_timeout_grace_s; /* COMMAND_TIMEOUT_GRACE: after timeout_seconds, 10 */
-  int max_retries;          /* MAX_RETRIES, 3 */
-  int maintenance_mode;     /* MAINTENANCE_MODE */
-  int detailed_metrics;     /* ENABLE_DETAILED_METRICS, true */
-  int metrics_retention_days;    /* METRICS_RETENTION_DAYS, 30 */
+  double max_agent_load;            /* MAX_AGENT_LOAD, 0.8 */
+  char *lb_strategy;                /* LOAD_BALANCING_STRATEGY, "least_loaded" */
+  size_t command_queue_size;        /* COMMAND_QUEUE_SIZE, 1000 */
+  double agent_timeout_s;           /* AGENT_TIMEOUT, 300 */
+  double command_timeout_s;         /* COMMAND_TIMEOUT, 300 */
+  double command_timeout_grace_s;   /* COMMAND_TIMEOUT_GRACE: after timeout_seconds, 10 */
+  int max_retries;                  /* MAX_RETRIES, 3 */
+  int maintenance_mode;             /* MAINTENANCE_MODE */
+  int detailed_metrics;             /* ENABLE_DETAILED_METRICS, true */
+  int metrics_retention_days;       /* METRICS_RETENTION_DAYS, 30 */
   double metrics_scrape_interval_s; /* METRICS_SCRAPE_INTERVAL, 15s */
   /* the project's own limits (docs/operations.md) */
-  size_t grpc_max_message_bytes; /* GRPC_MAX_MESSAGE_BYTES, 4 MiB */
-  uint32_t grpc_max_streams;     /* GRPC_MAX_CONCURRENT_STREAMS per connection, 16 */
-  uint32_t grpc_max_header_bytes;/* GRPC_MAX_HEADER_LIST_BYTES, 16 KiB */
-  double grpc_keepalive_s;       /* GRPC_KEEPALIVE_INTERVAL: PING after this much silence, 60 */
-  double grpc_idle_timeout_s;    /* GRPC_IDLE_TIMEOUT: close a connection with no stream, 300 */
-  size_t grpc_max_output_bytes;  /* GRPC_MAX_OUTPUT_BYTES per connection before backpressure, 256 KiB */
+  size_t grpc_max_message_bytes;  /* GRPC_MAX_MESSAGE_BYTES, 4 MiB */
+  uint32_t grpc_max_streams;      /* GRPC_MAX_CONCURRENT_STREAMS per connection, 16 */
+  uint32_t grpc_max_header_bytes; /* GRPC_MAX_HEADER_LIST_BYTES, 16 KiB */
+  double grpc_keepalive_s;        /* GRPC_KEEPALIVE_INTERVAL: PING after this much silence, 60 */
+  double grpc_idle_timeout_s;     /* GRPC_IDLE_TIMEOUT: close a connection with no stream, 300 */
+  size_t
+      grpc_max_output_bytes; /* GRPC_MAX_OUTPUT_BYTES per connection before backpressure, 256 KiB */
   double grpc_stall_timeout_s;   /* GRPC_STALL_TIMEOUT: drop a peer not reading this long, 30 */
   size_t max_connections;        /* MAX_CONNECTIONS on the agent listener, 20000 */
   size_t max_agents;             /* MAX_AGENTS in the registry, 100000 */
@@ -68,9 +69,11 @@ typedef struct sm_settings {
   size_t admin_max_connections;  /* ADMIN_MAX_CONNECTIONS, 1024 */
   size_t admin_max_body_bytes;   /* ADMIN_MAX_BODY_BYTES, 4 MiB */
   size_t admin_max_header_bytes; /* ADMIN_MAX_HEADER_BYTES, 16 KiB */
-  double admin_request_timeout_s;/* ADMIN_REQUEST_TIMEOUT: a request must arrive whole in this, 30 */
-  double admin_idle_timeout_s;   /* ADMIN_IDLE_TIMEOUT: keep-alive connection idle limit, 60 */
-  double grpc_first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT: Connect must register in this, 10 */
+  double
+      admin_request_timeout_s; /* ADMIN_REQUEST_TIMEOUT: a request must arrive whole in this, 30 */
+  double admin_idle_timeout_s; /* ADMIN_IDLE_TIMEOUT: keep-alive connection idle limit, 60 */
+  double grpc_first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT: Connect must register in this,
+                                          10 */
 } sm_settings;
 
 /* Fills s with defaults, then the environment, then argv. Returns 0, 1 when --help or --version

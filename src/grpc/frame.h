@@ -14,13 +14,13 @@
 #define GRPC_FRAME_HEADER_LEN 5
 
 typedef struct grpc_frame_reader {
-  size_t max_len;      /* largest accepted message */
+  size_t max_len; /* largest accepted message */
   uint8_t hdr[GRPC_FRAME_HEADER_LEN];
-  size_t hdr_got;      /* header bytes seen of the current message */
-  uint32_t msg_len;    /* length of the current message once the header is complete */
-  int compressed;      /* Compressed-Flag of the current message */
-  uint8_t *buf;        /* reassembly buffer for a message split across chunks */
-  size_t buf_got;      /* bytes of the current message in buf */
+  size_t hdr_got;   /* header bytes seen of the current message */
+  uint32_t msg_len; /* length of the current message once the header is complete */
+  int compressed;   /* Compressed-Flag of the current message */
+  uint8_t *buf;     /* reassembly buffer for a message split across chunks */
+  size_t buf_got;   /* bytes of the current message in buf */
   size_t buf_cap;
 } grpc_frame_reader;
 

@@ -97,11 +97,11 @@ struct grpc_session {
   /* nghttp2's large buffers (its 16 KiB outbound frame buffer above all) live in their own
    * page-aligned mappings so that an idle connection can hand their pages back (see trim). */
   struct {
-    void *p;        /* NULL: free slot */
-    size_t len;     /* mapped bytes (whole pages) */
-    int trimmable;  /* the outbound frame buffer (see trim) */
+    void *p;       /* NULL: free slot */
+    size_t len;    /* mapped bytes (whole pages) */
+    int trimmable; /* the outbound frame buffer (see trim) */
   } big[SESSION_BIG_MAX];
-  unsigned creating : 1; /* inside nghttp2_session_server_new3 */
+  unsigned creating : 1;  /* inside nghttp2_session_server_new3 */
   uint64_t last_write_ms; /* when the session last produced output */
   unsigned big_dirty : 1; /* a big buffer was written since the last trim */
 };

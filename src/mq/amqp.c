@@ -112,8 +112,8 @@ struct mq_conn {
   /* consuming (channel 1) */
   char *consume_queue;
   uint16_t prefetch;
-  int consume_wanted; /* re-consume after reconnect */
-  int consuming;      /* basic.consume sent on this connection */
+  int consume_wanted;   /* re-consume after reconnect */
+  int consuming;        /* basic.consume sent on this connection */
   int consume_inflight; /* basic.consume sent, basic.consume-ok not yet received */
   int cancel_deferred;  /* a stop came while consume_inflight: cancel on consume-ok (RabbitMQ
                            closes the channel with 541 on a cancel racing its consume) */

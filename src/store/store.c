@@ -19,8 +19,7 @@ int store_sort_key(const sm_command *c, char *out, size_t outlen) {
 }
 
 int store_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *ud) {
-  if (c == NULL || c->id == NULL || c->type == NULL || cb == NULL ||
-      strlen(c->id) > COMMAND_MAX_ID)
+  if (c == NULL || c->id == NULL || c->type == NULL || cb == NULL || strlen(c->id) > COMMAND_MAX_ID)
     return SM_EINVAL;
   return s->ops->cmd_create(s, c, cb, ud);
 }
@@ -52,8 +51,8 @@ int store_cmd_list(store *s, const store_filter *f, const char *cursor, size_t l
   return s->ops->cmd_list(s, f ? f : &none, cursor && *cursor ? cursor : NULL, limit, cb, ud);
 }
 
-int store_outbox_add(store *s, const char *id, const char *payload, size_t len,
-                     store_done_cb cb, void *ud) {
+int store_outbox_add(store *s, const char *id, const char *payload, size_t len, store_done_cb cb,
+                     void *ud) {
   if (id == NULL || payload == NULL || cb == NULL)
     return SM_EINVAL;
   return s->ops->outbox_add(s, id, payload, len, cb, ud);

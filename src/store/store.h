@@ -22,8 +22,8 @@
 
 typedef struct store store;
 
-#define STORE_MAX_LIST 1000      /* largest page of a listing */
-#define STORE_MAX_CURSOR 192     /* bytes of a cursor */
+#define STORE_MAX_LIST 1000  /* largest page of a listing */
+#define STORE_MAX_CURSOR 192 /* bytes of a cursor */
 
 /* Listing filter; zero/NULL members do not filter. */
 typedef struct store_filter {
@@ -69,8 +69,8 @@ typedef struct store_ops {
                     void *ud);
   int (*outbox_list)(store *s, size_t limit, store_outbox_cb cb, void *ud);
   int (*outbox_remove)(store *s, const char *id, store_done_cb cb, void *ud);
-  int (*agent_put)(store *s, const char *id, const char *instance, const char *data,
-                   int64_t ttl_ms, store_done_cb cb, void *ud);
+  int (*agent_put)(store *s, const char *id, const char *instance, const char *data, int64_t ttl_ms,
+                   store_done_cb cb, void *ud);
   int (*agent_del)(store *s, const char *id, const char *instance, store_done_cb cb, void *ud);
   int (*agent_list)(store *s, size_t limit, store_agents_cb cb, void *ud);
   int (*is_up)(const store *s);
@@ -85,14 +85,14 @@ struct store {
 };
 
 typedef struct store_valkey_config {
-  const char *host;        /* VALKEY_HOST */
-  int port;                /* VALKEY_PORT */
-  const char *password;    /* VALKEY_PASSWORD; NULL: no AUTH */
-  int db;                  /* VALKEY_DB */
-  const char *prefix;      /* key prefix, "sm:" when NULL */
-  double connect_timeout_s;/* 0: 5 s */
-  double request_timeout_s;/* 0: 5 s */
-  size_t max_pending;      /* requests in flight; 0: 10000 */
+  const char *host;         /* VALKEY_HOST */
+  int port;                 /* VALKEY_PORT */
+  const char *password;     /* VALKEY_PASSWORD; NULL: no AUTH */
+  int db;                   /* VALKEY_DB */
+  const char *prefix;       /* key prefix, "sm:" when NULL */
+  double connect_timeout_s; /* 0: 5 s */
+  double request_timeout_s; /* 0: 5 s */
+  size_t max_pending;       /* requests in flight; 0: 10000 */
 } store_valkey_config;
 
 typedef struct store_mem_config {
@@ -133,8 +133,8 @@ int store_cmd_list(store *s, const store_filter *f, const char *cursor, size_t l
                    store_list_cb cb, void *ud);
 
 /* Adds (or replaces) the outbox entry of a command: a result waiting for the broker's confirm. */
-int store_outbox_add(store *s, const char *id, const char *payload, size_t len,
-                     store_done_cb cb, void *ud);
+int store_outbox_add(store *s, const char *id, const char *payload, size_t len, store_done_cb cb,
+                     void *ud);
 
 /* The oldest outbox entries, up to limit (1..STORE_MAX_LIST). */
 int store_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud);

@@ -50,10 +50,10 @@ typedef struct comp {
   void *ud;
   int err;
   int existed;
-  sm_command *cmd;      /* C_CMD */
-  sm_command **cmds;    /* C_LIST */
+  sm_command *cmd;   /* C_CMD */
+  sm_command **cmds; /* C_LIST */
   size_t n;
-  char *cursor;         /* C_LIST */
+  char *cursor;             /* C_LIST */
   store_outbox_item *items; /* C_OUTBOX: strings owned */
   store_agent_rec *recs;    /* C_AGENTS: strings owned */
 } comp;
@@ -62,7 +62,7 @@ typedef struct mem_store {
   store base;
   uv_loop_t *loop;
   store_mem_config cfg;
-  sm_map cmds;   /* id -> mem_cmd */
+  sm_map cmds; /* id -> mem_cmd */
   mem_cmd **order;
   size_t norder, cap;
   sm_map idem;   /* idempotency key -> mem_cmd */
@@ -336,8 +336,8 @@ static int mem_cmd_update(store *s, const sm_command *c, command_status expected
   }
   /* the maps point at the record's own id/key strings: swap them to the new record's */
   sm_map_replace(&m->cmds, n->id, strlen(n->id), e);
-  if (n->idempotency_key && sm_map_get(&m->idem, n->idempotency_key,
-                                       strlen(n->idempotency_key)) == e)
+  if (n->idempotency_key &&
+      sm_map_get(&m->idem, n->idempotency_key, strlen(n->idempotency_key)) == e)
     sm_map_replace(&m->idem, n->idempotency_key, strlen(n->idempotency_key), e);
   command_free(e->c);
   e->c = n;

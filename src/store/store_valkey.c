@@ -16,43 +16,52 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum script_id { S_CREATE, S_UPDATE, S_LIST, S_OB_ADD, S_OB_LIST, S_OB_DEL, S_AG_PUT, S_AG_DEL,
-                 S_AG_LIST, S_COUNT };
+enum script_id {
+  S_CREATE,
+  S_UPDATE,
+  S_LIST,
+  S_OB_ADD,
+  S_OB_LIST,
+  S_OB_DEL,
+  S_AG_PUT,
+  S_AG_DEL,
+  S_AG_LIST,
+  S_COUNT
+};
 
 static const char *const scripts[S_COUNT] = {
-    [S_CREATE] =
-        "local p=ARGV[1]\n"
-        "if ARGV[9]~='' then local ex=redis.call('GET',p..'idem:'..ARGV[9])\n"
-        " if ex then local j=redis.call('HGET',p..'cmd:'..ex,'j') if j then return {1,j} end end end\n"
-        "local k=p..'cmd:'..ARGV[2]\n"
-        "local j=redis.call('HGET',k,'j') if j then return {1,j} end\n"
-        "redis.call('HSET',k,'s',ARGV[5],'a',ARGV[7],'m',ARGV[4],'j',ARGV[3])\n"
-        "redis.call('ZADD',p..'cmds:all',0,ARGV[4])\n"
-        "redis.call('ZADD',p..'cmds:status:'..ARGV[5],0,ARGV[4])\n"
-        "if ARGV[6]=='1' then redis.call('ZADD',p..'cmds:active',0,ARGV[4]) end\n"
-        "if ARGV[7]~='' then redis.call('ZADD',p..'cmds:agent:'..ARGV[7],0,ARGV[4]) end\n"
-        "redis.call('ZADD',p..'cmds:type:'..ARGV[8],0,ARGV[4])\n"
-        "if ARGV[9]~='' then redis.call('SET',p..'idem:'..ARGV[9],ARGV[2]) end\n"
-        "return {0,ARGV[3]}\n",
-    [S_UPDATE] =
-        "local p=ARGV[1] local k=p..'cmd:'..ARGV[2]\n"
-        "local cur=redis.call('HMGET',k,'s','a','m','j')\n"
-        "if not cur[1] then return {-1} end\n"
-        "if cur[1]~=ARGV[4] then return {-2,cur[4]} end\n"
-        "local m=cur[3]\n"
-        "redis.call('HSET',k,'s',ARGV[5],'a',ARGV[7],'j',ARGV[3])\n"
-        "if cur[1]~=ARGV[5] then\n"
-        " redis.call('ZREM',p..'cmds:status:'..cur[1],m)\n"
-        " redis.call('ZADD',p..'cmds:status:'..ARGV[5],0,m)\n"
-        " if ARGV[6]=='1' then redis.call('ZREM',p..'cmds:active',m) end\n"
-        "end\n"
-        "if cur[2]~=ARGV[7] then\n"
-        " if cur[2]~='' then redis.call('ZREM',p..'cmds:agent:'..cur[2],m) end\n"
-        " if ARGV[7]~='' then redis.call('ZADD',p..'cmds:agent:'..ARGV[7],0,m) end\n"
-        "end\n"
-        "if ARGV[8]=='1' then redis.call('HSET',p..'outbox',ARGV[2],ARGV[9])\n"
-        " redis.call('ZADD',p..'outbox:q','NX',ARGV[10],ARGV[2]) end\n"
-        "return {0,ARGV[3]}\n",
+    [S_CREATE] = "local p=ARGV[1]\n"
+                 "if ARGV[9]~='' then local ex=redis.call('GET',p..'idem:'..ARGV[9])\n"
+                 " if ex then local j=redis.call('HGET',p..'cmd:'..ex,'j') if j then return {1,j} "
+                 "end end end\n"
+                 "local k=p..'cmd:'..ARGV[2]\n"
+                 "local j=redis.call('HGET',k,'j') if j then return {1,j} end\n"
+                 "redis.call('HSET',k,'s',ARGV[5],'a',ARGV[7],'m',ARGV[4],'j',ARGV[3])\n"
+                 "redis.call('ZADD',p..'cmds:all',0,ARGV[4])\n"
+                 "redis.call('ZADD',p..'cmds:status:'..ARGV[5],0,ARGV[4])\n"
+                 "if ARGV[6]=='1' then redis.call('ZADD',p..'cmds:active',0,ARGV[4]) end\n"
+                 "if ARGV[7]~='' then redis.call('ZADD',p..'cmds:agent:'..ARGV[7],0,ARGV[4]) end\n"
+                 "redis.call('ZADD',p..'cmds:type:'..ARGV[8],0,ARGV[4])\n"
+                 "if ARGV[9]~='' then redis.call('SET',p..'idem:'..ARGV[9],ARGV[2]) end\n"
+                 "return {0,ARGV[3]}\n",
+    [S_UPDATE] = "local p=ARGV[1] local k=p..'cmd:'..ARGV[2]\n"
+                 "local cur=redis.call('HMGET',k,'s','a','m','j')\n"
+                 "if not cur[1] then return {-1} end\n"
+                 "if cur[1]~=ARGV[4] then return {-2,cur[4]} end\n"
+                 "local m=cur[3]\n"
+                 "redis.call('HSET',k,'s',ARGV[5],'a',ARGV[7],'j',ARGV[3])\n"
+                 "if cur[1]~=ARGV[5] then\n"
+                 " redis.call('ZREM',p..'cmds:status:'..cur[1],m)\n"
+                 " redis.call('ZADD',p..'cmds:status:'..ARGV[5],0,m)\n"
+                 " if ARGV[6]=='1' then redis.call('ZREM',p..'cmds:active',m) end\n"
+                 "end\n"
+                 "if cur[2]~=ARGV[7] then\n"
+                 " if cur[2]~='' then redis.call('ZREM',p..'cmds:agent:'..cur[2],m) end\n"
+                 " if ARGV[7]~='' then redis.call('ZADD',p..'cmds:agent:'..ARGV[7],0,m) end\n"
+                 "end\n"
+                 "if ARGV[8]=='1' then redis.call('HSET',p..'outbox',ARGV[2],ARGV[9])\n"
+                 " redis.call('ZADD',p..'outbox:q','NX',ARGV[10],ARGV[2]) end\n"
+                 "return {0,ARGV[3]}\n",
     [S_LIST] = "local p=ARGV[1]\n"
                "local ms=redis.call('ZRANGEBYLEX',p..ARGV[2],ARGV[3],'+','LIMIT',0,"
                "tonumber(ARGV[4]))\n"
@@ -121,7 +130,7 @@ typedef struct vop {
   int argc;
   char *argv[MAX_ARGS]; /* owned copies, kept for the NOSCRIPT resend */
   size_t lens[MAX_ARGS];
-  store_filter filter;  /* O_LIST: the filter applied to the page */
+  store_filter filter; /* O_LIST: the filter applied to the page */
   char *f_agent, *f_type;
   size_t limit;
 } vop;
@@ -394,8 +403,7 @@ static int v_cmd_get(store *st, const char *id, store_cmd_cb cb, void *ud) {
 }
 
 static int v_cmd_update(store *st, const sm_command *c, command_status expected,
-                        const char *outbox_payload, size_t outbox_len, store_cmd_cb cb,
-                        void *ud) {
+                        const char *outbox_payload, size_t outbox_len, store_cmd_cb cb, void *ud) {
   vstore *s = (vstore *)st;
   size_t len;
   char *json = command_serialize(c, &len);
@@ -409,8 +417,8 @@ static int v_cmd_update(store *st, const sm_command *c, command_status expected,
   o->cb.cmd = cb;
   int err = op_script_head(o) | op_str(o, c->id) | op_arg(o, json, len) |
             op_str(o, command_status_name(expected)) | op_str(o, command_status_name(c->status)) |
-            op_str(o, command_status_is_final(c->status) ? "1" : "") |
-            op_str(o, command_agent(c)) | op_str(o, outbox_payload ? "1" : "") |
+            op_str(o, command_status_is_final(c->status) ? "1" : "") | op_str(o, command_agent(c)) |
+            op_str(o, outbox_payload ? "1" : "") |
             op_arg(o, outbox_payload ? outbox_payload : "", outbox_payload ? outbox_len : 0) |
             op_int(o, command_now_ms());
   free(json);
@@ -460,8 +468,8 @@ static int v_outbox_add(store *st, const char *id, const char *payload, size_t l
   if (o == NULL)
     return SM_ENOMEM;
   o->cb.done = cb;
-  int err = op_script_head(o) | op_str(o, id) | op_arg(o, payload, len) |
-            op_int(o, command_now_ms());
+  int err =
+      op_script_head(o) | op_str(o, id) | op_arg(o, payload, len) | op_int(o, command_now_ms());
   return op_start(o, err ? SM_ENOMEM : 0);
 }
 

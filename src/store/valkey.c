@@ -47,8 +47,8 @@ struct sm_valkey {
   uv_timer_t conn_timer; /* connect timeout while CONNECTING, backoff while DOWN */
   uv_timer_t req_timer;  /* the oldest waiting request's deadline */
   vk_req *wait_head, *wait_tail;
-  size_t pending;       /* requests hiredis still holds, timed out or not */
-  unsigned attempt;     /* failed connects in a row */
+  size_t pending;   /* requests hiredis still holds, timed out or not */
+  unsigned attempt; /* failed connects in a row */
   uint64_t rng;
   int ever_up;
   int closes_left;
@@ -341,8 +341,7 @@ int sm_valkey_command(sm_valkey *v, int argc, const char *const *argv, const siz
   r->cb = cb;
   r->ud = ud;
   r->deadline = uv_now(v->loop) + ms_of(v->cfg.request_timeout_s);
-  if (redisAsyncCommandArgv(v->ac, on_reply, r, argc, (const char **)argv, argvlen) !=
-      REDIS_OK) {
+  if (redisAsyncCommandArgv(v->ac, on_reply, r, argc, (const char **)argv, argvlen) != REDIS_OK) {
     free(r);
     return v->ac && v->ac->err == REDIS_ERR_OOM ? SM_ENOMEM : SM_EUNAVAIL;
   }

@@ -27,15 +27,15 @@ enum sm_valkey_type {
 };
 
 typedef struct sm_valkey_config {
-  const char *host;          /* host name or address */
-  int port;                  /* TCP port */
-  const char *password;      /* AUTH when not NULL/empty */
-  int db;                    /* SELECT when not 0 */
-  double connect_timeout_s;  /* connect + handshake; 0: 5 s */
-  double request_timeout_s;  /* reply wait per request; 0: 5 s */
-  size_t max_pending;        /* requests awaiting replies; 0: 10000 */
-  double backoff_min_s;      /* first reconnect delay; 0: 0.1 s */
-  double backoff_max_s;      /* largest reconnect delay; 0: 5 s */
+  const char *host;         /* host name or address */
+  int port;                 /* TCP port */
+  const char *password;     /* AUTH when not NULL/empty */
+  int db;                   /* SELECT when not 0 */
+  double connect_timeout_s; /* connect + handshake; 0: 5 s */
+  double request_timeout_s; /* reply wait per request; 0: 5 s */
+  size_t max_pending;       /* requests awaiting replies; 0: 10000 */
+  double backoff_min_s;     /* first reconnect delay; 0: 0.1 s */
+  double backoff_max_s;     /* largest reconnect delay; 0: 5 s */
 } sm_valkey_config;
 
 /* A request's outcome: err 0 with the reply (which may be SM_VK_ERROR: err is then the reply's

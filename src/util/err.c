@@ -8,8 +8,8 @@ const char *sm_err_name(int err) {
   switch (err) {
   case SM_OK:
     return "SM_OK";
-#define SM_ERR_NAME_(name, val, msg) \
-  case SM_E##name:                   \
+#define SM_ERR_NAME_(name, val, msg)                                                               \
+  case SM_E##name:                                                                                 \
     return "SM_E" #name;
     SM_ERR_MAP(SM_ERR_NAME_)
 #undef SM_ERR_NAME_
@@ -22,8 +22,8 @@ const char *sm_strerror(int err) {
   switch (err) {
   case SM_OK:
     return "success";
-#define SM_ERR_MSG_(name, val, msg) \
-  case SM_E##name:                  \
+#define SM_ERR_MSG_(name, val, msg)                                                                \
+  case SM_E##name:                                                                                 \
     return msg;
     SM_ERR_MAP(SM_ERR_MSG_)
 #undef SM_ERR_MSG_

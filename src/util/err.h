@@ -8,27 +8,27 @@
 #define SM_UTIL_ERR_H
 
 /* X(name, value, message) */
-#define SM_ERR_MAP(X)                                                                   \
-  X(NOMEM, -1, "out of memory")                                                         \
-  X(INVAL, -2, "invalid argument")                                                      \
-  X(NOENT, -3, "not found")                                                             \
-  X(EXIST, -4, "already exists")                                                        \
-  X(AGAIN, -5, "resource temporarily unavailable")                                      \
-  X(LIMIT, -6, "limit reached")                                                         \
-  X(TOOBIG, -7, "message too large")                                                    \
-  X(PROTO, -8, "protocol error")                                                        \
-  X(IO, -9, "input/output error")                                                       \
-  X(CLOSED, -10, "connection closed")                                                   \
-  X(TIMEDOUT, -11, "timed out")                                                         \
-  X(CANCELED, -12, "operation canceled")                                                \
-  X(TLS, -13, "TLS error")                                                              \
-  X(AUTH, -14, "authentication failed")                                                 \
-  X(PERM, -15, "permission denied")                                                     \
-  X(STATE, -16, "operation not valid in this state")                                    \
-  X(UNAVAIL, -17, "service unavailable")                                                \
-  X(PARSE, -18, "malformed input")                                                      \
-  X(UNSUPPORTED, -19, "not supported")                                                  \
-  X(ADDR, -20, "bad address")                                                           \
+#define SM_ERR_MAP(X)                                                                              \
+  X(NOMEM, -1, "out of memory")                                                                    \
+  X(INVAL, -2, "invalid argument")                                                                 \
+  X(NOENT, -3, "not found")                                                                        \
+  X(EXIST, -4, "already exists")                                                                   \
+  X(AGAIN, -5, "resource temporarily unavailable")                                                 \
+  X(LIMIT, -6, "limit reached")                                                                    \
+  X(TOOBIG, -7, "message too large")                                                               \
+  X(PROTO, -8, "protocol error")                                                                   \
+  X(IO, -9, "input/output error")                                                                  \
+  X(CLOSED, -10, "connection closed")                                                              \
+  X(TIMEDOUT, -11, "timed out")                                                                    \
+  X(CANCELED, -12, "operation canceled")                                                           \
+  X(TLS, -13, "TLS error")                                                                         \
+  X(AUTH, -14, "authentication failed")                                                            \
+  X(PERM, -15, "permission denied")                                                                \
+  X(STATE, -16, "operation not valid in this state")                                               \
+  X(UNAVAIL, -17, "service unavailable")                                                           \
+  X(PARSE, -18, "malformed input")                                                                 \
+  X(UNSUPPORTED, -19, "not supported")                                                             \
+  X(ADDR, -20, "bad address")                                                                      \
   X(INTERNAL, -21, "internal error")
 
 enum sm_err {

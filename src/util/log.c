@@ -27,8 +27,11 @@ int sm_log_level_parse(const char *s, enum sm_log_level *out) {
   static const struct {
     const char *name;
     enum sm_log_level level;
-  } names[] = {{"debug", SM_LOG_DEBUG}, {"info", SM_LOG_INFO},   {"warn", SM_LOG_WARN},
-               {"warning", SM_LOG_WARN}, {"error", SM_LOG_ERROR}};
+  } names[] = {{"debug", SM_LOG_DEBUG},
+               {"info", SM_LOG_INFO},
+               {"warn", SM_LOG_WARN},
+               {"warning", SM_LOG_WARN},
+               {"error", SM_LOG_ERROR}};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
     if (strcasecmp(s, names[i].name) == 0) {
       *out = names[i].level;
@@ -165,8 +168,8 @@ void sm_log_emit(enum sm_log_level level, const char *component, const char *msg
   struct tm tm;
   gmtime_r(&tv.tv_sec, &tm);
   char ts[64]; /* room for any int the compiler imagines, so no truncation warning */
-  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
   const char *lvl = level_names[level <= SM_LOG_ERROR ? level : SM_LOG_ERROR];
 
   if (log_format == SM_LOG_JSON) {

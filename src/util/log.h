@@ -49,12 +49,12 @@ int sm_log_enabled(enum sm_log_level level);
 void sm_log_emit(enum sm_log_level level, const char *component, const char *msg,
                  const sm_log_field *fields, size_t n);
 
-#define SM_LOG_(level, comp, msg, ...)                                                        \
-  do {                                                                                        \
-    if (sm_log_enabled(level)) {                                                              \
-      const sm_log_field sm_lf_[] = {{0}, __VA_ARGS__};                                       \
-      sm_log_emit((level), (comp), (msg), sm_lf_, sizeof(sm_lf_) / sizeof(sm_lf_[0]));        \
-    }                                                                                         \
+#define SM_LOG_(level, comp, msg, ...)                                                             \
+  do {                                                                                             \
+    if (sm_log_enabled(level)) {                                                                   \
+      const sm_log_field sm_lf_[] = {{0}, __VA_ARGS__};                                            \
+      sm_log_emit((level), (comp), (msg), sm_lf_, sizeof(sm_lf_) / sizeof(sm_lf_[0]));             \
+    }                                                                                              \
   } while (0)
 
 #define sm_log_debug(comp, msg, ...) SM_LOG_(SM_LOG_DEBUG, comp, msg, __VA_ARGS__)

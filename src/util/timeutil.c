@@ -45,12 +45,11 @@ static int digits(const char **p, int n, int *out) {
 int sm_rfc3339_parse(const char *s, int64_t *unix_ms) {
   int Y, M, D, h, m, sec, ms = 0;
   const char *p = s;
-  if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' ||
-      digits(&p, 2, &D) || (*p != 'T' && *p != 't' && *p != ' '))
+  if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' || digits(&p, 2, &D) ||
+      (*p != 'T' && *p != 't' && *p != ' '))
     return SM_EINVAL;
   p++;
-  if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &m) || *p++ != ':' ||
-      digits(&p, 2, &sec))
+  if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &m) || *p++ != ':' || digits(&p, 2, &sec))
     return SM_EINVAL;
   if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
     return SM_EINVAL;

@@ -13,38 +13,38 @@
 
 static int t_cases_ = 0;
 
-#define T_FAIL_(fmt, ...)                                                                     \
-  do {                                                                                        \
-    fprintf(stderr, "%s:%d: " fmt "\n", __FILE__, __LINE__, __VA_ARGS__);                     \
-    abort();                                                                                  \
+#define T_FAIL_(fmt, ...)                                                                          \
+  do {                                                                                             \
+    fprintf(stderr, "%s:%d: " fmt "\n", __FILE__, __LINE__, __VA_ARGS__);                          \
+    abort();                                                                                       \
   } while (0)
 
-#define T_ASSERT(cond)                                                                        \
-  do {                                                                                        \
-    if (!(cond))                                                                              \
-      T_FAIL_("assertion failed: %s", #cond);                                                 \
+#define T_ASSERT(cond)                                                                             \
+  do {                                                                                             \
+    if (!(cond))                                                                                   \
+      T_FAIL_("assertion failed: %s", #cond);                                                      \
   } while (0)
 
-#define T_EQ_INT(a, b)                                                                        \
-  do {                                                                                        \
-    long long t_a_ = (long long)(a), t_b_ = (long long)(b);                                   \
-    if (t_a_ != t_b_)                                                                         \
-      T_FAIL_("%s == %s: %lld != %lld", #a, #b, t_a_, t_b_);                                  \
+#define T_EQ_INT(a, b)                                                                             \
+  do {                                                                                             \
+    long long t_a_ = (long long)(a), t_b_ = (long long)(b);                                        \
+    if (t_a_ != t_b_)                                                                              \
+      T_FAIL_("%s == %s: %lld != %lld", #a, #b, t_a_, t_b_);                                       \
   } while (0)
 
-#define T_EQ_STR(a, b)                                                                        \
-  do {                                                                                        \
-    const char *t_a_ = (a), *t_b_ = (b);                                                      \
-    if (t_a_ == NULL || t_b_ == NULL || strcmp(t_a_, t_b_) != 0)                              \
-      T_FAIL_("%s == %s: \"%s\" != \"%s\"", #a, #b, t_a_ ? t_a_ : "(null)",                   \
-              t_b_ ? t_b_ : "(null)");                                                        \
+#define T_EQ_STR(a, b)                                                                             \
+  do {                                                                                             \
+    const char *t_a_ = (a), *t_b_ = (b);                                                           \
+    if (t_a_ == NULL || t_b_ == NULL || strcmp(t_a_, t_b_) != 0)                                   \
+      T_FAIL_("%s == %s: \"%s\" != \"%s\"", #a, #b, t_a_ ? t_a_ : "(null)",                        \
+              t_b_ ? t_b_ : "(null)");                                                             \
   } while (0)
 
-#define T_RUN(fn)                                                                             \
-  do {                                                                                        \
-    fprintf(stderr, "-- %s\n", #fn);                                                          \
-    fn();                                                                                     \
-    t_cases_++;                                                                               \
+#define T_RUN(fn)                                                                                  \
+  do {                                                                                             \
+    fprintf(stderr, "-- %s\n", #fn);                                                               \
+    fn();                                                                                          \
+    t_cases_++;                                                                                    \
   } while (0)
 
 static inline int t_done(void) {

@@ -14,7 +14,8 @@ static void test_parse_ok(void) {
   T_EQ_INT(parse("{\"id\":\"x1\",\"type\":\"scan\",\"params\":{\"target\":\"10.0.0.5\",\"n\":3,"
                  "\"f\":1.5,\"b\":true},\"priority\":7,\"timeout_seconds\":60,"
                  "\"deadline\":\"2026-11-28T12:00:00Z\",\"capabilities\":{\"os\":\"linux\"}}",
-                 &c, err), 0);
+                 &c, err),
+           0);
   T_EQ_STR(c->id, "x1");
   T_EQ_INT(c->nparams, 4);
   T_EQ_STR(c->params[1].value, "3");

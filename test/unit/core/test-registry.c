@@ -81,10 +81,13 @@ static void test_attach_descriptor(void) {
   events e = {0};
   agent_registry *reg = make(&loop, 60, 10, &e);
   fake_link l = {0};
-  sm_kv meta[] = {{"hostname", "h1"},       {"version", "1.4.2"},
+  sm_kv meta[] = {{"hostname", "h1"},
+                  {"version", "1.4.2"},
                   {"capabilities", "scan_type=nmap, os=linux,gpu"},
-                  {"segment", "10.0.0.0/24"}, {"max_concurrent", "4"},
-                  {"weight", "2.5"},          {"unknown_key", "ignored"}};
+                  {"segment", "10.0.0.0/24"},
+                  {"max_concurrent", "4"},
+                  {"weight", "2.5"},
+                  {"unknown_key", "ignored"}};
   agent *a;
   T_EQ_INT(agent_registry_attach(reg, "a1", 2, AGENT_IDLE, meta, 7, &fake_ops, &l, &a), 0);
   T_EQ_STR(a->id, "a1");
@@ -121,9 +124,9 @@ static void test_attach_descriptor(void) {
   T_EQ_INT(agent_registry_attach(reg, "", 0, AGENT_IDLE, NULL, 0, &fake_ops, &l, &b), SM_EINVAL);
   char longid[AGENT_ID_MAX + 2];
   memset(longid, 'x', sizeof(longid));
-  T_EQ_INT(agent_registry_attach(reg, longid, sizeof(longid), AGENT_IDLE, NULL, 0, &fake_ops, &l,
-                                 &b),
-           SM_EINVAL);
+  T_EQ_INT(
+      agent_registry_attach(reg, longid, sizeof(longid), AGENT_IDLE, NULL, 0, &fake_ops, &l, &b),
+      SM_EINVAL);
   T_EQ_INT(agent_registry_attach(reg, "a\nb", 3, AGENT_IDLE, NULL, 0, &fake_ops, &l, &b),
            SM_EINVAL);
   /* A descriptor value above the limit. */
@@ -169,6 +172,11 @@ static void test_replace_and_detach(void) {
   T_EQ_INT(e.unregistered, 1);
   T_EQ_INT(e.last_reason, SM_ECLOSED);
   T_EQ_INT(l2.ended, 0);
+  agent_registry_stats rs;
+  agent_registry_get_stats(reg, &rs);
+  T_EQ_INT(rs.registered, 2);
+  T_EQ_INT(rs.messages, 2);
+  T_EQ_INT(rs.disconnected, 1);
   finish(&loop, reg);
 }
 
@@ -224,6 +232,10 @@ static void test_prune(void) {
   T_EQ_INT(agent_registry_count(reg), 1);
   T_ASSERT(agent_registry_find(reg, "chatty", 6) == b);
   T_ASSERT(b->load == 0.5); /* cpu 50% dominates 0/1 commands */
+  agent_registry_stats rs;
+  agent_registry_get_stats(reg, &rs);
+  T_EQ_INT(rs.pruned, 1);
+  T_EQ_INT(rs.heartbeats, 12);
   finish(&loop, reg);
 }
 

@@ -47,8 +47,14 @@ static void test_env_and_flags(void) {
   setenv("MAX_RETRIES", "7", 1);
   setenv("MAINTENANCE_MODE", "true", 1);
   sm_settings s;
-  const char *argv[] = {"m", "--max-retries", "9", "--grpc-server-addr=127.0.0.1:1", "--tls-enabled",
-                  "false", "--enable-detailed-metrics", NULL};
+  const char *argv[] = {"m",
+                        "--max-retries",
+                        "9",
+                        "--grpc-server-addr=127.0.0.1:1",
+                        "--tls-enabled",
+                        "false",
+                        "--enable-detailed-metrics",
+                        NULL};
   T_EQ_INT(load(&s, 7, argv), 0);
   T_ASSERT(s.agent_timeout_s == 2.5);
   T_EQ_STR(s.lb_strategy, "round_robin");
@@ -66,10 +72,12 @@ static void test_env_and_flags(void) {
 
 static void test_bad(void) {
   static const char *const bad[][2] = {
-      {"MAX_AGENT_LOAD", "1.5"},   {"MAX_AGENT_LOAD", "x"},       {"VALKEY_PORT", "70000"},
-      {"MAX_RETRIES", "2.5"},      {"AGENT_TIMEOUT", "soon"},     {"SIRIUS_LOG_LEVEL", "loud"},
-      {"SIRIUS_LOG_FORMAT", "xml"}, {"GRPC_SERVER_ADDR", "nohost"}, {"TLS_ENABLED", "maybe"},
-      {"LOAD_BALANCING_STRATEGY", "random"}, {"COMMAND_QUEUE_SIZE", "0"},
+      {"MAX_AGENT_LOAD", "1.5"},    {"MAX_AGENT_LOAD", "x"},
+      {"VALKEY_PORT", "70000"},     {"MAX_RETRIES", "2.5"},
+      {"AGENT_TIMEOUT", "soon"},    {"SIRIUS_LOG_LEVEL", "loud"},
+      {"SIRIUS_LOG_FORMAT", "xml"}, {"GRPC_SERVER_ADDR", "nohost"},
+      {"TLS_ENABLED", "maybe"},     {"LOAD_BALANCING_STRATEGY", "random"},
+      {"COMMAND_QUEUE_SIZE", "0"},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     setenv(bad[i][0], bad[i][1], 1);

@@ -57,9 +57,11 @@ static void th_redis_start(test_redis *r, const char *password) {
   snprintf(port, sizeof(port), "%d", r->port);
   r->pid = fork();
   if (r->pid == 0) {
-    const char *argv[20] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--dir", r->dir, "--daemonize", "no",
-                            "--loglevel", "warning", "--enable-debug-command", "yes"};
+    const char *argv[20] = {"redis-server", "--port",     port,      "--bind",
+                            "127.0.0.1",    "--save",     "",        "--appendonly",
+                            "no",           "--dir",      r->dir,    "--daemonize",
+                            "no",           "--loglevel", "warning", "--enable-debug-command",
+                            "yes"};
     int n = 17;
     if (password) {
       argv[n++] = "--requirepass";

@@ -306,8 +306,8 @@ static void test_list(void) {
   n = list_all(&active, 100, ids);
   T_EQ_INT(n, 27); /* all but the completed u-1 */
 
-  store_filter combo = {.status_mask = COMMAND_BIT(COMMAND_QUEUED), .type = "echo",
-                        .agent_id = "a1"};
+  store_filter combo = {
+      .status_mask = COMMAND_BIT(COMMAND_QUEUED), .type = "echo", .agent_id = "a1"};
   n = list_all(&combo, 3, ids);
   /* even i, i%3==0, i%5!=0: 6, 12, 18, 24 */
   T_EQ_INT(n, 4);

@@ -86,8 +86,11 @@ static void test_auth_select(void) {
   /* a wrong password never comes up */
   st s1 = {0};
   sm_valkey *bad;
-  sm_valkey_config c1 = {.host = "127.0.0.1", .port = r.port, .password = "wrong",
-                         .backoff_min_s = 0.05, .backoff_max_s = 0.1};
+  sm_valkey_config c1 = {.host = "127.0.0.1",
+                         .port = r.port,
+                         .password = "wrong",
+                         .backoff_min_s = 0.05,
+                         .backoff_max_s = 0.1};
   T_EQ_INT(sm_valkey_create(loop, &c1, on_state, &s1, &bad), 0);
   for (int i = 0; i < 30; i++) {
     usleep(10000);
@@ -137,8 +140,8 @@ static void test_reconnect(void) {
   th_redis_start(&r, NULL);
   st s = {0};
   sm_valkey *v;
-  sm_valkey_config c = {.host = "127.0.0.1", .port = r.port, .backoff_min_s = 0.05,
-                        .backoff_max_s = 0.2};
+  sm_valkey_config c = {
+      .host = "127.0.0.1", .port = r.port, .backoff_min_s = 0.05, .backoff_max_s = 0.2};
   T_EQ_INT(sm_valkey_create(loop, &c, on_state, &s, &v), 0);
   run_until(&s.up, 1, 3000);
   rep p;
@@ -182,8 +185,8 @@ static void test_timeout_and_limit(void) {
   th_redis_start(&r, NULL);
   st s = {0};
   sm_valkey *v;
-  sm_valkey_config c = {.host = "127.0.0.1", .port = r.port, .request_timeout_s = 0.2,
-                        .max_pending = 5};
+  sm_valkey_config c = {
+      .host = "127.0.0.1", .port = r.port, .request_timeout_s = 0.2, .max_pending = 5};
   T_EQ_INT(sm_valkey_create(loop, &c, on_state, &s, &v), 0);
   run_until(&s.up, 1, 3000);
 

@@ -24,8 +24,11 @@ static char *capture(void (*fn)(void)) {
 static void emit_json(void) {
   sm_log_configure(SM_LOG_INFO, SM_LOG_JSON);
   sm_log_debug("t", "hidden", SM_LI("n", 1));
-  sm_log_info("t", "line\nbreak \"q\"", SM_LS("k", "a\x01" "b"), SM_LI("n", -5), SM_LD("d", 0.5),
-              SM_LB("b", 1), SM_LS("null", NULL), SM_LE(SM_ENOENT));
+  sm_log_info("t", "line\nbreak \"q\"",
+              SM_LS("k", "a\x01"
+                         "b"),
+              SM_LI("n", -5), SM_LD("d", 0.5), SM_LB("b", 1), SM_LS("null", NULL),
+              SM_LE(SM_ENOENT));
 }
 
 static void test_json(void) {
