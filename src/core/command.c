@@ -1,6 +1,7 @@
 /* command.c - the command record: validation, JSON forms, ids, statuses. */
 #include "core/command.h"
 
+#include "sched/strategy.h"
 #include "util/err.h"
 
 #include <ctype.h>
@@ -537,6 +538,10 @@ int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen)
   }
   if (!rc)
     rc = get_string(json, "strategy", COMMAND_MAX_TYPE, 0, &c->strategy, &total, err, errlen);
+  if (!rc && c->strategy && !sched_strategy_known(c->strategy))
+    rc = fail(err, errlen, SM_EINVAL,
+              "strategy: unknown (round_robin, least_loaded, capability_match, weighted, "
+              "adaptive, locality)");
   if (!rc) {
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(json, "broadcast");
     if (b != NULL && !cJSON_IsNull(b)) {

@@ -9,6 +9,7 @@
  */
 #include "core/lifecycle.h"
 
+#include "sched/broadcast.h"
 #include "sched/queue.h"
 
 #include "util/err.h"
@@ -25,9 +26,15 @@
 #define LC_RECONNECT_GRACE_MAX_S 60.0 /* reconnect grace when the config says 0 */
 #define LC_SCAN_MAX 64                /* consecutive unplaceable commands a pump looks past */
 #define LC_PUMP_MAX 4096              /* dispatches per loop turn; the rest on the next turn */
+#define LC_PUMP_BUDGET_NS 2000000ULL  /* loop time a pump may take; the rest on the next turn */
+#define LC_BCAST_STEP 1000            /* broadcast children created per loop turn */
 #define LC_RECOVER_PAGE 1000          /* commands per recovery page */
 #define LC_REPLAY_PAGE 1000           /* outbox entries per replay pass */
-#define LC_RETRY_MIN_MS 100           /* first store retry delay */
+#define LC_OUTBOX_SWEEP_MS                                                                         \
+  5000                      /* a replay pass at least this often: a result whose                   \
+                               publish failed without a reconnect following (window                \
+                               full, nack) must not wait for one */
+#define LC_RETRY_MIN_MS 100 /* first store retry delay */
 
 enum lc_state {
   LS_QUEUED = 0, /* in the waiting queue */
@@ -72,6 +79,10 @@ typedef struct lc_cmd {
   /* broadcast parent */
   size_t child_total, child_done, child_lookups;
   size_t child_counts[COMMAND_STATUS_COUNT];
+  sched_bcast_job *plan_job; /* broadcast being planned on the work queue */
+  sched_bcast_plan *plan;    /* planned broadcast whose children are being created */
+  size_t plan_next;          /* next plan entry to create a child for */
+  struct lc_cmd *bnext;      /* list of parents creating children */
 } lc_cmd;
 
 struct lc_agent {
@@ -140,7 +151,8 @@ struct lifecycle {
   int retry_armed;
   int retry_now;
   lc_deferred *def_head, *def_tail;
-  size_t creating; /* submissions at the store */
+  lc_cmd *bcast_head; /* broadcast parents creating their children, a step per loop turn */
+  size_t creating;    /* submissions at the store */
   size_t inflight, held;
   int maintenance;
   int store_up;
@@ -158,10 +170,12 @@ struct lifecycle {
   uv_idle_t tick;
   uv_timer_t due_timer;
   uv_timer_t retry_timer;
+  uv_timer_t sweep_timer; /* periodic outbox replay (LC_OUTBOX_SWEEP_MS) */
   int tick_active;
   int closing;
   int handles_open;
-  size_t ops_pending; /* store operations whose callback has not run */
+  uint64_t sweep_failures_seen; /* publish_failures at the last sweep */
+  size_t ops_pending;           /* store operations whose callback has not run */
   void (*closed)(void *ud);
   void *closed_ud;
 };
@@ -280,6 +294,7 @@ static void uncount(lifecycle *lc, lc_cmd *k) {
   if (a != NULL && a->assigned > 0) {
     a->assigned--;
     agent_recompute(a);
+    sched_notify(lc->strategy, a, SCHED_EV_UPDATE);
   }
 }
 
@@ -290,6 +305,7 @@ static void count_on(lc_cmd *k, agent *a) {
   agent_handle_set(&k->ah, a);
   a->assigned++;
   agent_recompute(a);
+  sched_notify(k->lc->strategy, a, SCHED_EV_UPDATE);
 }
 
 /* Puts k on the list of agent_id (and counts it on a when a is live). */
@@ -385,6 +401,7 @@ static lc_cmd *cmd_track(lifecycle *lc, sm_command *c) {
   k->chain = c->status;
   k->tidx = SCHED_NOT_QUEUED;
   sched_item_init(&k->qi, c->priority, c->deadline, ++lc->seq);
+  k->qi.since_ms = c->created_at; /* aging counts from acceptance, also after a restart */
   if (sm_map_put(&lc->cmds, c->id, strlen(c->id), k) != 0) {
     free(k);
     return NULL;
@@ -399,6 +416,8 @@ static void write_free(lc_write *w) {
 }
 
 static void cmd_free(lifecycle *lc, lc_cmd *k) {
+  sched_bcast_cancel(k->plan_job);
+  sched_bcast_plan_free(k->plan);
   if (sm_map_get(&lc->cmds, k->c->id, strlen(k->c->id)) == k)
     sm_map_del(&lc->cmds, k->c->id, strlen(k->c->id));
   while (k->wq_head) {
@@ -418,7 +437,7 @@ static void closing_release(lifecycle *lc, lc_cmd *k) {
 
 static void maybe_free_cmd(lifecycle *lc, lc_cmd *k) {
   if (k->st == LS_FINAL && k->wq_head == NULL && !k->writing && !k->in_retry &&
-      k->child_lookups == 0)
+      k->child_lookups == 0 && k->plan_job == NULL && k->plan == NULL)
     cmd_free(lc, k);
 }
 
@@ -511,8 +530,9 @@ static void pump(lifecycle *lc) {
   size_t misses = 0, sent = 0;
   lc_cmd *stash = NULL;
   int64_t now = sm_now_ms();
+  uint64_t t0 = uv_hrtime();
   while (sent < LC_PUMP_MAX && misses < LC_SCAN_MAX) {
-    sched_item *it = sched_queue_pop(&lc->q);
+    sched_item *it = sched_queue_pop_at(&lc->q, now);
     if (it == NULL)
       break;
     lc_cmd *k = (lc_cmd *)((char *)it - offsetof(lc_cmd, qi));
@@ -529,15 +549,24 @@ static void pump(lifecycle *lc) {
                         .params = c->params,
                         .nparams = c->nparams,
                         .priority = c->priority,
-                        .max_agent_load = lc->cfg.max_agent_load};
+                        .max_agent_load = lc->cfg.max_agent_load,
+                        .strategy = c->strategy};
     agent *a = NULL;
     int err = sched_pick(lc->strategy, lc->reg, &rq, &a);
+    if (err == SM_EINVAL) { /* a strategy this build does not know (an older record) */
+      finish(k, COMMAND_FAILED, "unknown strategy");
+      continue;
+    }
     if (err == 0) {
       th_remove(lc, k);
       err = dispatch(lc, k, a);
       if (err == 0) {
         sent++;
         misses = 0;
+        if ((sent & 63) == 0 && uv_hrtime() - t0 > LC_PUMP_BUDGET_NS) {
+          tick_schedule(lc); /* keep the loop responsive: the rest on the next turn */
+          break;
+        }
         continue;
       }
       th_set(lc, k, c->deadline);
@@ -565,6 +594,7 @@ static void pump(lifecycle *lc) {
 
 static void run_retries(lifecycle *lc);
 static void recover_page(lifecycle *lc);
+static void bcast_step(lifecycle *lc);
 
 static void tick_cb(uv_idle_t *h) {
   lifecycle *lc = h->data;
@@ -585,6 +615,8 @@ static void tick_cb(uv_idle_t *h) {
     lc->retry_now = 0;
     run_retries(lc);
   }
+  if (lc->bcast_head)
+    bcast_step(lc);
   if (sched_queue_len(&lc->q))
     pump(lc);
   report_accepting(lc);
@@ -845,6 +877,7 @@ static void due_cb(uv_timer_t *t) {
         sm_kv p = {"command_id", k->c->id};
         agent_command ac = {.id = k->c->id, .type = "cancel", .params = &p, .nparams = 1};
         agent_send(a, &ac);
+        sched_report_result(lc->strategy, a, (double)timeout_ms(lc, k->c) / 1000.0, 0);
       }
       char msg[96];
       snprintf(msg, sizeof(msg), "no result within %lld s",
@@ -916,29 +949,160 @@ static void child_running(lifecycle *lc, lc_cmd *child) {
   write_push(p, 0, 0, NULL, NULL);
 }
 
-typedef struct bc_collect {
-  char **ids;
-  size_t n, cap;
-} bc_collect;
-
-static int bc_add(void *ud, agent *a) {
-  bc_collect *b = ud;
-  if (b->n >= COMMAND_MAX_CHILDREN)
-    return 1;
-  if (b->n == b->cap) {
-    size_t ncap = b->cap ? b->cap * 2 : 16;
-    char **n = realloc(b->ids, ncap * sizeof(*n));
-    if (n == NULL)
-      return 1;
-    b->ids = n;
-    b->cap = ncap;
+/* Broadcasts are planned off the loop (sched/broadcast.h): the registry is snapshotted, the work
+ * queue matches the filter and makes the child ids, and the loop applies the plan a step per
+ * turn (LC_BCAST_STEP entries) so tens of thousands of children never stall it: first every
+ * entry is checked against the live registry (an agent that left or re-registered since the
+ * snapshot is skipped) and recorded as a child id, then the parent is written with its
+ * children, then the children are created and queued. */
+static void bcast_planned(void *ud, int err, sched_bcast_plan *plan) {
+  lc_cmd *p = ud;
+  lifecycle *lc = p->lc;
+  p->plan_job = NULL;
+  if (p->st == LS_FINAL) { /* cancelled while planning */
+    sched_bcast_plan_free(plan);
+    maybe_free_cmd(lc, p);
+    return;
   }
-  if ((b->ids[b->n] = strdup(a->id)) != NULL)
-    b->n++;
-  return 0;
+  if (err) {
+    finish(p, COMMAND_FAILED,
+           err == SM_EINVAL ? "filter: min_version is not a semantic version"
+                            : "broadcast planning failed");
+    return;
+  }
+  sm_log_info("lifecycle", "broadcast planned", SM_LS("command_id", p->c->id),
+              SM_LI("agents", plan->snapshot), SM_LI("matched", plan->n),
+              SM_LI("plan_us", (long long)(plan->plan_ms * 1000.0)));
+  p->plan = plan;
+  p->plan_next = 0;
+  p->child_total = 0;
+  free(p->c->children);
+  p->c->children = plan->n ? calloc(plan->n, sizeof(*p->c->children)) : NULL;
+  p->c->nchildren = 0;
+  if (plan->n && p->c->children == NULL) {
+    sched_bcast_plan_free(plan);
+    p->plan = NULL;
+    finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
+    return;
+  }
+  p->bnext = lc->bcast_head;
+  lc->bcast_head = p;
+  tick_schedule(lc);
 }
 
-/* Creates one child per agent matching the parent's filter (status, min_version, max_load, and
+/* Validates plan entries into the parent's children; returns 1 when all are done. */
+static int bcast_validate(lifecycle *lc, lc_cmd *p) {
+  sched_bcast_plan *pl = p->plan;
+  sm_command *c = p->c;
+  size_t end = p->plan_next + LC_BCAST_STEP < pl->n ? p->plan_next + LC_BCAST_STEP : pl->n;
+  for (size_t i = p->plan_next; i < end; i++) {
+    const char *id = pl->agent_id[i];
+    agent *a = agent_registry_find(lc->reg, id, strlen(id));
+    if (a == NULL || a->generation != pl->generation[i] || a->link_ops == NULL)
+      continue; /* stale: left or re-registered since the snapshot */
+    char *cid = strdup(pl->child_id[i]);
+    if (cid == NULL)
+      continue;
+    /* compact in place: entry nchildren of the plan is the agent of child nchildren */
+    pl->agent_id[c->nchildren] = pl->agent_id[i];
+    pl->generation[c->nchildren] = pl->generation[i];
+    memcpy(pl->child_id[c->nchildren], pl->child_id[i], sizeof(pl->child_id[i]));
+    c->children[c->nchildren++] = cid;
+  }
+  p->plan_next = end;
+  return end == pl->n;
+}
+
+/* Creates and queues one child for plan entry i. */
+static void bcast_child(lifecycle *lc, lc_cmd *p, size_t i, int64_t now) {
+  sm_command *c = p->c;
+  const char *id = p->plan->child_id[i];
+  sm_command *ch = command_new();
+  if (ch == NULL || command_set_str(&ch->id, id) || command_set_str(&ch->type, c->type) ||
+      command_set_str(&ch->target_agent, p->plan->agent_id[i]) ||
+      command_set_str(&ch->parent_id, c->id) || command_set_str(&ch->instance, lc->instance)) {
+    command_free(ch);
+    goto lost;
+  }
+  ch->params = calloc(c->nparams ? c->nparams : 1, sizeof(*ch->params));
+  for (size_t j = 0; ch->params && j < c->nparams; j++) {
+    ch->params[j].key = strdup(c->params[j].key);
+    ch->params[j].value = strdup(c->params[j].value);
+    ch->nparams++;
+  }
+  ch->priority = c->priority;
+  ch->timeout_seconds = c->timeout_seconds;
+  ch->deadline = c->deadline;
+  ch->source = c->source;
+  ch->created_at = now;
+  lc_cmd *kc = cmd_track(lc, ch);
+  if (kc == NULL) {
+    command_free(ch);
+    goto lost;
+  }
+  write_push(kc, 1, 0, NULL, NULL);
+  enqueue(lc, kc);
+  return;
+lost:
+  sm_log_error("lifecycle", "broadcast child out of memory", SM_LS("command_id", id));
+  if (p->child_done < p->child_total) {
+    p->child_done++;
+    p->child_counts[COMMAND_FAILED]++;
+  }
+}
+
+/* One step of every broadcast being applied. */
+static void bcast_step(lifecycle *lc) {
+  lc_cmd **pp = &lc->bcast_head;
+  while (*pp) {
+    lc_cmd *p = *pp;
+    int done = 0;
+    if (p->st == LS_FINAL) { /* cancelled meanwhile: children not yet created never will be */
+      done = 1;
+    } else if (p->st != LS_PARENT) {
+      if (bcast_validate(lc, p)) {
+        if (p->c->nchildren == 0) {
+          done = 1;
+          finish(p, COMMAND_FAILED, "no agent matches the broadcast filter");
+        } else {
+          /* the parent (with its children's ids) is written first: a crash in between leaves
+           * children that recovery counts as missing rather than a parent that would
+           * broadcast twice */
+          int64_t now = sm_now_ms();
+          p->c->status = COMMAND_DISPATCHED;
+          p->c->dispatched_at = now;
+          p->st = LS_PARENT;
+          p->child_total = p->c->nchildren;
+          p->plan->n = p->c->nchildren;
+          p->plan_next = 0;
+          write_push(p, 0, 0, NULL, NULL);
+        }
+      }
+    } else {
+      int64_t now = sm_now_ms();
+      size_t end =
+          p->plan_next + LC_BCAST_STEP < p->plan->n ? p->plan_next + LC_BCAST_STEP : p->plan->n;
+      for (size_t i = p->plan_next; i < end; i++)
+        bcast_child(lc, p, i, now);
+      p->plan_next = end;
+      done = end == p->plan->n;
+      parent_aggregate(p);
+    }
+    if (done) {
+      *pp = p->bnext;
+      p->bnext = NULL;
+      sched_bcast_plan_free(p->plan);
+      p->plan = NULL;
+      maybe_free_cmd(lc, p);
+    } else {
+      pp = &p->bnext;
+    }
+  }
+  if (lc->bcast_head)
+    tick_schedule(lc);
+}
+
+/* Plans one child per agent matching the parent's filter (status, min_version, max_load, and
  * capabilities from `capabilities` plus any other filter key). */
 static void bcast_expand(lifecycle *lc, lc_cmd *p) {
   sm_command *c = p->c;
@@ -972,61 +1136,10 @@ static void bcast_expand(lifecycle *lc, lc_cmd *p) {
   }
   f.caps = caps;
   f.ncaps = nc;
-  bc_collect b = {0};
-  agent_registry_foreach(lc->reg, &f, bc_add, &b);
+  int err = sched_bcast_start(lc->loop, lc->reg, &f, COMMAND_MAX_CHILDREN, bcast_planned, p,
+                              &p->plan_job);
   free(caps);
-  if (b.n == 0) {
-    free(b.ids);
-    finish(p, COMMAND_FAILED, "no agent matches the broadcast filter");
-    return;
-  }
-  int64_t now = sm_now_ms();
-  lc_cmd **kids = calloc(b.n, sizeof(*kids));
-  size_t nk = 0;
-  for (size_t i = 0; kids && i < b.n; i++) {
-    sm_command *ch = command_new();
-    char id[COMMAND_ID_LEN + 1];
-    command_idgen_next(&lc->idgen, now, id);
-    if (ch == NULL || command_set_str(&ch->id, id) || command_set_str(&ch->type, c->type) ||
-        command_set_str(&ch->target_agent, b.ids[i]) || command_set_str(&ch->parent_id, c->id) ||
-        command_set_str(&ch->instance, lc->instance) || command_add_child(c, id)) {
-      command_free(ch);
-      break;
-    }
-    ch->params = calloc(c->nparams ? c->nparams : 1, sizeof(*ch->params));
-    for (size_t j = 0; ch->params && j < c->nparams; j++) {
-      ch->params[j].key = strdup(c->params[j].key);
-      ch->params[j].value = strdup(c->params[j].value);
-      ch->nparams++;
-    }
-    ch->priority = c->priority;
-    ch->timeout_seconds = c->timeout_seconds;
-    ch->deadline = c->deadline;
-    ch->source = c->source;
-    ch->created_at = now;
-    lc_cmd *kc = cmd_track(lc, ch);
-    if (kc == NULL) {
-      command_free(ch);
-      break;
-    }
-    kids[nk++] = kc;
-  }
-  for (size_t i = 0; i < b.n; i++)
-    free(b.ids[i]);
-  free(b.ids);
-  /* the parent (with its children's ids) is written first: a crash in between leaves children
-   * that recovery counts as missing rather than a parent that would broadcast twice */
-  c->status = COMMAND_DISPATCHED;
-  c->dispatched_at = now;
-  p->st = LS_PARENT;
-  p->child_total = nk;
-  write_push(p, 0, 0, NULL, NULL);
-  for (size_t i = 0; i < nk; i++) {
-    write_push(kids[i], 1, 0, NULL, NULL);
-    enqueue(lc, kids[i]);
-  }
-  free(kids);
-  if (nk == 0)
+  if (err)
     finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
 }
 
@@ -1041,6 +1154,7 @@ static void ev_register(void *ud, agent *a, int replaced) {
       k->counted = 0;
       count_on(k, a);
     }
+    sched_notify(lc->strategy, a, SCHED_EV_REGISTER);
     /* a new agent may take parked commands */
     while (lc->parked_head) {
       lc_cmd *k = lc->parked_head;
@@ -1080,6 +1194,7 @@ static void ev_unregister(void *ud, agent *a, int reason) {
         k->counted = 0; /* held: waits for the agent to come back */
       k = next;
     }
+    sched_notify(lc->strategy, a, SCHED_EV_UNREGISTER);
   }
   if (lc->cfg.agent_events.on_unregister)
     lc->cfg.agent_events.on_unregister(lc->cfg.agent_events.ud, a, reason);
@@ -1087,6 +1202,8 @@ static void ev_unregister(void *ud, agent *a, int reason) {
 
 static void ev_update(void *ud, agent *a) {
   lifecycle *lc = ud;
+  if (!lc->closing)
+    sched_notify(lc->strategy, a, SCHED_EV_UPDATE);
   if (!lc->closing && sched_queue_len(&lc->q))
     tick_schedule(lc); /* the agent's load may have dropped */
   if (lc->cfg.agent_events.on_update)
@@ -1135,6 +1252,10 @@ static void handle_result(lifecycle *lc, agent *a, const agent_result *r) {
     }
     return;
   }
+  int64_t from = k->c->started_at ? k->c->started_at : k->c->dispatched_at;
+  if (from > 0) /* feeds the adaptive strategy: how long and how well this agent ran it */
+    sched_report_result(lc->strategy, a, (double)(sm_now_ms() - from) / 1000.0,
+                        fin == COMMAND_COMPLETED);
   int64_t at = r->completed_at > 0 ? r->completed_at * 1000 : sm_now_ms();
   if (command_set_result(k->c, s, r->data, r->ndata, r->error && *r->error ? r->error : NULL, at) !=
       0)
@@ -1343,6 +1464,15 @@ void lifecycle_outbox_replay(lifecycle *lc) {
   }
   lc->replaying = 1;
   lc->ops_pending++;
+}
+
+static void sweep_cb(uv_timer_t *t);
+static void sweep_cb(uv_timer_t *t) {
+  lifecycle *lc = t->data;
+  if (lc->stats.publish_failures != lc->sweep_failures_seen || lc->pub_inflight == 0) {
+    lc->sweep_failures_seen = lc->stats.publish_failures;
+    lifecycle_outbox_replay(lc);
+  }
 }
 
 /* ---- recovery ----------------------------------------------------------------------------- */
@@ -1743,16 +1873,19 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   lc->cfg.instance = lc->instance;
   lc->cfg.result_queue = lc->result_queue;
   if (strategy == NULL) {
-    int err = sched_least_loaded_create(&strategy);
+    sched_set_config sc = {.default_strategy = "least_loaded",
+                           .max_agent_load = lc->cfg.max_agent_load};
+    int err = sched_set_create(loop, &sc, &strategy);
     if (err) {
       free(lc->instance);
       free(lc->result_queue);
       free(lc);
       return err;
     }
-    lc->own_strategy = 1;
   }
+  lc->own_strategy = 1; /* given or made here: the lifecycle destroys it */
   lc->strategy = strategy;
+  sched_sync(strategy, reg); /* agents that registered before the lifecycle existed */
   lc->reg = reg;
   lc->st = st;
   if (publisher) {
@@ -1770,8 +1903,10 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   uv_idle_init(loop, &lc->tick);
   uv_timer_init(loop, &lc->due_timer);
   uv_timer_init(loop, &lc->retry_timer);
+  uv_timer_init(loop, &lc->sweep_timer);
+  lc->sweep_timer.data = lc;
   lc->tick.data = lc->due_timer.data = lc->retry_timer.data = lc;
-  lc->handles_open = 3;
+  lc->handles_open = 4;
   agent_registry_events ev = {.on_register = ev_register,
                               .on_unregister = ev_unregister,
                               .on_update = ev_update,
@@ -1788,6 +1923,8 @@ int lifecycle_start(lifecycle *lc) {
   if (err)
     return err;
   lifecycle_outbox_replay(lc);
+  if (lc->has_pub)
+    uv_timer_start(&lc->sweep_timer, sweep_cb, LC_OUTBOX_SWEEP_MS, LC_OUTBOX_SWEEP_MS);
   tick_schedule(lc);
   return 0;
 }
@@ -1851,6 +1988,8 @@ void lifecycle_close(lifecycle *lc, void (*closed)(void *ud), void *ud) {
   for (size_t i = 0; i < nk; i++) {
     lc_cmd *k = all[i];
     k->ag = NULL;
+    sched_bcast_cancel(k->plan_job); /* its callback must not run after close */
+    k->plan_job = NULL;
     closing_release(lc, k);
   }
   for (size_t i = 0; i < np; i++) {
@@ -1873,4 +2012,5 @@ void lifecycle_close(lifecycle *lc, void (*closed)(void *ud), void *ud) {
   uv_close((uv_handle_t *)&lc->tick, handle_closed);
   uv_close((uv_handle_t *)&lc->due_timer, handle_closed);
   uv_close((uv_handle_t *)&lc->retry_timer, handle_closed);
+  uv_close((uv_handle_t *)&lc->sweep_timer, handle_closed);
 }

@@ -242,10 +242,19 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
       .on_store_state = on_store_state,
       .hook_ud = m,
   };
-  /* NULL strategy: the lifecycle creates and owns least_loaded placement; the orchestration
-   * issue (LOAD_BALANCING_STRATEGY) brings the others. */
-  err = lifecycle_create(m->loop, &lc, m->registry, m->store, m->publisher ? &lp : NULL, NULL,
+  /* LOAD_BALANCING_STRATEGY is the default of the strategy set; a command's `strategy`
+   * overrides it. The lifecycle owns the set from here on (it destroys it on close). */
+  sched_strategy *strategy = NULL;
+  sched_set_config sc = {.default_strategy = s->lb_strategy, .max_agent_load = s->max_agent_load};
+  err = sched_set_create(m->loop, &sc, &strategy);
+  if (err) {
+    sm_log_error("manager", "LOAD_BALANCING_STRATEGY: cannot use it", SM_LE(err));
+    return err;
+  }
+  err = lifecycle_create(m->loop, &lc, m->registry, m->store, m->publisher ? &lp : NULL, strategy,
                          &m->lifecycle);
+  if (err)
+    sched_strategy_destroy(strategy);
   if (err) {
     sm_log_error("manager", "lifecycle setup failed", SM_LE(err));
     return err;

@@ -1,20 +1,29 @@
-/* queue.c - the waiting queue (an indexed binary heap). */
+/* queue.c - the waiting queue: two indexed binary heaps over the same items (priority, age). */
 #include "sched/queue.h"
 
 #include "util/err.h"
+#include "util/timeutil.h"
 
 #include <stdlib.h>
 
 void sched_queue_init(sched_queue *q, size_t limit) {
   q->heap = NULL;
+  q->aheap = NULL;
   q->len = 0;
   q->cap = 0;
   q->limit = limit;
+  q->aging_ms = SCHED_AGING_DEFAULT_MS;
+  q->aged = 0;
+}
+
+void sched_queue_set_aging(sched_queue *q, int64_t aging_ms) {
+  q->aging_ms = aging_ms;
 }
 
 void sched_queue_finish(sched_queue *q) {
   free(q->heap);
-  q->heap = NULL;
+  free(q->aheap);
+  q->heap = q->aheap = NULL;
   q->len = q->cap = 0;
 }
 
@@ -22,7 +31,9 @@ void sched_item_init(sched_item *it, int priority, int64_t deadline, uint64_t se
   it->priority = priority;
   it->deadline = deadline;
   it->seq = seq;
+  it->since_ms = 0;
   it->idx = SCHED_NOT_QUEUED;
+  it->aidx = SCHED_NOT_QUEUED;
 }
 
 int sched_item_before(const sched_item *a, const sched_item *b) {
@@ -36,38 +47,56 @@ int sched_item_before(const sched_item *a, const sched_item *b) {
   return a->seq < b->seq;
 }
 
-static void place(sched_queue *q, size_t i, sched_item *it) {
-  q->heap[i] = it;
-  it->idx = i;
+static int older(const sched_item *a, const sched_item *b) {
+  if (a->since_ms != b->since_ms)
+    return a->since_ms < b->since_ms;
+  return a->seq < b->seq;
 }
 
-static void sift_up(sched_queue *q, size_t i) {
-  sched_item *it = q->heap[i];
+/* One heap routine for both orders: `age` selects the array, the index field and the order. */
+static void place(sched_queue *q, int age, size_t i, sched_item *it) {
+  if (age) {
+    q->aheap[i] = it;
+    it->aidx = i;
+  } else {
+    q->heap[i] = it;
+    it->idx = i;
+  }
+}
+
+static int before(int age, const sched_item *a, const sched_item *b) {
+  return age ? older(a, b) : sched_item_before(a, b);
+}
+
+static void sift_up(sched_queue *q, int age, size_t i) {
+  sched_item **h = age ? q->aheap : q->heap;
+  sched_item *it = h[i];
   while (i > 0) {
     size_t parent = (i - 1) / 2;
-    if (!sched_item_before(it, q->heap[parent]))
+    if (!before(age, it, h[parent]))
       break;
-    place(q, i, q->heap[parent]);
+    place(q, age, i, h[parent]);
     i = parent;
   }
-  place(q, i, it);
+  place(q, age, i, it);
 }
 
-static void sift_down(sched_queue *q, size_t i) {
-  sched_item *it = q->heap[i];
+static void sift_down(sched_queue *q, int age, size_t i) {
+  sched_item **h = age ? q->aheap : q->heap;
+  sched_item *it = h[i];
   for (;;) {
     size_t l = 2 * i + 1, best = i;
     const sched_item *bi = it;
-    if (l < q->len && sched_item_before(q->heap[l], bi))
-      best = l, bi = q->heap[l];
-    if (l + 1 < q->len && sched_item_before(q->heap[l + 1], bi))
+    if (l < q->len && before(age, h[l], bi))
+      best = l, bi = h[l];
+    if (l + 1 < q->len && before(age, h[l + 1], bi))
       best = l + 1;
     if (best == i)
       break;
-    place(q, i, q->heap[best]);
+    place(q, age, i, h[best]);
     i = best;
   }
-  place(q, i, it);
+  place(q, age, i, it);
 }
 
 static int insert(sched_queue *q, sched_item *it) {
@@ -79,10 +108,19 @@ static int insert(sched_queue *q, sched_item *it) {
     if (n == NULL)
       return SM_ENOMEM;
     q->heap = n;
+    n = realloc(q->aheap, ncap * sizeof(*n));
+    if (n == NULL)
+      return SM_ENOMEM; /* heap keeps its larger size; cap grows on the next try */
+    q->aheap = n;
     q->cap = ncap;
   }
-  place(q, q->len++, it);
-  sift_up(q, it->idx);
+  if (it->since_ms == 0)
+    it->since_ms = sm_now_ms();
+  size_t i = q->len++;
+  place(q, 0, i, it);
+  place(q, 1, i, it);
+  sift_up(q, 0, it->idx);
+  sift_up(q, 1, it->aidx);
   return 0;
 }
 
@@ -96,31 +134,57 @@ int sched_queue_requeue(sched_queue *q, sched_item *it) {
   return insert(q, it);
 }
 
+sched_item *sched_queue_peek_at(const sched_queue *q, int64_t now_ms) {
+  if (q->len == 0)
+    return NULL;
+  sched_item *old = q->aheap[0];
+  if (q->aging_ms > 0 && now_ms - old->since_ms >= q->aging_ms)
+    return old;
+  return q->heap[0];
+}
+
 sched_item *sched_queue_peek(const sched_queue *q) {
-  return q->len ? q->heap[0] : NULL;
+  return sched_queue_peek_at(q, sm_now_ms());
+}
+
+/* Removes position i of one heap, moving the last item into it. */
+static void heap_del(sched_queue *q, int age, size_t i, size_t newlen) {
+  sched_item **h = age ? q->aheap : q->heap;
+  sched_item *last = h[newlen];
+  if (i < newlen) {
+    place(q, age, i, last);
+    if (i > 0 && before(age, last, h[(i - 1) / 2]))
+      sift_up(q, age, i);
+    else
+      sift_down(q, age, i);
+  }
 }
 
 int sched_queue_remove(sched_queue *q, sched_item *it) {
-  size_t i = it->idx;
+  size_t i = it->idx, ai = it->aidx;
   if (i == SCHED_NOT_QUEUED || i >= q->len || q->heap[i] != it)
     return 0;
   it->idx = SCHED_NOT_QUEUED;
-  sched_item *last = q->heap[--q->len];
-  if (i < q->len) {
-    place(q, i, last);
-    if (i > 0 && sched_item_before(last, q->heap[(i - 1) / 2]))
-      sift_up(q, i);
-    else
-      sift_down(q, i);
-  }
+  it->aidx = SCHED_NOT_QUEUED;
+  size_t n = --q->len;
+  /* sift routines bound themselves by q->len, already the new length */
+  heap_del(q, 0, i, n);
+  heap_del(q, 1, ai, n);
   return 1;
 }
 
-sched_item *sched_queue_pop(sched_queue *q) {
-  sched_item *it = sched_queue_peek(q);
-  if (it)
+sched_item *sched_queue_pop_at(sched_queue *q, int64_t now_ms) {
+  sched_item *it = sched_queue_peek_at(q, now_ms);
+  if (it) {
+    if (q->len && it == q->aheap[0] && it != q->heap[0])
+      q->aged++;
     sched_queue_remove(q, it);
+  }
   return it;
+}
+
+sched_item *sched_queue_pop(sched_queue *q) {
+  return sched_queue_pop_at(q, sm_now_ms());
 }
 
 size_t sched_queue_len(const sched_queue *q) {

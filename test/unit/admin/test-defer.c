@@ -104,9 +104,12 @@ static void on_c_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
 
 static void on_c_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   client *c = s->data;
-  if (n > 0)
+  if (n > 0) {
     T_EQ_INT(admin_buf_append(&c->in, b->base, (size_t)n), 0);
-  else if (n < 0) {
+    /* Keep the bytes NUL-terminated: the parser below uses atoi/atol on them. */
+    T_EQ_INT(admin_buf_append(&c->in, "", 1), 0);
+    c->in.len--;
+  } else if (n < 0) {
     c->eof = 1;
     uv_read_stop(s);
   }

@@ -93,6 +93,12 @@ static agent *attach(agent_registry *reg, const char *id, const char *caps, cons
   return a;
 }
 
+/* The strategy set is told about every change (the lifecycle forwards registry events). */
+static void upd(sched_strategy *s, agent *a) {
+  a->load = agent_load_compute(a);
+  sched_notify(s, a, SCHED_EV_UPDATE);
+}
+
 static void test_least_loaded(void) {
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -100,17 +106,19 @@ static void test_least_loaded(void) {
   agent_registry *reg;
   T_EQ_INT(agent_registry_create(&loop, &rc, &reg), 0);
   sched_strategy *s;
-  T_EQ_INT(sched_least_loaded_create(&s), 0);
+  sched_set_config sc = {.default_strategy = "least_loaded", .max_agent_load = 0.8};
+  T_EQ_INT(sched_set_create(&loop, &sc, &s), 0);
   sched_request rq = {.max_agent_load = 0.8};
   agent *out = NULL;
   T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT); /* nobody */
   agent *a = attach(reg, "a", "scan_type=nmap", "2");
   agent *b = attach(reg, "b", "os=linux", "1");
+  sched_sync(s, reg);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
   T_ASSERT(out == a || out == b);
   /* least loaded: a has one of two slots in use (load 0.5), b none */
   a->assigned = 1;
-  a->load = agent_load_compute(a);
+  upd(s, a);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
   T_ASSERT(out == b);
   /* capabilities: only a */
@@ -120,7 +128,7 @@ static void test_least_loaded(void) {
   T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
   T_ASSERT(out == a);
   a->assigned = 2; /* at max_concurrent */
-  a->load = agent_load_compute(a);
+  upd(s, a);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
   sm_kv nocap = {"scan_type", "masscan"};
   rq.caps = &nocap;
@@ -130,17 +138,22 @@ static void test_least_loaded(void) {
   /* MAX_AGENT_LOAD: b at 0.9 cpu is not eligible, a is full */
   agent_heartbeat hb = {.cpu_usage = 90};
   agent_registry_heartbeat(reg, b, &hb);
+  upd(s, b);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
   hb.cpu_usage = 10;
   agent_registry_heartbeat(reg, b, &hb);
+  upd(s, b);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
   T_ASSERT(out == b);
   /* maintenance and error are skipped */
   agent_registry_touch(reg, b, AGENT_MAINTENANCE, NULL, 0);
+  upd(s, b);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
   agent_registry_touch(reg, b, AGENT_ERROR, NULL, 0);
+  upd(s, b);
   T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
   agent_registry_touch(reg, b, AGENT_BUSY, NULL, 0);
+  upd(s, b);
   /* explicit agent */
   rq.agent_id = "a";
   T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
@@ -149,14 +162,11 @@ static void test_least_loaded(void) {
   rq.agent_id = "b";
   T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
   T_ASSERT(out == b);
-  /* ties: fewest assigned */
+  /* an unknown per-command strategy */
   rq.agent_id = NULL;
-  a->assigned = 0;
-  a->max_concurrent = 4;
-  a->cpu_usage = 0;
-  a->load = 0;
-  b->load = 0;
-  b->cpu_usage = 0;
+  rq.strategy = "fastest";
+  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EINVAL);
+  rq.strategy = "round_robin";
   T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
   sched_strategy_destroy(s);
   agent_registry_destroy(reg);
@@ -164,10 +174,43 @@ static void test_least_loaded(void) {
   uv_loop_close(&loop);
 }
 
+/* Aging: a low-priority item that waited aging_ms goes before newer high-priority ones. */
+static void test_aging(void) {
+  sched_queue q;
+  sched_queue_init(&q, 100);
+  sched_queue_set_aging(&q, 1000);
+  sched_item low, hi[3];
+  sched_item_init(&low, 0, 0, 1);
+  low.since_ms = 10000;
+  T_EQ_INT(sched_queue_push(&q, &low), 0);
+  for (int i = 0; i < 3; i++) {
+    sched_item_init(&hi[i], 9, 0, (uint64_t)(2 + i));
+    hi[i].since_ms = 10500 + i;
+    T_EQ_INT(sched_queue_push(&q, &hi[i]), 0);
+  }
+  T_ASSERT(sched_queue_peek_at(&q, 10900) == &hi[0]); /* not aged yet: priority order */
+  T_ASSERT(sched_queue_pop_at(&q, 10900) == &hi[0]);
+  T_ASSERT(sched_queue_pop_at(&q, 11000) == &low); /* waited 1000 ms: goes first */
+  T_EQ_INT(q.aged, 1);
+  T_ASSERT(sched_queue_pop_at(&q, 11000) == &hi[1]);
+  /* a requeued item keeps its age */
+  T_EQ_INT(sched_queue_requeue(&q, &low), 0);
+  T_ASSERT(sched_queue_pop_at(&q, 11001) == &low);
+  T_ASSERT(sched_queue_pop_at(&q, 11001) == &hi[2]);
+  T_ASSERT(sched_queue_pop_at(&q, 11001) == NULL);
+  /* aging off */
+  sched_queue_set_aging(&q, 0);
+  T_EQ_INT(sched_queue_push(&q, &low), 0);
+  T_EQ_INT(sched_queue_push(&q, &hi[0]), 0);
+  T_ASSERT(sched_queue_pop_at(&q, INT64_MAX / 2) == &hi[0]);
+  sched_queue_finish(&q);
+}
+
 int main(void) {
   T_RUN(test_order);
   T_RUN(test_limit);
   T_RUN(test_random_remove);
   T_RUN(test_least_loaded);
+  T_RUN(test_aging);
   return t_done();
 }

@@ -1,0 +1,744 @@
+/* sm-e2e.c - the load generator and result checker of bench/e2e/run.sh.
+ *
+ *   sm-e2e raw  --amqp-port P --queue Q --n N [--size S] [--window W]
+ *       the broker alone: one connection publishes N persistent messages of S bytes with
+ *       publisher confirms (at most W unconfirmed), another consumes them with acks, at the same
+ *       time; the rate is N over first publish .. last delivery.
+ *   sm-e2e rest --admin-port P --amqp-port P --result-queue R --n N --prefix X
+ *               [--conns C] [--batch B] [--sink]
+ *       C threads, each on one keep-alive connection, POST /api/commands arrays of B echo
+ *       commands with client ids X-0 .. X-(N-1) (429/503 answers are retried after 20 ms with the
+ *       same ids, so the repeat is idempotent); then waits until the result queue holds N
+ *       messages and drains it (see below). With --sink the submitter runs against an in-process
+ *       HTTP sink that answers 202 at once: the submitter's own ceiling.
+ *   sm-e2e amqp --amqp-port P --command-queue Q --result-queue R --n N --prefix X [--window W]
+ *       the same N commands published (persistent, confirmed, at most W unconfirmed) to the
+ *       command queue while the manager runs, then the same wait and drain.
+ *
+ * The drain consumes the result queue until every id X-i was seen and the queue stayed empty for
+ * a second; it reports missing ids, duplicates, statuses other than completed, and p50/p99 of
+ * completed_at - created_at (both RFC 3339 with milliseconds, from the manager's clock).
+ * Every mode prints one line of key=value pairs on stdout; progress goes to stderr.
+ */
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_BATCH 1000
+#define WAIT_STALL_S 60.0 /* give up waiting for results after this long without progress */
+
+static void die(const char *what) {
+  fprintf(stderr, "sm-e2e: %s\n", what);
+  exit(2);
+}
+
+/* Monotonic seconds, for rates. */
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wall clock in milliseconds, comparable with the manager's timestamps. */
+static double wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- options ---- */
+
+typedef struct {
+  const char *mode;
+  int amqp_port, admin_port;
+  const char *queue, *command_queue, *result_queue, *prefix;
+  long n;
+  int size, window, conns, batch, sink;
+} opts;
+
+static void parse_opts(opts *o, int argc, char **argv) {
+  memset(o, 0, sizeof(*o));
+  o->size = 100;
+  o->window = 1000;
+  o->conns = 4;
+  o->batch = MAX_BATCH;
+  o->prefix = "c";
+  if (argc < 2)
+    die("usage: sm-e2e raw|rest|amqp [options] (see the comment at the top of sm-e2e.c)");
+  o->mode = argv[1];
+  for (int i = 2; i < argc; i++) {
+    const char *k = argv[i];
+    if (strcmp(k, "--sink") == 0) {
+      o->sink = 1;
+      continue;
+    }
+    if (i + 1 >= argc)
+      die("option without a value");
+    const char *v = argv[++i];
+    if (strcmp(k, "--amqp-port") == 0)
+      o->amqp_port = atoi(v);
+    else if (strcmp(k, "--admin-port") == 0)
+      o->admin_port = atoi(v);
+    else if (strcmp(k, "--queue") == 0)
+      o->queue = v;
+    else if (strcmp(k, "--command-queue") == 0)
+      o->command_queue = v;
+    else if (strcmp(k, "--result-queue") == 0)
+      o->result_queue = v;
+    else if (strcmp(k, "--prefix") == 0)
+      o->prefix = v;
+    else if (strcmp(k, "--n") == 0)
+      o->n = atol(v);
+    else if (strcmp(k, "--size") == 0)
+      o->size = atoi(v);
+    else if (strcmp(k, "--window") == 0)
+      o->window = atoi(v);
+    else if (strcmp(k, "--conns") == 0)
+      o->conns = atoi(v);
+    else if (strcmp(k, "--batch") == 0)
+      o->batch = atoi(v);
+    else
+      die("unknown option");
+  }
+  if (o->n <= 0 || o->window <= 0 || o->conns <= 0 || o->batch <= 0 || o->batch > MAX_BATCH ||
+      o->size < 16)
+    die("bad --n, --window, --conns, --batch or --size");
+}
+
+/* ---- AMQP helpers (blocking rabbitmq-c, one channel per connection) ---- */
+
+static void check_rpc(amqp_connection_state_t c, const char *what) {
+  amqp_rpc_reply_t r = amqp_get_rpc_reply(c);
+  if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+    fprintf(stderr, "sm-e2e: AMQP %s failed (reply type %d, library error %s)\n", what,
+            (int)r.reply_type, amqp_error_string2(r.library_error));
+    exit(2);
+  }
+}
+
+static amqp_connection_state_t amqp_open(int port) {
+  amqp_connection_state_t c = amqp_new_connection();
+  amqp_socket_t *s = amqp_tcp_socket_new(c);
+  if (!s || amqp_socket_open(s, "127.0.0.1", port) != AMQP_STATUS_OK)
+    die("cannot connect to the broker");
+  amqp_rpc_reply_t r = amqp_login(c, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest", "guest");
+  if (r.reply_type != AMQP_RESPONSE_NORMAL)
+    die("AMQP login failed");
+  amqp_channel_open(c, 1);
+  check_rpc(c, "channel.open");
+  return c;
+}
+
+static void amqp_close_all(amqp_connection_state_t c) {
+  amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+  amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(c);
+}
+
+/* Declares a durable queue (or checks it with passive) and returns its message count. */
+static long queue_declare(amqp_connection_state_t c, const char *q, int passive) {
+  amqp_queue_declare_ok_t *ok =
+      amqp_queue_declare(c, 1, amqp_cstring_bytes(q), passive, 1, 0, 0, amqp_empty_table);
+  check_rpc(c, "queue.declare");
+  return ok ? (long)ok->message_count : -1;
+}
+
+static void queue_purge(amqp_connection_state_t c, const char *q) {
+  amqp_queue_purge(c, 1, amqp_cstring_bytes(q));
+  check_rpc(c, "queue.purge");
+}
+
+/* Fills buf with message i (at most cap bytes) and returns its length. */
+typedef size_t (*body_fn)(long i, char *buf, size_t cap, const void *ud);
+
+/* Publishes n persistent messages to q with publisher confirms, keeping at most window
+ * unconfirmed. Returns the number of nacks. */
+static long publish_confirmed(amqp_connection_state_t c, const char *q, long n, int window,
+                              body_fn body, const void *ud) {
+  amqp_confirm_select(c, 1);
+  check_rpc(c, "confirm.select");
+  amqp_basic_properties_t props;
+  memset(&props, 0, sizeof(props));
+  props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+  props.content_type = amqp_cstring_bytes("application/json");
+  props.delivery_mode = 2;
+  char buf[4096];
+  long sent = 0, acked = 0, nacks = 0;
+  while (acked < n) {
+    while (sent < n && sent - acked < window) {
+      size_t len = body(sent, buf, sizeof(buf), ud);
+      amqp_bytes_t b = {len, buf};
+      if (amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0, &props, b) !=
+          AMQP_STATUS_OK)
+        die("basic.publish failed");
+      sent++;
+      if (sent % 64 == 0 && !amqp_frames_enqueued(c) && !amqp_data_in_buffer(c))
+        break; /* look at the confirms now and then even when the window has room */
+    }
+    /* Block only when nothing more may be sent. */
+    struct timeval zero = {0, 0};
+    int blocking = sent >= n || sent - acked >= window;
+    for (;;) {
+      amqp_frame_t f;
+      int st =
+          blocking ? amqp_simple_wait_frame(c, &f) : amqp_simple_wait_frame_noblock(c, &f, &zero);
+      if (st == AMQP_STATUS_TIMEOUT)
+        break;
+      if (st != AMQP_STATUS_OK)
+        die("waiting for publisher confirms failed");
+      blocking = 0;
+      if (f.frame_type != AMQP_FRAME_METHOD)
+        continue;
+      if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+        amqp_basic_ack_t *a = f.payload.method.decoded;
+        long tag = (long)a->delivery_tag;
+        acked = a->multiple ? tag : (tag > acked ? tag : acked);
+      } else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
+        amqp_basic_nack_t *a = f.payload.method.decoded;
+        long tag = (long)a->delivery_tag;
+        long to = a->multiple ? tag : (tag > acked ? tag : acked);
+        nacks += to - acked;
+        acked = to;
+      } else if (f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
+                 f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
+        die("the broker closed the channel while publishing");
+      }
+      if (!amqp_frames_enqueued(c) && !amqp_data_in_buffer(c))
+        blocking = 0;
+    }
+  }
+  return nacks;
+}
+
+/* ---- raw broker baseline ---- */
+
+typedef struct {
+  int port;
+  const char *queue;
+  long n;
+  double t_last;
+  long got;
+} raw_consumer;
+
+static void start_consume(amqp_connection_state_t c, const char *q, uint16_t prefetch) {
+  amqp_basic_qos(c, 1, 0, prefetch, 0);
+  check_rpc(c, "basic.qos");
+  amqp_basic_consume(c, 1, amqp_cstring_bytes(q), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+  check_rpc(c, "basic.consume");
+}
+
+static void *raw_consume(void *arg) {
+  raw_consumer *rc = arg;
+  amqp_connection_state_t c = amqp_open(rc->port);
+  start_consume(c, rc->queue, 1000);
+  while (rc->got < rc->n) {
+    amqp_envelope_t env;
+    struct timeval tv = {30, 0};
+    amqp_maybe_release_buffers(c);
+    amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+      die("raw consumer: no delivery within 30 s");
+    rc->got++;
+    if (rc->got % 100 == 0 || rc->got == rc->n)
+      amqp_basic_ack(c, 1, env.delivery_tag, 1);
+    amqp_destroy_envelope(&env);
+  }
+  rc->t_last = mono_s();
+  amqp_close_all(c);
+  return NULL;
+}
+
+static size_t raw_body(long i, char *buf, size_t cap, const void *ud) {
+  int size = *(const int *)ud;
+  size_t len = (size_t)size < cap ? (size_t)size : cap;
+  int k = snprintf(buf, len, "{\"i\":%ld,\"pad\":\"", i);
+  memset(buf + k, 'x', len - (size_t)k - 2);
+  memcpy(buf + len - 2, "\"}", 2);
+  return len;
+}
+
+static int mode_raw(const opts *o) {
+  if (!o->queue)
+    die("raw needs --queue");
+  amqp_connection_state_t c = amqp_open(o->amqp_port);
+  queue_declare(c, o->queue, 0);
+  queue_purge(c, o->queue);
+  raw_consumer rc = {.port = o->amqp_port, .queue = o->queue, .n = o->n};
+  pthread_t th;
+  pthread_create(&th, NULL, raw_consume, &rc);
+  usleep(200000); /* the consumer is subscribed before the first publish */
+  double t0 = mono_s();
+  long nacks = publish_confirmed(c, o->queue, o->n, o->window, raw_body, &o->size);
+  double t_pub = mono_s();
+  pthread_join(th, NULL);
+  amqp_close_all(c);
+  printf("mode=raw n=%ld size=%d window=%d nacks=%ld publish_confirmed_per_s=%.0f "
+         "publish_consume_per_s=%.0f seconds=%.2f\n",
+         o->n, o->size, o->window, nacks, (double)o->n / (t_pub - t0),
+         (double)o->n / (rc.t_last - t0), rc.t_last - t0);
+  return 0;
+}
+
+/* ---- commands ---- */
+
+static size_t command_json(const char *prefix, long i, char *buf, size_t cap) {
+  return (size_t)snprintf(buf, cap,
+                          "{\"id\":\"%s-%ld\",\"type\":\"echo\",\"params\":{\"n\":\"%ld\"},"
+                          "\"timeout_seconds\":60}",
+                          prefix, i, i);
+}
+
+static size_t command_body(long i, char *buf, size_t cap, const void *ud) {
+  return command_json((const char *)ud, i, buf, cap);
+}
+
+/* ---- waiting for and draining results ---- */
+
+/* Polls the result queue's message count until it reaches n (or stops growing for
+ * WAIT_STALL_S); returns the monotonic time it was first seen at n. */
+static double wait_results(int port, const char *q, long n, long *seen) {
+  amqp_connection_state_t c = amqp_open(port);
+  long last = -1;
+  double t_change = mono_s(), t_log = 0;
+  for (;;) {
+    long cnt = queue_declare(c, q, 1);
+    double now = mono_s();
+    if (cnt >= n) {
+      *seen = cnt;
+      amqp_close_all(c);
+      return now;
+    }
+    if (cnt != last) {
+      last = cnt;
+      t_change = now;
+    }
+    if (now - t_change > WAIT_STALL_S) {
+      fprintf(stderr, "sm-e2e: result queue stuck at %ld of %ld\n", cnt, n);
+      *seen = cnt;
+      amqp_close_all(c);
+      return now;
+    }
+    if (now - t_log > 5) {
+      fprintf(stderr, "sm-e2e: %ld of %ld results published\n", cnt, n);
+      t_log = now;
+    }
+    usleep(20000);
+  }
+}
+
+/* "2026-11-28T07:57:08.123Z" -> unix milliseconds; -1 if malformed. */
+static double parse_ts(const cJSON *v) {
+  if (!cJSON_IsString(v))
+    return -1;
+  struct tm tm;
+  memset(&tm, 0, sizeof(tm));
+  int ms = 0;
+  if (sscanf(v->valuestring, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+             &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6)
+    return -1;
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return (double)timegm(&tm) * 1e3 + ms;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+typedef struct {
+  long unique, dups, foreign, not_completed, bad;
+  double p50, p99, max_lat, max_completed_ms, min_created_ms;
+} drain_stats;
+
+static void drain(int port, const char *q, const char *prefix, long n, drain_stats *ds) {
+  memset(ds, 0, sizeof(*ds));
+  ds->min_created_ms = 1e18;
+  unsigned char *seen = calloc((size_t)n, 1);
+  double *lat = malloc(sizeof(double) * (size_t)n);
+  if (!seen || !lat)
+    die("out of memory");
+  size_t plen = strlen(prefix);
+  amqp_connection_state_t c = amqp_open(port);
+  start_consume(c, q, 2000);
+  long got = 0, nlat = 0;
+  for (;;) {
+    amqp_envelope_t env;
+    struct timeval tv = {ds->unique < n ? 30 : 1, 0};
+    amqp_maybe_release_buffers(c);
+    amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+      break; /* idle: 1 s once all were seen, 30 s otherwise */
+    if (++got % 500 == 0)
+      amqp_basic_ack(c, 1, env.delivery_tag, 1);
+    else if (ds->unique >= n - 1)
+      amqp_basic_ack(c, 1, env.delivery_tag, 1);
+    cJSON *doc = cJSON_ParseWithLength(env.message.body.bytes, env.message.body.len);
+    const cJSON *id = doc ? cJSON_GetObjectItemCaseSensitive(doc, "id") : NULL;
+    if (!cJSON_IsString(id)) {
+      ds->bad++;
+    } else if (strncmp(id->valuestring, prefix, plen) != 0 || id->valuestring[plen] != '-') {
+      ds->foreign++;
+    } else {
+      char *end;
+      long i = strtol(id->valuestring + plen + 1, &end, 10);
+      if (*end || i < 0 || i >= n) {
+        ds->foreign++;
+      } else if (seen[i]) {
+        if (ds->dups++ < 3) /* for diagnosis: what a repeated result looks like */
+          fprintf(stderr, "sm-e2e: duplicate result: %.*s\n", (int)env.message.body.len,
+                  (const char *)env.message.body.bytes);
+      } else {
+        seen[i] = 1;
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(doc, "status");
+        if (!cJSON_IsString(st) || strcmp(st->valuestring, "completed") != 0)
+          ds->not_completed++;
+        double cr = parse_ts(cJSON_GetObjectItemCaseSensitive(doc, "created_at"));
+        double co = parse_ts(cJSON_GetObjectItemCaseSensitive(doc, "completed_at"));
+        if (cr < 0 || co < 0) {
+          ds->bad++;
+        } else {
+          lat[nlat++] = co - cr;
+          if (co > ds->max_completed_ms)
+            ds->max_completed_ms = co;
+          if (cr < ds->min_created_ms)
+            ds->min_created_ms = cr;
+        }
+        ds->unique++;
+      }
+    }
+    cJSON_Delete(doc);
+    amqp_destroy_envelope(&env);
+  }
+  amqp_close_all(c);
+  long nl = nlat;
+  if (nl > 0) {
+    qsort(lat, (size_t)nl, sizeof(double), cmp_double);
+    ds->p50 = lat[nl / 2];
+    ds->p99 = lat[(long)((double)nl * 0.99) < nl ? (long)((double)nl * 0.99) : nl - 1];
+    ds->max_lat = lat[nl - 1];
+  }
+  long missing = 0;
+  for (long i = 0; i < n; i++)
+    if (!seen[i]) {
+      if (missing < 5)
+        fprintf(stderr, "sm-e2e: missing result %s-%ld\n", prefix, i);
+      missing++;
+    }
+  free(seen);
+  free(lat);
+}
+
+/* Seconds from the first submit to the last result: the time the result queue first held as
+ * many messages as commands, unless duplicates made it reach that count early, seen by a
+ * completed_at later than that (then the last completed_at, which precedes its publication). */
+static double e2e_seconds(double queue_full_s, const drain_stats *ds, double t0_wall) {
+  double last = (ds->max_completed_ms - t0_wall) / 1e3;
+  return last > queue_full_s ? last : queue_full_s;
+}
+
+static void print_drain(const drain_stats *ds, long n) {
+  printf(" results=%ld missing=%ld duplicates=%ld not_completed=%ld unparsable=%ld foreign=%ld "
+         "p50_ms=%.0f p99_ms=%.0f max_ms=%.0f",
+         ds->unique, n - ds->unique, ds->dups, ds->not_completed, ds->bad, ds->foreign, ds->p50,
+         ds->p99, ds->max_lat);
+}
+
+/* ---- REST submitter ---- */
+
+typedef struct {
+  int port;
+  const char *prefix;
+  long n;
+  int batch;
+  atomic_long next_batch;
+  atomic_long retries, retries_429, retries_503, errors, accepted;
+  double t_last_ok; /* monotonic, written under mu */
+  pthread_mutex_t mu;
+} submitter;
+
+static int tcp_connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+    die("cannot connect to the admin API");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}
+
+static int send_all(int fd, const char *p, size_t len) {
+  while (len > 0) {
+    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    p += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Reads one HTTP/1.1 response (Content-Length framed) into buf; returns its status, or -1 when
+ * the connection broke. Sets *close_after when the server says Connection: close. */
+static int read_response(int fd, char *buf, size_t cap, int *close_after) {
+  size_t have = 0;
+  char *hend = NULL;
+  while (!hend) {
+    if (have + 1 >= cap)
+      return -1;
+    ssize_t r = recv(fd, buf + have, cap - 1 - have, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    have += (size_t)r;
+    buf[have] = 0;
+    hend = strstr(buf, "\r\n\r\n");
+  }
+  int status = 0;
+  if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+    return -1;
+  long clen = 0;
+  *close_after = 0;
+  for (char *l = strstr(buf, "\r\n"); l && l < hend; l = strstr(l + 2, "\r\n")) {
+    if (strncasecmp(l + 2, "content-length:", 15) == 0)
+      clen = atol(l + 17);
+    else if (strncasecmp(l + 2, "connection: close", 17) == 0)
+      *close_after = 1;
+  }
+  size_t total = (size_t)(hend + 4 - buf) + (size_t)clen;
+  while (have < total) {
+    char sink[65536];
+    ssize_t r = recv(fd, sink, sizeof(sink), 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    if (have < cap - 1) {
+      size_t keep = (size_t)r < cap - 1 - have ? (size_t)r : cap - 1 - have;
+      memcpy(buf + have, sink, keep);
+      buf[have + keep] = 0;
+    }
+    have += (size_t)r;
+  }
+  return status;
+}
+
+static void *submit_thread(void *arg) {
+  submitter *s = arg;
+  size_t cap = (size_t)s->batch * 160 + 256;
+  char *req = malloc(cap);
+  char resp[8192];
+  if (!req)
+    die("out of memory");
+  int fd = tcp_connect(s->port);
+  for (;;) {
+    long b = atomic_fetch_add(&s->next_batch, 1);
+    long lo = b * s->batch;
+    if (lo >= s->n)
+      break;
+    long hi = lo + s->batch < s->n ? lo + s->batch : s->n;
+    /* The header is written last, in front of the body, once the body length is known. */
+    size_t hdr_room = 160, len = hdr_room;
+    req[len++] = '[';
+    for (long i = lo; i < hi; i++) {
+      if (i > lo)
+        req[len++] = ',';
+      len += command_json(s->prefix, i, req + len, cap - len);
+    }
+    req[len++] = ']';
+    char hdr[160];
+    int hl = snprintf(hdr, sizeof(hdr),
+                      "POST /api/commands HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                      len - hdr_room);
+    char *start = req + hdr_room - hl;
+    memcpy(start, hdr, (size_t)hl);
+    size_t reqlen = len - (hdr_room - (size_t)hl);
+    for (;;) {
+      int close_after = 0;
+      int st = -1;
+      if (send_all(fd, start, reqlen) == 0)
+        st = read_response(fd, resp, sizeof(resp), &close_after);
+      if (st < 0 || close_after) {
+        close(fd);
+        fd = tcp_connect(s->port);
+      }
+      if (st == 202 || st == 200) {
+        atomic_fetch_add(&s->accepted, hi - lo);
+        pthread_mutex_lock(&s->mu);
+        s->t_last_ok = mono_s();
+        pthread_mutex_unlock(&s->mu);
+        break;
+      }
+      if (st == 429 || st == 503 || st < 0) {
+        atomic_fetch_add(&s->retries, 1);
+        if (st == 429)
+          atomic_fetch_add(&s->retries_429, 1);
+        else if (st == 503)
+          atomic_fetch_add(&s->retries_503, 1);
+        usleep(20000);
+        continue;
+      }
+      atomic_fetch_add(&s->errors, 1);
+      fprintf(stderr, "sm-e2e: POST answered %d: %.300s\n", st, resp);
+      break;
+    }
+  }
+  close(fd);
+  free(req);
+  return NULL;
+}
+
+/* The --sink server: answers every request with 202 at once, one thread per connection. */
+static void *sink_conn(void *arg) {
+  int fd = (int)(intptr_t)arg;
+  char *buf = malloc(1 << 20);
+  size_t have = 0;
+  static const char ok[] = "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 2\r\n\r\n[]";
+  for (;;) {
+    char *hend = have ? memmem(buf, have, "\r\n\r\n", 4) : NULL;
+    if (hend) {
+      long clen = 0;
+      char *cl = memmem(buf, (size_t)(hend - buf), "Content-Length:", 15);
+      if (cl)
+        clen = atol(cl + 15);
+      size_t total = (size_t)(hend + 4 - buf) + (size_t)clen;
+      if (have >= total) {
+        if (send_all(fd, ok, sizeof(ok) - 1) != 0)
+          break;
+        memmove(buf, buf + total, have - total);
+        have -= total;
+        continue;
+      }
+    }
+    if (have == (1 << 20))
+      break;
+    ssize_t r = recv(fd, buf + have, (1 << 20) - have, 0);
+    if (r <= 0)
+      break;
+    have += (size_t)r;
+  }
+  free(buf);
+  close(fd);
+  return NULL;
+}
+
+static void *sink_accept(void *arg) {
+  int lfd = (int)(intptr_t)arg;
+  for (;;) {
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+      return NULL;
+    pthread_t th;
+    pthread_create(&th, NULL, sink_conn, (void *)(intptr_t)fd);
+    pthread_detach(th);
+  }
+}
+
+static int start_sink(void) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof(a);
+  if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(lfd, 64) != 0 ||
+      getsockname(lfd, (struct sockaddr *)&a, &al) != 0)
+    die("cannot start the sink");
+  pthread_t th;
+  pthread_create(&th, NULL, sink_accept, (void *)(intptr_t)lfd);
+  pthread_detach(th);
+  return ntohs(a.sin_port);
+}
+
+static int mode_rest(const opts *o) {
+  if (!o->sink && (!o->result_queue || !o->admin_port))
+    die("rest needs --admin-port and --result-queue (or --sink)");
+  submitter s = {.port = o->sink ? start_sink() : o->admin_port,
+                 .prefix = o->prefix,
+                 .n = o->n,
+                 .batch = o->batch};
+  pthread_mutex_init(&s.mu, NULL);
+  pthread_t *th = calloc((size_t)o->conns, sizeof(pthread_t));
+  double t0_wall = wall_ms(), t0 = mono_s();
+  for (int i = 0; i < o->conns; i++)
+    pthread_create(&th[i], NULL, submit_thread, &s);
+  for (int i = 0; i < o->conns; i++)
+    pthread_join(th[i], NULL);
+  free(th);
+  double t_sub = s.t_last_ok - t0;
+  printf("mode=rest%s n=%ld conns=%d batch=%d accepted=%ld retries=%ld (429: %ld, 503: %ld) "
+         "errors=%ld submit_seconds=%.2f accepted_per_s=%.0f",
+         o->sink ? "-sink" : "", o->n, o->conns, o->batch, (long)s.accepted, (long)s.retries,
+         (long)s.retries_429, (long)s.retries_503, (long)s.errors, t_sub,
+         (double)s.accepted / t_sub);
+  if (!o->sink) {
+    long qn = 0;
+    double t_end = wait_results(o->amqp_port, o->result_queue, s.accepted, &qn);
+    drain_stats ds;
+    drain(o->amqp_port, o->result_queue, o->prefix, o->n, &ds);
+    double e2e = e2e_seconds(t_end - t0, &ds, t0_wall);
+    printf(" e2e_seconds=%.2f e2e_per_s=%.0f last_completed_after_s=%.2f", e2e,
+           (double)ds.unique / e2e, (ds.max_completed_ms - t0_wall) / 1e3);
+    print_drain(&ds, o->n);
+  }
+  printf("\n");
+  return 0;
+}
+
+/* ---- AMQP path ---- */
+
+static int mode_amqp(const opts *o) {
+  if (!o->command_queue || !o->result_queue)
+    die("amqp needs --command-queue and --result-queue");
+  amqp_connection_state_t c = amqp_open(o->amqp_port);
+  queue_declare(c, o->command_queue, 0);
+  double t0_wall = wall_ms(), t0 = mono_s();
+  long nacks = publish_confirmed(c, o->command_queue, o->n, o->window, command_body, o->prefix);
+  double t_pub = mono_s() - t0;
+  amqp_close_all(c);
+  long qn = 0;
+  double t_end = wait_results(o->amqp_port, o->result_queue, o->n, &qn);
+  drain_stats ds;
+  drain(o->amqp_port, o->result_queue, o->prefix, o->n, &ds);
+  double e2e = e2e_seconds(t_end - t0, &ds, t0_wall);
+  printf("mode=amqp n=%ld window=%d nacks=%ld publish_seconds=%.2f published_per_s=%.0f "
+         "e2e_seconds=%.2f e2e_per_s=%.0f last_completed_after_s=%.2f",
+         o->n, o->window, nacks, t_pub, (double)o->n / t_pub, e2e, (double)ds.unique / e2e,
+         (ds.max_completed_ms - t0_wall) / 1e3);
+  print_drain(&ds, o->n);
+  printf("\n");
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  opts o;
+  parse_opts(&o, argc, argv);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (strcmp(o.mode, "raw") == 0)
+    return mode_raw(&o);
+  if (strcmp(o.mode, "rest") == 0)
+    return mode_rest(&o);
+  if (strcmp(o.mode, "amqp") == 0)
+    return mode_amqp(&o);
+  die("mode must be raw, rest or amqp");
+  return 2;
+}

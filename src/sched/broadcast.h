@@ -1,0 +1,49 @@
+/* broadcast.h - planning a broadcast off the loop.
+ *
+ * On the loop, sched_bcast_start copies what the filter needs of every agent into plain arrays
+ * (ids, generations, status, version, load, capabilities: no pointers into live objects). The
+ * uv work queue matches the filter over that snapshot and generates the child command ids. The
+ * callback then runs on the loop with the plan; the caller must check each entry against the
+ * live registry (agent_handle generation) before using it, since agents may have left or
+ * re-registered while the plan was computed.
+ */
+#ifndef SM_SCHED_BROADCAST_H
+#define SM_SCHED_BROADCAST_H
+
+#include "core/command.h"
+#include "core/registry.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* The result of planning: agents that matched when the snapshot was taken. */
+typedef struct sched_bcast_plan {
+  size_t n;                                /* matching agents (at most the max asked for) */
+  const char **agent_id;                   /* n agent ids (owned by the plan) */
+  uint64_t *generation;                    /* n agent generations at snapshot time */
+  char (*child_id)[COMMAND_ID_LEN + 1];    /* n fresh command ids, one per child */
+  size_t snapshot;                         /* agents in the snapshot */
+  double plan_ms;                          /* time spent on the work queue */
+  char *arena_;                            /* private */
+} sched_bcast_plan;
+
+typedef struct sched_bcast_job sched_bcast_job;
+
+/* Runs once on the loop: err 0 with a plan the callee owns (sched_bcast_plan_free), or an SM_E*
+ * code with plan NULL. Never runs inside sched_bcast_start, never after sched_bcast_cancel. */
+typedef void (*sched_bcast_cb)(void *ud, int err, sched_bcast_plan *plan);
+
+/* Snapshots reg's agents and plans the agents matching f (agent_filter_match semantics), at most
+ * max of them, on the work queue. Returns 0 with *out (for sched_bcast_cancel), SM_ENOMEM or
+ * SM_EIO. */
+int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *f, size_t max,
+                      sched_bcast_cb cb, void *ud, sched_bcast_job **out);
+
+/* The callback will not run; the job frees itself once the work queue is done with it. */
+void sched_bcast_cancel(sched_bcast_job *job);
+
+/* Frees a plan. NULL is fine. */
+void sched_bcast_plan_free(sched_bcast_plan *plan);
+
+#endif
