@@ -104,6 +104,9 @@ typedef struct agent {
   /* transport */
   const agent_link_ops *link_ops; /* NULL while no stream is attached */
   void *link;
+  /* agent store mirror (core/agent_mirror.c) */
+  int64_t mirrored_ms;       /* unix ms of the last record written to the store; 0: never */
+  unsigned mirror_dirty : 1; /* changed since that write */
   /* registry bookkeeping */
   struct agent *seen_prev; /* list ordered by last_seen, oldest first (pruning) */
   struct agent *seen_next;

@@ -27,7 +27,7 @@
 #define LC_SCAN_MAX 64                /* consecutive unplaceable commands a pump looks past */
 #define LC_PUMP_MAX 4096              /* dispatches per loop turn; the rest on the next turn */
 #define LC_PUMP_BUDGET_NS 2000000ULL  /* loop time a pump may take; the rest on the next turn */
-#define LC_BCAST_STEP 1000            /* broadcast children created per loop turn */
+#define LC_BCAST_STEP 256 /* broadcast children created per loop turn */
 #define LC_RECOVER_PAGE 1000          /* commands per recovery page */
 #define LC_REPLAY_PAGE 1000           /* outbox entries per replay pass */
 #define LC_OUTBOX_SWEEP_MS                                                                         \
@@ -83,6 +83,7 @@ typedef struct lc_cmd {
   sched_bcast_plan *plan;    /* planned broadcast whose children are being created */
   size_t plan_next;          /* next plan entry to create a child for */
   struct lc_cmd *bnext;      /* list of parents creating children */
+  struct lc_cmd *plprev, *plnext; /* list of parents being planned (plan_job set) */
 } lc_cmd;
 
 struct lc_agent {
@@ -152,6 +153,7 @@ struct lifecycle {
   int retry_now;
   lc_deferred *def_head, *def_tail;
   lc_cmd *bcast_head; /* broadcast parents creating their children, a step per loop turn */
+  lc_cmd *planning_head; /* broadcast parents whose plan is being made */
   size_t creating;    /* submissions at the store */
   size_t inflight, held;
   int maintenance;
@@ -415,7 +417,19 @@ static void write_free(lc_write *w) {
   free(w);
 }
 
+static void planning_unlink(lifecycle *lc, lc_cmd *p) {
+  if (p->plprev)
+    p->plprev->plnext = p->plnext;
+  else if (lc->planning_head == p)
+    lc->planning_head = p->plnext;
+  if (p->plnext)
+    p->plnext->plprev = p->plprev;
+  p->plprev = p->plnext = NULL;
+}
+
 static void cmd_free(lifecycle *lc, lc_cmd *k) {
+  if (k->plan_job)
+    planning_unlink(lc, k);
   sched_bcast_cancel(k->plan_job);
   sched_bcast_plan_free(k->plan);
   if (sm_map_get(&lc->cmds, k->c->id, strlen(k->c->id)) == k)
@@ -959,6 +973,7 @@ static void bcast_planned(void *ud, int err, sched_bcast_plan *plan) {
   lc_cmd *p = ud;
   lifecycle *lc = p->lc;
   p->plan_job = NULL;
+  planning_unlink(lc, p);
   if (p->st == LS_FINAL) { /* cancelled while planning */
     sched_bcast_plan_free(plan);
     maybe_free_cmd(lc, p);
@@ -1139,8 +1154,15 @@ static void bcast_expand(lifecycle *lc, lc_cmd *p) {
   int err = sched_bcast_start(lc->loop, lc->reg, &f, COMMAND_MAX_CHILDREN, bcast_planned, p,
                               &p->plan_job);
   free(caps);
-  if (err)
+  if (err) {
     finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
+    return;
+  }
+  p->plprev = NULL;
+  p->plnext = lc->planning_head;
+  if (lc->planning_head)
+    lc->planning_head->plprev = p;
+  lc->planning_head = p;
 }
 
 /* ---- registry events ---------------------------------------------------------------------- */
@@ -1195,6 +1217,8 @@ static void ev_unregister(void *ud, agent *a, int reason) {
       k = next;
     }
     sched_notify(lc->strategy, a, SCHED_EV_UNREGISTER);
+    for (lc_cmd *p = lc->planning_head; p; p = p->plnext)
+      sched_bcast_agent_gone(p->plan_job, a); /* a broadcast still copying skips it */
   }
   if (lc->cfg.agent_events.on_unregister)
     lc->cfg.agent_events.on_unregister(lc->cfg.agent_events.ud, a, reason);
@@ -1990,6 +2014,7 @@ void lifecycle_close(lifecycle *lc, void (*closed)(void *ud), void *ud) {
     k->ag = NULL;
     sched_bcast_cancel(k->plan_job); /* its callback must not run after close */
     k->plan_job = NULL;
+    k->plprev = k->plnext = NULL;
     closing_release(lc, k);
   }
   for (size_t i = 0; i < np; i++) {

@@ -9,6 +9,7 @@
 #include "core/manager.h"
 
 #include "admin/server.h"
+#include "core/agent_mirror.h"
 #include "core/cmd_intake.h"
 #include "core/lifecycle.h"
 #include "core/lifecycle_mq.h"
@@ -32,6 +33,7 @@ static void close_all(sm_manager *m);
 
 #define MQ_PREFETCH 256        /* unacked intake deliveries (bounds kept messages) */
 #define MQ_PUBLISH_WINDOW 1024 /* result publishes awaiting a confirm */
+#define AGENT_RECORD_TTL_S 30  /* agent records in the store outlive a dead manager this long */
 
 /* Work that a graceful shutdown waits for: commands running on agents and store writes not yet
  * acknowledged. Agent streams themselves are ended, not waited for. */
@@ -106,6 +108,8 @@ static void close_all(sm_manager *m) {
   /* The lifecycle lets go of the registry before the agents are told, so commands they still
    * hold stay dispatched/running in the store (the next start recovers them) instead of being
    * counted as lost to a failed agent. */
+  agent_mirror_close(m->mirror);
+  m->mirror = NULL;
   if (m->lifecycle)
     lifecycle_close(m->lifecycle, lifecycle_closed, m);
   else if (m->store)
@@ -169,6 +173,23 @@ static void on_accepting(void *ud, int accepting) {
   cmd_intake_set_accepting(m->intake, accepting);
 }
 
+static void mirror_register(void *ud, agent *a, int replaced) {
+  sm_manager *m = ud;
+  (void)replaced;
+  agent_mirror_on_register(m->mirror, a);
+}
+
+static void mirror_update(void *ud, agent *a) {
+  sm_manager *m = ud;
+  agent_mirror_on_update(m->mirror, a);
+}
+
+static void mirror_unregister(void *ud, agent *a, int reason) {
+  sm_manager *m = ud;
+  (void)reason;
+  agent_mirror_on_unregister(m->mirror, a);
+}
+
 static void on_store_state(void *ud, int up) {
   sm_manager *m = ud;
   (void)m;
@@ -208,6 +229,10 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     sm_log_error("manager", "store setup failed", SM_LE(err));
     return err;
   }
+  err = agent_mirror_create(m->loop, m->store, m->registry, s->instance_id, AGENT_RECORD_TTL_S,
+                            &m->mirror);
+  if (err)
+    return err;
 
   lifecycle_publisher lp;
   if (s->rabbitmq_url) {
@@ -241,6 +266,10 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
       .on_accepting = on_accepting,
       .on_store_state = on_store_state,
       .hook_ud = m,
+      .agent_events = {.on_register = mirror_register,
+                       .on_update = mirror_update,
+                       .on_unregister = mirror_unregister,
+                       .ud = m},
   };
   /* LOAD_BALANCING_STRATEGY is the default of the strategy set; a command's `strategy`
    * overrides it. The lifecycle owns the set from here on (it destroys it on close). */

@@ -16,6 +16,7 @@ struct lifecycle;
 struct store;
 struct mq_conn;
 struct cmd_intake;
+struct agent_mirror;
 struct mq_publisher;
 
 typedef struct sm_manager {
@@ -26,6 +27,7 @@ typedef struct sm_manager {
   struct admin_server *admin;  /* admin HTTP listener (src/admin/server.h) */
   struct store *store;         /* command/agent store: Valkey or in-process (src/store/store.h) */
   struct lifecycle *lifecycle; /* the command lifecycle (src/core/lifecycle.h) */
+  struct agent_mirror *mirror; /* registry mirrored into the store (src/core/agent_mirror.h) */
   struct mq_conn *mq;          /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
   struct cmd_intake *intake;   /* AMQP intake into the lifecycle (src/core/cmd_intake.h) */
   struct mq_publisher *publisher; /* AMQP result publisher (src/mq/publisher.h) */

@@ -139,6 +139,16 @@ static const setting table[] = {
      "an admin request must arrive whole within this", NULL},
     {"ADMIN_IDLE_TIMEOUT", K_SECONDS, OFF(admin_idle_timeout_s), "60", 0.05, 86400,
      "close idle keep-alive admin connections after this", NULL},
+    {"ADMIN_RATE_LIMIT_RPS", K_DOUBLE, OFF(admin_rate_limit_rps), "1000", 0, 1e9,
+     "admin requests per second per API key (0: no limit)", NULL},
+    {"ADMIN_RATE_LIMIT_BURST", K_SIZE, OFF(admin_rate_limit_burst), "2000", 1, 1e9,
+     "admin requests a key may send at once", NULL},
+    {"ADMIN_RATE_LIMIT_IP_RPS", K_DOUBLE, OFF(admin_rate_limit_ip_rps), "1000", 0, 1e9,
+     "/api requests per second per client address (0: no limit)", NULL},
+    {"ADMIN_RATE_LIMIT_IP_BURST", K_SIZE, OFF(admin_rate_limit_ip_burst), "2000", 1, 1e9,
+     "/api requests an address may send at once", NULL},
+    {"ADMIN_RATE_LIMIT_MAX_CLIENTS", K_SIZE, OFF(admin_rate_limit_max_clients), "10000", 1, 1e7,
+     "rate-limit buckets kept per table (least recently used dropped)", NULL},
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

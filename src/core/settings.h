@@ -74,6 +74,12 @@ typedef struct sm_settings {
   double admin_idle_timeout_s; /* ADMIN_IDLE_TIMEOUT: keep-alive connection idle limit, 60 */
   double grpc_first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT: Connect must register in this,
                                           10 */
+  double admin_rate_limit_rps;         /* ADMIN_RATE_LIMIT_RPS: requests/s per API key, 0: off */
+  size_t admin_rate_limit_burst;       /* ADMIN_RATE_LIMIT_BURST: bucket size per key, 2000 */
+  double admin_rate_limit_ip_rps;      /* ADMIN_RATE_LIMIT_IP_RPS: /api requests/s per client
+                                          address, 0: off */
+  size_t admin_rate_limit_ip_burst;    /* ADMIN_RATE_LIMIT_IP_BURST: bucket size per address */
+  size_t admin_rate_limit_max_clients; /* ADMIN_RATE_LIMIT_MAX_CLIENTS: buckets kept (LRU), 10000 */
 } sm_settings;
 
 /* Fills s with defaults, then the environment, then argv. Returns 0, 1 when --help or --version

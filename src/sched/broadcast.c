@@ -2,17 +2,18 @@
 #include "sched/broadcast.h"
 
 #include "util/err.h"
+#include "util/map.h"
 #include "util/semver.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct bc_agent {
-  size_t id_off, ver_off; /* into the arena */
+  size_t id_off, ver_off; /* into the arena; ver_off NONE when no min_version filter */
   uint64_t gen;
   unsigned status;
   double load;
-  size_t cap_first, ncaps; /* into caps (pairs of offsets) */
+  size_t vals; /* into vals: one value offset (or NONE: absent) per filter capability */
 } bc_agent;
 
 typedef struct bc_arena {
@@ -22,22 +23,30 @@ typedef struct bc_arena {
 
 struct sched_bcast_job {
   uv_work_t work;
+  uv_loop_t *loop;
   sched_bcast_cb cb;
   void *ud;
   int cancelled;
+  int queued; /* on the work queue: freed by its after-work callback */
   int err;
-  /* snapshot */
+  /* snapshot, built a step per loop turn */
+  uv_idle_t *idle; /* own allocation: freed in its close callback */
+  agent **ptrs;    /* the registry's agents when the broadcast started */
+  size_t nptrs, next;
+  sm_map dead; /* agents gone before they were copied (key: the pointer's bytes) */
+  void **dead_keys; /* the cells holding those keys (freed with the job) */
+  size_t ndead, cdead;
   bc_arena ar;
   bc_agent *agents;
   size_t n;
-  size_t *caps; /* key offset, value offset, ... */
-  size_t ncaps, ccaps;
+  size_t *vals;
+  size_t nvals;
   /* filter copy */
   unsigned status_mask;
   double max_load;
-  size_t *fcaps; /* key offset, value offset (or (size_t)-1 for any value) */
+  size_t *fcaps; /* key offset, value offset (or NONE for any value) */
   size_t nfcaps;
-  size_t fver_off; /* (size_t)-1: none */
+  size_t fver_off; /* NONE: none */
   size_t max;
   /* result */
   sched_bcast_plan *plan;
@@ -48,7 +57,7 @@ struct sched_bcast_job {
 static int ar_put(bc_arena *a, const char *s, size_t *off) {
   size_t l = strlen(s) + 1;
   if (a->len + l > a->cap) {
-    size_t nc = a->cap ? a->cap : 4096;
+    size_t nc = a->cap ? a->cap : 65536;
     while (nc < a->len + l)
       nc *= 2;
     char *n = realloc(a->buf, nc);
@@ -66,8 +75,13 @@ static int ar_put(bc_arena *a, const char *s, size_t *off) {
 static void job_free(sched_bcast_job *j) {
   free(j->ar.buf);
   free(j->agents);
-  free(j->caps);
+  free(j->vals);
   free(j->fcaps);
+  free(j->ptrs);
+  for (size_t i = 0; i < j->ndead; i++)
+    free(j->dead_keys[i]);
+  free(j->dead_keys);
+  sm_map_finish(&j->dead);
   sched_bcast_plan_free(j->plan);
   free(j);
 }
@@ -82,39 +96,7 @@ void sched_bcast_plan_free(sched_bcast_plan *p) {
   free(p);
 }
 
-static int snapshot(sched_bcast_job *j, agent_registry *reg, const agent_filter *f) {
-  j->n = agent_registry_count(reg);
-  j->agents = calloc(j->n ? j->n : 1, sizeof(*j->agents));
-  if (j->agents == NULL)
-    return SM_ENOMEM;
-  for (size_t i = 0; i < j->n; i++) {
-    const agent *a = agent_registry_at(reg, i);
-    bc_agent *b = &j->agents[i];
-    b->gen = a->generation;
-    b->status = (unsigned)a->status;
-    b->load = a->load;
-    if (ar_put(&j->ar, a->id, &b->id_off) || ar_put(&j->ar, a->version ? a->version : "",
-                                                    &b->ver_off))
-      return SM_ENOMEM;
-    b->cap_first = j->ncaps;
-    if (j->ncaps + 2 * a->ncaps > j->ccaps) {
-      size_t nc = j->ccaps ? j->ccaps * 2 : 1024;
-      while (nc < j->ncaps + 2 * a->ncaps)
-        nc *= 2;
-      size_t *n = realloc(j->caps, nc * sizeof(*n));
-      if (n == NULL)
-        return SM_ENOMEM;
-      j->caps = n;
-      j->ccaps = nc;
-    }
-    for (size_t k = 0; k < a->ncaps; k++) {
-      if (ar_put(&j->ar, a->caps[k].key, &j->caps[j->ncaps]) ||
-          ar_put(&j->ar, a->caps[k].value, &j->caps[j->ncaps + 1]))
-        return SM_ENOMEM;
-      j->ncaps += 2;
-    }
-    b->ncaps = a->ncaps;
-  }
+static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
   j->status_mask = f ? f->status_mask : 0;
   j->max_load = f ? f->max_load : -1;
   j->fver_off = NONE;
@@ -138,6 +120,29 @@ static int snapshot(sched_bcast_job *j, agent_registry *reg, const agent_filter 
   return 0;
 }
 
+/* Copies one agent: only what the filter looks at. */
+static int copy_agent(sched_bcast_job *j, const agent *a) {
+  bc_agent *b = &j->agents[j->n];
+  b->gen = a->generation;
+  b->status = (unsigned)a->status;
+  b->load = a->load;
+  b->ver_off = NONE;
+  if (ar_put(&j->ar, a->id, &b->id_off))
+    return SM_ENOMEM;
+  if (j->fver_off != NONE && ar_put(&j->ar, a->version ? a->version : "", &b->ver_off))
+    return SM_ENOMEM;
+  b->vals = j->nvals;
+  for (size_t k = 0; k < j->nfcaps; k++) {
+    const char *have = agent_cap_value(a, j->ar.buf + j->fcaps[2 * k]);
+    size_t off = NONE;
+    if (have && ar_put(&j->ar, have, &off))
+      return SM_ENOMEM;
+    j->vals[j->nvals++] = off;
+  }
+  j->n++;
+  return 0;
+}
+
 /* agent_filter_match over the snapshot (same rules). */
 static int snap_match(const sched_bcast_job *j, const bc_agent *b, const sm_semver *want) {
   const char *s = j->ar.buf;
@@ -146,17 +151,10 @@ static int snap_match(const sched_bcast_job *j, const bc_agent *b, const sm_semv
   if (j->max_load >= 0 && b->load > j->max_load)
     return 0;
   for (size_t k = 0; k < j->nfcaps; k++) {
-    const char *key = s + j->fcaps[2 * k];
-    const char *have = NULL;
-    for (size_t c = 0; c < b->ncaps; c++) {
-      if (strcmp(s + j->caps[2 * (b->cap_first / 2 + c)], key) == 0) {
-        have = s + j->caps[2 * (b->cap_first / 2 + c) + 1];
-        break;
-      }
-    }
-    if (have == NULL)
+    size_t have = j->vals[b->vals + k];
+    if (have == NONE)
       return 0;
-    if (j->fcaps[2 * k + 1] != NONE && strcmp(s + j->fcaps[2 * k + 1], have) != 0)
+    if (j->fcaps[2 * k + 1] != NONE && strcmp(s + j->fcaps[2 * k + 1], s + have) != 0)
       return 0;
   }
   if (want) {
@@ -233,29 +231,114 @@ static void plan_after(uv_work_t *w, int status) {
   job_free(j);
 }
 
+static void idle_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void stop_idle(sched_bcast_job *j) {
+  if (j->idle) {
+    uv_idle_stop(j->idle);
+    uv_close((uv_handle_t *)j->idle, idle_closed);
+    j->idle = NULL;
+  }
+}
+
+/* Fails the job from the loop: the callback runs here, from the idle callback, never from the
+ * call that started the job. */
+static void fail_now(sched_bcast_job *j, int err) {
+  stop_idle(j);
+  j->cb(j->ud, err, NULL);
+  job_free(j);
+}
+
+static void snap_step(uv_idle_t *h) {
+  sched_bcast_job *j = h->data;
+  size_t end = j->next + SCHED_BCAST_SNAP_STEP < j->nptrs ? j->next + SCHED_BCAST_SNAP_STEP
+                                                           : j->nptrs;
+  for (size_t i = j->next; i < end; i++) {
+    const agent *a = j->ptrs[i];
+    if (j->ndead && sm_map_get(&j->dead, (const char *)&j->ptrs[i], sizeof(a)))
+      continue;
+    if (copy_agent(j, a) != 0) {
+      fail_now(j, SM_ENOMEM);
+      return;
+    }
+  }
+  j->next = end;
+  if (end < j->nptrs)
+    return;
+  stop_idle(j);
+  j->work.data = j;
+  if (uv_queue_work(j->loop, &j->work, plan_work, plan_after) != 0) {
+    j->cb(j->ud, SM_EIO, NULL);
+    job_free(j);
+    return;
+  }
+  j->queued = 1;
+}
+
 int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *f, size_t max,
                       sched_bcast_cb cb, void *ud, sched_bcast_job **out) {
   sched_bcast_job *j = calloc(1, sizeof(*j));
   if (j == NULL)
     return SM_ENOMEM;
+  j->loop = loop;
   j->cb = cb;
   j->ud = ud;
   j->max = max;
-  int err = snapshot(j, reg, f);
+  sm_map_init(&j->dead, 0);
+  size_t n = agent_registry_count(reg);
+  j->nptrs = n;
+  j->ptrs = malloc((n ? n : 1) * sizeof(*j->ptrs));
+  j->agents = calloc(n ? n : 1, sizeof(*j->agents));
+  j->idle = malloc(sizeof(*j->idle));
+  int err = j->ptrs && j->agents && j->idle ? copy_filter(j, f) : SM_ENOMEM;
+  if (err == 0 && j->nfcaps &&
+      (j->vals = malloc((n ? n : 1) * j->nfcaps * sizeof(*j->vals))) == NULL)
+    err = SM_ENOMEM;
   if (err) {
+    free(j->idle);
     job_free(j);
     return err;
   }
-  j->work.data = j;
-  if (uv_queue_work(loop, &j->work, plan_work, plan_after) != 0) {
-    job_free(j);
-    return SM_EIO;
-  }
+  for (size_t i = 0; i < n; i++)
+    j->ptrs[i] = agent_registry_at(reg, i);
+  uv_idle_init(loop, j->idle);
+  j->idle->data = j;
+  uv_idle_start(j->idle, snap_step);
   *out = j;
   return 0;
 }
 
+void sched_bcast_agent_gone(sched_bcast_job *j, const agent *a) {
+  if (j == NULL || j->cancelled || j->queued || j->next >= j->nptrs)
+    return;
+  if (j->ndead == j->cdead) {
+    size_t nc = j->cdead ? j->cdead * 2 : 16;
+    void **n = realloc(j->dead_keys, nc * sizeof(*n));
+    if (n == NULL)
+      return;
+    j->dead_keys = n;
+    j->cdead = nc;
+  }
+  /* each key lives in its own cell: the map keeps pointers to key bytes */
+  agent **cell = malloc(sizeof(*cell));
+  if (cell == NULL)
+    return;
+  *cell = (agent *)a;
+  if (sm_map_put(&j->dead, (const char *)cell, sizeof(*cell), cell) != 0) {
+    free(cell);
+    return;
+  }
+  j->dead_keys[j->ndead++] = cell;
+}
+
 void sched_bcast_cancel(sched_bcast_job *job) {
-  if (job)
-    job->cancelled = 1;
+  if (job == NULL)
+    return;
+  job->cancelled = 1;
+  if (!job->queued) { /* still copying on the loop: nothing else refers to it */
+    stop_idle(job);
+    job_free(job);
+  }
 }

@@ -1,8 +1,11 @@
 /* broadcast.h - planning a broadcast off the loop.
  *
- * On the loop, sched_bcast_start copies what the filter needs of every agent into plain arrays
- * (ids, generations, status, version, load, capabilities: no pointers into live objects). The
- * uv work queue matches the filter over that snapshot and generates the child command ids. The
+ * On the loop, what the filter needs of every agent is copied into plain arrays (ids,
+ * generations, status, version, load, the filter's capability values: no pointers into live
+ * objects), SCHED_BCAST_SNAP_STEP agents per loop turn so the loop keeps serving meanwhile; an
+ * agent that leaves before it was copied is reported through sched_bcast_agent_gone and
+ * skipped. The uv work queue then matches the filter over that snapshot and generates the child
+ * command ids. The
  * callback then runs on the loop with the plan; the caller must check each entry against the
  * live registry (agent_handle generation) before using it, since agents may have left or
  * re-registered while the plan was computed.
@@ -28,6 +31,8 @@ typedef struct sched_bcast_plan {
   char *arena_;                            /* private */
 } sched_bcast_plan;
 
+#define SCHED_BCAST_SNAP_STEP 8192 /* agents copied per loop turn */
+
 typedef struct sched_bcast_job sched_bcast_job;
 
 /* Runs once on the loop: err 0 with a plan the callee owns (sched_bcast_plan_free), or an SM_E*
@@ -39,6 +44,10 @@ typedef void (*sched_bcast_cb)(void *ud, int err, sched_bcast_plan *plan);
  * SM_EIO. */
 int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *f, size_t max,
                       sched_bcast_cb cb, void *ud, sched_bcast_job **out);
+
+/* Agent a is leaving the registry (call from the registry's on_unregister, while a is still
+ * readable): a job still copying skips it. */
+void sched_bcast_agent_gone(sched_bcast_job *job, const agent *a);
 
 /* The callback will not run; the job frees itself once the work queue is done with it. */
 void sched_bcast_cancel(sched_bcast_job *job);

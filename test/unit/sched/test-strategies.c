@@ -481,6 +481,18 @@ static void test_broadcast_plan(void) {
   sched_bcast_cancel(job);
   uv_run(&w.loop, UV_RUN_DEFAULT);
   T_EQ_INT(r3.called, 0);
+  /* an agent leaving while the snapshot is being copied is skipped (not read after free) */
+  plan_res r5 = {0};
+  T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 1000, plan_cb, &r5, &job), 0);
+  agent *gone = agent_registry_find(w.reg, "ag3", 3);
+  sched_bcast_agent_gone(job, gone);
+  agent_registry_detach(w.reg, gone, &w.links[3], SM_ECLOSED);
+  uv_run(&w.loop, UV_RUN_DEFAULT);
+  T_EQ_INT(r5.err, 0);
+  T_EQ_INT(r5.plan->n, 100 - 10 - 1);
+  for (size_t i = 0; i < r5.plan->n; i++)
+    T_ASSERT(strcmp(r5.plan->agent_id[i], "ag3") != 0);
+  sched_bcast_plan_free(r5.plan);
   /* a bad min_version */
   f.min_version = "not.a.version";
   plan_res r4 = {0};
