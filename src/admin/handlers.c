@@ -3,6 +3,7 @@
 #include "admin/handlers.h"
 
 #include "admin/json.h"
+#include "admin/openapi.h"
 #include "core/manager.h"
 #include "core/registry.h"
 #include "util/err.h"
@@ -25,13 +26,20 @@ static void h_ready(void *ud, admin_request *req, admin_response *res) {
   const sm_manager *m = ud;
   const char *reason = NULL;
   if (sm_manager_ready(m, &reason)) {
-    static const char body[] = "{\"status\":\"ready\"}";
-    admin_response_set(res, 200, "application/json", body, sizeof(body) - 1);
+    /* Maintenance keeps the manager ready (agents stay, queries work); it is reported so a
+     * deployment can tell why new commands get 503. */
+    static const char body[] = "{\"status\":\"ready\",\"maintenance\":false}";
+    static const char body_m[] = "{\"status\":\"ready\",\"maintenance\":true}";
+    if (m->maintenance)
+      admin_response_set(res, 200, "application/json", body_m, sizeof(body_m) - 1);
+    else
+      admin_response_set(res, 200, "application/json", body, sizeof(body) - 1);
     return;
   }
   cJSON *o = cJSON_CreateObject();
   if (o && (!cJSON_AddStringToObject(o, "status", "not_ready") ||
-            !cJSON_AddStringToObject(o, "reason", reason ? reason : "not ready"))) {
+            !cJSON_AddStringToObject(o, "reason", reason ? reason : "not ready") ||
+            !cJSON_AddBoolToObject(o, "maintenance", m->maintenance))) {
     cJSON_Delete(o);
     o = NULL;
   }
@@ -189,6 +197,12 @@ static void h_agent(void *ud, admin_request *req, admin_response *res) {
   admin_respond_json(res, 200, admin_agent_json(a, m->settings ? m->settings->instance_id : NULL));
 }
 
+static void h_openapi(void *ud, admin_request *req, admin_response *res) {
+  (void)ud;
+  (void)req;
+  admin_response_set(res, 200, "application/json", admin_openapi_json, admin_openapi_json_len);
+}
+
 int admin_handlers_register(admin_router *r) {
   int err = 0;
   err = err ? err : admin_router_add(r, "GET", "/health", h_health, ADMIN_ROLE_PUBLIC);
@@ -196,5 +210,7 @@ int admin_handlers_register(admin_router *r) {
   err = err ? err : admin_router_add(r, "GET", "/api/agents", h_agents, ADMIN_ROLE_VIEWER);
   err = err ? err : admin_router_add(r, "GET", "/api/agents/{id}", h_agent, ADMIN_ROLE_VIEWER);
   err = err ? err : admin_cmd_handlers_register(r);
+  err = err ? err : admin_metrics_handler_register(r);
+  err = err ? err : admin_router_add(r, "GET", "/api/openapi.json", h_openapi, ADMIN_ROLE_VIEWER);
   return err;
 }

@@ -28,4 +28,7 @@ int admin_handlers_register(admin_router *r);
  * Returns 0 or SM_ELIMIT. Called by admin_handlers_register. */
 int admin_cmd_handlers_register(admin_router *r);
 
+/* Registers GET /api/metrics (metrics_handler.c): the metrics as JSON. Returns 0 or SM_ELIMIT. */
+int admin_metrics_handler_register(admin_router *r);
+
 #endif

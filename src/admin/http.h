@@ -73,7 +73,7 @@ typedef struct admin_request {
   size_t nparams;
   admin_kv *qpairs; /* the parsed query string, in order; repeated keys kept */
   size_t nqpairs;
-  void *user;        /* the auth layer's per-request data (a later issue) */
+  const void *user;  /* the auth layer's admin_key of the caller (auth.h), or NULL */
   admin_arena arena; /* everything above that is not static */
   admin_buf head;    /* storage of target and header lines while parsing */
 } admin_request;

@@ -175,6 +175,13 @@ int admin_query_parse(admin_request *req, const char *qs) {
 void admin_router_dispatch(const admin_router *r, admin_request *req, admin_response *res) {
   admin_match m;
   int err = admin_router_match(r, req->method, req->path, &m);
+  if (err && r->guard && strncmp(req->path, "/api/", 5) == 0) {
+    /* Under /api even a 404 or 405 needs a key first: no one learns the route table without
+     * one. (The probes are outside /api and stay public.) */
+    const admin_route unknown = {req->method, req->path, NULL, ADMIN_ROLE_VIEWER};
+    if (r->guard(r->guard_ud, req, &unknown, res))
+      return;
+  }
   if (err == SM_ENOENT) {
     char msg[160];
     snprintf(msg, sizeof(msg), "no such resource: %.120s", req->path);

@@ -1,6 +1,6 @@
 /* router.h - the admin API's route table: method + path pattern ("/api/agents/{id}") to a
- * handler, with a minimum role per route for the authentication layer (a later issue: until
- * then the server does not check roles), and query-string parsing.
+ * handler, with a minimum role per route (checked by the router's guard: auth.c), and
+ * query-string parsing.
  */
 #ifndef SM_ADMIN_ROUTER_H
 #define SM_ADMIN_ROUTER_H
@@ -39,7 +39,7 @@ typedef struct admin_router {
   admin_route routes[ADMIN_MAX_ROUTES]; /* in registration order; first match wins */
   size_t n;
   void *ud;             /* passed to every handler */
-  admin_guard_fn guard; /* NULL: every route is open (until authentication exists) */
+  admin_guard_fn guard; /* NULL: every route is open; the server sets admin_security_guard */
   void *guard_ud;
 } admin_router;
 
@@ -74,7 +74,8 @@ int admin_router_match(const admin_router *r, const char *method, const char *pa
 int admin_match_bind(const admin_match *m, admin_request *req);
 
 /* Routes req and runs its handler: 404 for an unknown path, 405 with Allow for a known path
- * and another method, 400 for a malformed path parameter or query string. */
+ * and another method, 400 for a malformed path parameter or query string. The guard runs before
+ * the handler, and also before a 404/405 under /api/ (as for a viewer route). */
 void admin_router_dispatch(const admin_router *r, admin_request *req, admin_response *res);
 
 /* Parses an application/x-www-form-urlencoded query (qs, NUL-terminated) into req->qpairs in

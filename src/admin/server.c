@@ -22,9 +22,11 @@
  */
 #include "admin/server.h"
 
+#include "admin/auth.h"
 #include "admin/handlers.h"
 #include "admin/http1.h"
 #include "admin/router.h"
+#include "net/tls.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -60,6 +62,7 @@ typedef struct conn_slot {
   uint64_t deadline;  /* uv_now() ms */
   const char *method; /* static text */
   char path[160];     /* for the request log, truncated */
+  char who[40];       /* the caller's key name, for the request log */
   uint64_t start_ns;
 } conn_slot;
 
@@ -68,6 +71,7 @@ typedef struct admin_conn {
   uv_timer_t timer;
   struct admin_server *srv;
   admin_http1 *http;
+  net_tls *tls;  /* ADMIN_TLS_ENABLED: the session between the socket and the parser, else NULL */
   char peer[96]; /* "ip:port" of the client */
   enum conn_state state;
   int handles;    /* open handles; freed at 0 */
@@ -95,6 +99,7 @@ struct admin_server {
   sm_manager *m;
   const sm_settings *s;
   admin_router router;
+  admin_security sec; /* keys, roles, rate limits: the router's guard */
   char host[256];
   int port;
   int bound_port; /* -1 until listening */
@@ -117,7 +122,9 @@ struct admin_server {
   admin_buf busy; /* the serialized 503 for connections beyond the limit */
   void (*close_cb)(void *ud);
   void *close_ud;
+  net_tls_ctx *tls_ctx; /* ADMIN_TLS_ENABLED: certificate and key; NULL: plain TCP */
   char rbuf[ADMIN_READ_BUF];
+  uint8_t tbuf[16 * 1024]; /* plaintext out of / ciphertext out of a TLS session (sync use) */
 };
 
 static void conn_close(admin_conn *c);
@@ -137,6 +144,8 @@ static void server_maybe_free(struct admin_server *srv) {
   void (*cb)(void *) = srv->close_cb;
   void *ud = srv->close_ud;
   admin_buf_finish(&srv->busy);
+  admin_security_finish(&srv->sec);
+  net_tls_ctx_destroy(srv->tls_ctx);
   free(srv);
   if (cb)
     cb(ud);
@@ -181,9 +190,24 @@ static void unmark_dirty(admin_conn *c) {
 
 /* ---- output ---- */
 
+static size_t tls_pending(const admin_conn *c) {
+  return c->tls ? net_tls_pending(c->tls) : 0;
+}
+
 static int backpressured(const admin_conn *c) {
   return c->out_n + c->w_n + c->nslots >= ADMIN_PIPELINE_MAX ||
-         c->out.len + c->wbuf.len >= ADMIN_OUTPUT_HIGH_WATER;
+         c->out.len + c->wbuf.len + tls_pending(c) >= ADMIN_OUTPUT_HIGH_WATER;
+}
+
+/* Moves the session's waiting ciphertext into wbuf (empty before). Returns 0 or SM_ENOMEM. */
+static int tls_take_all(admin_conn *c) {
+  c->wbuf.len = 0;
+  size_t n;
+  while ((n = net_tls_take(c->tls, c->srv->tbuf, sizeof(c->srv->tbuf))) > 0) {
+    if (admin_buf_append(&c->wbuf, c->srv->tbuf, n) != 0)
+      return SM_ENOMEM;
+  }
+  return 0;
 }
 
 static void read_stop(admin_conn *c) {
@@ -210,17 +234,18 @@ static void read_start(admin_conn *c) {
 
 /* Logs the request line of an answer. */
 static void log_request(admin_conn *c, const admin_response *res, const char *method,
-                        const char *path, uint64_t start_ns) {
+                        const char *path, uint64_t start_ns, const char *who) {
   double ms = start_ns ? (double)(uv_hrtime() - start_ns) / 1e6 : 0.0;
   sm_log_info("admin", "request", SM_LS("method", method ? method : "-"),
               SM_LS("path", path ? path : "-"), SM_LI("status", res->status),
-              SM_LD("duration_ms", ms), SM_LI("bytes", res->body_len), SM_LS("client", c->peer));
+              SM_LD("duration_ms", ms), SM_LI("bytes", res->body_len),
+              SM_LS("key", who ? who : "anonymous"), SM_LS("client", c->peer));
 }
 
 /* Queues one serialized response; logs the request line. With deferred requests still
  * unanswered, the response waits in a slot behind them. */
 static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive, const char *method,
-                       const char *path, uint64_t start_ns) {
+                       const char *path, uint64_t start_ns, const char *who) {
   conn_slot *sl = NULL;
   if (c->shead != NULL && (sl = calloc(1, sizeof(*sl))) == NULL) {
     conn_close(c);
@@ -232,7 +257,7 @@ static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive,
     conn_close(c);
     return;
   }
-  log_request(c, res, method, path, start_ns);
+  log_request(c, res, method, path, start_ns, who);
   if (sl != NULL) {
     sl->c = c;
     sl->keep = keep_alive;
@@ -278,7 +303,7 @@ static void conn_fail(admin_conn *c, int status) {
     admin_response_error(&res, 400, "bad_request", "malformed HTTP request");
     break;
   }
-  conn_queue(c, &res, 0, NULL, NULL, 0);
+  conn_queue(c, &res, 0, NULL, NULL, 0, NULL);
   admin_response_finish(&res);
   conn_drain(c);
 }
@@ -293,12 +318,24 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 /* All output is written: half-close, then discard input a little while so the client reads
  * our last response instead of a reset. */
+static void on_write(uv_write_t *req, int status);
+
 static void conn_shutdown(admin_conn *c) {
   if (c->peer_eof) {
     conn_close(c);
     return;
   }
   c->state = C_LINGER;
+  if (c->tls) {
+    /* close_notify first: the client then knows our last response is whole. */
+    net_tls_shutdown(c->tls);
+    if (tls_take_all(c) == 0 && c->wbuf.len && !c->writing) {
+      uv_buf_t b = uv_buf_init(c->wbuf.p, (unsigned)c->wbuf.len);
+      c->wreq.data = c;
+      if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0)
+        c->writing = 1;
+    }
+  }
   c->sreq.data = c;
   if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
     conn_close(c);
@@ -321,7 +358,9 @@ static void on_write(uv_write_t *req, int status) {
     conn_close(c);
     return;
   }
-  if (c->out.len) {
+  if (c->state == C_LINGER) {
+    /* (the close_notify went out) */
+  } else if (c->out.len || tls_pending(c)) {
     mark_dirty(c);
   } else if (c->state == C_DRAIN) {
     if (c->nslots == 0) {
@@ -342,9 +381,44 @@ static void on_write(uv_write_t *req, int status) {
   conn_update_timer(c);
 }
 
+/* conn_flush with TLS: the gathered plaintext is encrypted in one go, then everything the
+ * session has to send (handshake, records) is written. */
+static void conn_flush_tls(admin_conn *c) {
+  if (!c->writing && c->out.len) {
+    if (net_tls_write(c->tls, (const uint8_t *)c->out.p, c->out.len) != 0) {
+      conn_close(c); /* (SM_EAGAIN: an error answer before the handshake completed) */
+      return;
+    }
+    c->w_n = c->out_n;
+    c->out.len = 0;
+    c->out_n = 0;
+  }
+  if (!c->writing && net_tls_pending(c->tls)) {
+    if (tls_take_all(c) != 0) {
+      conn_close(c);
+      return;
+    }
+    uv_buf_t b = uv_buf_init(c->wbuf.p, (unsigned)c->wbuf.len);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+      conn_close(c);
+      return;
+    }
+    c->writing = 1;
+  } else if (!c->writing && c->state == C_DRAIN && c->nslots == 0) {
+    conn_shutdown(c);
+    return;
+  }
+  conn_update_timer(c);
+}
+
 static void conn_flush(admin_conn *c) {
   if (c->state == C_CLOSING)
     return;
+  if (c->tls) {
+    conn_flush_tls(c);
+    return;
+  }
   if (!c->writing && c->out.len) {
     admin_buf t = c->wbuf;
     c->wbuf = c->out;
@@ -470,7 +544,7 @@ static void conn_advance(admin_conn *c) {
       keep = keep && !res->close && !srv->stopping;
       err = admin_response_serialize(res, keep, &c->out);
       if (!err)
-        log_request(c, res, sl->method, sl->path, sl->start_ns);
+        log_request(c, res, sl->method, sl->path, sl->start_ns, sl->who);
     } else {
       err = admin_buf_append(&c->out, sl->bytes.p, sl->bytes.len);
     }
@@ -516,7 +590,7 @@ static void on_defer_timer(uv_timer_t *t) {
     sl->keep = sl->keep && !srv->stopping;
     int err = admin_response_serialize(&res, sl->keep, &sl->bytes);
     if (!err)
-      log_request(c, &res, sl->method, sl->path, sl->start_ns);
+      log_request(c, &res, sl->method, sl->path, sl->start_ns, sl->who);
     admin_response_finish(&res);
     sm_log_warn("admin", "deferred request timed out", SM_LS("path", sl->path),
                 SM_LS("client", c->peer));
@@ -542,6 +616,7 @@ static int conn_defer(admin_conn *c, admin_request *req, admin_deferred *d) {
   sl->keep = req->keep_alive;
   sl->method = req->method;
   snprintf(sl->path, sizeof(sl->path), "%s", req->path ? req->path : "-");
+  snprintf(sl->who, sizeof(sl->who), "%s", admin_request_who(req));
   sl->start_ns = req->start_ns;
   if (c->stail)
     c->stail->next = sl;
@@ -574,7 +649,7 @@ static int conn_on_request(void *ud, admin_request *req) {
     conn_defer(c, req, d);
   } else {
     keep = req->keep_alive && !res.close && !c->srv->stopping;
-    conn_queue(c, &res, keep, req->method, req->path, req->start_ns);
+    conn_queue(c, &res, keep, req->method, req->path, req->start_ns, admin_request_who(req));
   }
   admin_response_finish(&res);
   admin_request_free(req);
@@ -607,6 +682,55 @@ static void conn_input(admin_conn *c, const char *data, size_t len) {
   conn_update_timer(c);
 }
 
+/* The client finished sending (EOF, or a TLS close_notify). */
+static void conn_peer_eof(admin_conn *c) {
+  read_stop(c);
+  c->peer_eof = 1;
+  if (c->state == C_OPEN && (c->out.len || c->writing || c->stash.len || c->nslots)) {
+    /* Answer what was asked before the half-close, then go. The stash is dropped: those
+     * requests were never parsed, and the client has left. */
+    conn_drain(c);
+  } else if (c->state == C_OPEN) {
+    conn_close(c);
+  }
+}
+
+/* Ciphertext from the socket: decrypt everything the session can, and parse it; input that
+ * arrives while the parser is held back (backpressure) joins the stash, in order. */
+static void conn_tls_input(admin_conn *c, const char *data, size_t len) {
+  if (net_tls_feed(c->tls, (const uint8_t *)data, len) != 0) {
+    conn_close(c);
+    return;
+  }
+  for (;;) {
+    ssize_t n = net_tls_read(c->tls, c->srv->tbuf, sizeof(c->srv->tbuf));
+    if (n == 0)
+      break;
+    if (n == SM_ECLOSED) {
+      conn_peer_eof(c);
+      break;
+    }
+    if (n < 0) {
+      sm_log_info("admin", "TLS failed", SM_LS("client", c->peer),
+                  SM_LS("reason", net_tls_error(c->tls)));
+      conn_close(c);
+      return;
+    }
+    if (c->state != C_OPEN)
+      continue; /* draining: the rest is discarded, but the session must still read it */
+    if (c->stash.len) {
+      if (admin_buf_append(&c->stash, c->srv->tbuf, (size_t)n) != 0) {
+        conn_close(c);
+        return;
+      }
+    } else {
+      conn_input(c, (const char *)c->srv->tbuf, (size_t)n);
+    }
+  }
+  if (c->state != C_CLOSING && net_tls_pending(c->tls))
+    mark_dirty(c); /* handshake messages, session tickets */
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   admin_conn *c = s->data;
   if (nread == 0 || c->state == C_CLOSING)
@@ -617,19 +741,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       conn_close(c);
       return;
     }
-    c->peer_eof = 1;
-    if (c->state == C_OPEN && (c->out.len || c->writing || c->stash.len || c->nslots)) {
-      /* Answer what was asked before the half-close, then go. The stash is dropped: those
-       * requests were never parsed, and the client has left. */
-      conn_drain(c);
-    } else if (c->state == C_OPEN) {
-      conn_close(c);
-    }
+    conn_peer_eof(c);
     return;
   }
   if (c->state != C_OPEN)
     return; /* lingering (or draining): input is discarded */
-  conn_input(c, buf->base, (size_t)nread);
+  if (c->tls)
+    conn_tls_input(c, buf->base, (size_t)nread);
+  else
+    conn_input(c, buf->base, (size_t)nread);
 }
 
 /* ---- timers ---- */
@@ -671,7 +791,8 @@ static void conn_update_timer(admin_conn *c) {
     return;
   } else {
     k = T_IDLE;
-    ms = srv->idle_timeout_ms;
+    /* A TLS handshake must finish as fast as a request must arrive. */
+    ms = c->tls && !net_tls_established(c->tls) ? srv->request_timeout_ms : srv->idle_timeout_ms;
   }
   if (k == c->tkind && (k != T_REQUEST || seq == c->tseq))
     return;
@@ -688,6 +809,7 @@ static void on_conn_closed(uv_handle_t *h) {
   srv->open_handles--;
   if (--c->handles == 0) {
     admin_http1_destroy(c->http);
+    net_tls_destroy(c->tls);
     admin_buf_finish(&c->out);
     admin_buf_finish(&c->wbuf);
     admin_buf_finish(&c->stash);
@@ -753,7 +875,7 @@ static void reject_connection(struct admin_server *srv) {
   uv_tcp_init(srv->loop, t);
   t->data = srv;
   srv->open_handles++;
-  if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0) {
+  if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0 && srv->tls_ctx == NULL) {
     uv_buf_t b = uv_buf_init(srv->busy.p, (unsigned)srv->busy.len);
     if (srv->busy.len)
       (void)uv_try_write((uv_stream_t *)t, &b, 1);
@@ -780,7 +902,10 @@ static void on_connection(uv_stream_t *l, int status) {
       .on_request = conn_on_request,
       .ud = c,
   };
-  if (c == NULL || admin_http1_create(&hc, &c->http) != 0) {
+  if (c == NULL || admin_http1_create(&hc, &c->http) != 0 ||
+      (srv->tls_ctx && net_tls_create(srv->tls_ctx, NULL, &c->tls) != 0)) {
+    if (c)
+      admin_http1_destroy(c->http);
     free(c);
     reject_connection(srv);
     return;
@@ -828,6 +953,25 @@ int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **ou
     return err;
   }
   admin_router_init(&srv->router, m);
+  err = admin_security_init(&srv->sec, srv->s);
+  if (err) {
+    free(srv);
+    return err;
+  }
+  srv->router.guard = admin_security_guard;
+  srv->router.guard_ud = &srv->sec;
+  if (srv->s->admin_tls_enabled) {
+    net_tls_config tc = {.cert_file = srv->s->admin_tls_cert_file,
+                         .key_file = srv->s->admin_tls_key_file,
+                         .http1 = 1};
+    err = net_tls_ctx_create_server(&tc, &srv->tls_ctx);
+    if (err) {
+      sm_log_error("admin", "cannot set up admin TLS", SM_LE(err));
+      admin_security_finish(&srv->sec);
+      free(srv);
+      return err;
+    }
+  }
   err = admin_handlers_register(&srv->router);
   admin_response busy;
   admin_response_init(&busy);
@@ -838,6 +982,8 @@ int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **ou
   admin_response_finish(&busy);
   if (err) {
     admin_buf_finish(&srv->busy);
+    admin_security_finish(&srv->sec);
+    net_tls_ctx_destroy(srv->tls_ctx);
     free(srv);
     return err;
   }
@@ -871,7 +1017,7 @@ int admin_server_listen(struct admin_server *srv) {
     srv->bound_port = ntohs(name.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&name)->sin6_port
                                                        : ((struct sockaddr_in *)&name)->sin_port);
   sm_log_info("admin", "listening", SM_LS("addr", srv->s->admin_addr),
-              SM_LI("port", srv->bound_port));
+              SM_LI("port", srv->bound_port), SM_LB("tls", srv->tls_ctx != NULL));
   return 0;
 }
 

@@ -164,7 +164,7 @@ static void send_heartbeat(client_agent *a) {
   Scan__HeartbeatMessage hb = SCAN__HEARTBEAT_MESSAGE__INIT;
   client_hostinfo_sample(&f->host_info, uv_now(f->loop));
   hb.timestamp = unix_now();
-  hb.cpu_usage = f->host_info.cpu_usage;
+  hb.cpu_usage = f->o->cpu_source_host ? f->host_info.cpu_usage : f->host_info.process_cpu_usage;
   hb.memory_usage = f->host_info.memory_usage;
   hb.active_commands = a->active;
   m.payload_case = SCAN__AGENT_MESSAGE__PAYLOAD_HEARTBEAT;

@@ -46,18 +46,45 @@ static int read_mem(uint64_t *total_kb, uint64_t *avail_kb) {
   return got == 2 ? 0 : -1;
 }
 
+/* utime + stime of this process in clock ticks (fields 14 and 15 of /proc/self/stat, after the
+ * parenthesised command name, which may contain spaces). */
+static int read_proc_ticks(uint64_t *ticks) {
+  char buf[512];
+  FILE *f = fopen("/proc/self/stat", "r");
+  if (f == NULL)
+    return -1;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')');
+  unsigned long long ut, st;
+  if (p == NULL ||
+      sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return -1;
+  *ticks = ut + st;
+  return 0;
+}
+
 void client_hostinfo_sample(client_hostinfo *h, uint64_t now_ms) {
-  uint64_t total, idle, mt, ma;
+  uint64_t total, idle, mt, ma, pt = 0;
   if (h->sampled_ms != 0 && now_ms < h->sampled_ms + 1000)
     return;
   h->sampled_ms = now_ms ? now_ms : 1;
+  int have_pt = read_proc_ticks(&pt) == 0;
   if (read_cpu(&total, &idle) == 0) {
     uint64_t dt = total - h->cpu_total, di = idle - h->cpu_idle;
     if (total > h->cpu_total && di <= dt)
       h->cpu_usage = 100.0 * (double)(dt - di) / (double)dt;
+    /* /proc/stat's total sums all CPUs, so this is the process's share of the machine. */
+    if (have_pt && total > h->cpu_total && pt >= h->proc_ticks) {
+      double v = 100.0 * (double)(pt - h->proc_ticks) / (double)dt;
+      h->process_cpu_usage = v > 100.0 ? 100.0 : v;
+    }
     h->cpu_total = total;
     h->cpu_idle = idle;
   }
+  if (have_pt)
+    h->proc_ticks = pt;
   if (read_mem(&mt, &ma) == 0 && mt > 0 && ma <= mt)
     h->memory_usage = 100.0 * (double)(mt - ma) / (double)mt;
 }

@@ -1,9 +1,11 @@
 /* hostinfo.h - real facts about the host, read from /proc and uname: the figures heartbeats
  * report and the data of a `status` command.
  *
- * Heartbeat figures are host-wide (all CPUs, all memory), not the agent process's: a simulated
- * agent stands for a machine. Reads are cached for a second so 10,000 agents in one process do
- * not read /proc 10,000 times.
+ * Memory is host-wide. CPU is measured both host-wide and for this process (as a share of all
+ * CPUs); heartbeats report the process figure by default (--cpu-source): simulated agents
+ * share a host with other work (tests, the manager itself), and the host figure would make
+ * every one of them look loaded. Reads are cached for a second so 10,000 agents in one process
+ * do not read /proc 10,000 times.
  */
 #ifndef SM_CLIENT_HOSTINFO_H
 #define SM_CLIENT_HOSTINFO_H
@@ -12,11 +14,13 @@
 #include <stdint.h>
 
 typedef struct client_hostinfo {
-  uint64_t sampled_ms; /* loop time of the last sample; 0: never */
-  uint64_t cpu_total;  /* jiffies of all states at the last /proc/stat read */
-  uint64_t cpu_idle;   /* jiffies idle + iowait at that read */
-  double cpu_usage;    /* percent busy, 0..100, between the last two reads */
-  double memory_usage; /* percent of MemTotal not available, 0..100 */
+  uint64_t sampled_ms;      /* loop time of the last sample; 0: never */
+  uint64_t cpu_total;       /* jiffies of all states at the last /proc/stat read */
+  uint64_t cpu_idle;        /* jiffies idle + iowait at that read */
+  double cpu_usage;         /* percent busy, 0..100, between the last two reads */
+  uint64_t proc_ticks;      /* this process's utime + stime at the last read */
+  double process_cpu_usage; /* this process's share of all CPUs, percent, same interval */
+  double memory_usage;      /* percent of MemTotal not available, 0..100 */
 } client_hostinfo;
 
 /* Refreshes the figures when now_ms is a second or more past the last sample. The first call

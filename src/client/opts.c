@@ -153,6 +153,7 @@ static const opt_def opt_table[] = {
     {"weight", NULL, O_SPECIAL, OFF(weight), 0, 1e6},
     {"heartbeat-interval", NULL, O_SPECIAL, OFF(heartbeat_interval), 0.001, 86400},
     {"heartbeat-burst", NULL, O_U32, OFF(heartbeat_burst), 1, 10000},
+    {"cpu-source", NULL, O_SPECIAL, OFF(cpu_source_host), 0, 0},
     {"allow-exec", NULL, O_FLAG, OFF(allow_exec), 0, 0},
     {"token", NULL, O_STR, OFF(token), 0, 0},
     {"tls", NULL, O_FLAG, OFF(tls), 0, 0},
@@ -225,6 +226,13 @@ static int apply(client_opts *o, const opt_def *d, const char *flag, const char 
     if (parse_u64(v, 1, 100000, &uv))
       return fail(err, errlen, flag, "expected an integer in [1, 100000], got \"%s\"", v);
     o->max_concurrent = (int32_t)uv;
+  } else if (!strcmp(n, "cpu-source")) {
+    if (!strcmp(v, "host"))
+      o->cpu_source_host = 1;
+    else if (!strcmp(v, "process"))
+      o->cpu_source_host = 0;
+    else
+      return fail(err, errlen, flag, "expected host or process, got \"%s\"", v);
   } else if (!strcmp(n, "weight") || !strcmp(n, "heartbeat-interval")) {
     if (parse_double(v, d->lo, d->hi, &dv) || dv <= 0)
       return fail(err, errlen, flag, "expected a positive number, got \"%s\"", v);
@@ -339,6 +347,8 @@ const char *client_opts_usage(void) {
          "  --max-concurrent N         commands run at once (1); more are rejected \"busy\"\n"
          "  --weight W                 relative capacity (1)\n"
          "  --heartbeat-interval S     seconds between heartbeats, fractional allowed (10)\n"
+         "  --cpu-source S             cpu in heartbeats: process (this process's share of\n"
+         "                             the machine, default) or host (whole machine)\n"
          "  --heartbeat-burst N        heartbeats per interval while the stream has room (1);\n"
          "                             with a 0.001 s interval: as fast as the manager takes them\n"
          "  --allow-exec               permit exec commands (/bin/sh -c)\n"

@@ -31,6 +31,7 @@ typedef struct client_opts {
   int32_t max_concurrent;      /* commands run at once, >= 1 */
   double weight;               /* relative capacity, > 0 */
   double heartbeat_interval;   /* seconds between heartbeats, > 0 */
+  int cpu_source_host;         /* heartbeats report host-wide cpu (else this process's share) */
   uint32_t heartbeat_burst;    /* heartbeats per tick (1; more for load tests), while the
                                   stream's send queue has room */
   int allow_exec;              /* exec commands permitted */

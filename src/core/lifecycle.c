@@ -27,7 +27,7 @@
 #define LC_SCAN_MAX 64                /* consecutive unplaceable commands a pump looks past */
 #define LC_PUMP_MAX 4096              /* dispatches per loop turn; the rest on the next turn */
 #define LC_PUMP_BUDGET_NS 2000000ULL  /* loop time a pump may take; the rest on the next turn */
-#define LC_BCAST_STEP 256 /* broadcast children created per loop turn */
+#define LC_BCAST_STEP 256             /* broadcast children created per loop turn */
 #define LC_RECOVER_PAGE 1000          /* commands per recovery page */
 #define LC_REPLAY_PAGE 1000           /* outbox entries per replay pass */
 #define LC_OUTBOX_SWEEP_MS                                                                         \
@@ -79,10 +79,10 @@ typedef struct lc_cmd {
   /* broadcast parent */
   size_t child_total, child_done, child_lookups;
   size_t child_counts[COMMAND_STATUS_COUNT];
-  sched_bcast_job *plan_job; /* broadcast being planned on the work queue */
-  sched_bcast_plan *plan;    /* planned broadcast whose children are being created */
-  size_t plan_next;          /* next plan entry to create a child for */
-  struct lc_cmd *bnext;      /* list of parents creating children */
+  sched_bcast_job *plan_job;      /* broadcast being planned on the work queue */
+  sched_bcast_plan *plan;         /* planned broadcast whose children are being created */
+  size_t plan_next;               /* next plan entry to create a child for */
+  struct lc_cmd *bnext;           /* list of parents creating children */
   struct lc_cmd *plprev, *plnext; /* list of parents being planned (plan_job set) */
 } lc_cmd;
 
@@ -139,9 +139,11 @@ struct lifecycle {
   int own_strategy;
   command_idgen idgen;
   uint64_t seq;
-  sm_map cmds;   /* id -> lc_cmd */
-  sm_map agents; /* agent id -> lc_agent */
-  sm_map pubs;   /* command id -> lc_pub in flight */
+  sm_map cmds;     /* id -> lc_cmd */
+  sm_map agents;   /* agent id -> lc_agent */
+  sm_map pubs;     /* command id -> lc_pub in flight */
+  sm_map removing; /* command id -> lc_removal: confirmed, outbox removal in flight (a replay
+                      must not publish those again) */
   sched_queue q;
   lc_cmd *parked_head;
   size_t nparked;
@@ -152,9 +154,9 @@ struct lifecycle {
   int retry_armed;
   int retry_now;
   lc_deferred *def_head, *def_tail;
-  lc_cmd *bcast_head; /* broadcast parents creating their children, a step per loop turn */
+  lc_cmd *bcast_head;    /* broadcast parents creating their children, a step per loop turn */
   lc_cmd *planning_head; /* broadcast parents whose plan is being made */
-  size_t creating;    /* submissions at the store */
+  size_t creating;       /* submissions at the store */
   size_t inflight, held;
   int maintenance;
   int store_up;
@@ -1320,12 +1322,45 @@ static void pub_free(lc_pub *p) {
   free(p);
 }
 
+typedef struct lc_removal {
+  lifecycle *lc;
+  char *id;
+} lc_removal;
+
 static void outbox_removed(void *ud, int err) {
-  lifecycle *lc = ud;
+  lc_removal *r = ud;
+  lifecycle *lc = r->lc;
   lc->ops_pending--;
+  if (sm_map_get(&lc->removing, r->id, strlen(r->id)) == r)
+    sm_map_del(&lc->removing, r->id, strlen(r->id));
+  free(r->id);
+  free(r);
   if (err && !lc->closing)
     sm_log_warn("lifecycle", "outbox removal failed (will be published again)", SM_LE(err));
   maybe_free_lc(lc);
+}
+
+/* Removes a confirmed result from the outbox, remembering the id until the store answered. */
+static void outbox_remove(lifecycle *lc, const char *id) {
+  lc_removal *r = calloc(1, sizeof(*r));
+  char *copy = r ? strdup(id) : NULL;
+  if (copy == NULL) {
+    free(r);
+    return; /* the entry stays and is published again later: a duplicate, not a loss */
+  }
+  r->lc = lc;
+  r->id = copy;
+  if (store_outbox_remove(lc->st, id, outbox_removed, r) != 0) {
+    free(copy);
+    free(r);
+    return;
+  }
+  lc->ops_pending++;
+  lc_removal *old = sm_map_get(&lc->removing, copy, strlen(copy));
+  if (old != NULL) /* an earlier removal of the same id is in flight: track the newest */
+    sm_map_replace(&lc->removing, copy, strlen(copy), r);
+  else if (sm_map_put(&lc->removing, copy, strlen(copy), r) != 0)
+    return; /* not tracked: at worst a duplicate publish */
 }
 
 static void pub_settle(lc_pub *p) {
@@ -1334,8 +1369,7 @@ static void pub_settle(lc_pub *p) {
   lc->pub_inflight--;
   if (!p->failed) {
     lc->stats.published++;
-    if (store_outbox_remove(lc->st, p->id, outbox_removed, lc) == 0)
-      lc->ops_pending++;
+    outbox_remove(lc, p->id);
   } else {
     lc->stats.publish_failures++;
   }
@@ -1440,6 +1474,8 @@ static void replay_listed(void *ud, int err, const store_outbox_item *items, siz
     return;
   }
   for (size_t i = 0; i < n; i++) {
+    if (sm_map_get(&lc->removing, items[i].id, strlen(items[i].id)) != NULL)
+      continue; /* already confirmed; its removal is on its way */
     lc_pub *p = pub_new(lc, items[i].id, NULL, NULL);
     if (p == NULL)
       continue;
@@ -1920,6 +1956,7 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   sm_map_init(&lc->cmds, 0);
   sm_map_init(&lc->agents, 0);
   sm_map_init(&lc->pubs, 0);
+  sm_map_init(&lc->removing, 0);
   sched_queue_init(&lc->q, cfg->queue_size);
   lc->retry_ms = LC_RETRY_MIN_MS;
   lc->store_up = store_is_up(st);
@@ -1961,6 +1998,7 @@ static void maybe_free_lc(lifecycle *lc) {
   sm_map_finish(&lc->cmds);
   sm_map_finish(&lc->agents);
   sm_map_finish(&lc->pubs);
+  sm_map_finish(&lc->removing); /* its records were freed by their store callbacks */
   free(lc->recover_cursor);
   free(lc->instance);
   free(lc->result_queue);

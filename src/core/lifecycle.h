@@ -92,8 +92,9 @@ typedef void (*lifecycle_submit_cb)(void *ud, int err, const sm_command *cmd, in
 typedef void (*lifecycle_cmd_cb)(void *ud, int err, const sm_command *cmd);
 
 /* Creates the lifecycle. publisher may be NULL (no RabbitMQ: results are stored, no outbox).
- * strategy NULL: least_loaded. It takes over the registry's and the store's listeners (see
- * above). Returns 0, SM_EINVAL or SM_ENOMEM. */
+ * strategy: the placement strategy set (sched/strategy.h); the lifecycle owns it from here on
+ * and destroys it (also when creation fails); NULL: a least_loaded set. It takes over the
+ * registry's and the store's listeners (see above). Returns 0, SM_EINVAL or SM_ENOMEM. */
 int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registry *reg, store *st,
                      const lifecycle_publisher *publisher, sched_strategy *strategy,
                      lifecycle **out);

@@ -14,6 +14,7 @@
 #include "core/lifecycle.h"
 #include "core/lifecycle_mq.h"
 #include "grpc/server.h"
+#include "metrics/metrics.h"
 #include "mq/amqp.h"
 #include "mq/publisher.h"
 #include "sched/strategy.h"
@@ -32,7 +33,7 @@
 static void close_all(sm_manager *m);
 
 #define MQ_PREFETCH 256        /* unacked intake deliveries (bounds kept messages) */
-#define MQ_PUBLISH_WINDOW 1024 /* result publishes awaiting a confirm */
+#define MQ_PUBLISH_WINDOW 4096 /* result publishes awaiting a confirm (the adapter's maximum) */
 #define AGENT_RECORD_TTL_S 30  /* agent records in the store outlive a dead manager this long */
 
 /* Work that a graceful shutdown waits for: commands running on agents and store writes not yet
@@ -98,6 +99,9 @@ static void close_all(sm_manager *m) {
   if (m->stopping)
     return;
   m->stopping = 1;
+  /* metrics first: hooks that still fire while the others close see NULL and do nothing */
+  metrics_close(m->metrics, NULL, NULL);
+  m->metrics = NULL;
   sm_log_info("manager", "closing");
   /* Intake first (no new work), then the publisher (its callbacks must not outlive the
    * lifecycle); results not yet confirmed stay in the outbox for the next start. */
@@ -166,6 +170,27 @@ int sm_manager_ready(const sm_manager *m, const char **reason) {
   }
   *reason = NULL;
   return 1;
+}
+
+/* Metrics hooks: m->metrics is NULL once closing. */
+static void on_cmd_received(void *ud, const sm_command *c) {
+  sm_manager *m = ud;
+  metrics_command_received(m->metrics, c);
+}
+
+static void on_cmd_finished(void *ud, const sm_command *c, double exec_s) {
+  sm_manager *m = ud;
+  metrics_command_finished(m->metrics, c, exec_s);
+}
+
+static void on_grpc_start(void *ud, const char *path) {
+  sm_manager *m = ud;
+  metrics_grpc_call_start(m->metrics, path);
+}
+
+static void on_grpc_end(void *ud, const char *path, int known, int started, int status) {
+  sm_manager *m = ud;
+  metrics_grpc_call_end(m->metrics, path, known, started, status);
 }
 
 static void on_accepting(void *ud, int accepting) {
@@ -264,6 +289,8 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
       .instance = s->instance_id,
       .result_queue = s->amqp_result_queue,
       .on_accepting = on_accepting,
+      .on_received = on_cmd_received,
+      .on_finished = on_cmd_finished,
       .on_store_state = on_store_state,
       .hook_ud = m,
       .agent_events = {.on_register = mirror_register,
@@ -339,6 +366,12 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
   if (err)
     goto fail;
 
+  err = metrics_create(loop, m, &m->metrics);
+  if (err) {
+    sm_log_error("manager", "METRICS_ADDR: cannot use it", SM_LE(err));
+    goto fail;
+  }
+
   err = start_pipeline(m, s);
   if (err)
     goto fail;
@@ -348,6 +381,7 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
     sm_log_error("manager", "agent listener setup failed", SM_LE(err));
     goto fail;
   }
+  grpc_server_set_observer(m->grpc, on_grpc_start, on_grpc_end, m);
   err = grpc_server_listen(m->grpc);
   if (err) {
     sm_log_error("manager", "agent listener failed", SM_LS("addr", s->grpc_addr), SM_LE(err));
@@ -361,6 +395,11 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
   err = admin_server_listen(m->admin);
   if (err) {
     sm_log_error("manager", "admin listener failed", SM_LS("addr", s->admin_addr), SM_LE(err));
+    goto fail;
+  }
+  err = metrics_listen(m->metrics);
+  if (err) {
+    sm_log_error("manager", "metrics listener failed", SM_LS("addr", s->metrics_addr), SM_LE(err));
     goto fail;
   }
 

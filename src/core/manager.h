@@ -18,6 +18,7 @@ struct mq_conn;
 struct cmd_intake;
 struct agent_mirror;
 struct mq_publisher;
+struct metrics;
 
 typedef struct sm_manager {
   uv_loop_t *loop;
@@ -31,6 +32,7 @@ typedef struct sm_manager {
   struct mq_conn *mq;          /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
   struct cmd_intake *intake;   /* AMQP intake into the lifecycle (src/core/cmd_intake.h) */
   struct mq_publisher *publisher; /* AMQP result publisher (src/mq/publisher.h) */
+  struct metrics *metrics;        /* metrics and the METRICS_ADDR listener (metrics/metrics.h) */
   int64_t started_at_ms;          /* unix ms */
   int draining;                   /* shutdown in progress: /ready says 503, no new work */
   int maintenance;                /* maintenance mode: new commands refused, agents stay */

@@ -3,6 +3,7 @@
  * registry calls and back; it knows nothing of HTTP/2. */
 #include "grpc/services.h"
 
+#include "grpc/agent_auth.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -19,6 +20,7 @@
 
 struct grpc_agent_service {
   agent_registry *reg;
+  const agent_tokens *tokens; /* AGENT_AUTH_TOKENS_FILE; NULL: no token needed */
   uint64_t first_message_ms;
   char first_message_why[64]; /* the status message of the first-message timeout */
   ProtobufCAllocator alloc;
@@ -169,6 +171,25 @@ static int agent_status_of(Scan__AgentStatus s) {
   return (unsigned)s < AGENT_STATUS_COUNT ? (int)s : AGENT_UNKNOWN;
 }
 
+/* With agent tokens configured: the stream's bearer token must belong to this agent id (or be
+ * a `*:` token). Ends the call and returns 0 when it does not. The token is never logged. */
+static int authorized(grpc_agent_service *as, grpc_call *call, const char *agent_id) {
+  if (as->tokens == NULL)
+    return 1;
+  int err = agent_tokens_check(as->tokens, grpc_call_header(call, "authorization"), agent_id);
+  if (err == 0)
+    return 1;
+  sm_log_info(
+      "grpc", "agent refused: token", SM_LS("agent_id", agent_id),
+      SM_LS("peer", grpc_call_peer(call)),
+      SM_LS("reason", err == SM_EPERM ? "bound to another agent id" : "missing or unknown"));
+  if (err == SM_EPERM)
+    grpc_call_finish(call, GRPC_PERMISSION_DENIED, "this token is bound to another agent id");
+  else
+    grpc_call_finish(call, GRPC_UNAUTHENTICATED, "missing or unknown agent token");
+  return 0;
+}
+
 static void connect_register(agent_link *l, grpc_call *call, const Scan__AgentMessage *m,
                              const sm_kv *meta, size_t nmeta) {
   const char *id = grpc_call_header(call, "agent-id");
@@ -180,6 +201,8 @@ static void connect_register(agent_link *l, grpc_call *call, const Scan__AgentMe
                      "message");
     return;
   }
+  if (!authorized(l->svc, call, id))
+    return;
   agent *a = NULL;
   int err = agent_registry_attach(l->svc->reg, id, strlen(id),
                                   (enum agent_status)agent_status_of(m->status), meta, nmeta,
@@ -274,6 +297,8 @@ static void connect_close(grpc_call *call, int reason) {
 
 static void ping_message(grpc_call *call, const uint8_t *data, size_t len) {
   grpc_agent_service *as = grpc_call_service_data(call);
+  if (!authorized(as, call, NULL))
+    return;
   int arena;
   ProtobufCMessage *req = unpack(as, &scan__ping_request__descriptor, data, len, &arena);
   if (req == NULL) {
@@ -319,6 +344,10 @@ int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, gr
   svc->ud = as;
   *out = as;
   return 0;
+}
+
+void grpc_agent_service_set_tokens(grpc_agent_service *as, const agent_tokens *tokens) {
+  as->tokens = tokens;
 }
 
 void grpc_agent_service_destroy(grpc_agent_service *as) {

@@ -2,6 +2,8 @@
  * service table (see server.h). */
 #include "grpc/server.h"
 
+#include "grpc/agent_auth.h"
+
 #include "grpc/services.h"
 #include "grpc/session.h"
 #include "net/tcp.h"
@@ -31,6 +33,7 @@ struct grpc_server {
   grpc_service svc[SVC_COUNT]; /* the service table's entries */
   const grpc_service *table[SVC_COUNT];
   grpc_agent_service *agents;
+  agent_tokens *tokens; /* AGENT_AUTH_TOKENS_FILE, NULL when unset */
   grpc_health *health;
   int draining;
   void (*close_cb)(void *ud);
@@ -106,6 +109,7 @@ static uint64_t to_ms(double s) {
 
 static void server_free(struct grpc_server *srv) {
   grpc_agent_service_destroy(srv->agents);
+  agent_tokens_free(srv->tokens);
   grpc_health_destroy(srv->health);
   net_tls_ctx_destroy(srv->tls);
   free(srv);
@@ -138,6 +142,16 @@ int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *re
                                   &srv->agents);
   if (err)
     goto fail;
+  if (s->agent_auth_tokens_file) {
+    char why[512];
+    err = agent_tokens_load(s->agent_auth_tokens_file, &srv->tokens, why, sizeof(why));
+    if (err) {
+      sm_log_error("grpc", "AGENT_AUTH_TOKENS_FILE: cannot use it", SM_LS("reason", why));
+      goto fail;
+    }
+    grpc_agent_service_set_tokens(srv->agents, srv->tokens);
+    sm_log_info("grpc", "agent tokens required", SM_LI("tokens", agent_tokens_count(srv->tokens)));
+  }
   static const char *const health_names[] = {"scan.AgentService", NULL};
   err = grpc_health_create(health_names, &srv->svc[SVC_HEALTH], &srv->health);
   if (err)
@@ -189,6 +203,15 @@ int grpc_server_listen(struct grpc_server *srv) {
 
 int grpc_server_port(const struct grpc_server *srv) {
   return net_listener_port(srv->listener);
+}
+
+void grpc_server_set_observer(struct grpc_server *srv, void (*on_start)(void *ud, const char *path),
+                              void (*on_end)(void *ud, const char *path, int known, int started,
+                                             int status),
+                              void *ud) {
+  srv->scfg.on_call_start = on_start;
+  srv->scfg.on_call_end = on_end;
+  srv->scfg.observer_ud = ud;
 }
 
 size_t grpc_server_connections(const struct grpc_server *srv) {

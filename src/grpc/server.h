@@ -31,6 +31,14 @@ int grpc_server_port(const struct grpc_server *srv);
  * progress may finish. */
 void grpc_server_drain(struct grpc_server *srv);
 
+/* Sets the call observer (metrics) of every session, before grpc_server_listen: on_start(ud,
+ * path) when a call to a served method starts, on_end(ud, path, known, started, status) when a
+ * call ends with a grpc-status (see grpc_session_config). */
+void grpc_server_set_observer(struct grpc_server *srv, void (*on_start)(void *ud, const char *path),
+                              void (*on_end)(void *ud, const char *path, int known, int started,
+                                             int status),
+                              void *ud);
+
 /* Open connections now. */
 size_t grpc_server_connections(const struct grpc_server *srv);
 

@@ -19,6 +19,11 @@ int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, gr
 /* Frees the service (its calls must be closed). NULL is fine. */
 void grpc_agent_service_destroy(grpc_agent_service *as);
 
+struct agent_tokens;
+/* Requires agent tokens (grpc/agent_auth.h) on Ping and Connect from now on; NULL: none. The
+ * tokens must outlive the service. */
+void grpc_agent_service_set_tokens(grpc_agent_service *as, const struct agent_tokens *tokens);
+
 /* ---- grpc.health.v1.Health: Check and Watch ---- */
 
 typedef struct grpc_health grpc_health;

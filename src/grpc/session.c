@@ -244,6 +244,9 @@ static void call_end(grpc_call *c, const char *http_status, int status, const ch
     c->message = strdup(enc); /* without it the status still goes out */
   }
   grpc_frame_reader_finish(&c->reader); /* no more request messages are read */
+  if (c->s->cfg->on_call_end)
+    c->s->cfg->on_call_end(c->s->cfg->observer_ud, grpc_call_path(c), c->method != NULL, c->started,
+                           status);
   sm_log_debug("grpc", "call finished", SM_LS("path", grpc_call_path(c)),
                SM_LS("peer", grpc_call_peer(c)), SM_LS("status", grpc_status_name(status)),
                SM_LS("message", message ? message : ""));
@@ -547,6 +550,8 @@ static void call_dispatch(grpc_call *c) {
     return;
   }
   c->started = 1;
+  if (s->cfg->on_call_start)
+    s->cfg->on_call_start(s->cfg->observer_ud, c->path);
   if (c->timeout_ms) {
     c->deadline_ms = now_ms(s) + c->timeout_ms;
     arm(s, c->deadline_ms);

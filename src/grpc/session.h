@@ -29,6 +29,12 @@ typedef struct grpc_session_config {
   uint64_t idle_ms;              /* close a connection without calls after this; 0: never */
   size_t max_output_bytes;       /* stop producing above this (transport + queued messages) */
   uint64_t stall_ms;             /* close when output stays above the maximum this long */
+  /* Optional call observer (metrics): on_call_start when a call to a served method starts;
+   * on_call_end when a call ends with a status (known: a served method; started: on_call_start
+   * ran for it). Calls reset by the peer end without on_call_end. */
+  void (*on_call_start)(void *ud, const char *path);
+  void (*on_call_end)(void *ud, const char *path, int known, int started, int status);
+  void *observer_ud;
 } grpc_session_config;
 
 /* What the session needs from its transport. `io` is passed back as the first argument. */

@@ -42,9 +42,9 @@ typedef struct metrics_desc {
   const char *help;          /* one line of text */
   const char *const *labels; /* nlabels names, [a-zA-Z_][a-zA-Z0-9_]*, not "le"/"quantile" */
   size_t nlabels;
-  size_t max_series;      /* label sets kept before folding into "other"; 0: default */
-  const double *buckets;  /* histogram: ascending finite upper bounds; NULL: default buckets */
-  size_t nbuckets;        /* at most METRICS_MAX_BUCKETS */
+  size_t max_series;     /* label sets kept before folding into "other"; 0: default */
+  const double *buckets; /* histogram: ascending finite upper bounds; NULL: default buckets */
+  size_t nbuckets;       /* at most METRICS_MAX_BUCKETS */
 } metrics_desc;
 
 /* Creates an empty collector (it registers metrics_series_dropped_total itself). Returns 0 or

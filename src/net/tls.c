@@ -15,6 +15,8 @@
 
 /* ALPN wire form: length-prefixed protocol names. gRPC speaks only h2. */
 static const unsigned char alpn_h2[] = {2, 'h', '2'};
+/* The admin listener's (net_tls_config.http1). */
+static const unsigned char alpn_http1[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 
 /* A memory BIO keeps its largest allocation; one that grew past this while a big record went
  * through is replaced when empty so an idle connection holds no large buffer. */
@@ -25,11 +27,13 @@ static const unsigned char alpn_h2[] = {2, 'h', '2'};
 struct net_tls_ctx {
   SSL_CTX *ssl_ctx;
   int server; /* 1: accepts, 0: connects */
+  int http1;  /* server speaking HTTP/1.1: ALPN http/1.1 optional instead of h2 required */
 };
 
 struct net_tls {
   SSL *ssl;
   int server;
+  int http1;       /* the context's http1 */
   int established; /* handshake complete (and ALPN agreed) */
   int shut;        /* close_notify queued: no more writes */
   int failed;      /* an SM_ETLS was returned: the reason is in err */
@@ -66,6 +70,23 @@ static int tls_fail(net_tls *t, const char *fallback) {
     ERR_clear_error();
   }
   return SM_ETLS;
+}
+
+/* ALPN of an http1 server context. (The context may be freed before its sessions, so the
+ * callbacks take no pointer to it.) */
+static int alpn_select_http1(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                             const unsigned char *in, unsigned int inlen, void *arg) {
+  (void)ssl;
+  (void)arg;
+  unsigned char *sel = NULL;
+  unsigned char sel_len = 0;
+  /* HTTP/1.1 needs no ALPN: a client offering only others (h2) goes on without one. */
+  if (SSL_select_next_proto(&sel, &sel_len, alpn_http1, sizeof(alpn_http1), in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;
+  *out = sel;
+  *outlen = sel_len;
+  return SSL_TLSEXT_ERR_OK;
 }
 
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -122,7 +143,8 @@ int net_tls_ctx_create_server(const net_tls_config *cfg, net_tls_ctx **out) {
   err = load_cert_key(c, cfg->cert_file, cfg->key_file);
   if (err)
     goto fail;
-  SSL_CTX_set_alpn_select_cb(c->ssl_ctx, alpn_select, NULL);
+  c->http1 = cfg->http1 != 0;
+  SSL_CTX_set_alpn_select_cb(c->ssl_ctx, c->http1 ? alpn_select_http1 : alpn_select, NULL);
   if (cfg->ca_file != NULL && cfg->ca_file[0]) {
     if (SSL_CTX_load_verify_locations(c->ssl_ctx, cfg->ca_file, NULL) != 1) {
       err = ctx_fail("cannot load TLS client CA", cfg->ca_file);
@@ -199,6 +221,7 @@ int net_tls_create(net_tls_ctx *ctx, const char *server_name, net_tls **out) {
   if (t == NULL)
     return SM_ENOMEM;
   t->server = ctx->server;
+  t->http1 = ctx->http1;
   t->ssl = SSL_new(ctx->ssl_ctx);
   BIO *rbio = mem_bio(), *wbio = mem_bio();
   if (t->ssl == NULL || rbio == NULL || wbio == NULL) {
@@ -299,7 +322,7 @@ int net_tls_handshake(net_tls *t) {
   const unsigned char *proto = NULL;
   unsigned int plen = 0;
   SSL_get0_alpn_selected(t->ssl, &proto, &plen);
-  if (plen != 2 || memcmp(proto, "h2", 2) != 0) {
+  if (!t->http1 && (plen != 2 || memcmp(proto, "h2", 2) != 0)) {
     ERR_clear_error();
     snprintf(t->err, sizeof(t->err), "%s", "peer did not agree on ALPN h2");
     t->failed = 1;
@@ -392,7 +415,14 @@ void net_tls_shutdown(net_tls *t) {
 }
 
 const char *net_tls_alpn(const net_tls *t) {
-  return t->established ? "h2" : NULL; /* established implies ALPN h2 was agreed */
+  if (!t->established)
+    return NULL;
+  if (!t->http1)
+    return "h2"; /* established implies ALPN h2 was agreed */
+  const unsigned char *proto = NULL;
+  unsigned int plen = 0;
+  SSL_get0_alpn_selected(t->ssl, &proto, &plen);
+  return plen ? "http/1.1" : NULL; /* the only protocol an http1 context selects */
 }
 
 const char *net_tls_version(const net_tls *t) {

@@ -34,6 +34,9 @@ typedef struct net_tls_config {
   /* Client only: 0 verifies the server's certificate (and its name, see net_tls_create);
    * 1 skips verification (tests, self-signed development set-ups). Ignored by servers. */
   int insecure;
+  /* Server only: 1 serves HTTP/1.1 instead of h2 (the admin listener): ALPN http/1.1 is selected
+   * when the client offers it, and a client offering no ALPN is accepted. 0 requires h2. */
+  int http1;
 } net_tls_config;
 
 /* Creates a server context: loads cert_file/key_file (checking they match), requires ALPN h2,
@@ -87,7 +90,8 @@ size_t net_tls_take(net_tls *t, uint8_t *buf, size_t cap);
 /* Queues a close_notify alert (take it and send it before closing the socket). */
 void net_tls_shutdown(net_tls *t);
 
-/* The protocol agreed by ALPN ("h2"), or NULL before the handshake or without ALPN. */
+/* The protocol agreed by ALPN ("h2", "http/1.1"), or NULL before the handshake or without
+ * ALPN. */
 const char *net_tls_alpn(const net_tls *t);
 
 /* The protocol version agreed ("TLSv1.3"), or NULL before the handshake. */

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #define NOPOS ((size_t)-1)
-#define PICK_RETRIES 8 /* stale heap tops re-indexed before a pick gives up */
+#define PICK_RETRIES 8  /* stale heap tops re-indexed before a pick gives up */
 #define SEG_SCAN_MAX 64 /* a segment with at most this many agents is scanned, not pooled */
 
 typedef struct sched_pool sched_pool;
@@ -20,23 +20,23 @@ typedef struct sched_pool sched_pool;
 typedef struct sched_rec {
   char *id; /* own copy: the map key */
   agent *a;
-  uint64_t gen;     /* agent generation when last indexed */
-  size_t slot;      /* position in lb->recs */
-  int available;    /* in the pools' heaps */
-  double load;      /* as indexed */
-  int32_t assigned; /* as indexed */
-  size_t ncaps;     /* capability count (tightest fit) */
-  double weight;    /* declared weight, > 0 */
-  uint64_t fp;      /* fingerprint of capabilities + segment: membership changes */
-  char seg[64];     /* normalized segment, "" when none or unparsable */
-  size_t seg_pos;   /* position in its segment group */
-  unsigned char segkey[18]; /* binary segment: family, length, masked address (group key) */
-  uint64_t served;  /* lb clock of the last pick, 0: never */
-  double pass[2];   /* stride pass: weighted, adaptive */
-  double ewma_s;    /* adaptive: decaying average execution time, seconds */
-  double ewma_fail; /* adaptive: decaying failure rate, 0..1 */
-  uint64_t samples; /* results seen */
-  double aweight;   /* adaptive: learned weight in use */
+  uint64_t gen;              /* agent generation when last indexed */
+  size_t slot;               /* position in lb->recs */
+  int available;             /* in the pools' heaps */
+  double load;               /* as indexed */
+  int32_t assigned;          /* as indexed */
+  size_t ncaps;              /* capability count (tightest fit) */
+  double weight;             /* declared weight, > 0 */
+  uint64_t fp;               /* fingerprint of capabilities + segment: membership changes */
+  char seg[64];              /* normalized segment, "" when none or unparsable */
+  size_t seg_pos;            /* position in its segment group */
+  unsigned char segkey[18];  /* binary segment: family, length, masked address (group key) */
+  uint64_t served;           /* lb clock of the last pick, 0: never */
+  double pass[2];            /* stride pass: weighted, adaptive */
+  double ewma_s;             /* adaptive: decaying average execution time, seconds */
+  double ewma_fail;          /* adaptive: decaying failure rate, 0..1 */
+  uint64_t samples;          /* results seen */
+  double aweight;            /* adaptive: learned weight in use */
   struct sched_node **nodes; /* pools it belongs to */
   size_t nnodes, cnodes;
 } sched_rec;
@@ -59,8 +59,8 @@ typedef struct hent {
 } hent;
 
 struct sched_pool {
-  char *sig;    /* map key: requirement signature */
-  sm_kv *reqs;  /* owned; value NULL: any value */
+  char *sig;   /* map key: requirement signature */
+  sm_kv *reqs; /* owned; value NULL: any value */
   size_t nreqs;
   char *seg;    /* normalized segment required, or NULL */
   char *anchor; /* bucket key: "" / "k:<key>" / "s:<segment>" */
@@ -92,12 +92,12 @@ struct sched_lb {
   sm_map by_id; /* agent id -> rec */
   sched_rec **recs;
   size_t nrecs, crecs;
-  sm_map pools;   /* signature -> pool */
-  sm_map buckets; /* anchor -> bucket */
-  sm_map segs;    /* normalized segment -> seg_group */
+  sm_map pools;    /* signature -> pool */
+  sm_map buckets;  /* anchor -> bucket */
+  sm_map segs;     /* normalized segment -> seg_group */
   unsigned active; /* bit per maintained ordering */
   uint64_t clock;
-  double vtime[2]; /* stride virtual time: pass of the last pick */
+  double vtime[2];                /* stride virtual time: pass of the last pick */
   size_t v4lens[33], v6lens[129]; /* agents per segment prefix length */
   /* adaptive recompute */
   uv_timer_t *timer; /* heap-allocated: freed in its close callback, after lb may be gone */
@@ -171,8 +171,9 @@ static void seg_key(const unsigned char addr[16], int v6, int len, unsigned char
   int bytes = v6 ? 16 : 4;
   for (int i = 0; i < bytes; i++) {
     int keep = len - i * 8;
-    key[2 + i] =
-        keep <= 0 ? 0 : keep < 8 ? (unsigned char)(addr[i] & (0xff << (8 - keep))) : addr[i];
+    key[2 + i] = keep <= 0  ? 0
+                 : keep < 8 ? (unsigned char)(addr[i] & (0xff << (8 - keep)))
+                            : addr[i];
   }
 }
 
@@ -537,8 +538,8 @@ static const char *want_value(const char *v) {
 }
 
 /* Writes the signature of (caps, seg) into buf; returns its length or 0 when it does not fit. */
-static size_t signature(const sm_kv *caps, size_t ncaps, const char *seg, sm_kv *sorted,
-                        char *buf, size_t cap) {
+static size_t signature(const sm_kv *caps, size_t ncaps, const char *seg, sm_kv *sorted, char *buf,
+                        size_t cap) {
   memcpy(sorted, caps, ncaps * sizeof(*caps));
   if (ncaps > 1)
     qsort(sorted, ncaps, sizeof(*sorted), kv_cmp);

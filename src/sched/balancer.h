@@ -42,10 +42,10 @@ typedef enum sched_ord {
 } sched_ord;
 
 typedef struct sched_lb_config {
-  double max_agent_load;   /* MAX_AGENT_LOAD; <= 0: 0.8 */
-  double ewma_alpha;       /* weight of a new sample in the adaptive averages; <= 0: 0.2 */
-  double recompute_s;      /* adaptive weights recomputed (off the loop) this often while new
-                              results arrived; <= 0: 1 s */
+  double max_agent_load; /* MAX_AGENT_LOAD; <= 0: 0.8 */
+  double ewma_alpha;     /* weight of a new sample in the adaptive averages; <= 0: 0.2 */
+  double recompute_s;    /* adaptive weights recomputed (off the loop) this often while new
+                            results arrived; <= 0: 1 s */
 } sched_lb_config;
 
 /* Creates an empty balancer on loop (the loop runs the adaptive recompute). Returns 0, SM_EINVAL
@@ -99,8 +99,7 @@ size_t sched_lb_candidates(sched_lb *lb, const sched_request *req, sched_ord o, 
  * target (an IPv4/IPv6 address or CIDR). Writes the normalized segment into seg and returns 0,
  * or SM_ENOENT (none, or target unparsable). Only prefix lengths some agent uses are tried, from
  * below `below` (the length found last time; pass 129 to start). *len receives the length. */
-int sched_lb_segment_for(const sched_lb *lb, const char *target, int below, char seg[64],
-                         int *len);
+int sched_lb_segment_for(const sched_lb *lb, const char *target, int below, char seg[64], int *len);
 
 /* Normalizes a CIDR or address ("10.0.0.7/24" -> "10.0.0.0/24", "10.0.0.7" -> "10.0.0.7/32").
  * Returns 0 or SM_EINVAL. */

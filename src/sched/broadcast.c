@@ -33,7 +33,7 @@ struct sched_bcast_job {
   uv_idle_t *idle; /* own allocation: freed in its close callback */
   agent **ptrs;    /* the registry's agents when the broadcast started */
   size_t nptrs, next;
-  sm_map dead; /* agents gone before they were copied (key: the pointer's bytes) */
+  sm_map dead;      /* agents gone before they were copied (key: the pointer's bytes) */
   void **dead_keys; /* the cells holding those keys (freed with the job) */
   size_t ndead, cdead;
   bc_arena ar;
@@ -253,8 +253,8 @@ static void fail_now(sched_bcast_job *j, int err) {
 
 static void snap_step(uv_idle_t *h) {
   sched_bcast_job *j = h->data;
-  size_t end = j->next + SCHED_BCAST_SNAP_STEP < j->nptrs ? j->next + SCHED_BCAST_SNAP_STEP
-                                                           : j->nptrs;
+  size_t end =
+      j->next + SCHED_BCAST_SNAP_STEP < j->nptrs ? j->next + SCHED_BCAST_SNAP_STEP : j->nptrs;
   for (size_t i = j->next; i < end; i++) {
     const agent *a = j->ptrs[i];
     if (j->ndead && sm_map_get(&j->dead, (const char *)&j->ptrs[i], sizeof(a)))

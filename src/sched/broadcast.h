@@ -22,13 +22,13 @@
 
 /* The result of planning: agents that matched when the snapshot was taken. */
 typedef struct sched_bcast_plan {
-  size_t n;                                /* matching agents (at most the max asked for) */
-  const char **agent_id;                   /* n agent ids (owned by the plan) */
-  uint64_t *generation;                    /* n agent generations at snapshot time */
-  char (*child_id)[COMMAND_ID_LEN + 1];    /* n fresh command ids, one per child */
-  size_t snapshot;                         /* agents in the snapshot */
-  double plan_ms;                          /* time spent on the work queue */
-  char *arena_;                            /* private */
+  size_t n;                             /* matching agents (at most the max asked for) */
+  const char **agent_id;                /* n agent ids (owned by the plan) */
+  uint64_t *generation;                 /* n agent generations at snapshot time */
+  char (*child_id)[COMMAND_ID_LEN + 1]; /* n fresh command ids, one per child */
+  size_t snapshot;                      /* agents in the snapshot */
+  double plan_ms;                       /* time spent on the work queue */
+  char *arena_;                         /* private */
 } sched_bcast_plan;
 
 #define SCHED_BCAST_SNAP_STEP 8192 /* agents copied per loop turn */

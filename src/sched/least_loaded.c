@@ -1,4 +1,5 @@
-/* least_loaded.c - the eligible agent with the lowest load, then the fewest assigned commands, then the least recently served. */
+/* least_loaded.c - the eligible agent with the lowest load, then the fewest assigned commands, then
+ * the least recently served. */
 #include "sched/policy.h"
 
 static int pick(sched_lb *lb, const sched_request *req, agent **out) {

@@ -1,4 +1,5 @@
-/* round_robin.c - in turn: the eligible agent served least recently (ties: index order), so with a stable set every agent is served once per round. */
+/* round_robin.c - in turn: the eligible agent served least recently (ties: index order), so with a
+ * stable set every agent is served once per round. */
 #include "sched/policy.h"
 
 static int pick(sched_lb *lb, const sched_request *req, agent **out) {

@@ -38,9 +38,8 @@ static const sched_policy *const policies[] = {
 };
 #define NPOLICIES (sizeof(policies) / sizeof(policies[0]))
 
-static const char *const names[] = {"round_robin", "least_loaded", "capability_match",
-                                    "weighted",    "adaptive",     "locality",
-                                    NULL};
+static const char *const names[] = {
+    "round_robin", "least_loaded", "capability_match", "weighted", "adaptive", "locality", NULL};
 
 const char *const *sched_strategy_names(void) {
   return names;
@@ -65,8 +64,7 @@ typedef struct sched_set {
   const sched_policy *dflt;
 } sched_set;
 
-static int set_pick(sched_strategy *s, agent_registry *reg, const sched_request *req,
-                    agent **out) {
+static int set_pick(sched_strategy *s, agent_registry *reg, const sched_request *req, agent **out) {
   (void)reg;
   sched_set *set = (sched_set *)s;
   const sched_policy *p = set->dflt;

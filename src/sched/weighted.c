@@ -1,4 +1,5 @@
-/* weighted.c - in proportion to each agent's weight: stride scheduling, the lowest pass goes next and its pass grows by 1/weight. */
+/* weighted.c - in proportion to each agent's weight: stride scheduling, the lowest pass goes next
+ * and its pass grows by 1/weight. */
 #include "sched/policy.h"
 
 static int pick(sched_lb *lb, const sched_request *req, agent **out) {

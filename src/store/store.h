@@ -77,12 +77,34 @@ typedef struct store_ops {
   void (*close)(store *s, void (*closed)(void *ud), void *ud);
 } store_ops;
 
+/* Operations by kind, counted by the dispatch in store.c (valkey_operations_total{op}). */
+typedef enum store_op {
+  STORE_OP_CMD_CREATE = 0,
+  STORE_OP_CMD_GET,
+  STORE_OP_CMD_UPDATE,
+  STORE_OP_CMD_LIST,
+  STORE_OP_OUTBOX_ADD,
+  STORE_OP_OUTBOX_LIST,
+  STORE_OP_OUTBOX_REMOVE,
+  STORE_OP_AGENT_PUT,
+  STORE_OP_AGENT_DEL,
+  STORE_OP_AGENT_LIST,
+  STORE_OP_COUNT
+} store_op;
+
 /* The common head of every backend. */
 struct store {
   const store_ops *ops;
   store_state_cb on_state; /* optional */
   void *state_ud;
+  uint64_t op_count[STORE_OP_COUNT]; /* operations the backend accepted, by store_op */
 };
+
+/* Operations of kind op the backend accepted since creation. */
+uint64_t store_op_count(const store *s, store_op op);
+
+/* "cmd_create", "cmd_get", ... (the op label of valkey_operations_total). */
+const char *store_op_name(store_op op);
 
 typedef struct store_valkey_config {
   const char *host;         /* VALKEY_HOST */

@@ -22,8 +22,10 @@ class Server:
     def __init__(self, tmpdir, env=None):
         self.log_path = os.path.join(tmpdir, f"admin-{time.monotonic_ns()}.log")
         e = dict(os.environ)
+        # Development mode without keys: /api is open (test_security_*.py covers the keys).
         e.update({"ADMIN_API_ADDR": "127.0.0.1:0", "SIRIUS_LOG_FORMAT": "json",
-                  "SIRIUS_LOG_LEVEL": "info", "INSTANCE_ID": "test-instance"})
+                  "SIRIUS_LOG_LEVEL": "info", "INSTANCE_ID": "test-instance",
+                  "APP_ENV": "development"})
         e.update(env or {})
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([SERVER_BIN], env=e, stdout=subprocess.PIPE,
@@ -132,7 +134,7 @@ def test_health_ready_and_errors(server_factory):
     assert status == 405 and headers["Allow"] == "GET"
     assert body["error"]["code"] == "method_not_allowed"
     ready = server_factory(TEST_READY=1)
-    assert http("GET", ready.url + "/ready")[::2] == (200, {"status": "ready"})
+    assert http("GET", ready.url + "/ready")[::2] == (200, {"status": "ready", "maintenance": False})
 
 
 def test_keep_alive_and_pipelining(server_factory):

@@ -150,6 +150,17 @@ static void test_guard_and_dispatch(void) {
   T_EQ_INT(res.status, 200);
   T_EQ_INT(handled, 1);
   admin_response_finish(&res);
+  /* Unknown paths under /api need a key before they are a 404; others are a 404 at once. */
+  req->path = "/api/nope";
+  admin_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 401);
+  admin_response_finish(&res);
+  req->path = "/nope";
+  admin_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 404);
+  admin_response_finish(&res);
   req->path = "/api/x";
   req->query = "a=%ZZ"; /* malformed query: 400 before the guard or handler */
   admin_response_init(&res);

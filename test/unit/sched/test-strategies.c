@@ -66,10 +66,8 @@ static void world_init(world *w, const char *dflt) {
   T_EQ_INT(agent_registry_create(&w->loop, &rc, &w->reg), 0);
   sched_set_config sc = {.default_strategy = dflt, .max_agent_load = 0.8};
   T_EQ_INT(sched_set_create(&w->loop, &sc, &w->s), 0);
-  agent_registry_events ev = {.on_register = ev_reg,
-                              .on_unregister = ev_unreg,
-                              .on_update = ev_upd,
-                              .ud = w->s};
+  agent_registry_events ev = {
+      .on_register = ev_reg, .on_unregister = ev_unreg, .on_update = ev_upd, .ud = w->s};
   agent_registry_set_events(w->reg, &ev);
 }
 
@@ -87,8 +85,8 @@ static agent *join(world *w, int i, const char *caps, int maxc, double weight, c
   snprintf(id, sizeof(id), "ag%d", i);
   snprintf(mc, sizeof(mc), "%d", maxc);
   snprintf(wt, sizeof(wt), "%g", weight);
-  sm_kv meta[4] = {{"capabilities", caps}, {"max_concurrent", mc}, {"weight", wt},
-                   {"segment", seg}};
+  sm_kv meta[4] = {
+      {"capabilities", caps}, {"max_concurrent", mc}, {"weight", wt}, {"segment", seg}};
   agent *a = NULL;
   T_EQ_INT(agent_registry_attach(w->reg, id, strlen(id), AGENT_IDLE, meta, 4, &fake_ops,
                                  &w->links[i], &a),
@@ -117,14 +115,12 @@ static void test_constraints(void) {
                                   "os=windows",
                                   "scan_type=nmap,os=windows,gpu=yes"};
   static const char *segs[] = {"", "10.0.0.0/24", "10.0.1.0/24", "10.0.0.0/16", "fd00::/64"};
-  static const sm_kv reqs[][2] = {{{"scan_type", "nmap"}, {NULL, NULL}},
-                                  {{"os", "linux"}, {NULL, NULL}},
-                                  {{"scan_type", "nmap"}, {"os", "windows"}},
-                                  {{"gpu", "*"}, {NULL, NULL}},
-                                  {{"scan_type", "zmap"}, {NULL, NULL}},
-                                  {{"os", ""}, {"scan_type", "masscan"}}};
-  static const char *targets[] = {"10.0.0.7", "10.0.1.9", "10.0.200.1", "192.168.0.1",
-                                  "fd00::5", "10.0.0.0/25"};
+  static const sm_kv reqs[][2] = {
+      {{"scan_type", "nmap"}, {NULL, NULL}},      {{"os", "linux"}, {NULL, NULL}},
+      {{"scan_type", "nmap"}, {"os", "windows"}}, {{"gpu", "*"}, {NULL, NULL}},
+      {{"scan_type", "zmap"}, {NULL, NULL}},      {{"os", ""}, {"scan_type", "masscan"}}};
+  static const char *targets[] = {"10.0.0.7",    "10.0.1.9", "10.0.200.1",
+                                  "192.168.0.1", "fd00::5",  "10.0.0.0/25"};
   for (int seed = 1; seed <= 40; seed++) {
     rng_state = 0x9e3779b97f4a7c15ULL * (uint64_t)seed;
     world w;
@@ -151,7 +147,7 @@ static void test_constraints(void) {
         ag[i] = join(&w, i, capsets[rndn(6)], 1 + rndn(4), 1 + rndn(4), segs[rndn(5)]);
       } else if (r < 40 && ag[i] && ag[i]->assigned > 0) { /* a command finishes */
         assign(&w, ag[i], -1);
-      } else { /* a command is placed */
+      } else {           /* a command is placed */
         int k = rndn(7); /* 6: no requirement */
         sched_request rq = {.max_agent_load = 0.8};
         if (k < 6) {
@@ -452,8 +448,7 @@ static void test_broadcast_plan(void) {
       agent_registry_touch(w.reg, a, AGENT_MAINTENANCE, NULL, 0);
   }
   sm_kv cap = {"scan_type", "nmap"};
-  agent_filter f = {.caps = &cap, .ncaps = 1, .max_load = -1,
-                    .status_mask = 1u << AGENT_IDLE};
+  agent_filter f = {.caps = &cap, .ncaps = 1, .max_load = -1, .status_mask = 1u << AGENT_IDLE};
   plan_res r = {0};
   sched_bcast_job *job;
   T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 1000, plan_cb, &r, &job), 0);
