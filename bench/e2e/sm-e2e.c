@@ -612,6 +612,10 @@ static void *submit_thread(void *arg) {
 static void *sink_conn(void *arg) {
   int fd = (int)(intptr_t)arg;
   char *buf = malloc(1 << 20);
+  if (buf == NULL) {
+    close(fd);
+    return NULL;
+  }
   size_t have = 0;
   static const char ok[] = "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
                            "Content-Length: 2\r\n\r\n[]";

@@ -540,7 +540,8 @@ static const char *want_value(const char *v) {
 /* Writes the signature of (caps, seg) into buf; returns its length or 0 when it does not fit. */
 static size_t signature(const sm_kv *caps, size_t ncaps, const char *seg, sm_kv *sorted, char *buf,
                         size_t cap) {
-  memcpy(sorted, caps, ncaps * sizeof(*caps));
+  if (ncaps) /* memcpy from a NULL caps array is undefined even for zero bytes */
+    memcpy(sorted, caps, ncaps * sizeof(*caps));
   if (ncaps > 1)
     qsort(sorted, ncaps, sizeof(*sorted), kv_cmp);
   size_t len = 0;

@@ -223,6 +223,7 @@ def test_pipelined_flood_is_bounded(manager):
     meanwhile and the process does not grow with the flood."""
     import socket
     import time
+    before = value(manager, "system_memory_usage_bytes")
     s = socket.create_connection(("127.0.0.1", manager.metrics_port), timeout=10)
     req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     n = 6000
@@ -240,4 +241,8 @@ def test_pipelined_flood_is_bounded(manager):
         pass
     s.close()
     assert got.count(b"HTTP/1.1 200 OK") < n
-    assert value(manager, "system_memory_usage_bytes") < 100e6
+    # 6,000 answers of ~10 KiB would be ~60 MB; the 8 MiB output bound keeps the growth well
+    # below that. Not under AddressSanitizer: its quarantine keeps freed memory resident.
+    import os
+    if "ASAN_OPTIONS" not in os.environ:
+        assert value(manager, "system_memory_usage_bytes") - before < 40e6
