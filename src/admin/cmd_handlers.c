@@ -637,6 +637,23 @@ static int mq_up(const sm_manager *m) {
   return m->mq != NULL && mq_conn_is_up(m->mq);
 }
 
+/* Adds a whole number. cJSON prints every number with "%1.15g" and reads it back with sscanf
+ * to check the round trip, which made number formatting the largest cost of GET /api/status;
+ * counters are integers, so they are written as raw JSON text instead. */
+static cJSON *add_count(cJSON *o, const char *key, double v) {
+  char buf[32];
+  if (!(v >= 0 && v < 9007199254740992.0)) /* not a non-negative integer a double holds */
+    return cJSON_AddNumberToObject(o, key, v);
+  uint64_t n = (uint64_t)v;
+  char *p = buf + sizeof(buf);
+  *--p = '\0';
+  do {
+    *--p = (char)('0' + n % 10);
+    n /= 10;
+  } while (n);
+  return cJSON_AddRawToObject(o, key, p);
+}
+
 static void h_status(void *ud, admin_request *req, admin_response *res) {
   (void)req;
   sm_manager *m = ud;
@@ -654,7 +671,7 @@ static void h_status(void *ud, admin_request *req, admin_response *res) {
       !cJSON_AddStringToObject(o, "version", s && s->app_version ? s->app_version : SM_VERSION) ||
       !cJSON_AddStringToObject(o, "env", s && s->app_env ? s->app_env : "production") ||
       !cJSON_AddStringToObject(o, "instance", s && s->instance_id ? s->instance_id : "") ||
-      !cJSON_AddNumberToObject(o, "uptime_seconds", (double)(int64_t)uptime) ||
+      !add_count(o, "uptime_seconds", (double)(int64_t)uptime) ||
       !cJSON_AddBoolToObject(o, "maintenance", m->maintenance) ||
       !cJSON_AddBoolToObject(o, "draining", m->draining);
 
@@ -667,18 +684,18 @@ static void h_status(void *ud, admin_request *req, admin_response *res) {
   }
   cJSON *ag = cJSON_AddObjectToObject(o, "agents");
   cJSON *bs = ag ? cJSON_AddObjectToObject(ag, "by_status") : NULL;
-  bad |= bs == NULL || !cJSON_AddNumberToObject(ag, "total", (double)total);
+  bad |= bs == NULL || !add_count(ag, "total", (double)total);
   for (int st = 0; bs && st < AGENT_STATUS_COUNT; st++)
-    bad |= !cJSON_AddNumberToObject(bs, agent_status_name((enum agent_status)st), (double)by[st]);
+    bad |= !add_count(bs, agent_status_name((enum agent_status)st), (double)by[st]);
   if (ag && m->registry) {
     agent_registry_stats rs;
     agent_registry_get_stats(m->registry, &rs);
-    bad |= !cJSON_AddNumberToObject(ag, "messages_total", (double)rs.messages);
-    bad |= !cJSON_AddNumberToObject(ag, "heartbeats_total", (double)rs.heartbeats);
-    bad |= !cJSON_AddNumberToObject(ag, "results_total", (double)rs.results);
-    bad |= !cJSON_AddNumberToObject(ag, "registered_total", (double)rs.registered);
-    bad |= !cJSON_AddNumberToObject(ag, "pruned_total", (double)rs.pruned);
-    bad |= !cJSON_AddNumberToObject(ag, "disconnected_total", (double)rs.disconnected);
+    bad |= !add_count(ag, "messages_total", (double)rs.messages);
+    bad |= !add_count(ag, "heartbeats_total", (double)rs.heartbeats);
+    bad |= !add_count(ag, "results_total", (double)rs.results);
+    bad |= !add_count(ag, "registered_total", (double)rs.registered);
+    bad |= !add_count(ag, "pruned_total", (double)rs.pruned);
+    bad |= !add_count(ag, "disconnected_total", (double)rs.disconnected);
   }
 
   /* commands: the lifecycle's counters */
@@ -712,7 +729,7 @@ static void h_status(void *ud, admin_request *req, admin_response *res) {
         {"pending_writes", (double)st.pending_writes},
     };
     for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
-      bad |= !cJSON_AddNumberToObject(cm, f[i].k, f[i].v);
+      bad |= !add_count(cm, f[i].k, f[i].v);
     bad |= !cJSON_AddBoolToObject(cm, "accepting", lifecycle_accepting(m->lifecycle));
   }
 

@@ -179,6 +179,7 @@ struct lifecycle {
   int closing;
   int handles_open;
   uint64_t sweep_failures_seen; /* publish_failures at the last sweep */
+  size_t pending_writes;        /* store writes queued on commands (all wq lists together) */
   size_t ops_pending;           /* store operations whose callback has not run */
   void (*closed)(void *ud);
   void *closed_ud;
@@ -440,6 +441,7 @@ static void cmd_free(lifecycle *lc, lc_cmd *k) {
     lc_write *w = k->wq_head;
     k->wq_head = w->next;
     write_free(w);
+    lc->pending_writes--;
   }
   command_free(k->c);
   free(k);
@@ -705,6 +707,7 @@ static void head_done(lifecycle *lc, lc_cmd *k, int err, const sm_command *store
   k->wq_head = w->next;
   if (k->wq_head == NULL)
     k->wq_tail = NULL;
+  lc->pending_writes--;
   if (w->cb)
     w->cb(w->ud, err, stored ? stored : w->snap);
   if (err == 0 && w->outbox) {
@@ -820,6 +823,7 @@ static void write_push(lc_cmd *k, int create, int with_outbox, lifecycle_cmd_cb 
   else
     k->wq_head = w;
   k->wq_tail = w;
+  k->lc->pending_writes++;
   wq_issue(k);
 }
 
@@ -1891,13 +1895,7 @@ void lifecycle_get_stats(const lifecycle *lc, lifecycle_stats *out) {
   out->parked = lc->nparked;
   out->inflight = lc->inflight;
   out->held = lc->held;
-  size_t pw = 0;
-  for (size_t i = 0; i < lc->cmds.cap; i++) {
-    const lc_cmd *k = lc->cmds.slots[i].key ? lc->cmds.slots[i].value : NULL;
-    for (const lc_write *w = k ? k->wq_head : NULL; w; w = w->next)
-      pw++;
-  }
-  out->pending_writes = pw;
+  out->pending_writes = lc->pending_writes;
 }
 
 int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registry *reg, store *st,
