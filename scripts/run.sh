@@ -76,6 +76,8 @@ api=http://127.0.0.1:$admin_port
 cat <<MSG
 
 sirius-manager is running with $agents simulated agents (logs: $rundir).
+It runs with APP_ENV=development and no API key, so /api is open: for production set
+ADMIN_API_KEY (docs/operations.md).
 Store: redis at $VALKEY_HOST:$VALKEY_PORT; results go to RabbitMQ queue agent-results.
 
   Connected agents:   curl -s $api/api/agents
@@ -84,6 +86,7 @@ Store: redis at $VALKEY_HOST:$VALKEY_PORT; results go to RabbitMQ queue agent-re
                         -d '{"id":"demo-1","type":"scan","params":{"target":"127.0.0.1"}}'
   Read its result:    curl -s $api/api/commands/demo-1
   Health / readiness: curl -s $api/health ; curl -s $api/ready
+  Status / metrics:   curl -s $api/api/status ; curl -s http://127.0.0.1:$metrics_port/metrics
 
 Press Ctrl-C to stop.
 MSG
