@@ -31,8 +31,8 @@ void bump(std::atomic<uint64_t> &c, int64_t d) {
   c.store(c.load(std::memory_order_relaxed) + static_cast<uint64_t>(d), std::memory_order_relaxed);
 }
 
-// Formats "messages=M streams=S\n" without stdio: the signal handler may only call async-signal-safe
-// functions.
+// Formats "messages=M streams=S\n" without stdio: the signal handler may only call
+// async-signal-safe functions.
 size_t format_counters(char *buf, size_t cap) {
   size_t n = 0;
   auto put = [&](const char *s) {

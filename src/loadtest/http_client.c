@@ -22,22 +22,22 @@ struct lt_http {
   char host[256];               /* Host header */
   char auth[300];               /* Authorization header line, "" none */
   enum conn_state state;
-  int open;         /* handles not yet closed */
-  int destroyed;    /* lt_http_destroy called */
-  int busy;         /* a request in progress */
-  uint64_t gen;     /* request generation (stale write callbacks are ignored) */
-  char *out;        /* the pending request's bytes until written */
+  int open;      /* handles not yet closed */
+  int destroyed; /* lt_http_destroy called */
+  int busy;      /* a request in progress */
+  uint64_t gen;  /* request generation (stale write callbacks are ignored) */
+  char *out;     /* the pending request's bytes until written */
   size_t outlen;
-  lt_http_cb cb;    /* the request's callback */
+  lt_http_cb cb; /* the request's callback */
   void *ud;
   double timeout_s; /* per request */
   llhttp_t parser;
   llhttp_settings_t settings; /* llhttp keeps a pointer: lives as long as the parser */
   char *body;                 /* gathered body */
   size_t blen, bcap, max_body;
-  int too_big;                /* body exceeded max_body */
-  int complete;               /* the answer is complete */
-  char hfield[16];            /* current header name (only Retry-After matters) */
+  int too_big;     /* body exceeded max_body */
+  int complete;    /* the answer is complete */
+  char hfield[16]; /* current header name (only Retry-After matters) */
   size_t hflen;
   char hval[32]; /* current header value */
   size_t hvlen;
@@ -292,17 +292,16 @@ int lt_http_create(uv_loop_t *loop, const struct sockaddr *addr, const char *hos
   return 0;
 }
 
-int lt_http_request(lt_http *c, const char *method, const char *path, const char *body,
-                    size_t len, lt_http_cb cb, void *ud) {
+int lt_http_request(lt_http *c, const char *method, const char *path, const char *body, size_t len,
+                    lt_http_cb cb, void *ud) {
   if (c->destroyed)
     return SM_ESTATE;
   if (c->busy)
     return SM_EAGAIN;
   char head[1024];
-  int hl = snprintf(head, sizeof(head),
-                    "%s %s HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %zu\r\n\r\n", method,
-                    path, c->host, c->auth, body ? "Content-Type: application/json\r\n" : "",
-                    body ? len : 0);
+  int hl = snprintf(
+      head, sizeof(head), "%s %s HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %zu\r\n\r\n", method,
+      path, c->host, c->auth, body ? "Content-Type: application/json\r\n" : "", body ? len : 0);
   if (hl < 0 || (size_t)hl >= sizeof(head))
     return SM_EINVAL;
   char *o = malloc((size_t)hl + (body ? len : 0));

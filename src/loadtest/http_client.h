@@ -31,8 +31,8 @@ int lt_http_create(uv_loop_t *loop, const struct sockaddr *addr, const char *hos
 
 /* Sends one request (body copied; NULL for none, sent as application/json). Returns 0 (cb will
  * run once), SM_EAGAIN when a request is in progress, SM_ESTATE after lt_http_destroy. */
-int lt_http_request(lt_http *c, const char *method, const char *path, const char *body,
-                    size_t len, lt_http_cb cb, void *ud);
+int lt_http_request(lt_http *c, const char *method, const char *path, const char *body, size_t len,
+                    lt_http_cb cb, void *ud);
 
 /* Whether a request is in progress. */
 int lt_http_busy(const lt_http *c);

@@ -165,13 +165,13 @@ static void write_csv(FILE *f, const lt_report *r) {
     fprintf(f, ",error_%s", r->errors[i].name);
   for (size_t i = 0; r->manager_ok && i < r->nmanager; i++)
     fprintf(f, ",manager_%s", r->manager[i].name);
-  fprintf(f, "\n%s,%llu,%llu,%.2f,%llu,%.2f,%llu,%llu,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.2f,%u,%u,%u,%u",
-          r->submit, (unsigned long long)r->total, (unsigned long long)r->successful,
-          share(r->successful, r->total), (unsigned long long)r->failed,
-          share(r->failed, r->total), (unsigned long long)r->not_final,
-          (unsigned long long)r->unsubmitted, r->latency.avg, r->latency.p50, r->latency.p95,
-          r->latency.p99, r->latency.max, r->elapsed_s, r->throughput, r->agents,
-          r->agents_connected, r->agents_connected_end, r->crashed_agents);
+  fprintf(
+      f, "\n%s,%llu,%llu,%.2f,%llu,%.2f,%llu,%llu,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.2f,%u,%u,%u,%u",
+      r->submit, (unsigned long long)r->total, (unsigned long long)r->successful,
+      share(r->successful, r->total), (unsigned long long)r->failed, share(r->failed, r->total),
+      (unsigned long long)r->not_final, (unsigned long long)r->unsubmitted, r->latency.avg,
+      r->latency.p50, r->latency.p95, r->latency.p99, r->latency.max, r->elapsed_s, r->throughput,
+      r->agents, r->agents_connected, r->agents_connected_end, r->crashed_agents);
   for (size_t i = 0; i < r->nby_status; i++)
     fprintf(f, ",%llu", (unsigned long long)r->by_status[i].n);
   for (size_t i = 0; i < r->nerrors; i++)

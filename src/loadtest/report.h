@@ -24,19 +24,19 @@ typedef struct lt_latency {
 } lt_latency;
 
 typedef struct lt_report {
-  const char *submit;       /* "rest" or "amqp" */
-  uint64_t planned;         /* commands the scenario wanted (0: unlimited) */
-  uint64_t total;           /* commands accepted by the manager */
-  uint64_t successful;      /* final status completed */
-  uint64_t failed;          /* any other final status */
-  uint64_t not_final;       /* accepted but no final status seen before the drain timeout */
-  uint64_t unsubmitted;     /* never accepted (refused until the end, or submission errors) */
-  lt_count by_status[8];    /* final statuses seen */
+  const char *submit;    /* "rest" or "amqp" */
+  uint64_t planned;      /* commands the scenario wanted (0: unlimited) */
+  uint64_t total;        /* commands accepted by the manager */
+  uint64_t successful;   /* final status completed */
+  uint64_t failed;       /* any other final status */
+  uint64_t not_final;    /* accepted but no final status seen before the drain timeout */
+  uint64_t unsubmitted;  /* never accepted (refused until the end, or submission errors) */
+  lt_count by_status[8]; /* final statuses seen */
   size_t nby_status;
-  lt_latency latency;       /* submit to final result */
-  double elapsed_s;         /* first submission to last result */
-  double throughput;        /* final results per second over elapsed_s */
-  uint32_t agents;          /* agents in the fleet */
+  lt_latency latency;            /* submit to final result */
+  double elapsed_s;              /* first submission to last result */
+  double throughput;             /* final results per second over elapsed_s */
+  uint32_t agents;               /* agents in the fleet */
   uint32_t agents_connected;     /* connected when submission started */
   uint32_t agents_connected_end; /* connected at the end */
   uint32_t crashed_agents;       /* agents crashed on purpose */

@@ -68,11 +68,12 @@ typedef struct mgr_counters {
   double v[16];
 } mgr_counters;
 
-static const char *const mgr_keys[] = {
-    "commands.received", "commands.dispatched", "commands.retries", "commands.completed",
-    "commands.failed",   "commands.timed_out",  "commands.cancelled", "commands.expired",
-    "commands.refused_full", "commands.refused_unavailable", "agents.registered_total",
-    "agents.disconnected_total"};
+static const char *const mgr_keys[] = {"commands.received",       "commands.dispatched",
+                                       "commands.retries",        "commands.completed",
+                                       "commands.failed",         "commands.timed_out",
+                                       "commands.cancelled",      "commands.expired",
+                                       "commands.refused_full",   "commands.refused_unavailable",
+                                       "agents.registered_total", "agents.disconnected_total"};
 #define NMGR (sizeof(mgr_keys) / sizeof(mgr_keys[0]))
 
 struct lt_run {
@@ -84,7 +85,7 @@ struct lt_run {
   void *done_ud;
   uv_timer_t tick;
   int tick_open;
-  char run_id[48];       /* command id prefix */
+  char run_id[48]; /* command id prefix */
   /* agents */
   client_opts fopts[LT_FLEETS_MAX];
   client_fleet *fleets[LT_FLEETS_MAX];
@@ -116,7 +117,7 @@ struct lt_run {
   int polling;
   uint64_t next_poll;
   uint32_t sweep;
-  char watermark[256];  /* cursor of the sweep start, "" the beginning */
+  char watermark[256];   /* cursor of the sweep start, "" the beginning */
   char page_cursor[256]; /* cursor of the page being fetched */
   char candidate[256];   /* first page of this sweep that held an unfinished command */
   int have_candidate;
@@ -302,8 +303,8 @@ static void on_submitted(void *ud, int err, const lt_http_resp *resp) {
     snprintf(kind, sizeof(kind), "http_%d", resp->status);
     err_kind(r, kind);
   }
-  int retryable = resp->status == 202 || resp->status == 429 || resp->status == 503 ||
-                  resp->status >= 500;
+  int retryable =
+      resp->status == 202 || resp->status == 429 || resp->status == 503 || resp->status >= 500;
   for (size_t k = 0; k < sc->n; k++) {
     uint64_t i = sc->batch[k];
     const cJSON *it = cJSON_IsArray(arr) ? cJSON_GetArrayItem(arr, (int)k) : NULL;
@@ -316,9 +317,10 @@ static void on_submitted(void *ud, int err, const lt_http_resp *resp) {
       r->cmds[i].state = S_REFUSED;
   }
   if (resp->status != 202) {
+    /* Retry-After is whole seconds; "as fast as the manager accepts" retries sooner. */
     double ra = resp->retry_after > 0 ? resp->retry_after : 0.1;
-    if (ra > 5)
-      ra = 5;
+    if (ra > 0.2)
+      ra = 0.2;
     sc->not_before = uv_now(r->loop) + (uint64_t)(ra * 1000);
   }
   cJSON_Delete(doc);
@@ -427,8 +429,8 @@ static void submit_amqp(lt_run *r) {
     }
     *p = (amqp_pub){.r = r, .i = i, .sent_ms = sm_now_ms()};
     mq_props props = {.content_type = {"application/json", 16}, .persistent = 1};
-    int rc = mq_conn_publish(r->mq, r->s->command_queue, (mq_slice){buf, len}, &props,
-                             on_published, p);
+    int rc =
+        mq_conn_publish(r->mq, r->s->command_queue, (mq_slice){buf, len}, &props, on_published, p);
     if (rc) {
       free(p);
       push_retry(r, i);
@@ -666,7 +668,9 @@ static void print_progress(lt_run *r) {
           "progress t=%.1fs phase=%s submitted=%llu accepted=%llu final=%llu pending=%llu "
           "agents=%u rate=%.1f/s\n",
           r->phase >= P_SUBMIT ? t : 0.0,
-          r->phase == P_CONNECT ? "connect" : r->phase == P_SUBMIT ? "submit" : "drain",
+          r->phase == P_CONNECT  ? "connect"
+          : r->phase == P_SUBMIT ? "submit"
+                                 : "drain",
           (unsigned long long)r->ncmds, (unsigned long long)r->accepted,
           (unsigned long long)r->finals, (unsigned long long)(r->accepted - r->finals),
           connected_now(r), t > 0 ? (double)r->finals / t : 0.0);
@@ -741,8 +745,7 @@ static void compute_report(lt_run *r) {
     client_stats st;
     client_fleet_stats(r->fleets[k], &st);
     if (st.disconnects)
-      lt_count_add(rep->errors, &rep->nerrors, LT_KINDS_MAX, "agent_disconnects",
-                   st.disconnects);
+      lt_count_add(rep->errors, &rep->nerrors, LT_KINDS_MAX, "agent_disconnects", st.disconnects);
   }
   rep->manager_ok = r->before.ok && r->after.ok;
   for (size_t k = 0; rep->manager_ok && k < NMGR; k++) {
@@ -787,8 +790,8 @@ static void on_tick(uv_timer_t *t) {
   switch (r->phase) {
   case P_CONNECT: {
     uint32_t conn = connected_now(r);
-    if (conn >= r->s->agents ||
-        now - r->phase_start > (uint64_t)((r->s->ramp_up + 10) * 1000) || r->aborted) {
+    if (conn >= r->s->agents || now - r->phase_start > (uint64_t)((r->s->ramp_up + 10) * 1000) ||
+        r->aborted) {
       r->connected_start = conn;
       if (conn < r->s->agents)
         err_kind(r, "agents_not_connected");
@@ -805,8 +808,8 @@ static void on_tick(uv_timer_t *t) {
       submit_rest(r);
     else
       submit_amqp(r);
-    if (r->aborted || (r->s->duration > 0 && now - r->submit_start >=
-                                                  (uint64_t)(r->s->duration * 1000)) ||
+    if (r->aborted ||
+        (r->s->duration > 0 && now - r->submit_start >= (uint64_t)(r->s->duration * 1000)) ||
         (r->planned && r->ncmds >= r->planned && r->nretry == 0 && r->sending == 0)) {
       set_phase(r, P_DRAIN);
       r->submit_end = now;
@@ -875,8 +878,7 @@ static int fleet_opts(lt_run *r, client_opts *o, const char *server, uint32_t co
   if (s->source_addrs[0]) {
     snprintf(o->source_addrs_buf, sizeof(o->source_addrs_buf), "%s", s->source_addrs);
     char *save = NULL;
-    for (char *t = strtok_r(o->source_addrs_buf, ",", &save); t;
-         t = strtok_r(NULL, ",", &save)) {
+    for (char *t = strtok_r(o->source_addrs_buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
       if (o->nsource_addrs == CLIENT_SOURCE_ADDRS_MAX) {
         snprintf(err, errlen, "--source-addrs: at most %d addresses", CLIENT_SOURCE_ADDRS_MAX);
         return SM_EINVAL;
@@ -921,8 +923,7 @@ static int resolve_api(lt_run *r, char *err, size_t errlen) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   int rc = uv_getaddrinfo(r->loop, &gai, NULL, r->api_host, ports, &hints);
   if (rc) {
-    snprintf(err, errlen, "--manager-api: cannot resolve \"%s\": %s", r->api_host,
-             uv_strerror(rc));
+    snprintf(err, errlen, "--manager-api: cannot resolve \"%s\": %s", r->api_host, uv_strerror(rc));
     return SM_EADDR;
   }
   memcpy(&r->api_addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
@@ -932,8 +933,8 @@ static int resolve_api(lt_run *r, char *err, size_t errlen) {
   return 0;
 }
 
-int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run **out,
-                  char *err, size_t errlen) {
+int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run **out, char *err,
+                  size_t errlen) {
   lt_run *r = calloc(1, sizeof(*r));
   if (r == NULL) {
     snprintf(err, errlen, "out of memory");
@@ -958,9 +959,9 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
     for (size_t c = 0; rc == 0 && c < r->nconns; c++) {
       r->conns[c].run = r;
       r->conns[c].batch = calloc(s->batch, sizeof(uint64_t));
-      rc = r->conns[c].batch ? lt_http_create(loop, sa, r->api_host, s->api_key, 16u << 20, 30,
-                                              &r->conns[c].http)
-                             : SM_ENOMEM;
+      rc = r->conns[c].batch
+               ? lt_http_create(loop, sa, r->api_host, s->api_key, 16u << 20, 30, &r->conns[c].http)
+               : SM_ENOMEM;
     }
   }
   if (rc == 0 && s->submit == LT_SUBMIT_AMQP) {

@@ -23,8 +23,8 @@ typedef void (*lt_run_done_cb)(lt_run *r, void *ud);
 /* Prepares a run of scenario s (kept by pointer: it must outlive the run); progress lines go to
  * progress (NULL: none). Returns 0, or SM_EADDR / SM_EINVAL / SM_ENOMEM with err holding the
  * one-line reason. */
-int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run **out,
-                  char *err, size_t errlen);
+int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run **out, char *err,
+                  size_t errlen);
 
 /* Starts: agents connect, then submission begins. */
 void lt_run_start(lt_run *r, lt_run_done_cb done, void *ud);

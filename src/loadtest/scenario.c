@@ -14,7 +14,7 @@
 enum opt_kind { K_U32, K_U64, K_DBL, K_STR, K_TYPES, K_SUBMIT, K_FORMAT, K_SERVERS, K_URL };
 
 typedef struct opt_def {
-  const char *name;  /* flag without dashes, also the config key */
+  const char *name; /* flag without dashes, also the config key */
   enum opt_kind kind;
   size_t off;        /* offset of the field in lt_scenario */
   size_t size;       /* K_STR/K_URL: buffer size */
@@ -317,8 +317,7 @@ static int apply_file(lt_scenario *s, const char *path, char *err, size_t errlen
       kend--;
     const opt_def *d = eq ? find(k, (size_t)(kend - k)) : NULL;
     if (d == NULL || strcmp(d->name, "config") == 0) {
-      snprintf(err, errlen, "--config: %s:%d: expected name=value with a flag name", path,
-               lineno);
+      snprintf(err, errlen, "--config: %s:%d: expected name=value with a flag name", path, lineno);
       rc = SM_EINVAL;
       break;
     }

@@ -30,9 +30,9 @@ typedef struct lt_type_weight {
 
 typedef struct lt_scenario {
   enum lt_action action;
-  uint32_t agents;             /* simulated agents in this process */
-  uint32_t commands_per_agent; /* commands = agents * this, unless --commands */
-  uint64_t commands;           /* total commands; 0 with --duration: unlimited until then */
+  uint32_t agents;                    /* simulated agents in this process */
+  uint32_t commands_per_agent;        /* commands = agents * this, unless --commands */
+  uint64_t commands;                  /* total commands; 0 with --duration: unlimited until then */
   lt_type_weight types[LT_TYPES_MAX]; /* the mix */
   size_t ntypes;
   double ramp_up;         /* seconds over which the agents connect */
@@ -42,29 +42,29 @@ typedef struct lt_scenario {
   char manager_api[256];  /* REST base URL, http://host:port */
   char servers[LT_SERVERS_MAX][128]; /* gRPC host:port of the in-process agents */
   size_t nservers;
-  char amqp_url[256];      /* AMQP broker for --submit amqp */
-  char command_queue[128]; /* intake queue */
-  char result_queue[128];  /* result queue (read in AMQP mode) */
-  double rate;             /* commands per second; 0: as fast as accepted */
-  char api_key[256];       /* admin API key ("" none) */
-  char source_addrs[1024]; /* local addresses for the agents' connections ("" none) */
-  double fail_rate;        /* per command: the agent answers failed */
-  double hang_rate;        /* per command: the agent never answers */
-  double disconnect_rate;  /* per command: the agent drops its connection */
-  double crash_rate;       /* share of agents that crash (stop answering, then vanish) */
-  uint32_t batch;          /* commands per POST (1..1000) */
-  uint32_t connections;    /* HTTP connections submitting in parallel */
-  double poll_interval;    /* seconds between result polls (REST) */
-  double drain_timeout;    /* seconds to wait for results after the last submission */
-  uint32_t command_timeout;   /* timeout_seconds of each command */
-  double sleep_seconds;       /* params.seconds of `sleep` commands */
-  double scan_duration_ms;    /* simulated scan duration of the agents */
-  uint32_t max_concurrent;    /* commands each agent runs at once */
-  double heartbeat_interval;  /* agents' heartbeat period, seconds */
-  char id_prefix[64];         /* agent ids: <prefix><n> */
-  uint64_t seed;              /* random seed of the agents' failure draws; 0: time */
-  enum lt_format format;      /* report format */
-  char output[512];           /* report file ("" stdout) */
+  char amqp_url[256];        /* AMQP broker for --submit amqp */
+  char command_queue[128];   /* intake queue */
+  char result_queue[128];    /* result queue (read in AMQP mode) */
+  double rate;               /* commands per second; 0: as fast as accepted */
+  char api_key[256];         /* admin API key ("" none) */
+  char source_addrs[1024];   /* local addresses for the agents' connections ("" none) */
+  double fail_rate;          /* per command: the agent answers failed */
+  double hang_rate;          /* per command: the agent never answers */
+  double disconnect_rate;    /* per command: the agent drops its connection */
+  double crash_rate;         /* share of agents that crash (stop answering, then vanish) */
+  uint32_t batch;            /* commands per POST (1..1000) */
+  uint32_t connections;      /* HTTP connections submitting in parallel */
+  double poll_interval;      /* seconds between result polls (REST) */
+  double drain_timeout;      /* seconds to wait for results after the last submission */
+  uint32_t command_timeout;  /* timeout_seconds of each command */
+  double sleep_seconds;      /* params.seconds of `sleep` commands */
+  double scan_duration_ms;   /* simulated scan duration of the agents */
+  uint32_t max_concurrent;   /* commands each agent runs at once */
+  double heartbeat_interval; /* agents' heartbeat period, seconds */
+  char id_prefix[64];        /* agent ids: <prefix><n> */
+  uint64_t seed;             /* random seed of the agents' failure draws; 0: time */
+  enum lt_format format;     /* report format */
+  char output[512];          /* report file ("" stdout) */
 } lt_scenario;
 
 /* Returns an environment value or NULL (getenv in the program, a table in tests). */
