@@ -53,11 +53,13 @@ static void respond_error(admin_response *res, int status, const char *code, con
 /* Maps a lifecycle/store error to an HTTP answer. */
 static void respond_sm_error(admin_response *res, const sm_manager *m, int err) {
   switch (err) {
+  case SM_EAGAIN:
+    respond_error(res, 429, "overloaded", "too many store requests in flight, retry shortly");
+    break;
   case SM_EUNAVAIL:
   case SM_ETIMEDOUT:
   case SM_ECLOSED:
   case SM_ECANCELED:
-  case SM_EAGAIN:
     if (m->maintenance)
       respond_error(res, 503, "maintenance", "the manager is in maintenance mode");
     else

@@ -97,7 +97,7 @@ static void submitted(void *ud, int err, const sm_command *cmd, int existed) {
     pending_free(p);
     return;
   }
-  if (err == SM_EUNAVAIL || err == SM_ELIMIT || err == SM_ETIMEDOUT) {
+  if (err == SM_EUNAVAIL || err == SM_ELIMIT || err == SM_ETIMEDOUT || err == SM_EAGAIN) {
     ci->stats.deferred++;
     if (ci->accepting)
       try_submit(ci, p); /* the refusal was momentary */
@@ -130,7 +130,7 @@ static void try_submit(cmd_intake *ci, pending *p) {
   if (err == 0)
     return;
   p->in_flight = 0;
-  if (err == SM_EUNAVAIL || err == SM_ELIMIT) {
+  if (err == SM_EUNAVAIL || err == SM_ELIMIT || err == SM_EAGAIN) {
     ci->stats.deferred++;
     if (ci->accepting) {
       ci->accepting = 0;

@@ -1745,6 +1745,8 @@ int lifecycle_submit(lifecycle *lc, sm_command *cmd, lifecycle_submit_cb cb, voi
     free(s);
     if (err == SM_ETIMEDOUT || err == SM_ECLOSED)
       err = SM_EUNAVAIL;
+    else if (err == SM_ELIMIT) /* the store's own request bound, not the waiting queue */
+      err = SM_EAGAIN;
     goto fail;
   }
   lc->ops_pending++;
