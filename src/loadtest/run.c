@@ -103,7 +103,7 @@ struct lt_run {
   size_t nretry, capretry;
   uint64_t accepted, finals, pending_low; /* pending_low: no unfinished command below it */
   uint64_t sending;
-  uint32_t wrr[LT_TYPES_MAX]; /* smooth weighted round-robin state */
+  int64_t wrr[LT_TYPES_MAX]; /* smooth weighted round-robin state (goes negative) */
   /* submission */
   struct sockaddr_storage api_addr;
   char api_host[256];

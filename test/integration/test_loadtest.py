@@ -63,6 +63,11 @@ def test_rest_scenario_report_adds_up(manager, tmp_path):
     assert rafter - rbefore == rep["total"]
     for status, n in rep["by_status"].items():
         assert mafter.get(status, 0) - mbefore.get(status, 0) == n, (status, mafter, mbefore)
+    # The mix is honoured exactly (smooth weighted round robin): 140 echo, 40 sleep, 20 scan.
+    st, _, body = manager.get("/api/metrics")
+    per_type = {s["labels"]["type"]: s["value"]
+                for s in body["metrics"]["agent_commands_received_total"]["series"]}
+    assert per_type == {"echo": 140, "sleep": 40, "scan": 20}, per_type
 
 
 def test_failures_are_reported_and_every_command_final(manager):
