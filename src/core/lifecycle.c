@@ -180,7 +180,9 @@ struct lifecycle {
   int handles_open;
   uint64_t sweep_failures_seen; /* publish_failures at the last sweep */
   size_t pending_writes;        /* store writes queued on commands (all wq lists together) */
-  size_t ops_pending;           /* store operations whose callback has not run */
+  struct lc_removal *rm_queue;  /* outbox removals the store refused, for the sweep */
+  size_t rm_queued;
+  size_t ops_pending; /* store operations whose callback has not run */
   void (*closed)(void *ud);
   void *closed_ud;
 };
@@ -1326,25 +1328,73 @@ static void pub_free(lc_pub *p) {
   free(p);
 }
 
+/* A confirmed result whose outbox entry is being removed. It stays in lc->removing (so that a
+ * replay does not publish it again) until the store took the removal; a removal the store
+ * refused (busy, away) waits in lc->rm_queue and is issued again by the sweep. */
 typedef struct lc_removal {
   lifecycle *lc;
   char *id;
+  struct lc_removal *next; /* in rm_queue while queued */
+  int queued;
 } lc_removal;
+
+#define LC_RM_QUEUE_MAX 100000 /* refused removals kept for retry; beyond, a duplicate later */
+
+static void removal_forget(lifecycle *lc, lc_removal *r) {
+  if (sm_map_get(&lc->removing, r->id, strlen(r->id)) == r)
+    sm_map_del(&lc->removing, r->id, strlen(r->id));
+  free(r->id);
+  free(r);
+}
+
+static void outbox_removed(void *ud, int err);
+
+/* Issues r's removal; on an immediate refusal queues r for the sweep, or forgets (frees) it when
+ * the queue is full. */
+static void removal_issue(lifecycle *lc, lc_removal *r) {
+  if (store_outbox_remove(lc->st, r->id, outbox_removed, r) == 0) {
+    lc->ops_pending++;
+    return;
+  }
+  if (lc->rm_queued >= LC_RM_QUEUE_MAX) {
+    removal_forget(lc, r); /* the entry stays and is published again later: a duplicate */
+    return;
+  }
+  r->queued = 1;
+  r->next = lc->rm_queue;
+  lc->rm_queue = r;
+  lc->rm_queued++;
+}
 
 static void outbox_removed(void *ud, int err) {
   lc_removal *r = ud;
   lifecycle *lc = r->lc;
   lc->ops_pending--;
-  if (sm_map_get(&lc->removing, r->id, strlen(r->id)) == r)
-    sm_map_del(&lc->removing, r->id, strlen(r->id));
-  free(r->id);
-  free(r);
-  if (err && !lc->closing)
-    sm_log_warn("lifecycle", "outbox removal failed (will be published again)", SM_LE(err));
+  if (err && !lc->closing) {
+    sm_log_debug("lifecycle", "outbox removal failed, queued again", SM_LE(err));
+    removal_issue(lc, r); /* r may be freed here */
+    maybe_free_lc(lc);
+    return;
+  }
+  removal_forget(lc, r);
   maybe_free_lc(lc);
 }
 
-/* Removes a confirmed result from the outbox, remembering the id until the store answered. */
+/* Re-issues queued removals (from the sweep); stops at the first refusal. */
+static void removals_retry(lifecycle *lc) {
+  while (lc->rm_queue) {
+    lc_removal *r = lc->rm_queue;
+    if (store_outbox_remove(lc->st, r->id, outbox_removed, r) != 0)
+      return;
+    lc->rm_queue = r->next;
+    lc->rm_queued--;
+    r->queued = 0;
+    r->next = NULL;
+    lc->ops_pending++;
+  }
+}
+
+/* Removes a confirmed result from the outbox, remembering the id until the store took it. */
 static void outbox_remove(lifecycle *lc, const char *id) {
   lc_removal *r = calloc(1, sizeof(*r));
   char *copy = r ? strdup(id) : NULL;
@@ -1354,17 +1404,15 @@ static void outbox_remove(lifecycle *lc, const char *id) {
   }
   r->lc = lc;
   r->id = copy;
-  if (store_outbox_remove(lc->st, id, outbox_removed, r) != 0) {
+  lc_removal *old = sm_map_get(&lc->removing, copy, strlen(copy));
+  if (old != NULL) /* an earlier removal of the same id is pending: track the newest */
+    sm_map_replace(&lc->removing, copy, strlen(copy), r);
+  else if (sm_map_put(&lc->removing, copy, strlen(copy), r) != 0) {
     free(copy);
     free(r);
     return;
   }
-  lc->ops_pending++;
-  lc_removal *old = sm_map_get(&lc->removing, copy, strlen(copy));
-  if (old != NULL) /* an earlier removal of the same id is in flight: track the newest */
-    sm_map_replace(&lc->removing, copy, strlen(copy), r);
-  else if (sm_map_put(&lc->removing, copy, strlen(copy), r) != 0)
-    return; /* not tracked: at worst a duplicate publish */
+  removal_issue(lc, r);
 }
 
 static void pub_settle(lc_pub *p) {
@@ -1533,6 +1581,7 @@ void lifecycle_outbox_replay(lifecycle *lc) {
 static void sweep_cb(uv_timer_t *t);
 static void sweep_cb(uv_timer_t *t) {
   lifecycle *lc = t->data;
+  removals_retry(lc);
   if (lc->stats.publish_failures != lc->sweep_failures_seen || lc->pub_inflight == 0) {
     lc->sweep_failures_seen = lc->stats.publish_failures;
     lifecycle_outbox_replay(lc);
@@ -1998,7 +2047,13 @@ static void maybe_free_lc(lifecycle *lc) {
   sm_map_finish(&lc->cmds);
   sm_map_finish(&lc->agents);
   sm_map_finish(&lc->pubs);
-  sm_map_finish(&lc->removing); /* its records were freed by their store callbacks */
+  while (lc->rm_queue) { /* queued removals have no store operation pending */
+    lc_removal *r = lc->rm_queue;
+    lc->rm_queue = r->next;
+    free(r->id);
+    free(r);
+  }
+  sm_map_finish(&lc->removing); /* the others were freed by their store callbacks */
   free(lc->recover_cursor);
   free(lc->instance);
   free(lc->result_queue);
