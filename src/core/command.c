@@ -3,6 +3,7 @@
 
 #include "sched/strategy.h"
 #include "util/err.h"
+#include "util/timeutil.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -108,90 +109,20 @@ void command_idgen_next(command_idgen *g, int64_t now_ms, char out[COMMAND_ID_LE
 
 /* ---- time --------------------------------------------------------------------------------- */
 
+/* The command API's time functions are the project's (util/timeutil.h): one RFC 3339 parser
+ * and formatter for the whole process. */
 int64_t command_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return sm_now_ms();
 }
 
 void command_time_format(int64_t ms, char out[32]) {
-  time_t sec = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-  int frac = (int)(ms - (int64_t)sec * 1000);
-  struct tm tm;
-  gmtime_r(&sec, &tm);
-  /* fields reduced to their ranges so the compiler can see the text fits */
-  snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ", (unsigned)(tm.tm_year + 1900) % 10000u,
-           (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u,
-           (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u, (unsigned)tm.tm_sec % 100u,
-           (unsigned)frac % 1000u);
-}
-
-static int digits(const char **p, int n, int *out) {
-  int v = 0;
-  for (int i = 0; i < n; i++) {
-    if (!isdigit((unsigned char)(*p)[i]))
-      return -1;
-    v = v * 10 + ((*p)[i] - '0');
-  }
-  *p += n;
-  *out = v;
-  return 0;
+  sm_rfc3339(ms, out, 32);
 }
 
 int command_time_parse(const char *s, int64_t *out_ms) {
-  int y, mo, d, h, mi, se;
-  const char *p = s;
   if (s == NULL)
     return SM_EINVAL;
-  if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d))
-    return SM_EINVAL;
-  if (*p != 'T' && *p != 't' && *p != ' ')
-    return SM_EINVAL;
-  p++;
-  if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' || digits(&p, 2, &se))
-    return SM_EINVAL;
-  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60)
-    return SM_EINVAL;
-  int frac_ms = 0;
-  if (*p == '.') {
-    p++;
-    int n = 0;
-    while (isdigit((unsigned char)*p)) {
-      if (n < 3)
-        frac_ms = frac_ms * 10 + (*p - '0');
-      n++;
-      p++;
-    }
-    if (n == 0)
-      return SM_EINVAL;
-    for (; n < 3; n++)
-      frac_ms *= 10;
-  }
-  int offset_min = 0;
-  if (*p == 'Z' || *p == 'z') {
-    p++;
-  } else if (*p == '+' || *p == '-') {
-    int sign = *p++ == '-' ? -1 : 1, oh, om;
-    if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om) || oh > 23 || om > 59)
-      return SM_EINVAL;
-    offset_min = sign * (oh * 60 + om);
-  } else {
-    return SM_EINVAL;
-  }
-  if (*p != '\0')
-    return SM_EINVAL;
-  struct tm tm = {0};
-  tm.tm_year = y - 1900;
-  tm.tm_mon = mo - 1;
-  tm.tm_mday = d;
-  tm.tm_hour = h;
-  tm.tm_min = mi;
-  tm.tm_sec = se;
-  time_t t = timegm(&tm);
-  if (tm.tm_mday != d) /* e.g. February 30th normalized into March */
-    return SM_EINVAL;
-  *out_ms = ((int64_t)t - (int64_t)offset_min * 60) * 1000 + frac_ms;
-  return 0;
+  return sm_rfc3339_parse(s, out_ms);
 }
 
 /* ---- memory ------------------------------------------------------------------------------- */

@@ -90,6 +90,8 @@ int sm_rfc3339_parse(const char *s, int64_t *unix_ms) {
   tm.tm_min = m;
   tm.tm_sec = sec;
   time_t t = timegm(&tm);
+  if (tm.tm_mday != D) /* e.g. February 30th, which timegm normalizes into March */
+    return SM_EINVAL;
   *unix_ms = ((int64_t)t - (int64_t)offset_min * 60) * 1000 + ms;
   return 0;
 }

@@ -40,6 +40,7 @@ static void test_rfc3339(void) {
   T_EQ_INT(sm_rfc3339_parse("2026-13-01T00:00:00Z", &ms), SM_EINVAL);
   T_EQ_INT(sm_rfc3339_parse("2026-11-28 12:00", &ms), SM_EINVAL);
   T_EQ_INT(sm_rfc3339_parse("2026-11-28T12:00:00", &ms), SM_EINVAL);
+  T_EQ_INT(sm_rfc3339_parse("2026-02-30T12:00:00Z", &ms), SM_EINVAL);
 }
 
 static void test_duration(void) {
