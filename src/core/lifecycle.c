@@ -666,13 +666,31 @@ static void retry_arm(lifecycle *lc) {
   lc->retry_ms = lc->retry_ms * 2 > max ? max : lc->retry_ms * 2;
 }
 
-static void stall(lifecycle *lc, lc_cmd *k) {
+/* A store that refuses for being busy (its bounded queue of pending requests is full) is
+ * working: its requests complete within milliseconds, so waiting writes are retried shortly,
+ * without growing the outage backoff. */
+#define LC_RETRY_BUSY_MS 10
+/* Writes issued per retry pass: a pass stops at the first refusal anyway, and this keeps one
+ * pass from holding the loop when a large backlog waits. */
+#define LC_RETRY_BATCH 2000
+
+static void retry_arm_busy(lifecycle *lc) {
+  if (lc->retry_armed || lc->closing)
+    return;
+  lc->retry_armed = 1;
+  uv_timer_start(&lc->retry_timer, retry_timer_cb, LC_RETRY_BUSY_MS, 0);
+}
+
+static void stall(lifecycle *lc, lc_cmd *k, int err) {
   if (!k->in_retry) {
     k->in_retry = 1;
     k->rnext = lc->retry_head;
     lc->retry_head = k;
   }
-  retry_arm(lc);
+  if (err == SM_ELIMIT || err == SM_EAGAIN)
+    retry_arm_busy(lc);
+  else
+    retry_arm(lc);
 }
 
 static void run_retries(lifecycle *lc) {
@@ -680,14 +698,29 @@ static void run_retries(lifecycle *lc) {
     return;
   lc_cmd *list = lc->retry_head;
   lc->retry_head = NULL;
+  size_t issued = 0;
   while (list) {
+    if (issued == LC_RETRY_BATCH) {
+      retry_arm_busy(lc); /* the rest on the next pass, soon */
+      break;
+    }
     lc_cmd *k = list;
     list = k->rnext;
     k->in_retry = 0;
     k->rnext = NULL;
     lc->stats.store_retries++;
+    issued++;
     wq_issue(k);
+    int refused = k->in_retry; /* stalled again at once: the store is full or away */
     maybe_free_cmd(lc, k);
+    if (refused)
+      break; /* stall() armed the timer; the rest waits with k */
+  }
+  if (list) { /* put back what this pass did not reach, behind the few stalled during it */
+    lc_cmd **end = &lc->retry_head;
+    while (*end)
+      end = &(*end)->rnext;
+    *end = list;
   }
   if (lc->recover_retry) {
     lc->recover_retry = 0;
@@ -735,7 +768,7 @@ static void adopt_final(lifecycle *lc, lc_cmd *k, const sm_command *stored) {
 static void write_failed(lifecycle *lc, lc_cmd *k, int err, const sm_command *stored) {
   lc_write *w = k->wq_head;
   if (retryable(err)) {
-    stall(lc, k);
+    stall(lc, k, err);
     return;
   }
   if (err == SM_ESTATE && stored != NULL) {
