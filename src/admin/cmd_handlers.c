@@ -420,19 +420,31 @@ static int check_id(const char *id, admin_response *res) {
   return 0;
 }
 
-static void h_get(void *ud, admin_request *req, admin_response *res) {
-  sm_manager *m = ud;
-  lifecycle *lc = need_lifecycle(m, res);
-  const char *id = admin_request_param(req, "id");
-  if (lc == NULL || check_id(id, res))
-    return;
+/* The common start of the routes on one command ({id}): checks the id and defers the response.
+ * Returns the call's context with *lc and *id set, or NULL when an answer was already given. */
+static get_ctx *command_call(sm_manager *m, admin_request *req, admin_response *res, lifecycle **lc,
+                             const char **id) {
+  *lc = need_lifecycle(m, res);
+  *id = admin_request_param(req, "id");
+  if (*lc == NULL || check_id(*id, res))
+    return NULL;
   get_ctx *x = calloc(1, sizeof(*x));
   if (x == NULL || (x->d = admin_response_defer(res)) == NULL) {
     free(x);
     respond_error(res, 500, "internal", "out of memory");
-    return;
+    return NULL;
   }
   x->m = m;
+  return x;
+}
+
+static void h_get(void *ud, admin_request *req, admin_response *res) {
+  sm_manager *m = ud;
+  lifecycle *lc;
+  const char *id;
+  get_ctx *x = command_call(m, req, res, &lc, &id);
+  if (x == NULL)
+    return;
   int rc = lifecycle_get(lc, id, on_got, x);
   if (rc) {
     complete_error(x->d, m, rc);
@@ -473,17 +485,11 @@ static void on_cancelled(void *ud, int err, const sm_command *cmd) {
 
 static void h_cancel(void *ud, admin_request *req, admin_response *res) {
   sm_manager *m = ud;
-  lifecycle *lc = need_lifecycle(m, res);
-  const char *id = admin_request_param(req, "id");
-  if (lc == NULL || check_id(id, res))
+  lifecycle *lc;
+  const char *id;
+  get_ctx *x = command_call(m, req, res, &lc, &id);
+  if (x == NULL)
     return;
-  get_ctx *x = calloc(1, sizeof(*x));
-  if (x == NULL || (x->d = admin_response_defer(res)) == NULL) {
-    free(x);
-    respond_error(res, 500, "internal", "out of memory");
-    return;
-  }
-  x->m = m;
   int rc = lifecycle_cancel(lc, id, on_cancelled, x);
   if (rc) {
     complete_error(x->d, m, rc);
