@@ -122,3 +122,16 @@ void store_close(store *s, void (*closed)(void *ud), void *ud) {
   if (s != NULL)
     s->ops->close(s, closed, ud);
 }
+
+int store_filter_match(const store_filter *f, const sm_command *c) {
+  if (f->status_mask && !(f->status_mask & COMMAND_BIT(c->status)))
+    return 0;
+  if (f->type && strcmp(f->type, c->type) != 0)
+    return 0;
+  if (f->agent_id) {
+    const char *a = command_agent(c);
+    if (a == NULL || strcmp(a, f->agent_id) != 0)
+      return 0;
+  }
+  return 1;
+}

@@ -175,6 +175,9 @@ int store_agent_del(store *s, const char *id, const char *instance, store_done_c
 /* Live (unexpired) agent records, up to limit (1..100000). */
 int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud);
 
+/* Whether command c passes the listing filter f (both backends list through it). */
+int store_filter_match(const store_filter *f, const sm_command *c);
+
 /* Whether the backend is connected (GET /ready). */
 int store_is_up(const store *s);
 

@@ -346,19 +346,6 @@ static int mem_cmd_update(store *s, const sm_command *c, command_status expected
   return 0;
 }
 
-static int matches(const sm_command *c, const store_filter *f) {
-  if (f->status_mask && !(f->status_mask & COMMAND_BIT(c->status)))
-    return 0;
-  if (f->type && strcmp(f->type, c->type) != 0)
-    return 0;
-  if (f->agent_id) {
-    const char *a = command_agent(c);
-    if (a == NULL || strcmp(a, f->agent_id) != 0)
-      return 0;
-  }
-  return 1;
-}
-
 static int mem_cmd_list(store *s, const store_filter *f, const char *cursor, size_t limit,
                         store_list_cb cb, void *ud) {
   mem_store *m = (mem_store *)s;
@@ -378,7 +365,7 @@ static int mem_cmd_list(store *s, const store_filter *f, const char *cursor, siz
   for (; pos < m->norder && k->n < limit && scanned < MEM_MAX_SCAN; pos++, scanned++) {
     mem_cmd *e = m->order[pos];
     last = e->key;
-    if (!matches(e->c, f))
+    if (!store_filter_match(f, e->c))
       continue;
     if ((k->cmds[k->n] = command_clone(e->c)) == NULL) {
       comp_free(k);

@@ -210,19 +210,6 @@ static int reply_cmd(const sm_valkey_reply *r, sm_command **out) {
   return command_deserialize(t, len, out);
 }
 
-static int match(const sm_command *c, const store_filter *f) {
-  if (f->status_mask && !(f->status_mask & COMMAND_BIT(c->status)))
-    return 0;
-  if (f->type && strcmp(f->type, c->type) != 0)
-    return 0;
-  if (f->agent_id) {
-    const char *a = command_agent(c);
-    if (a == NULL || strcmp(a, f->agent_id) != 0)
-      return 0;
-  }
-  return 1;
-}
-
 static void finish_list(vop *o, int err, const sm_valkey_reply *r) {
   size_t n = r && !err ? sm_valkey_reply_count(r) / 2 : 0;
   sm_command **cmds = calloc(n ? n : 1, sizeof(*cmds));
@@ -243,7 +230,7 @@ static void finish_list(vop *o, int err, const sm_valkey_reply *r) {
     int e = reply_cmd(sm_valkey_reply_elem(r, 2 * i + 1), &c);
     if (e == SM_ENOMEM)
       err = e;
-    if (c != NULL && match(c, &o->filter))
+    if (c != NULL && store_filter_match(&o->filter, c))
       cmds[got++] = c;
     else
       command_free(c); /* vanished or filtered out */
