@@ -7,7 +7,7 @@
  * Agents are registry records with an in-memory link (no sockets): what is measured is the
  * scheduler, not the network.
  */
-#include "core/command.h"
+#include "model/command.h"
 #include "core/lifecycle.h"
 #include "core/registry.h"
 #include "sched/balancer.h"

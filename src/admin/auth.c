@@ -269,15 +269,15 @@ const char *admin_peer_addr(const char *peer, size_t *n) {
 }
 
 /* The key the request presents, or NULL (length in *n). */
-static const char *presented_key(const admin_request *req, size_t *n) {
-  const char *v = admin_request_header(req, "Authorization");
+static const char *presented_key(const http_request *req, size_t *n) {
+  const char *v = http_request_header(req, "Authorization");
   if (v != NULL) {
     while (*v == ' ')
       v++;
     if (strncasecmp(v, "Bearer ", 7) != 0)
       return NULL;
     v += 7;
-  } else if ((v = admin_request_header(req, "X-API-Key")) == NULL) {
+  } else if ((v = http_request_header(req, "X-API-Key")) == NULL) {
     return NULL;
   }
   while (*v == ' ' || *v == '\t')
@@ -293,16 +293,16 @@ static uint64_t now_ms(void) {
   return uv_hrtime() / 1000000u;
 }
 
-static void too_many(admin_response *res, int secs, const char *what) {
+static void too_many(http_response *res, int secs, const char *what) {
   char msg[96], ra[16];
   snprintf(msg, sizeof(msg), "rate limit of this %s exceeded; retry in %d s", what, secs);
-  admin_response_error(res, 429, "rate_limited", msg);
+  http_response_error(res, 429, "rate_limited", msg);
   snprintf(ra, sizeof(ra), "%d", secs);
-  admin_response_header(res, "Retry-After", ra);
+  http_response_header(res, "Retry-After", ra);
 }
 
-int admin_security_guard(void *guard_ud, admin_request *req, const admin_route *route,
-                         admin_response *res) {
+int admin_security_guard(void *guard_ud, http_request *req, const admin_route *route,
+                         http_response *res) {
   admin_security *sec = guard_ud;
   if (route->min_role == ADMIN_ROLE_PUBLIC)
     return 0;
@@ -318,19 +318,19 @@ int admin_security_guard(void *guard_ud, admin_request *req, const admin_route *
   if (sec->open)
     return 0;
   if (sec->keys.n == 0) {
-    admin_response_error(res, 403, "forbidden",
-                         "no API key is configured on this manager: set ADMIN_API_KEY or "
-                         "ADMIN_API_KEYS_FILE");
+    http_response_error(res, 403, "forbidden",
+                        "no API key is configured on this manager: set ADMIN_API_KEY or "
+                        "ADMIN_API_KEYS_FILE");
     return 1;
   }
   size_t kn = 0;
   const char *presented = presented_key(req, &kn);
   const admin_key *key = presented ? admin_keys_find(&sec->keys, presented, kn) : NULL;
   if (key == NULL) {
-    admin_response_error(res, 401, "unauthorized",
-                         presented ? "unknown API key"
-                                   : "an API key is required (Authorization: Bearer or X-API-Key)");
-    admin_response_header(res, "WWW-Authenticate", "Bearer realm=\"sirius-manager\"");
+    http_response_error(res, 401, "unauthorized",
+                        presented ? "unknown API key"
+                                  : "an API key is required (Authorization: Bearer or X-API-Key)");
+    http_response_header(res, "WWW-Authenticate", "Bearer realm=\"sirius-manager\"");
     return 1;
   }
   req->user = key;
@@ -339,7 +339,7 @@ int admin_security_guard(void *guard_ud, admin_request *req, const admin_route *
     snprintf(msg, sizeof(msg), "this key has the %s role; %s %s needs %s",
              admin_role_name(key->role), req->method, route->pattern,
              admin_role_name(route->min_role));
-    admin_response_error(res, 403, "forbidden", msg);
+    http_response_error(res, 403, "forbidden", msg);
     return 1;
   }
   if (sec->per_key) {
@@ -352,7 +352,7 @@ int admin_security_guard(void *guard_ud, admin_request *req, const admin_route *
   return 0;
 }
 
-const char *admin_request_who(const admin_request *req) {
+const char *admin_request_who(const http_request *req) {
   const admin_key *k = req->user;
   return k ? k->name : "anonymous";
 }

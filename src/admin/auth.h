@@ -12,7 +12,7 @@
 
 #include "admin/ratelimit.h"
 #include "admin/router.h"
-#include "core/settings.h"
+#include "app/settings.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -77,11 +77,11 @@ void admin_security_finish(admin_security *sec);
  * the key and its role, then the per-key limit. Answers 401 (+ WWW-Authenticate), 403 or 429
  * (+ Retry-After); sets req->user to the admin_key on success with a key. Public routes pass
  * untouched. */
-int admin_security_guard(void *guard_ud, admin_request *req, const admin_route *route,
-                         admin_response *res);
+int admin_security_guard(void *guard_ud, http_request *req, const admin_route *route,
+                         http_response *res);
 
 /* Name for the request log of the caller of req: the key's name, "anonymous" without one. */
-const char *admin_request_who(const admin_request *req);
+const char *admin_request_who(const http_request *req);
 
 /* The address part of "ip:port" / "[v6]:port" (length in *n). */
 const char *admin_peer_addr(const char *peer, size_t *n);

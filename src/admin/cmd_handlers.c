@@ -3,7 +3,7 @@
  * POST /api/admin/maintenance and /api/admin/shutdown.
  *
  * The command routes answer from lifecycle/store callbacks, so they defer their response
- * (admin_response_defer) and complete it from the callback. The context of a call holds the
+ * (http_response_defer) and complete it from the callback. The context of a call holds the
  * deferred handle, never the request or the connection: if the client leaves, the completion is
  * dropped by the server.
  *
@@ -20,9 +20,9 @@
 #include "admin/handlers.h"
 
 #include "admin/json.h"
-#include "core/command.h"
+#include "model/command.h"
 #include "core/lifecycle.h"
-#include "core/manager.h"
+#include "app/manager.h"
 #include "core/registry.h"
 #include "mq/amqp.h"
 #include "store/store.h"
@@ -42,16 +42,16 @@
 
 /* ---- helpers ---- */
 
-static void respond_error(admin_response *res, int status, const char *code, const char *msg) {
-  admin_response_error(res, status, code, msg);
+static void respond_error(http_response *res, int status, const char *code, const char *msg) {
+  http_response_error(res, status, code, msg);
   if (status == 503)
-    admin_response_header(res, "Retry-After", RETRY_AFTER_UNAVAIL);
+    http_response_header(res, "Retry-After", RETRY_AFTER_UNAVAIL);
   else if (status == 429)
-    admin_response_header(res, "Retry-After", RETRY_AFTER_FULL);
+    http_response_header(res, "Retry-After", RETRY_AFTER_FULL);
 }
 
 /* Maps a lifecycle/store error to an HTTP answer. */
-static void respond_sm_error(admin_response *res, const sm_manager *m, int err) {
+static void respond_sm_error(http_response *res, const sm_manager *m, int err) {
   switch (err) {
   case SM_EAGAIN:
     respond_error(res, 429, "overloaded", "too many store requests in flight, retry shortly");
@@ -83,22 +83,22 @@ static void respond_sm_error(admin_response *res, const sm_manager *m, int err) 
 }
 
 /* Completes d with a fresh response built by the caller. */
-static void complete_error(admin_deferred *d, const sm_manager *m, int err) {
-  admin_response r;
-  admin_response_init(&r);
+static void complete_error(http_deferred *d, const sm_manager *m, int err) {
+  http_response r;
+  http_response_init(&r);
   respond_sm_error(&r, m, err);
-  admin_deferred_complete(d, &r);
+  http_deferred_complete(d, &r);
 }
 
-static void complete_json(admin_deferred *d, int status, cJSON *o) {
-  admin_response r;
-  admin_response_init(&r);
+static void complete_json(http_deferred *d, int status, cJSON *o) {
+  http_response r;
+  http_response_init(&r);
   admin_respond_json(&r, status, o);
-  admin_deferred_complete(d, &r);
+  http_deferred_complete(d, &r);
 }
 
 /* The lifecycle, or NULL with a 503 answered. */
-static lifecycle *need_lifecycle(sm_manager *m, admin_response *res) {
+static lifecycle *need_lifecycle(sm_manager *m, http_response *res) {
   if (m->lifecycle == NULL) {
     respond_error(res, 503, "unavailable", "the command lifecycle is not running");
     return NULL;
@@ -145,7 +145,7 @@ typedef struct submit_item {
 } submit_item;
 
 typedef struct submit_ctx {
-  admin_deferred *d;
+  http_deferred *d;
   sm_manager *m;
   int is_array; /* answer with an array */
   size_t n;     /* elements */
@@ -161,17 +161,17 @@ static void submit_free(submit_ctx *x) {
 
 /* Error object of a refused element. */
 static cJSON *item_error_json(const sm_manager *m, int err) {
-  admin_response r;
-  admin_response_init(&r);
+  http_response r;
+  http_response_init(&r);
   respond_sm_error(&r, m, err);
   cJSON *o = r.body ? cJSON_ParseWithLength(r.body, r.body_len) : NULL;
-  admin_response_finish(&r);
+  http_response_finish(&r);
   return o;
 }
 
 static void submit_answer(submit_ctx *x) {
-  if (admin_deferred_abandoned(x->d)) {
-    admin_deferred_complete(x->d, &(admin_response){0});
+  if (http_deferred_abandoned(x->d)) {
+    http_deferred_complete(x->d, &(http_response){0});
     return;
   }
   int first_err = 0;
@@ -209,11 +209,11 @@ static void submit_answer(submit_ctx *x) {
     return;
   }
   /* Some refused: the status of the first refusal, with the per-element results. */
-  admin_response r;
-  admin_response_init(&r);
+  http_response r;
+  http_response_init(&r);
   respond_sm_error(&r, x->m, first_err);
   cJSON *o = r.body ? cJSON_ParseWithLength(r.body, r.body_len) : NULL;
-  admin_response_finish(&r);
+  http_response_finish(&r);
   if (o == NULL || !cJSON_AddItemToObject(o, "results", arr)) {
     cJSON_Delete(o);
     cJSON_Delete(arr);
@@ -221,7 +221,7 @@ static void submit_answer(submit_ctx *x) {
     return;
   }
   admin_respond_json(&r, r.status, o); /* replaces the body only: Retry-After stays */
-  admin_deferred_complete(x->d, &r);
+  http_deferred_complete(x->d, &r);
 }
 
 typedef struct submit_ref {
@@ -251,7 +251,7 @@ static void on_submitted(void *ud, int err, const sm_command *cmd, int existed) 
 }
 
 /* Parses element (index i of an array, or -1) into *out; on failure answers 400. */
-static int parse_one(const cJSON *el, long index, sm_command **out, admin_response *res) {
+static int parse_one(const cJSON *el, long index, sm_command **out, http_response *res) {
   char err[256], msg[320];
   if (!cJSON_IsObject(el)) {
     if (index >= 0)
@@ -278,16 +278,16 @@ static int parse_one(const cJSON *el, long index, sm_command **out, admin_respon
   return 0;
 }
 
-static void h_submit(void *ud, admin_request *req, admin_response *res) {
+static void h_submit(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
   lifecycle *lc = need_lifecycle(m, res);
   if (lc == NULL)
     return;
-  if (!is_json_type(admin_request_header(req, "Content-Type"))) {
+  if (!is_json_type(http_request_header(req, "Content-Type"))) {
     respond_error(res, 415, "unsupported_media_type", "Content-Type must be application/json");
     return;
   }
-  const char *key = admin_request_header(req, "Idempotency-Key");
+  const char *key = http_request_header(req, "Idempotency-Key");
   if (key != NULL && (key[0] == '\0' || strlen(key) > ADMIN_IDEMPOTENCY_KEY_MAX)) {
     respond_error(res, 400, "invalid_field",
                   "Idempotency-Key: must be 1 to " ADMIN_STR(ADMIN_IDEMPOTENCY_KEY_MAX) " bytes");
@@ -350,7 +350,7 @@ static void h_submit(void *ud, admin_request *req, admin_response *res) {
       bad = 1;
     }
   }
-  if (bad || (x->d = admin_response_defer(res)) == NULL) {
+  if (bad || (x->d = http_response_defer(res)) == NULL) {
     if (!bad)
       respond_error(res, 500, "internal", "out of memory");
     for (i = 0; i < n; i++)
@@ -396,7 +396,7 @@ static void h_submit(void *ud, admin_request *req, admin_response *res) {
 /* ---- GET /api/commands/{id} ---- */
 
 typedef struct get_ctx {
-  admin_deferred *d;
+  http_deferred *d;
   sm_manager *m;
 } get_ctx;
 
@@ -405,14 +405,14 @@ static void on_got(void *ud, int err, const sm_command *cmd, int existed) {
   get_ctx *x = ud;
   if (err || cmd == NULL)
     complete_error(x->d, x->m, err ? err : SM_ENOENT);
-  else if (admin_deferred_abandoned(x->d))
-    admin_deferred_complete(x->d, &(admin_response){0});
+  else if (http_deferred_abandoned(x->d))
+    http_deferred_complete(x->d, &(http_response){0});
   else
     complete_json(x->d, 200, command_to_json(cmd));
   free(x);
 }
 
-static int check_id(const char *id, admin_response *res) {
+static int check_id(const char *id, http_response *res) {
   if (id == NULL || id[0] == '\0' || strlen(id) > COMMAND_MAX_ID) {
     respond_error(res, 404, "not_found", "command not found");
     return -1;
@@ -422,14 +422,14 @@ static int check_id(const char *id, admin_response *res) {
 
 /* The common start of the routes on one command ({id}): checks the id and defers the response.
  * Returns the call's context with *lc and *id set, or NULL when an answer was already given. */
-static get_ctx *command_call(sm_manager *m, admin_request *req, admin_response *res, lifecycle **lc,
+static get_ctx *command_call(sm_manager *m, http_request *req, http_response *res, lifecycle **lc,
                              const char **id) {
   *lc = need_lifecycle(m, res);
-  *id = admin_request_param(req, "id");
+  *id = http_request_param(req, "id");
   if (*lc == NULL || check_id(*id, res))
     return NULL;
   get_ctx *x = calloc(1, sizeof(*x));
-  if (x == NULL || (x->d = admin_response_defer(res)) == NULL) {
+  if (x == NULL || (x->d = http_response_defer(res)) == NULL) {
     free(x);
     respond_error(res, 500, "internal", "out of memory");
     return NULL;
@@ -438,7 +438,7 @@ static get_ctx *command_call(sm_manager *m, admin_request *req, admin_response *
   return x;
 }
 
-static void h_get(void *ud, admin_request *req, admin_response *res) {
+static void h_get(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
   lifecycle *lc;
   const char *id;
@@ -471,10 +471,10 @@ static void on_cancelled(void *ud, int err, const sm_command *cmd) {
     }
     complete_json(x->d, 409, o);
   } else if (err == SM_ESTATE) {
-    admin_response r;
-    admin_response_init(&r);
+    http_response r;
+    http_response_init(&r);
     respond_error(&r, 409, "conflict", "the command is already final");
-    admin_deferred_complete(x->d, &r);
+    http_deferred_complete(x->d, &r);
   } else if (err || cmd == NULL) {
     complete_error(x->d, x->m, err ? err : SM_EINTERNAL);
   } else {
@@ -483,7 +483,7 @@ static void on_cancelled(void *ud, int err, const sm_command *cmd) {
   free(x);
 }
 
-static void h_cancel(void *ud, admin_request *req, admin_response *res) {
+static void h_cancel(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
   lifecycle *lc;
   const char *id;
@@ -499,15 +499,15 @@ static void h_cancel(void *ud, admin_request *req, admin_response *res) {
 
 /* ---- GET /api/commands ---- */
 
-static int bad_param(admin_response *res, const char *name, const char *why) {
+static int bad_param(http_response *res, const char *name, const char *why) {
   char msg[160];
   snprintf(msg, sizeof(msg), "invalid query parameter '%s': %s", name, why);
-  admin_response_error(res, 400, "invalid_parameter", msg);
+  http_response_error(res, 400, "invalid_parameter", msg);
   return -1;
 }
 
 typedef struct list_ctx {
-  admin_deferred *d;
+  http_deferred *d;
   sm_manager *m;
 } list_ctx;
 
@@ -515,10 +515,10 @@ static void on_listed(void *ud, int err, sm_command *const *cmds, size_t n,
                       const char *next_cursor) {
   list_ctx *x = ud;
   if (err == SM_EINVAL || err == SM_EPARSE) {
-    admin_response r;
-    admin_response_init(&r);
+    http_response r;
+    http_response_init(&r);
     bad_param(&r, "cursor", "not a cursor of this listing");
-    admin_deferred_complete(x->d, &r);
+    http_deferred_complete(x->d, &r);
     free(x);
     return;
   }
@@ -527,8 +527,8 @@ static void on_listed(void *ud, int err, sm_command *const *cmds, size_t n,
     free(x);
     return;
   }
-  if (admin_deferred_abandoned(x->d)) {
-    admin_deferred_complete(x->d, &(admin_response){0});
+  if (http_deferred_abandoned(x->d)) {
+    http_deferred_complete(x->d, &(http_response){0});
     free(x);
     return;
   }
@@ -553,7 +553,7 @@ static void on_listed(void *ud, int err, sm_command *const *cmds, size_t n,
   free(x);
 }
 
-static void h_list(void *ud, admin_request *req, admin_response *res) {
+static void h_list(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
   lifecycle *lc = need_lifecycle(m, res);
   if (lc == NULL)
@@ -618,7 +618,7 @@ static void h_list(void *ud, admin_request *req, admin_response *res) {
     /* Unknown keys are ignored, like GET /api/agents does. */
   }
   list_ctx *x = calloc(1, sizeof(*x));
-  if (x == NULL || (x->d = admin_response_defer(res)) == NULL) {
+  if (x == NULL || (x->d = http_response_defer(res)) == NULL) {
     free(x);
     respond_error(res, 500, "internal", "out of memory");
     return;
@@ -628,10 +628,10 @@ static void h_list(void *ud, admin_request *req, admin_response *res) {
   int rc = lifecycle_list(lc, &f, cursor, (size_t)limit, on_listed, x);
   if (rc) {
     if (rc == SM_EINVAL || rc == SM_EPARSE) {
-      admin_response r;
-      admin_response_init(&r);
+      http_response r;
+      http_response_init(&r);
       bad_param(&r, "cursor", "not a cursor of this listing");
-      admin_deferred_complete(x->d, &r);
+      http_deferred_complete(x->d, &r);
     } else {
       complete_error(x->d, m, rc);
     }
@@ -662,7 +662,7 @@ static cJSON *add_count(cJSON *o, const char *key, double v) {
   return cJSON_AddRawToObject(o, key, p);
 }
 
-static void h_status(void *ud, admin_request *req, admin_response *res) {
+static void h_status(void *ud, http_request *req, http_response *res) {
   (void)req;
   sm_manager *m = ud;
   const sm_settings *s = m->settings;
@@ -759,9 +759,9 @@ static void h_status(void *ud, admin_request *req, admin_response *res) {
 
 /* ---- POST /api/admin/maintenance, /api/admin/shutdown ---- */
 
-static void h_maintenance(void *ud, admin_request *req, admin_response *res) {
+static void h_maintenance(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
-  if (!is_json_type(admin_request_header(req, "Content-Type"))) {
+  if (!is_json_type(http_request_header(req, "Content-Type"))) {
     respond_error(res, 415, "unsupported_media_type", "Content-Type must be application/json");
     return;
   }
@@ -807,7 +807,7 @@ static void on_shutdown_timer(uv_timer_t *t) {
   uv_close((uv_handle_t *)&s->timer, on_shutdown_timer_closed);
 }
 
-static void h_shutdown(void *ud, admin_request *req, admin_response *res) {
+static void h_shutdown(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
   shutdown_req *s = m->loop ? calloc(1, sizeof(*s)) : NULL;
   if (s == NULL) {
@@ -821,7 +821,7 @@ static void h_shutdown(void *ud, admin_request *req, admin_response *res) {
   uv_timer_start(&s->timer, on_shutdown_timer, 0, 0);
   sm_log_warn("admin", "shutdown requested", SM_LS("client", req->peer ? req->peer : "-"));
   static const char body[] = "{\"status\":\"shutting_down\"}";
-  admin_response_set(res, 202, "application/json", body, sizeof(body) - 1);
+  http_response_set(res, 202, "application/json", body, sizeof(body) - 1);
 }
 
 int admin_cmd_handlers_register(admin_router *r) {

@@ -4,7 +4,7 @@
 
 #include "admin/json.h"
 #include "admin/openapi.h"
-#include "core/manager.h"
+#include "app/manager.h"
 #include "core/registry.h"
 #include "util/err.h"
 #include "util/semver.h"
@@ -14,14 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void h_health(void *ud, admin_request *req, admin_response *res) {
+static void h_health(void *ud, http_request *req, http_response *res) {
   (void)ud;
   (void)req;
   static const char body[] = "{\"status\":\"ok\"}";
-  admin_response_set(res, 200, "application/json", body, sizeof(body) - 1);
+  http_response_set(res, 200, "application/json", body, sizeof(body) - 1);
 }
 
-static void h_ready(void *ud, admin_request *req, admin_response *res) {
+static void h_ready(void *ud, http_request *req, http_response *res) {
   (void)req;
   const sm_manager *m = ud;
   const char *reason = NULL;
@@ -31,9 +31,9 @@ static void h_ready(void *ud, admin_request *req, admin_response *res) {
     static const char body[] = "{\"status\":\"ready\",\"maintenance\":false}";
     static const char body_m[] = "{\"status\":\"ready\",\"maintenance\":true}";
     if (m->maintenance)
-      admin_response_set(res, 200, "application/json", body_m, sizeof(body_m) - 1);
+      http_response_set(res, 200, "application/json", body_m, sizeof(body_m) - 1);
     else
-      admin_response_set(res, 200, "application/json", body, sizeof(body) - 1);
+      http_response_set(res, 200, "application/json", body, sizeof(body) - 1);
     return;
   }
   cJSON *o = cJSON_CreateObject();
@@ -44,14 +44,14 @@ static void h_ready(void *ud, admin_request *req, admin_response *res) {
     o = NULL;
   }
   admin_respond_json(res, 503, o);
-  admin_response_header(res, "Retry-After", ADMIN_READY_RETRY_AFTER);
+  http_response_header(res, "Retry-After", ADMIN_READY_RETRY_AFTER);
 }
 
 /* Answers 400 naming the parameter; returns -1 for the caller to pass on. */
-static int bad_param(admin_response *res, const char *name, const char *why) {
+static int bad_param(http_response *res, const char *name, const char *why) {
   char msg[160];
   snprintf(msg, sizeof(msg), "invalid query parameter '%s': %s", name, why);
-  admin_response_error(res, 400, "invalid_parameter", msg);
+  http_response_error(res, 400, "invalid_parameter", msg);
   return -1;
 }
 
@@ -86,9 +86,9 @@ static int by_id(const void *x, const void *y) {
   return strcmp(a->id, b->id);
 }
 
-/* Reads the /api/agents filters from the query into f (caps: room for ADMIN_MAX_QUERY_PAIRS).
+/* Reads the /api/agents filters from the query into f (caps: room for HTTP_MAX_QUERY_PAIRS).
  * Returns 0, or -1 with res set to the 400 (or 500) to answer. */
-static int parse_filter(admin_request *req, admin_response *res, agent_filter *fp, sm_kv *caps,
+static int parse_filter(http_request *req, http_response *res, agent_filter *fp, sm_kv *caps,
                         long *limit, long *offset) {
   agent_filter f = *fp;
   for (size_t i = 0; i < req->nqpairs; i++) {
@@ -111,9 +111,9 @@ static int parse_filter(admin_request *req, admin_response *res, agent_filter *f
       char *colon = strchr(v, ':');
       if (colon == NULL || colon == v)
         return bad_param(res, "capability", "expected key:value");
-      char *key = admin_arena_strndup(&req->arena, v, (size_t)(colon - v));
+      char *key = http_arena_strndup(&req->arena, v, (size_t)(colon - v));
       if (key == NULL) {
-        admin_response_error(res, 500, "internal", "out of memory");
+        http_response_error(res, 500, "internal", "out of memory");
         return -1;
       }
       caps[f.ncaps].key = key;
@@ -145,10 +145,10 @@ static int parse_filter(admin_request *req, admin_response *res, agent_filter *f
   return 0;
 }
 
-static void h_agents(void *ud, admin_request *req, admin_response *res) {
+static void h_agents(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
   agent_filter f = {.max_load = -1};
-  sm_kv caps[ADMIN_MAX_QUERY_PAIRS];
+  sm_kv caps[HTTP_MAX_QUERY_PAIRS];
   long limit = ADMIN_AGENTS_DEFAULT_LIMIT, offset = 0;
   if (parse_filter(req, res, &f, caps, &limit, &offset))
     return;
@@ -156,7 +156,7 @@ static void h_agents(void *ud, admin_request *req, admin_response *res) {
   agent_list l = {0};
   l.cap = agent_registry_count(m->registry);
   if (l.cap && (l.v = malloc(l.cap * sizeof(*l.v))) == NULL) {
-    admin_response_error(res, 500, "internal", "out of memory");
+    http_response_error(res, 500, "internal", "out of memory");
     return;
   }
   agent_registry_foreach(m->registry, &f, collect, &l);
@@ -184,23 +184,23 @@ static void h_agents(void *ud, admin_request *req, admin_response *res) {
   admin_respond_json(res, 200, o);
 }
 
-static void h_agent(void *ud, admin_request *req, admin_response *res) {
+static void h_agent(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
-  const char *id = admin_request_param(req, "id");
+  const char *id = http_request_param(req, "id");
   agent *a = agent_registry_find(m->registry, id, strlen(id));
   if (a == NULL) {
     char msg[AGENT_ID_MAX + 32];
     snprintf(msg, sizeof(msg), "agent '%.*s' not found", AGENT_ID_MAX, id);
-    admin_response_error(res, 404, "not_found", msg);
+    http_response_error(res, 404, "not_found", msg);
     return;
   }
   admin_respond_json(res, 200, admin_agent_json(a, m->settings ? m->settings->instance_id : NULL));
 }
 
-static void h_openapi(void *ud, admin_request *req, admin_response *res) {
+static void h_openapi(void *ud, http_request *req, http_response *res) {
   (void)ud;
   (void)req;
-  admin_response_set(res, 200, "application/json", admin_openapi_json, admin_openapi_json_len);
+  http_response_set(res, 200, "application/json", admin_openapi_json, admin_openapi_json_len);
 }
 
 int admin_handlers_register(admin_router *r) {

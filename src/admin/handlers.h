@@ -1,5 +1,5 @@
 /* handlers.h - the admin API's routes (CONTRACT.md "Admin API"). Each handler reads the manager
- * (the router's ud) and fills a response, or defers it (admin_response_defer) and completes it
+ * (the router's ud) and fills a response, or defers it (http_response_defer) and completes it
  * from a store/lifecycle callback; none blocks. */
 #ifndef SM_ADMIN_HANDLERS_H
 #define SM_ADMIN_HANDLERS_H

@@ -1,18 +1,18 @@
 /* json.c - cJSON helpers and the agent object. */
 #include "admin/json.h"
 
-#include "core/agent_json.h"
+#include "model/agent_json.h"
 
 #include <string.h>
 
-void admin_respond_json(admin_response *res, int status, cJSON *obj) {
+void admin_respond_json(http_response *res, int status, cJSON *obj) {
   char *text = obj ? cJSON_PrintUnformatted(obj) : NULL;
   cJSON_Delete(obj);
   if (text == NULL) {
-    admin_response_error(res, 500, "internal", "out of memory");
+    http_response_error(res, 500, "internal", "out of memory");
     return;
   }
-  admin_response_finish(res);
+  http_response_finish(res);
   res->status = status;
   res->content_type = "application/json";
   res->body = text;

@@ -2,13 +2,13 @@
 #ifndef SM_ADMIN_JSON_H
 #define SM_ADMIN_JSON_H
 
-#include "admin/http.h"
-#include "core/agent-t.h"
+#include "http/http.h"
+#include "model/agent-t.h"
 
 #include <cjson/cJSON.h>
 
 /* Answers status with obj printed unformatted; takes ownership of obj (NULL answers 500). */
-void admin_respond_json(admin_response *res, int status, cJSON *obj);
+void admin_respond_json(http_response *res, int status, cJSON *obj);
 
 /* The agent as the API reports it: id, hostname, version, status, capabilities (object),
  * segment, load, active_commands, max_concurrent, connected_at, last_seen (RFC 3339 UTC, ms),

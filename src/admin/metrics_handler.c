@@ -2,23 +2,23 @@
  * same numbers /metrics on METRICS_ADDR exposes to Prometheus (metrics/collector.h renders). */
 #include "admin/handlers.h"
 
-#include "core/manager.h"
+#include "app/manager.h"
 #include "metrics/metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
-static void h_metrics(void *ud, admin_request *req, admin_response *res) {
+static void h_metrics(void *ud, http_request *req, http_response *res) {
   (void)req;
   sm_manager *m = ud;
   if (m->metrics == NULL) {
-    admin_response_error(res, 503, "unavailable", "metrics are not running");
+    http_response_error(res, 503, "unavailable", "metrics are not running");
     return;
   }
   char *text = NULL;
   size_t len = 0;
   if (metrics_collect_json(metrics_get_registry(m->metrics), &text, &len) != 0) {
-    admin_response_error(res, 500, "internal", "out of memory rendering metrics");
+    http_response_error(res, 500, "internal", "out of memory rendering metrics");
     return;
   }
   /* {"metrics":{<family>:{"type","help","series":[...]}}}: the body is built around the
@@ -27,12 +27,12 @@ static void h_metrics(void *ud, admin_request *req, admin_response *res) {
   char *body = malloc(sizeof(head) - 1 + len + 2);
   if (body == NULL) {
     free(text);
-    admin_response_error(res, 500, "internal", "out of memory rendering metrics");
+    http_response_error(res, 500, "internal", "out of memory rendering metrics");
     return;
   }
   int n = snprintf(body, sizeof(head) - 1 + len + 2, "%s%s}", head, text);
   free(text);
-  admin_response_set(res, 200, "application/json", body, n > 0 ? (size_t)n : 0);
+  http_response_set(res, 200, "application/json", body, n > 0 ? (size_t)n : 0);
   free(body);
 }
 

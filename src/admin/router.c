@@ -37,7 +37,7 @@ int admin_router_add(admin_router *r, const char *method, const char *pattern, a
       break;
     s += n + 1;
   }
-  if (params > ADMIN_MAX_PARAMS)
+  if (params > HTTP_MAX_PARAMS)
     return SM_EINVAL;
   if (r->n >= ADMIN_MAX_ROUTES)
     return SM_ELIMIT;
@@ -107,15 +107,15 @@ int admin_router_match(const admin_router *r, const char *method, const char *pa
   return path_known ? SM_EPERM : SM_ENOENT;
 }
 
-int admin_match_bind(const admin_match *m, admin_request *req) {
+int admin_match_bind(const admin_match *m, http_request *req) {
   req->nparams = 0;
   for (size_t i = 0; i < m->nparams; i++) {
-    char *name = admin_arena_strndup(&req->arena, m->params[i].name, m->params[i].name_len);
-    char *value = admin_arena_alloc(&req->arena, m->params[i].value_len + 1);
+    char *name = http_arena_strndup(&req->arena, m->params[i].name, m->params[i].name_len);
+    char *value = http_arena_alloc(&req->arena, m->params[i].value_len + 1);
     if (name == NULL || value == NULL)
       return SM_ENOMEM;
     /* '+' is literal in a path; only the query uses it for spaces. */
-    long n = admin_percent_decode(m->params[i].value, m->params[i].value_len, value, 0);
+    long n = http_percent_decode(m->params[i].value, m->params[i].value_len, value, 0);
     if (n < 0)
       return (int)n;
     req->params[i].key = name;
@@ -125,7 +125,7 @@ int admin_match_bind(const admin_match *m, admin_request *req) {
   return 0;
 }
 
-int admin_query_parse(admin_request *req, const char *qs) {
+int admin_query_parse(http_request *req, const char *qs) {
   req->qpairs = NULL;
   req->nqpairs = 0;
   size_t pairs = 0;
@@ -139,9 +139,9 @@ int admin_query_parse(admin_request *req, const char *qs) {
   }
   if (pairs == 0)
     return 0;
-  if (pairs > ADMIN_MAX_QUERY_PAIRS)
+  if (pairs > HTTP_MAX_QUERY_PAIRS)
     return SM_ELIMIT;
-  admin_kv *kv = admin_arena_alloc(&req->arena, pairs * sizeof(*kv));
+  http_kv *kv = http_arena_alloc(&req->arena, pairs * sizeof(*kv));
   if (kv == NULL)
     return SM_ENOMEM;
   size_t i = 0;
@@ -151,12 +151,12 @@ int admin_query_parse(admin_request *req, const char *qs) {
       const char *eq = memchr(s, '=', n);
       size_t klen = eq ? (size_t)(eq - s) : n;
       size_t vlen = eq ? n - klen - 1 : 0;
-      char *k = admin_arena_alloc(&req->arena, klen + 1);
-      char *v = admin_arena_alloc(&req->arena, vlen + 1);
+      char *k = http_arena_alloc(&req->arena, klen + 1);
+      char *v = http_arena_alloc(&req->arena, vlen + 1);
       if (k == NULL || v == NULL)
         return SM_ENOMEM;
-      long kn = admin_percent_decode(s, klen, k, 1);
-      long vn = admin_percent_decode(eq ? eq + 1 : "", vlen, v, 1);
+      long kn = http_percent_decode(s, klen, k, 1);
+      long vn = http_percent_decode(eq ? eq + 1 : "", vlen, v, 1);
       if (kn < 0 || vn < 0)
         return SM_EPARSE;
       kv[i].key = k;
@@ -172,7 +172,7 @@ int admin_query_parse(admin_request *req, const char *qs) {
   return 0;
 }
 
-void admin_router_dispatch(const admin_router *r, admin_request *req, admin_response *res) {
+void admin_router_dispatch(const admin_router *r, http_request *req, http_response *res) {
   admin_match m;
   int err = admin_router_match(r, req->method, req->path, &m);
   if (err && r->guard && strncmp(req->path, "/api/", 5) == 0) {
@@ -185,27 +185,27 @@ void admin_router_dispatch(const admin_router *r, admin_request *req, admin_resp
   if (err == SM_ENOENT) {
     char msg[160];
     snprintf(msg, sizeof(msg), "no such resource: %.120s", req->path);
-    admin_response_error(res, 404, "not_found", msg);
+    http_response_error(res, 404, "not_found", msg);
     return;
   }
   if (err == SM_EPERM) {
     char msg[160];
     snprintf(msg, sizeof(msg), "method %s not allowed; allowed: %s", req->method, m.allow);
-    admin_response_error(res, 405, "method_not_allowed", msg);
-    admin_response_header(res, "Allow", m.allow);
+    http_response_error(res, 405, "method_not_allowed", msg);
+    http_response_header(res, "Allow", m.allow);
     return;
   }
   err = admin_match_bind(&m, req);
   if (err == 0)
     err = admin_query_parse(req, req->query ? req->query : "");
   if (err == SM_ENOMEM) {
-    admin_response_error(res, 500, "internal", "out of memory");
+    http_response_error(res, 500, "internal", "out of memory");
     return;
   }
   if (err) {
-    admin_response_error(res, 400, "bad_request",
-                         err == SM_ELIMIT ? "too many query parameters"
-                                          : "malformed percent-encoding in the URL");
+    http_response_error(res, 400, "bad_request",
+                        err == SM_ELIMIT ? "too many query parameters"
+                                         : "malformed percent-encoding in the URL");
     return;
   }
   if (r->guard && r->guard(r->guard_ud, req, m.route, res))

@@ -5,7 +5,7 @@
 #ifndef SM_ADMIN_ROUTER_H
 #define SM_ADMIN_ROUTER_H
 
-#include "admin/http.h"
+#include "http/http.h"
 
 #include <stddef.h>
 
@@ -18,7 +18,7 @@ typedef enum admin_role {
 } admin_role;
 
 /* Fills res for req. Runs on the loop; ud is the router's ud (the manager). */
-typedef void (*admin_handler_fn)(void *ud, admin_request *req, admin_response *res);
+typedef void (*admin_handler_fn)(void *ud, http_request *req, http_response *res);
 
 typedef struct admin_route {
   const char *method;  /* "GET", "POST", ... (static text) */
@@ -30,8 +30,8 @@ typedef struct admin_route {
 /* Runs before the handler of every matched route (authentication, roles, rate limits: the
  * security issue plugs in here). Returns 0 to go on, or non-zero with res filled (401, 403,
  * 429, ...). It may set req->user for the handler and the request log. */
-typedef int (*admin_guard_fn)(void *guard_ud, admin_request *req, const admin_route *route,
-                              admin_response *res);
+typedef int (*admin_guard_fn)(void *guard_ud, http_request *req, const admin_route *route,
+                              http_response *res);
 
 #define ADMIN_MAX_ROUTES 64
 
@@ -51,7 +51,7 @@ typedef struct admin_match {
     size_t name_len;
     const char *value; /* into the path (raw, not decoded), value_len bytes */
     size_t value_len;
-  } params[ADMIN_MAX_PARAMS];
+  } params[HTTP_MAX_PARAMS];
   size_t nparams;
   char allow[96]; /* for 405: methods of routes whose pattern matched */
 } admin_match;
@@ -60,7 +60,7 @@ typedef struct admin_match {
 void admin_router_init(admin_router *r, void *ud);
 
 /* Adds a route (copied; the strings must outlive the router). Returns 0, SM_EINVAL (pattern
- * not starting with '/', or more than ADMIN_MAX_PARAMS params) or SM_ELIMIT (table full). */
+ * not starting with '/', or more than HTTP_MAX_PARAMS params) or SM_ELIMIT (table full). */
 int admin_router_add(admin_router *r, const char *method, const char *pattern, admin_handler_fn fn,
                      admin_role min_role);
 
@@ -71,16 +71,16 @@ int admin_router_match(const admin_router *r, const char *method, const char *pa
 
 /* Decodes the match's params into req->params (in req's arena). Returns 0, SM_EPARSE (bad
  * escape: 400) or SM_ENOMEM. */
-int admin_match_bind(const admin_match *m, admin_request *req);
+int admin_match_bind(const admin_match *m, http_request *req);
 
 /* Routes req and runs its handler: 404 for an unknown path, 405 with Allow for a known path
  * and another method, 400 for a malformed path parameter or query string. The guard runs before
  * the handler, and also before a 404/405 under /api/ (as for a viewer route). */
-void admin_router_dispatch(const admin_router *r, admin_request *req, admin_response *res);
+void admin_router_dispatch(const admin_router *r, http_request *req, http_response *res);
 
 /* Parses an application/x-www-form-urlencoded query (qs, NUL-terminated) into req->qpairs in
  * order (repeated keys kept; '+' is a space; "k" alone is k=""). Returns 0, SM_EPARSE (bad
- * escape), SM_ELIMIT (more than ADMIN_MAX_QUERY_PAIRS pairs) or SM_ENOMEM. */
-int admin_query_parse(admin_request *req, const char *qs);
+ * escape), SM_ELIMIT (more than HTTP_MAX_QUERY_PAIRS pairs) or SM_ENOMEM. */
+int admin_query_parse(http_request *req, const char *qs);
 
 #endif

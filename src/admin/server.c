@@ -4,13 +4,13 @@
  * write stall, linger), an llhttp parser (http1.c), and two output buffers: `out` gathers the
  * responses of this loop turn, `wbuf` is the one write in flight. A uv_check handle flushes every
  * connection that gathered output once per loop turn. Reading stops when a connection has
- * ADMIN_PIPELINE_MAX responses or ADMIN_OUTPUT_HIGH_WATER bytes not yet written; the unparsed
+ * HTTP_PIPELINE_MAX responses or HTTP_OUTPUT_HIGH_WATER bytes not yet written; the unparsed
  * rest of the last read waits in `stash` until the output drains.
  *
- * Deferred responses (admin_response_defer): a request whose handler answers later gets a slot
+ * Deferred responses (http_response_defer): a request whose handler answers later gets a slot
  * in the connection's FIFO of unanswered requests; every later response of that connection
  * queues behind it (serialized at once, held in its slot) so pipelined answers keep request
- * order. Slots count toward ADMIN_PIPELINE_MAX. A completion only marks its slot ready and moves
+ * order. Slots count toward HTTP_PIPELINE_MAX. A completion only marks its slot ready and moves
  * the ready head of the FIFO into `out`; the write happens in the flush of the loop turn. Every
  * waiting slot is also on the server's timeout list: slots join it in time order with the same
  * timeout, so the list is sorted by deadline and one timer serves them all. At the deadline the
@@ -24,7 +24,7 @@
 
 #include "admin/auth.h"
 #include "admin/handlers.h"
-#include "admin/http1.h"
+#include "http/http1.h"
 #include "admin/router.h"
 #include "net/tls.h"
 #include "util/err.h"
@@ -42,7 +42,7 @@
 enum conn_state {
   C_OPEN = 0, /* reading requests */
   C_DRAIN,    /* a final response is queued: write everything, then shut down */
-  C_LINGER,   /* write side shut down: discard input until EOF or ADMIN_LINGER_MS */
+  C_LINGER,   /* write side shut down: discard input until EOF or HTTP_LINGER_MS */
   C_CLOSING,  /* handles closing; freed in the last close callback */
 };
 
@@ -55,8 +55,8 @@ typedef struct conn_slot {
   struct conn_slot *next;          /* the connection's FIFO */
   struct conn_slot *tprev, *tnext; /* the server's timeout list (waiting slots only) */
   struct admin_conn *c;
-  admin_deferred *d;  /* the handler's answer to come; NULL once `bytes` holds the answer */
-  admin_buf bytes;    /* the serialized answer (when d is NULL) */
+  http_deferred *d;   /* the handler's answer to come; NULL once `bytes` holds the answer */
+  http_buf bytes;     /* the serialized answer (when d is NULL) */
   int keep;           /* request: client allows keep-alive; serialized: the answer keeps it */
   int timed;          /* on the timeout list */
   uint64_t deadline;  /* uv_now() ms */
@@ -70,21 +70,21 @@ typedef struct admin_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
   struct admin_server *srv;
-  admin_http1 *http;
+  http1_parser *http;
   net_tls *tls;  /* ADMIN_TLS_ENABLED: the session between the socket and the parser, else NULL */
   char peer[96]; /* "ip:port" of the client */
   enum conn_state state;
-  int handles;    /* open handles; freed at 0 */
-  int reading;    /* uv_read_start active */
-  int peer_eof;   /* the client shut down its side */
-  admin_buf out;  /* gathered this turn, not yet handed to uv_write */
-  size_t out_n;   /* responses in out */
-  admin_buf wbuf; /* the bytes of the write in flight */
-  size_t w_n;     /* responses in wbuf */
-  int writing;    /* wreq in flight */
+  int handles;   /* open handles; freed at 0 */
+  int reading;   /* uv_read_start active */
+  int peer_eof;  /* the client shut down its side */
+  http_buf out;  /* gathered this turn, not yet handed to uv_write */
+  size_t out_n;  /* responses in out */
+  http_buf wbuf; /* the bytes of the write in flight */
+  size_t w_n;    /* responses in wbuf */
+  int writing;   /* wreq in flight */
   uv_write_t wreq;
   uv_shutdown_t sreq;
-  admin_buf stash;                  /* input not parsed yet because output backed up */
+  http_buf stash;                   /* input not parsed yet because output backed up */
   conn_slot *shead, *stail;         /* unanswered (deferred) requests and answers behind them */
   size_t nslots;                    /* slots in that FIFO */
   enum timer_kind tkind;            /* deadline the timer runs for */
@@ -119,7 +119,7 @@ struct admin_server {
   admin_conn *dirty; /* connections with output to flush this turn */
   uint64_t request_timeout_ms;
   uint64_t idle_timeout_ms;
-  admin_buf busy; /* the serialized 503 for connections beyond the limit */
+  http_buf busy; /* the serialized 503 for connections beyond the limit */
   void (*close_cb)(void *ud);
   void *close_ud;
   net_tls_ctx *tls_ctx; /* ADMIN_TLS_ENABLED: certificate and key; NULL: plain TCP */
@@ -143,7 +143,7 @@ static void server_maybe_free(struct admin_server *srv) {
     return;
   void (*cb)(void *) = srv->close_cb;
   void *ud = srv->close_ud;
-  admin_buf_finish(&srv->busy);
+  http_buf_finish(&srv->busy);
   admin_security_finish(&srv->sec);
   net_tls_ctx_destroy(srv->tls_ctx);
   free(srv);
@@ -195,8 +195,8 @@ static size_t tls_pending(const admin_conn *c) {
 }
 
 static int backpressured(const admin_conn *c) {
-  return c->out_n + c->w_n + c->nslots >= ADMIN_PIPELINE_MAX ||
-         c->out.len + c->wbuf.len + tls_pending(c) >= ADMIN_OUTPUT_HIGH_WATER;
+  return c->out_n + c->w_n + c->nslots >= HTTP_PIPELINE_MAX ||
+         c->out.len + c->wbuf.len + tls_pending(c) >= HTTP_OUTPUT_HIGH_WATER;
 }
 
 /* Moves the session's waiting ciphertext into wbuf (empty before). Returns 0 or SM_ENOMEM. */
@@ -204,7 +204,7 @@ static int tls_take_all(admin_conn *c) {
   c->wbuf.len = 0;
   size_t n;
   while ((n = net_tls_take(c->tls, c->srv->tbuf, sizeof(c->srv->tbuf))) > 0) {
-    if (admin_buf_append(&c->wbuf, c->srv->tbuf, n) != 0)
+    if (http_buf_append(&c->wbuf, c->srv->tbuf, n) != 0)
       return SM_ENOMEM;
   }
   return 0;
@@ -233,7 +233,7 @@ static void read_start(admin_conn *c) {
 }
 
 /* Logs the request line of an answer. */
-static void log_request(admin_conn *c, const admin_response *res, const char *method,
+static void log_request(admin_conn *c, const http_response *res, const char *method,
                         const char *path, uint64_t start_ns, const char *who) {
   double ms = start_ns ? (double)(uv_hrtime() - start_ns) / 1e6 : 0.0;
   sm_log_info("admin", "request", SM_LS("method", method ? method : "-"),
@@ -244,14 +244,14 @@ static void log_request(admin_conn *c, const admin_response *res, const char *me
 
 /* Queues one serialized response; logs the request line. With deferred requests still
  * unanswered, the response waits in a slot behind them. */
-static void conn_queue(admin_conn *c, const admin_response *res, int keep_alive, const char *method,
+static void conn_queue(admin_conn *c, const http_response *res, int keep_alive, const char *method,
                        const char *path, uint64_t start_ns, const char *who) {
   conn_slot *sl = NULL;
   if (c->shead != NULL && (sl = calloc(1, sizeof(*sl))) == NULL) {
     conn_close(c);
     return;
   }
-  if (admin_response_serialize(res, keep_alive, sl ? &sl->bytes : &c->out) != 0) {
+  if (http_response_serialize(res, keep_alive, sl ? &sl->bytes : &c->out) != 0) {
     /* Out of memory: there is no way to answer in order, so give up on this client. */
     free(sl);
     conn_close(c);
@@ -276,7 +276,7 @@ static void conn_drain(admin_conn *c) {
     return;
   c->state = C_DRAIN;
   read_stop(c);
-  admin_buf_finish(&c->stash);
+  http_buf_finish(&c->stash);
   mark_dirty(c);
 }
 
@@ -284,27 +284,27 @@ static void conn_drain(admin_conn *c) {
 static void conn_fail(admin_conn *c, int status) {
   if (c->state != C_OPEN)
     return;
-  admin_response res;
-  admin_response_init(&res);
+  http_response res;
+  http_response_init(&res);
   switch (status) {
   case 408:
-    admin_response_error(&res, 408, "request_timeout", "request not received in time");
+    http_response_error(&res, 408, "request_timeout", "request not received in time");
     break;
   case 413:
-    admin_response_error(&res, 413, "payload_too_large", "request body too large");
+    http_response_error(&res, 413, "payload_too_large", "request body too large");
     break;
   case 431:
-    admin_response_error(&res, 431, "headers_too_large", "request header fields too large");
+    http_response_error(&res, 431, "headers_too_large", "request header fields too large");
     break;
   case 500:
-    admin_response_error(&res, 500, "internal", "out of memory");
+    http_response_error(&res, 500, "internal", "out of memory");
     break;
   default:
-    admin_response_error(&res, 400, "bad_request", "malformed HTTP request");
+    http_response_error(&res, 400, "bad_request", "malformed HTTP request");
     break;
   }
   conn_queue(c, &res, 0, NULL, NULL, 0, NULL);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   conn_drain(c);
 }
 
@@ -353,7 +353,7 @@ static void on_write(uv_write_t *req, int status) {
   c->wbuf.len = 0;
   c->w_n = 0;
   if (c->wbuf.cap > ADMIN_BUF_KEEP)
-    admin_buf_finish(&c->wbuf);
+    http_buf_finish(&c->wbuf);
   if (status < 0) {
     conn_close(c);
     return;
@@ -370,10 +370,10 @@ static void on_write(uv_write_t *req, int status) {
   } else if (c->state == C_OPEN && !backpressured(c)) {
     /* Output drained: go on with the requests held back. */
     if (c->stash.len) {
-      admin_buf s = c->stash;
-      c->stash = (admin_buf){0};
+      http_buf s = c->stash;
+      c->stash = (http_buf){0};
       conn_input(c, s.p, s.len);
-      admin_buf_finish(&s);
+      http_buf_finish(&s);
     }
     if (c->state == C_OPEN && c->stash.len == 0 && !backpressured(c))
       read_start(c);
@@ -420,7 +420,7 @@ static void conn_flush(admin_conn *c) {
     return;
   }
   if (!c->writing && c->out.len) {
-    admin_buf t = c->wbuf;
+    http_buf t = c->wbuf;
     c->wbuf = c->out;
     c->w_n = c->out_n;
     c->out = t;
@@ -509,8 +509,8 @@ static void timeout_append(struct admin_server *srv, conn_slot *sl) {
 /* Frees a slot taken off its connection's FIFO. */
 static void slot_free(struct admin_server *srv, conn_slot *sl) {
   timeout_remove(srv, sl);
-  admin_deferred_release(sl->d);
-  admin_buf_finish(&sl->bytes);
+  http_deferred_release(sl->d);
+  http_buf_finish(&sl->bytes);
   free(sl);
 }
 
@@ -526,7 +526,7 @@ static void conn_drop_slots(admin_conn *c) {
 }
 
 static int slot_ready(conn_slot *sl) {
-  return sl->d == NULL || admin_deferred_response(sl->d) != NULL;
+  return sl->d == NULL || http_deferred_response(sl->d) != NULL;
 }
 
 /* Moves the answered head of the FIFO into `out` (written in this turn's flush). */
@@ -540,13 +540,13 @@ static void conn_advance(admin_conn *c) {
     c->nslots--;
     int keep = sl->keep, err = 0;
     if (sl->d != NULL) {
-      admin_response *res = admin_deferred_response(sl->d);
+      http_response *res = http_deferred_response(sl->d);
       keep = keep && !res->close && !srv->stopping;
-      err = admin_response_serialize(res, keep, &c->out);
+      err = http_response_serialize(res, keep, &c->out);
       if (!err)
         log_request(c, res, sl->method, sl->path, sl->start_ns, sl->who);
     } else {
-      err = admin_buf_append(&c->out, sl->bytes.p, sl->bytes.len);
+      err = http_buf_append(&c->out, sl->bytes.p, sl->bytes.len);
     }
     slot_free(srv, sl);
     if (err) {
@@ -564,7 +564,7 @@ static void conn_advance(admin_conn *c) {
   conn_update_timer(c);
 }
 
-static void on_deferred_ready(void *ud, admin_deferred *d) {
+static void on_deferred_ready(void *ud, http_deferred *d) {
   (void)d;
   conn_slot *sl = ud;
   admin_conn *c = sl->c;
@@ -581,17 +581,17 @@ static void on_defer_timer(uv_timer_t *t) {
     admin_conn *c = sl->c;
     timeout_remove(srv, sl);
     /* The handler's late answer is dropped from now on. */
-    admin_deferred_release(sl->d);
+    http_deferred_release(sl->d);
     sl->d = NULL;
-    admin_response res;
-    admin_response_init(&res);
-    admin_response_error(&res, 503, "timeout", "the request was not answered in time");
-    admin_response_header(&res, "Retry-After", ADMIN_DEFER_RETRY_AFTER);
+    http_response res;
+    http_response_init(&res);
+    http_response_error(&res, 503, "timeout", "the request was not answered in time");
+    http_response_header(&res, "Retry-After", ADMIN_DEFER_RETRY_AFTER);
     sl->keep = sl->keep && !srv->stopping;
-    int err = admin_response_serialize(&res, sl->keep, &sl->bytes);
+    int err = http_response_serialize(&res, sl->keep, &sl->bytes);
     if (!err)
       log_request(c, &res, sl->method, sl->path, sl->start_ns, sl->who);
-    admin_response_finish(&res);
+    http_response_finish(&res);
     sm_log_warn("admin", "deferred request timed out", SM_LS("path", sl->path),
                 SM_LS("client", c->peer));
     if (err)
@@ -604,10 +604,10 @@ static void on_defer_timer(uv_timer_t *t) {
 
 /* Takes over the deferred answer of req: a slot at the tail of the FIFO. Returns 0 or
  * SM_ENOMEM (then the connection is closed). */
-static int conn_defer(admin_conn *c, admin_request *req, admin_deferred *d) {
+static int conn_defer(admin_conn *c, http_request *req, http_deferred *d) {
   conn_slot *sl = calloc(1, sizeof(*sl));
   if (sl == NULL) {
-    admin_deferred_release(d);
+    http_deferred_release(d);
     conn_close(c);
     return SM_ENOMEM;
   }
@@ -624,10 +624,10 @@ static int conn_defer(admin_conn *c, admin_request *req, admin_deferred *d) {
     c->shead = sl;
   c->stail = sl;
   c->nslots++;
-  if (admin_deferred_response(d) != NULL) {
+  if (http_deferred_response(d) != NULL) {
     conn_advance(c); /* answered inside the handler already */
   } else {
-    admin_deferred_watch(d, on_deferred_ready, sl);
+    http_deferred_watch(d, on_deferred_ready, sl);
     timeout_append(c->srv, sl);
   }
   return 0;
@@ -635,15 +635,15 @@ static int conn_defer(admin_conn *c, admin_request *req, admin_deferred *d) {
 
 /* ---- requests ---- */
 
-static int conn_on_request(void *ud, admin_request *req) {
+static int conn_on_request(void *ud, http_request *req) {
   admin_conn *c = ud;
   req->peer = c->peer;
-  admin_response res;
-  admin_response_init(&res);
+  http_response res;
+  http_response_init(&res);
   admin_router_dispatch(&c->srv->router, req, &res);
   int keep;
   if (res.deferred != NULL) {
-    admin_deferred *d = res.deferred;
+    http_deferred *d = res.deferred;
     res.deferred = NULL;
     keep = req->keep_alive && !c->srv->stopping;
     conn_defer(c, req, d);
@@ -651,8 +651,8 @@ static int conn_on_request(void *ud, admin_request *req) {
     keep = req->keep_alive && !res.close && !c->srv->stopping;
     conn_queue(c, &res, keep, req->method, req->path, req->start_ns, admin_request_who(req));
   }
-  admin_response_finish(&res);
-  admin_request_free(req);
+  http_response_finish(&res);
+  http_request_free(req);
   if (c->state != C_OPEN)
     return 1;
   if (!keep) {
@@ -664,19 +664,19 @@ static int conn_on_request(void *ud, admin_request *req) {
 
 static void conn_input(admin_conn *c, const char *data, size_t len) {
   int status = 0;
-  long used = admin_http1_feed(c->http, data, len, &status);
+  long used = http1_feed(c->http, data, len, &status);
   if (used < 0) {
     conn_fail(c, status);
   } else if ((size_t)used < len && c->state == C_OPEN) {
     /* Paused for backpressure: keep the rest for when the output drains. */
     read_stop(c);
-    if (admin_buf_append(&c->stash, data + used, len - (size_t)used) != 0)
+    if (http_buf_append(&c->stash, data + used, len - (size_t)used) != 0)
       conn_close(c);
-  } else if (admin_http1_take_continue(c->http) && c->shead == NULL) {
+  } else if (http1_take_continue(c->http) && c->shead == NULL) {
     /* (Behind unanswered requests an interim answer would jump the queue: the client then
      * sends its body after its own expect timeout.) */
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    if (admin_buf_append(&c->out, cont, sizeof(cont) - 1) == 0)
+    if (http_buf_append(&c->out, cont, sizeof(cont) - 1) == 0)
       mark_dirty(c);
   }
   conn_update_timer(c);
@@ -719,7 +719,7 @@ static void conn_tls_input(admin_conn *c, const char *data, size_t len) {
     if (c->state != C_OPEN)
       continue; /* draining: the rest is discarded, but the session must still read it */
     if (c->stash.len) {
-      if (admin_buf_append(&c->stash, c->srv->tbuf, (size_t)n) != 0) {
+      if (http_buf_append(&c->stash, c->srv->tbuf, (size_t)n) != 0) {
         conn_close(c);
         return;
       }
@@ -775,11 +775,11 @@ static void conn_update_timer(admin_conn *c) {
   uint64_t seq = 0, ms;
   if (c->state == C_LINGER) {
     k = T_LINGER;
-    ms = ADMIN_LINGER_MS;
+    ms = HTTP_LINGER_MS;
   } else if (c->writing || c->out.len || (c->state == C_DRAIN && c->nslots == 0)) {
     k = T_WRITE; /* a client that does not read is dropped after the request timeout */
     ms = srv->request_timeout_ms;
-  } else if ((seq = admin_http1_pending(c->http)) != 0) {
+  } else if ((seq = http1_pending(c->http)) != 0) {
     k = T_REQUEST;
     ms = srv->request_timeout_ms;
   } else if (c->nslots) {
@@ -808,11 +808,11 @@ static void on_conn_closed(uv_handle_t *h) {
   struct admin_server *srv = c->srv;
   srv->open_handles--;
   if (--c->handles == 0) {
-    admin_http1_destroy(c->http);
+    http1_destroy(c->http);
     net_tls_destroy(c->tls);
-    admin_buf_finish(&c->out);
-    admin_buf_finish(&c->wbuf);
-    admin_buf_finish(&c->stash);
+    http_buf_finish(&c->out);
+    http_buf_finish(&c->wbuf);
+    http_buf_finish(&c->stash);
     free(c);
   }
   server_maybe_free(srv);
@@ -896,16 +896,16 @@ static void on_connection(uv_stream_t *l, int status) {
     return;
   }
   admin_conn *c = calloc(1, sizeof(*c));
-  admin_http1_config hc = {
+  http1_config hc = {
       .max_header_bytes = srv->s->admin_max_header_bytes,
       .max_body_bytes = srv->s->admin_max_body_bytes,
       .on_request = conn_on_request,
       .ud = c,
   };
-  if (c == NULL || admin_http1_create(&hc, &c->http) != 0 ||
+  if (c == NULL || http1_create(&hc, &c->http) != 0 ||
       (srv->tls_ctx && net_tls_create(srv->tls_ctx, NULL, &c->tls) != 0)) {
     if (c)
-      admin_http1_destroy(c->http);
+      http1_destroy(c->http);
     free(c);
     reject_connection(srv);
     return;
@@ -973,15 +973,15 @@ int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **ou
     }
   }
   err = admin_handlers_register(&srv->router);
-  admin_response busy;
-  admin_response_init(&busy);
-  admin_response_error(&busy, 503, "unavailable", "too many admin connections");
-  admin_response_header(&busy, "Retry-After", "1");
+  http_response busy;
+  http_response_init(&busy);
+  http_response_error(&busy, 503, "unavailable", "too many admin connections");
+  http_response_header(&busy, "Retry-After", "1");
   if (!err)
-    err = admin_response_serialize(&busy, 0, &srv->busy);
-  admin_response_finish(&busy);
+    err = http_response_serialize(&busy, 0, &srv->busy);
+  http_response_finish(&busy);
   if (err) {
-    admin_buf_finish(&srv->busy);
+    http_buf_finish(&srv->busy);
     admin_security_finish(&srv->sec);
     net_tls_ctx_destroy(srv->tls_ctx);
     free(srv);
@@ -1049,7 +1049,7 @@ void admin_server_stop_accepting(struct admin_server *srv) {
   for (admin_conn *c = srv->conns; c; c = next) {
     next = c->next;
     if (c->state == C_OPEN && !c->writing && c->out.len == 0 && c->stash.len == 0 &&
-        c->nslots == 0 && admin_http1_pending(c->http) == 0)
+        c->nslots == 0 && http1_pending(c->http) == 0)
       conn_close(c);
   }
 }

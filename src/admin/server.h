@@ -6,7 +6,7 @@
 #define SM_ADMIN_SERVER_H
 
 #include "admin/router.h"
-#include "core/manager.h"
+#include "app/manager.h"
 
 #include <stddef.h>
 #include <uv.h>

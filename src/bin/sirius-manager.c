@@ -1,7 +1,7 @@
 /* sirius-manager - the SiriusScan agent manager. Settings in, one loop, exit 0 after a clean
  * shutdown. */
-#include "core/manager.h"
-#include "core/settings.h"
+#include "app/manager.h"
+#include "app/settings.h"
 #include "util/err.h"
 #include "util/log.h"
 

@@ -17,7 +17,7 @@
 #ifndef SM_CORE_LIFECYCLE_H
 #define SM_CORE_LIFECYCLE_H
 
-#include "core/command.h"
+#include "model/command.h"
 #include "core/registry.h"
 #include "sched/strategy.h"
 #include "store/store.h"

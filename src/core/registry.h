@@ -7,7 +7,7 @@
 #ifndef SM_CORE_REGISTRY_H
 #define SM_CORE_REGISTRY_H
 
-#include "core/agent-t.h"
+#include "model/agent-t.h"
 
 #include <uv.h>
 

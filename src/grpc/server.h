@@ -7,7 +7,7 @@
 #define SM_GRPC_SERVER_H
 
 #include "core/registry.h"
-#include "core/settings.h"
+#include "app/settings.h"
 
 #include <stddef.h>
 #include <uv.h>

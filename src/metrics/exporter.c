@@ -9,8 +9,8 @@
  */
 #include "metrics/exporter.h"
 
-#include "admin/http.h"
-#include "admin/http1.h"
+#include "http/http.h"
+#include "http/http1.h"
 #include "net/tcp.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -27,7 +27,7 @@ struct metrics_exporter {
 
 typedef struct mconn {
   metrics_exporter *e;
-  admin_http1 *parser;
+  http1_parser *parser;
   int closing; /* a final response is queued: ignore further input */
 } mconn;
 
@@ -35,31 +35,31 @@ static void arm_idle(net_conn *c) {
   net_conn_set_timer(c, net_conn_now(c) + METRICS_EXPORTER_IDLE_MS);
 }
 
-static void respond(net_conn *c, admin_response *res, int keep_alive) {
-  admin_buf out = {0};
-  if (admin_response_serialize(res, keep_alive, &out) == 0)
+static void respond(net_conn *c, http_response *res, int keep_alive) {
+  http_buf out = {0};
+  if (http_response_serialize(res, keep_alive, &out) == 0)
     net_conn_write(c, (const uint8_t *)out.p, out.len);
-  admin_buf_finish(&out);
+  http_buf_finish(&out);
 }
 
-static void answer(metrics_exporter *e, const admin_request *req, admin_response *res) {
+static void answer(metrics_exporter *e, const http_request *req, http_response *res) {
   int head = strcmp(req->method, "HEAD") == 0;
   if (strcmp(req->path, "/metrics") != 0) {
-    admin_response_error(res, 404, "not_found", "only /metrics is served here");
+    http_response_error(res, 404, "not_found", "only /metrics is served here");
     return;
   }
   if (!head && strcmp(req->method, "GET") != 0) {
-    admin_response_error(res, 405, "method_not_allowed", "use GET");
-    admin_response_header(res, "Allow", "GET, HEAD");
+    http_response_error(res, 405, "method_not_allowed", "use GET");
+    http_response_header(res, "Allow", "GET, HEAD");
     return;
   }
   char *text = NULL;
   size_t len = 0;
   if (metrics_collect_text(e->reg, &text, &len) != 0) {
-    admin_response_error(res, 500, "internal", "out of memory rendering metrics");
+    http_response_error(res, 500, "internal", "out of memory rendering metrics");
     return;
   }
-  admin_response_set(res, 200, METRICS_EXPORTER_CONTENT_TYPE, text, len);
+  http_response_set(res, 200, METRICS_EXPORTER_CONTENT_TYPE, text, len);
   free(text);
   if (head) {
     /* HEAD: same headers, no body; Content-Length then says 0, which scrapers never use */
@@ -69,20 +69,20 @@ static void answer(metrics_exporter *e, const admin_request *req, admin_response
   }
 }
 
-static int on_request(void *ud, admin_request *req) {
+static int on_request(void *ud, http_request *req) {
   net_conn *c = ud;
   mconn *mc = net_conn_data(c);
   if (mc->closing) {
-    admin_request_free(req);
+    http_request_free(req);
     return 1;
   }
-  admin_response res;
-  admin_response_init(&res);
+  http_response res;
+  http_response_init(&res);
   answer(mc->e, req, &res);
   int keep = req->keep_alive && net_conn_output(c) < METRICS_EXPORTER_MAX_OUTPUT;
   respond(c, &res, keep);
-  admin_response_finish(&res);
-  admin_request_free(req);
+  http_response_finish(&res);
+  http_request_free(req);
   if (!keep) {
     mc->closing = 1;
     return 1; /* pause: the rest of the input is dropped */
@@ -96,13 +96,13 @@ static int on_open(net_conn *c) {
   if (mc == NULL)
     return SM_ENOMEM;
   mc->e = e;
-  admin_http1_config pc = {
+  http1_config pc = {
       .max_header_bytes = METRICS_EXPORTER_MAX_HEADER_BYTES,
       .max_body_bytes = 0,
       .on_request = on_request,
       .ud = c,
   };
-  int err = admin_http1_create(&pc, &mc->parser);
+  int err = http1_create(&pc, &mc->parser);
   if (err) {
     free(mc);
     return err;
@@ -118,13 +118,13 @@ static int on_read(net_conn *c, const uint8_t *data, size_t len) {
     return 0;
   arm_idle(c);
   int status = 0;
-  long n = admin_http1_feed(mc->parser, (const char *)data, len, &status);
+  long n = http1_feed(mc->parser, (const char *)data, len, &status);
   if (n < 0) {
-    admin_response res;
-    admin_response_init(&res);
-    admin_response_error(&res, status, "bad_request", "malformed request");
+    http_response res;
+    http_response_init(&res);
+    http_response_error(&res, status, "bad_request", "malformed request");
     respond(c, &res, 0);
-    admin_response_finish(&res);
+    http_response_finish(&res);
     mc->closing = 1;
   }
   if (mc->closing)
@@ -147,7 +147,7 @@ static void on_close(net_conn *c, int reason) {
   mconn *mc = net_conn_data(c);
   if (mc == NULL)
     return;
-  admin_http1_destroy(mc->parser);
+  http1_destroy(mc->parser);
   free(mc);
   net_conn_set_data(c, NULL);
 }

@@ -3,7 +3,7 @@
 #include "metrics/metrics.h"
 
 #include "core/lifecycle.h"
-#include "core/manager.h"
+#include "app/manager.h"
 #include "core/registry.h"
 #include "metrics/exporter.h"
 #include "mq/amqp.h"

@@ -10,7 +10,7 @@
 #ifndef SM_METRICS_METRICS_H
 #define SM_METRICS_METRICS_H
 
-#include "core/command.h"
+#include "model/command.h"
 #include "metrics/collector.h"
 
 #include <uv.h>

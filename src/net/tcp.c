@@ -1,7 +1,7 @@
 /* tcp.c - listener, connections, gathered writes, backpressure and timeouts (see tcp.h). */
 #include "net/tcp.h"
 
-#include "core/settings.h"
+#include "app/settings.h"
 #include "util/err.h"
 #include "util/log.h"
 

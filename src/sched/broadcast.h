@@ -13,7 +13,7 @@
 #ifndef SM_SCHED_BROADCAST_H
 #define SM_SCHED_BROADCAST_H
 
-#include "core/command.h"
+#include "model/command.h"
 #include "core/registry.h"
 
 #include <stddef.h>

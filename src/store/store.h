@@ -14,7 +14,7 @@
 #ifndef SM_STORE_STORE_H
 #define SM_STORE_STORE_H
 
-#include "core/command.h"
+#include "model/command.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -5,10 +5,10 @@
  *   TEST_READY=1    makes /ready answer 200 (the manager's readiness needs an agent listener)
  * Prints "PORT <n>" on stdout once listening; exits 0 on SIGTERM/SIGINT after a clean close. */
 #include "admin/server.h"
-#include "core/manager.h"
+#include "app/manager.h"
 #include "core/registry.h"
 #include "store/store.h"
-#include "core/settings.h"
+#include "app/settings.h"
 #include "util/err.h"
 #include "util/log.h"
 

@@ -12,7 +12,7 @@
 #include <string.h>
 
 /* Whether the response body holds text (bodies are not NUL-terminated). */
-static int body_has(const admin_response *res, const char *text) {
+static int body_has(const http_response *res, const char *text) {
   return res->body && memmem(res->body, res->body_len, text, strlen(text)) != NULL;
 }
 
@@ -77,17 +77,17 @@ static void test_bad_lines(void) {
   bad("Viewer:topsecret\n", 1, "role must be");
 }
 
-static void h_ok(void *ud, admin_request *req, admin_response *res) {
+static void h_ok(void *ud, http_request *req, http_response *res) {
   (void)ud, (void)req;
-  admin_response_set(res, 200, NULL, "{}", 2);
+  http_response_set(res, 200, NULL, "{}", 2);
 }
 
 /* Runs the guard for a request with the given headers; returns the status (200 when it let the
  * request through). */
 static int guarded(admin_security *sec, admin_role need, const char *hname, const char *hval,
-                   const char *peer, admin_response *res) {
+                   const char *peer, http_response *res) {
   admin_route rt = {"GET", "/api/x", h_ok, need};
-  admin_request req;
+  http_request req;
   memset(&req, 0, sizeof(req));
   req.method = "GET";
   req.path = "/api/x";
@@ -97,12 +97,12 @@ static int guarded(admin_security *sec, admin_role need, const char *hname, cons
     req.headers[0].value = hval;
     req.nheaders = 1;
   }
-  admin_response_init(res);
+  http_response_init(res);
   int stop = admin_security_guard(sec, &req, &rt, res);
   return stop ? res->status : 200;
 }
 
-static const char *header(const admin_response *res, const char *name) {
+static const char *header(const http_response *res, const char *name) {
   for (size_t i = 0; i < res->nheaders; i++)
     if (strcmp(res->headers[i].name, name) == 0)
       return res->headers[i].value;
@@ -119,7 +119,7 @@ static void test_guard_matrix(void) {
   /* rows: route role viewer, operator, admin; columns: none, wrong, viewer, operator, admin */
   const int want[3][5] = {
       {401, 401, 200, 200, 200}, {401, 401, 403, 200, 200}, {401, 401, 403, 403, 200}};
-  admin_response res;
+  http_response res;
   for (int r = 0; r < 3; r++) {
     for (int k = 0; k < 5; k++) {
       char bearer[32];
@@ -131,34 +131,34 @@ static void test_guard_matrix(void) {
         T_ASSERT(header(&res, "WWW-Authenticate") != NULL);
       if (st != 200)
         T_ASSERT(body_has(&res, st == 401 ? "\"unauthorized\"" : "\"forbidden\""));
-      admin_response_finish(&res);
+      http_response_finish(&res);
       /* X-API-Key works the same */
       st = guarded(&sec, (admin_role)(ADMIN_ROLE_VIEWER + r), keys[k] ? "x-api-key" : NULL, keys[k],
                    "127.0.0.1:5", &res);
       T_EQ_INT(st, want[r][k]);
-      admin_response_finish(&res);
+      http_response_finish(&res);
     }
   }
   /* Public routes need nothing. */
   admin_route pub = {"GET", "/health", h_ok, ADMIN_ROLE_PUBLIC};
-  admin_request req;
+  http_request req;
   memset(&req, 0, sizeof(req));
-  admin_response_init(&res);
+  http_response_init(&res);
   T_EQ_INT(admin_security_guard(&sec, &req, &pub, &res), 0);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   /* Authorization that is not Bearer is no key. */
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "Authorization", "Basic dms6", "x:1", &res), 401);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   admin_security_finish(&sec);
 
   /* No key configured: production refuses, development is open. */
   memset(&sec, 0, sizeof(sec));
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, NULL, NULL, "x:1", &res), 403);
   T_ASSERT(body_has(&res, "no API key is configured"));
-  admin_response_finish(&res);
+  http_response_finish(&res);
   sec.open = 1;
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_ADMIN, NULL, NULL, "x:1", &res), 200);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 }
 
 static void test_guard_rate(void) {
@@ -167,30 +167,30 @@ static void test_guard_rate(void) {
   T_EQ_INT(admin_keys_add(&sec.keys, ADMIN_ROLE_ADMIN, "k1", 2, "a"), 0);
   T_EQ_INT(admin_keys_add(&sec.keys, ADMIN_ROLE_ADMIN, "k2", 2, "b"), 0);
   T_EQ_INT(admin_ratelimit_create(0.001, 3, 100, &sec.per_key), 0);
-  admin_response res;
+  http_response res;
   for (int i = 0; i < 3; i++) {
     T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "X-API-Key", "k1", "10.0.0.1:1", &res), 200);
-    admin_response_finish(&res);
+    http_response_finish(&res);
   }
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "X-API-Key", "k1", "10.0.0.1:1", &res), 429);
   T_ASSERT(header(&res, "Retry-After") != NULL && atoi(header(&res, "Retry-After")) >= 1);
   T_ASSERT(body_has(&res, "\"rate_limited\""));
-  admin_response_finish(&res);
+  http_response_finish(&res);
   /* Another key has its own bucket. */
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "X-API-Key", "k2", "10.0.0.1:1", &res), 200);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   admin_ratelimit_destroy(sec.per_key);
   sec.per_key = NULL;
   /* Per address: the port does not matter, the address does. */
   T_EQ_INT(admin_ratelimit_create(0.001, 2, 100, &sec.per_ip), 0);
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "X-API-Key", "k1", "10.0.0.2:1", &res), 200);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, NULL, NULL, "10.0.0.2:2", &res), 401);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "X-API-Key", "k1", "10.0.0.2:3", &res), 429);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   T_EQ_INT(guarded(&sec, ADMIN_ROLE_VIEWER, "X-API-Key", "k1", "10.0.0.3:3", &res), 200);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   admin_security_finish(&sec);
 }
 

@@ -1,15 +1,15 @@
-/* Unit tests of deferred responses (admin_response_defer) through the real admin listener on a
+/* Unit tests of deferred responses (http_response_defer) through the real admin listener on a
  * loop, with a libuv client in the same process: pipelined order mixing deferred and immediate
  * answers, a completion after the connection closed (reset, and server closed), the half-closed
  * client, the deferred timeout (503 + Retry-After, late completion dropped), and the pipeline
  * limit counting deferred requests. Run it under ASan/valgrind to see the late completions
  * touch no freed memory. */
 #include "t.h"
-#include "admin/http.h"
+#include "http/http.h"
 #include "admin/router.h"
 #include "admin/server.h"
-#include "core/manager.h"
-#include "core/settings.h"
+#include "app/manager.h"
+#include "app/settings.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -22,34 +22,34 @@ static uv_loop_t loop;
 static sm_settings settings;
 static sm_manager mgr;
 static struct admin_server *srv;
-static admin_deferred *pend[MAXP]; /* deferred handles by the number in the path */
-static int handled;                /* deferred handler invocations */
+static http_deferred *pend[MAXP]; /* deferred handles by the number in the path */
+static int handled;               /* deferred handler invocations */
 
 /* ---- test routes ---- */
 
-static void h_defer(void *ud, admin_request *req, admin_response *res) {
+static void h_defer(void *ud, http_request *req, http_response *res) {
   (void)ud;
-  int n = atoi(admin_request_param(req, "n"));
+  int n = atoi(http_request_param(req, "n"));
   T_ASSERT(n >= 0 && n < MAXP && pend[n] == NULL);
-  pend[n] = admin_response_defer(res);
+  pend[n] = http_response_defer(res);
   T_ASSERT(pend[n] != NULL);
-  T_ASSERT(admin_response_defer(res) == NULL); /* once per response */
+  T_ASSERT(http_response_defer(res) == NULL); /* once per response */
   handled++;
 }
 
-static void h_fast(void *ud, admin_request *req, admin_response *res) {
+static void h_fast(void *ud, http_request *req, http_response *res) {
   (void)ud, (void)req;
-  admin_response_set(res, 200, "text/plain", "fast", 4);
+  http_response_set(res, 200, "text/plain", "fast", 4);
 }
 
 /* Defers and answers at once, inside the handler. */
-static void h_sync(void *ud, admin_request *req, admin_response *res) {
+static void h_sync(void *ud, http_request *req, http_response *res) {
   (void)ud, (void)req;
-  admin_deferred *d = admin_response_defer(res);
-  admin_response r;
-  admin_response_init(&r);
-  admin_response_set(&r, 201, "text/plain", "sync", 4);
-  admin_deferred_complete(d, &r);
+  http_deferred *d = http_response_defer(res);
+  http_response r;
+  http_response_init(&r);
+  http_response_set(&r, 201, "text/plain", "sync", 4);
+  http_deferred_complete(d, &r);
   T_ASSERT(r.body == NULL); /* taken over */
 }
 
@@ -57,10 +57,10 @@ static void complete(int n, int status) {
   T_ASSERT(pend[n] != NULL);
   char body[16];
   int len = snprintf(body, sizeof(body), "d%d", n);
-  admin_response r;
-  admin_response_init(&r);
-  admin_response_set(&r, status, "text/plain", body, (size_t)len);
-  admin_deferred_complete(pend[n], &r);
+  http_response r;
+  http_response_init(&r);
+  http_response_set(&r, status, "text/plain", body, (size_t)len);
+  http_deferred_complete(pend[n], &r);
   pend[n] = NULL;
 }
 
@@ -89,7 +89,7 @@ typedef struct client {
   uv_tcp_t tcp;
   uv_connect_t creq;
   uv_shutdown_t sreq;
-  admin_buf in;
+  http_buf in;
   int connected, eof, closed;
 } client;
 
@@ -105,9 +105,9 @@ static void on_c_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
 static void on_c_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   client *c = s->data;
   if (n > 0) {
-    T_EQ_INT(admin_buf_append(&c->in, b->base, (size_t)n), 0);
+    T_EQ_INT(http_buf_append(&c->in, b->base, (size_t)n), 0);
     /* Keep the bytes NUL-terminated: the parser below uses atoi/atol on them. */
-    T_EQ_INT(admin_buf_append(&c->in, "", 1), 0);
+    T_EQ_INT(http_buf_append(&c->in, "", 1), 0);
     c->in.len--;
   } else if (n < 0) {
     c->eof = 1;
@@ -164,7 +164,7 @@ static void client_close(client *c, int reset) {
   uv_close((uv_handle_t *)&c->tcp, on_c_closed);
   cur = c;
   spin_until(cond_closed, 2000);
-  admin_buf_finish(&c->in);
+  http_buf_finish(&c->in);
 }
 
 /* memmem without GCC's nonnull false positive under -fsanitize at -O2. */
@@ -259,12 +259,12 @@ static void test_complete_after_reset(void) {
   client_send(&c, "GET /defer/3 HTTP/1.1\r\nHost: t\r\n\r\nGET /fast HTTP/1.1\r\nHost: t\r\n\r\n");
   spin_until(NULL, 40);
   T_ASSERT(pend[3] != NULL);
-  T_ASSERT(!admin_deferred_abandoned(pend[3]));
+  T_ASSERT(!http_deferred_abandoned(pend[3]));
   client_close(&c, 1);
   spin_until(cond_no_conns, 2000);
   T_EQ_INT(admin_server_connections(srv), 0);
-  T_ASSERT(admin_deferred_abandoned(pend[3])); /* the handler can tell */
-  complete(3, 200);                            /* dropped: nothing to write to */
+  T_ASSERT(http_deferred_abandoned(pend[3])); /* the handler can tell */
+  complete(3, 200);                           /* dropped: nothing to write to */
   spin_until(NULL, 20);
 }
 
@@ -300,7 +300,7 @@ static void test_timeout(void) {
   T_EQ_INT(responses(&c, st, b, 4), 1);
   T_EQ_INT(st[0], 503);
   T_ASSERT(find(c.in.p, c.in.len, "Retry-After: 1\r\n") != NULL);
-  T_ASSERT(admin_deferred_abandoned(pend[4]));
+  T_ASSERT(http_deferred_abandoned(pend[4]));
   complete(4, 200); /* late: dropped */
   client_send(&c, "GET /fast HTTP/1.1\r\nHost: t\r\n\r\n");
   want_n = 2;
@@ -320,12 +320,12 @@ static void test_pipeline_limit(void) {
   handled = 0;
   client_send(&c, req);
   spin_until(NULL, 60);
-  T_EQ_INT(handled, ADMIN_PIPELINE_MAX); /* reading stopped at the limit */
-  for (int i = 10; i < 10 + ADMIN_PIPELINE_MAX; i++)
+  T_EQ_INT(handled, HTTP_PIPELINE_MAX); /* reading stopped at the limit */
+  for (int i = 10; i < 10 + HTTP_PIPELINE_MAX; i++)
     complete(i, 200);
   spin_until(NULL, 60);
   T_EQ_INT(handled, 20); /* the rest was parsed once answers went out */
-  for (int i = 10 + ADMIN_PIPELINE_MAX; i < 30; i++)
+  for (int i = 10 + HTTP_PIPELINE_MAX; i < 30; i++)
     complete(i, 200);
   cur = &c;
   want_n = 20;
@@ -360,7 +360,7 @@ static void test_server_close(void) {
   spin_until(cond_srv_closed, 2000);
   T_ASSERT(server_closed);
   srv = NULL;
-  T_ASSERT(admin_deferred_abandoned(pend[5]));
+  T_ASSERT(http_deferred_abandoned(pend[5]));
   complete(5, 200); /* the server is gone: dropped */
   client_close(&c, 0);
 }

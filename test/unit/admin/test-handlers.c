@@ -2,9 +2,9 @@
  * fake agent links, requests built by the real parser, no sockets. */
 #include "t.h"
 #include "admin/handlers.h"
-#include "admin/http1.h"
+#include "http/http1.h"
 #include "admin/json.h"
-#include "core/manager.h"
+#include "app/manager.h"
 #include "core/registry.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -25,28 +25,28 @@ static const char *fake_peer(void *link) {
 }
 static const agent_link_ops fake_ops = {"fake", fake_send, fake_end, fake_peer};
 
-static admin_request *last_req;
-static int grab(void *ud, admin_request *req) {
+static http_request *last_req;
+static int grab(void *ud, http_request *req) {
   (void)ud;
   last_req = req;
   return 0;
 }
 
 /* Runs one GET through parser + router + handler; returns the parsed JSON body. */
-static cJSON *call(admin_router *r, const char *target, int *status, admin_response *res) {
-  admin_http1 *p = NULL;
-  admin_http1_config cfg = {4096, 1024, grab, NULL};
-  T_EQ_INT(admin_http1_create(&cfg, &p), 0);
+static cJSON *call(admin_router *r, const char *target, int *status, http_response *res) {
+  http1_parser *p = NULL;
+  http1_config cfg = {4096, 1024, grab, NULL};
+  T_EQ_INT(http1_create(&cfg, &p), 0);
   char in[1024];
   snprintf(in, sizeof(in), "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", target);
   int st = 0;
   last_req = NULL;
-  T_EQ_INT(admin_http1_feed(p, in, strlen(in), &st), strlen(in));
+  T_EQ_INT(http1_feed(p, in, strlen(in), &st), strlen(in));
   T_ASSERT(last_req != NULL);
-  admin_response_init(res);
+  http_response_init(res);
   admin_router_dispatch(r, last_req, res);
-  admin_request_free(last_req);
-  admin_http1_destroy(p);
+  http_request_free(last_req);
+  http1_destroy(p);
   *status = res->status;
   T_ASSERT(res->body != NULL);
   cJSON *j = cJSON_ParseWithLength(res->body, res->body_len);
@@ -100,14 +100,14 @@ static void setup(void) {
 }
 
 static void test_health(void) {
-  admin_response res;
+  http_response res;
   int st;
   cJSON *j = call(&router, "/health", &st, &res);
   T_EQ_INT(st, 200);
   T_EQ_STR(str(j, "status"), "ok");
   T_EQ_STR(res.content_type, "application/json");
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 }
 
 static void test_agent_json(void) {
@@ -135,7 +135,7 @@ static void test_agent_json(void) {
 }
 
 static void test_agents_list(void) {
-  admin_response res;
+  http_response res;
   int st;
   cJSON *j = call(&router, "/api/agents", &st, &res);
   T_EQ_INT(st, 200);
@@ -146,7 +146,7 @@ static void test_agents_list(void) {
   T_EQ_STR(str(cJSON_GetArrayItem(arr, 1), "id"), "b-agent");
   T_EQ_STR(str(cJSON_GetArrayItem(arr, 2), "id"), "c-agent");
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 
   j = call(&router, "/api/agents?status=idle&limit=1&offset=1", &st, &res);
   T_EQ_INT(st, 200);
@@ -155,27 +155,27 @@ static void test_agents_list(void) {
   T_EQ_INT(cJSON_GetArraySize(arr), 1);
   T_EQ_STR(str(cJSON_GetArrayItem(arr, 0), "id"), "c-agent");
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 
   j = call(&router, "/api/agents?capability=scan_type:nmap&capability=os%3Alinux", &st, &res);
   T_EQ_INT(num(j, "total"), 1);
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 
   j = call(&router, "/api/agents?min_version=1.0.0&max_load=0.5", &st, &res);
   T_EQ_INT(num(j, "total"), 2);
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 
   j = call(&router, "/api/agents?status=busy,idle&limit=0", &st, &res);
   T_EQ_INT(num(j, "total"), 3);
   T_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "agents")), 0);
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 }
 
 static void expect_400(const char *target, const char *param) {
-  admin_response res;
+  http_response res;
   int st;
   cJSON *j = call(&router, target, &st, &res);
   T_EQ_INT(st, 400);
@@ -183,7 +183,7 @@ static void expect_400(const char *target, const char *param) {
   T_EQ_STR(str(e, "code"), "invalid_parameter");
   T_ASSERT(strstr(str(e, "message"), param) != NULL);
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 }
 
 static void test_bad_filters(void) {
@@ -198,44 +198,44 @@ static void test_bad_filters(void) {
 }
 
 static void test_agent_get(void) {
-  admin_response res;
+  http_response res;
   int st;
   cJSON *j = call(&router, "/api/agents/b-agent", &st, &res);
   T_EQ_INT(st, 200);
   T_EQ_STR(str(j, "id"), "b-agent");
   T_EQ_STR(str(j, "status"), "idle");
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   j = call(&router, "/api/agents/nobody", &st, &res);
   T_EQ_INT(st, 404);
   T_EQ_STR(str(cJSON_GetObjectItemCaseSensitive(j, "error"), "code"), "not_found");
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
 }
 
 static void test_unknown_and_method(void) {
-  admin_response res;
+  http_response res;
   int st;
   cJSON *j = call(&router, "/nope", &st, &res);
   T_EQ_INT(st, 404);
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   /* 405 needs another method: build it by hand. */
-  admin_request *req = calloc(1, sizeof(*req));
+  http_request *req = calloc(1, sizeof(*req));
   req->method = "POST";
   req->path = "/api/agents";
   req->query = "";
-  admin_response_init(&res);
+  http_response_init(&res);
   admin_router_dispatch(&router, req, &res);
   T_EQ_INT(res.status, 405);
   T_EQ_STR(res.headers[0].name, "Allow");
   T_EQ_STR(res.headers[0].value, "GET");
-  admin_response_finish(&res);
-  admin_request_free(req);
+  http_response_finish(&res);
+  http_request_free(req);
 }
 
 static void test_ready(void) {
-  admin_response res;
+  http_response res;
   int st;
   mgr.draining = 1;
   cJSON *j = call(&router, "/ready", &st, &res);
@@ -244,7 +244,7 @@ static void test_ready(void) {
   T_ASSERT(str(j, "reason") != NULL);
   T_EQ_STR(res.headers[0].name, "Retry-After");
   cJSON_Delete(j);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   mgr.draining = 0;
 }
 

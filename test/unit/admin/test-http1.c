@@ -1,197 +1,197 @@
 /* Unit tests of src/admin/http1.c and http.c: the llhttp adapter fed from memory. */
-#include "admin/http.h"
-#include "admin/http1.h"
+#include "http/http.h"
+#include "http/http1.h"
 #include "util/err.h"
 
 #include "t.h"
 
 typedef struct sink {
-  admin_request *reqs[16];
+  http_request *reqs[16];
   size_t n;
   int pause_after; /* pause after this many requests (0: never) */
 } sink;
 
-static int on_request(void *ud, admin_request *req) {
+static int on_request(void *ud, http_request *req) {
   sink *s = ud;
   if (s->n < 16)
     s->reqs[s->n++] = req;
   else
-    admin_request_free(req);
+    http_request_free(req);
   return s->pause_after && s->n >= (size_t)s->pause_after;
 }
 
-static admin_http1 *mk(sink *s, size_t max_head, size_t max_body) {
-  admin_http1 *p = NULL;
-  admin_http1_config cfg = {max_head, max_body, on_request, s};
-  T_EQ_INT(admin_http1_create(&cfg, &p), 0);
+static http1_parser *mk(sink *s, size_t max_head, size_t max_body) {
+  http1_parser *p = NULL;
+  http1_config cfg = {max_head, max_body, on_request, s};
+  T_EQ_INT(http1_create(&cfg, &p), 0);
   return p;
 }
 
 static void sink_free(sink *s) {
   for (size_t i = 0; i < s->n; i++)
-    admin_request_free(s->reqs[i]);
+    http_request_free(s->reqs[i]);
   s->n = 0;
 }
 
 static void test_simple_request(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 4096, 1024);
+  http1_parser *p = mk(&s, 4096, 1024);
   const char in[] = "GET /api/agents?status=idle&x=1 HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n"
                     "X-Api-Key: k1\r\n\r\n";
   int st = 0;
-  T_EQ_INT(admin_http1_feed(p, in, sizeof(in) - 1, &st), sizeof(in) - 1);
+  T_EQ_INT(http1_feed(p, in, sizeof(in) - 1, &st), sizeof(in) - 1);
   T_EQ_INT(s.n, 1);
-  admin_request *r = s.reqs[0];
+  http_request *r = s.reqs[0];
   T_EQ_STR(r->method, "GET");
   T_EQ_STR(r->path, "/api/agents");
   T_EQ_STR(r->query, "status=idle&x=1");
   T_EQ_INT(r->nheaders, 3);
-  T_EQ_STR(admin_request_header(r, "host"), "a");
-  T_EQ_STR(admin_request_header(r, "x-empty"), "");
-  T_EQ_STR(admin_request_header(r, "X-API-KEY"), "k1");
-  T_ASSERT(admin_request_header(r, "nope") == NULL);
+  T_EQ_STR(http_request_header(r, "host"), "a");
+  T_EQ_STR(http_request_header(r, "x-empty"), "");
+  T_EQ_STR(http_request_header(r, "X-API-KEY"), "k1");
+  T_ASSERT(http_request_header(r, "nope") == NULL);
   T_EQ_INT(r->keep_alive, 1);
   T_EQ_INT(r->body_len, 0);
-  T_EQ_INT(admin_http1_pending(p), 0);
+  T_EQ_INT(http1_pending(p), 0);
   sink_free(&s);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 /* Every split point of the input must give the same request. */
 static void test_byte_by_byte(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 4096, 1024);
+  http1_parser *p = mk(&s, 4096, 1024);
   const char in[] = "POST /x/y HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nA: b c\r\n\r\nhello";
   int st = 0;
   for (size_t i = 0; i < sizeof(in) - 1; i++) {
-    T_EQ_INT(admin_http1_feed(p, in + i, 1, &st), 1);
+    T_EQ_INT(http1_feed(p, in + i, 1, &st), 1);
     if (i == 0)
-      T_ASSERT(admin_http1_pending(p) != 0);
+      T_ASSERT(http1_pending(p) != 0);
   }
   T_EQ_INT(s.n, 1);
   T_EQ_STR(s.reqs[0]->method, "POST");
   T_EQ_STR(s.reqs[0]->path, "/x/y");
-  T_EQ_STR(admin_request_header(s.reqs[0], "a"), "b c");
+  T_EQ_STR(http_request_header(s.reqs[0], "a"), "b c");
   T_EQ_INT(s.reqs[0]->body_len, 5);
   T_EQ_STR(s.reqs[0]->body, "hello");
   sink_free(&s);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 /* Two requests in one feed; pausing after the first returns the exact rest. */
 static void test_pipelining_pause(void) {
   sink s = {.pause_after = 1};
-  admin_http1 *p = mk(&s, 4096, 1024);
+  http1_parser *p = mk(&s, 4096, 1024);
   const char in[] = "GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
   size_t first = strlen("GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
   int st = 0;
-  long used = admin_http1_feed(p, in, sizeof(in) - 1, &st);
+  long used = http1_feed(p, in, sizeof(in) - 1, &st);
   T_EQ_INT(used, first);
   T_EQ_INT(s.n, 1);
   s.pause_after = 0;
-  T_EQ_INT(admin_http1_feed(p, in + used, sizeof(in) - 1 - (size_t)used, &st),
+  T_EQ_INT(http1_feed(p, in + used, sizeof(in) - 1 - (size_t)used, &st),
            sizeof(in) - 1 - (size_t)used);
   T_EQ_INT(s.n, 2);
   T_EQ_STR(s.reqs[0]->path, "/a");
   T_EQ_STR(s.reqs[1]->path, "/b");
   sink_free(&s);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 static void test_keep_alive_flags(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 4096, 1024);
+  http1_parser *p = mk(&s, 4096, 1024);
   const char a[] = "GET / HTTP/1.0\r\n\r\n";
   int st = 0;
-  T_EQ_INT(admin_http1_feed(p, a, sizeof(a) - 1, &st), sizeof(a) - 1);
+  T_EQ_INT(http1_feed(p, a, sizeof(a) - 1, &st), sizeof(a) - 1);
   T_EQ_INT(s.n, 1);
   T_EQ_INT(s.reqs[0]->keep_alive, 0);
-  admin_http1_destroy(p);
+  http1_destroy(p);
   sink_free(&s);
   p = mk(&s, 4096, 1024);
   const char b[] = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
-  T_EQ_INT(admin_http1_feed(p, b, sizeof(b) - 1, &st), sizeof(b) - 1);
+  T_EQ_INT(http1_feed(p, b, sizeof(b) - 1, &st), sizeof(b) - 1);
   T_EQ_INT(s.reqs[0]->keep_alive, 0);
   sink_free(&s);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 static void test_header_limit(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 64, 1024);
+  http1_parser *p = mk(&s, 64, 1024);
   char in[256];
   snprintf(in, sizeof(in), "GET / HTTP/1.1\r\nX-Big: %0100d\r\n\r\n", 7);
   int st = 0;
-  T_EQ_INT(admin_http1_feed(p, in, strlen(in), &st), SM_ELIMIT);
+  T_EQ_INT(http1_feed(p, in, strlen(in), &st), SM_ELIMIT);
   T_EQ_INT(st, 431);
   /* Once failed, always failed. */
   st = 0;
-  T_EQ_INT(admin_http1_feed(p, "GET / HTTP/1.1\r\n\r\n", 18, &st), SM_EPARSE);
+  T_EQ_INT(http1_feed(p, "GET / HTTP/1.1\r\n\r\n", 18, &st), SM_EPARSE);
   T_EQ_INT(st, 431);
   T_EQ_INT(s.n, 0);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 static void test_too_many_headers(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 1 << 20, 1024);
-  admin_buf b = {0};
-  admin_buf_printf(&b, "GET / HTTP/1.1\r\n");
-  for (int i = 0; i < ADMIN_MAX_HEADERS + 1; i++)
-    admin_buf_printf(&b, "H%d: v\r\n", i);
-  admin_buf_printf(&b, "\r\n");
+  http1_parser *p = mk(&s, 1 << 20, 1024);
+  http_buf b = {0};
+  http_buf_printf(&b, "GET / HTTP/1.1\r\n");
+  for (int i = 0; i < HTTP_MAX_HEADERS + 1; i++)
+    http_buf_printf(&b, "H%d: v\r\n", i);
+  http_buf_printf(&b, "\r\n");
   int st = 0;
-  T_ASSERT(admin_http1_feed(p, b.p, b.len, &st) < 0);
+  T_ASSERT(http1_feed(p, b.p, b.len, &st) < 0);
   T_EQ_INT(st, 431);
-  admin_buf_finish(&b);
-  admin_http1_destroy(p);
+  http_buf_finish(&b);
+  http1_destroy(p);
 }
 
 static void test_body_limit(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 4096, 10);
+  http1_parser *p = mk(&s, 4096, 10);
   const char a[] = "POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n";
   int st = 0;
-  T_EQ_INT(admin_http1_feed(p, a, sizeof(a) - 1, &st), SM_ETOOBIG);
+  T_EQ_INT(http1_feed(p, a, sizeof(a) - 1, &st), SM_ETOOBIG);
   T_EQ_INT(st, 413);
-  admin_http1_destroy(p);
+  http1_destroy(p);
   /* Chunked: the limit applies as the body arrives. */
   p = mk(&s, 4096, 10);
   const char b[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n"
                    "8\r\n12345678\r\n0\r\n\r\n";
   st = 0;
-  T_EQ_INT(admin_http1_feed(p, b, sizeof(b) - 1, &st), SM_ETOOBIG);
+  T_EQ_INT(http1_feed(p, b, sizeof(b) - 1, &st), SM_ETOOBIG);
   T_EQ_INT(st, 413);
   T_EQ_INT(s.n, 0);
-  admin_http1_destroy(p);
+  http1_destroy(p);
   /* Exactly at the limit is fine. */
   p = mk(&s, 4096, 10);
   const char c[] = "POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
-  T_EQ_INT(admin_http1_feed(p, c, sizeof(c) - 1, &st), sizeof(c) - 1);
+  T_EQ_INT(http1_feed(p, c, sizeof(c) - 1, &st), sizeof(c) - 1);
   T_EQ_INT(s.n, 1);
   T_EQ_INT(s.reqs[0]->body_len, 10);
   sink_free(&s);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 static void test_expect_continue(void) {
   sink s = {0};
-  admin_http1 *p = mk(&s, 4096, 100);
+  http1_parser *p = mk(&s, 4096, 100);
   const char h[] = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
   int st = 0;
-  T_EQ_INT(admin_http1_feed(p, h, sizeof(h) - 1, &st), sizeof(h) - 1);
-  T_EQ_INT(admin_http1_take_continue(p), 1);
-  T_EQ_INT(admin_http1_take_continue(p), 0); /* once */
-  T_EQ_INT(admin_http1_feed(p, "abc", 3, &st), 3);
+  T_EQ_INT(http1_feed(p, h, sizeof(h) - 1, &st), sizeof(h) - 1);
+  T_EQ_INT(http1_take_continue(p), 1);
+  T_EQ_INT(http1_take_continue(p), 0); /* once */
+  T_EQ_INT(http1_feed(p, "abc", 3, &st), 3);
   T_EQ_INT(s.n, 1);
   T_EQ_STR(s.reqs[0]->body, "abc");
   /* Headers and body in one go: nothing to continue. */
   const char all[] = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx";
-  T_EQ_INT(admin_http1_feed(p, all, sizeof(all) - 1, &st), sizeof(all) - 1);
-  T_EQ_INT(admin_http1_take_continue(p), 0);
+  T_EQ_INT(http1_feed(p, all, sizeof(all) - 1, &st), sizeof(all) - 1);
+  T_EQ_INT(http1_take_continue(p), 0);
   T_EQ_INT(s.n, 2);
   sink_free(&s);
-  admin_http1_destroy(p);
+  http1_destroy(p);
 }
 
 static void test_malformed(void) {
@@ -204,39 +204,39 @@ static void test_malformed(void) {
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     sink s = {0};
-    admin_http1 *p = mk(&s, 4096, 1024);
+    http1_parser *p = mk(&s, 4096, 1024);
     int st = 0;
-    T_ASSERT(admin_http1_feed(p, bad[i], strlen(bad[i]), &st) < 0);
+    T_ASSERT(http1_feed(p, bad[i], strlen(bad[i]), &st) < 0);
     T_EQ_INT(st, 400);
     T_EQ_INT(s.n, 0);
-    admin_http1_destroy(p);
+    http1_destroy(p);
   }
 }
 
 static void test_response_serialize(void) {
-  admin_response res;
-  admin_response_init(&res);
-  admin_response_error(&res, 404, "not_found", "no \"x\"");
-  admin_response_header(&res, "Allow", "GET");
-  admin_buf out = {0};
-  T_EQ_INT(admin_response_serialize(&res, 1, &out), 0);
-  admin_buf_append(&out, "", 1);
+  http_response res;
+  http_response_init(&res);
+  http_response_error(&res, 404, "not_found", "no \"x\"");
+  http_response_header(&res, "Allow", "GET");
+  http_buf out = {0};
+  T_EQ_INT(http_response_serialize(&res, 1, &out), 0);
+  http_buf_append(&out, "", 1);
   T_EQ_STR(out.p, "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
                   "Content-Length: 51\r\nConnection: keep-alive\r\nAllow: GET\r\n\r\n"
                   "{\"error\":{\"code\":\"not_found\",\"message\":\"no \\\"x\\\"\"}}");
-  admin_buf_finish(&out);
-  admin_response_finish(&res);
+  http_buf_finish(&out);
+  http_response_finish(&res);
 }
 
 static void test_percent_decode(void) {
   char out[32];
-  T_EQ_INT(admin_percent_decode("a%20b+c", 7, out, 1), 5);
+  T_EQ_INT(http_percent_decode("a%20b+c", 7, out, 1), 5);
   T_EQ_STR(out, "a b c");
-  T_EQ_INT(admin_percent_decode("a+b%2F", 6, out, 0), 4);
+  T_EQ_INT(http_percent_decode("a+b%2F", 6, out, 0), 4);
   T_EQ_STR(out, "a+b/");
-  T_EQ_INT(admin_percent_decode("%2", 2, out, 0), SM_EPARSE);
-  T_EQ_INT(admin_percent_decode("%zz", 3, out, 0), SM_EPARSE);
-  T_EQ_INT(admin_percent_decode("%00", 3, out, 0), SM_EPARSE);
+  T_EQ_INT(http_percent_decode("%2", 2, out, 0), SM_EPARSE);
+  T_EQ_INT(http_percent_decode("%zz", 3, out, 0), SM_EPARSE);
+  T_EQ_INT(http_percent_decode("%00", 3, out, 0), SM_EPARSE);
 }
 
 int main(void) {

@@ -3,10 +3,10 @@
 #include "admin/router.h"
 #include "util/err.h"
 
-static void h_a(void *ud, admin_request *req, admin_response *res) {
+static void h_a(void *ud, http_request *req, http_response *res) {
   (void)ud, (void)req, (void)res;
 }
-static void h_b(void *ud, admin_request *req, admin_response *res) {
+static void h_b(void *ud, http_request *req, http_response *res) {
   (void)ud, (void)req, (void)res;
 }
 
@@ -58,8 +58,8 @@ static void test_add_errors(void) {
   T_EQ_INT(admin_router_add(&r, "GET", "/x", h_a, 0), SM_ELIMIT);
 }
 
-static admin_request *req_new(void) {
-  admin_request *req = calloc(1, sizeof(*req));
+static http_request *req_new(void) {
+  http_request *req = calloc(1, sizeof(*req));
   T_ASSERT(req != NULL);
   return req;
 }
@@ -69,18 +69,18 @@ static void test_bind(void) {
   admin_router_init(&r, NULL);
   admin_router_add(&r, "GET", "/api/agents/{id}", h_a, 0);
   admin_match m;
-  admin_request *req = req_new();
+  http_request *req = req_new();
   T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/a%20b+c", &m), 0);
   T_EQ_INT(admin_match_bind(&m, req), 0);
-  T_EQ_STR(admin_request_param(req, "id"), "a b+c");
-  T_ASSERT(admin_request_param(req, "x") == NULL);
+  T_EQ_STR(http_request_param(req, "id"), "a b+c");
+  T_ASSERT(http_request_param(req, "x") == NULL);
   T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/a%2", &m), 0);
   T_EQ_INT(admin_match_bind(&m, req), SM_EPARSE);
-  admin_request_free(req);
+  http_request_free(req);
 }
 
 static void test_query(void) {
-  admin_request *req = req_new();
+  http_request *req = req_new();
   T_EQ_INT(admin_query_parse(req, "capability=os:linux&capability=scan_type%3Anmap&"
                                   "status=idle&&flag&q=a+b%21&=v"),
            0);
@@ -88,44 +88,44 @@ static void test_query(void) {
   T_EQ_STR(req->qpairs[0].key, "capability");
   T_EQ_STR(req->qpairs[0].value, "os:linux");
   T_EQ_STR(req->qpairs[1].value, "scan_type:nmap");
-  T_EQ_STR(admin_request_query(req, "capability"), "os:linux");
-  T_EQ_STR(admin_request_query(req, "status"), "idle");
-  T_EQ_STR(admin_request_query(req, "flag"), "");
-  T_EQ_STR(admin_request_query(req, "q"), "a b!");
+  T_EQ_STR(http_request_query(req, "capability"), "os:linux");
+  T_EQ_STR(http_request_query(req, "status"), "idle");
+  T_EQ_STR(http_request_query(req, "flag"), "");
+  T_EQ_STR(http_request_query(req, "q"), "a b!");
   T_EQ_STR(req->qpairs[5].key, "");
-  T_ASSERT(admin_request_query(req, "missing") == NULL);
+  T_ASSERT(http_request_query(req, "missing") == NULL);
   T_EQ_INT(admin_query_parse(req, ""), 0);
   T_EQ_INT(req->nqpairs, 0);
   T_EQ_INT(admin_query_parse(req, "a=%G1"), SM_EPARSE);
-  admin_buf b = {0};
-  for (int i = 0; i < ADMIN_MAX_QUERY_PAIRS; i++)
-    admin_buf_printf(&b, "k%d=v&", i);
-  admin_buf_append(&b, "", 1);
+  http_buf b = {0};
+  for (int i = 0; i < HTTP_MAX_QUERY_PAIRS; i++)
+    http_buf_printf(&b, "k%d=v&", i);
+  http_buf_append(&b, "", 1);
   T_EQ_INT(admin_query_parse(req, b.p), 0);
-  T_EQ_INT(req->nqpairs, ADMIN_MAX_QUERY_PAIRS);
+  T_EQ_INT(req->nqpairs, HTTP_MAX_QUERY_PAIRS);
   b.len--;
-  admin_buf_printf(&b, "one=more");
-  admin_buf_append(&b, "", 1);
+  http_buf_printf(&b, "one=more");
+  http_buf_append(&b, "", 1);
   T_EQ_INT(admin_query_parse(req, b.p), SM_ELIMIT);
-  admin_buf_finish(&b);
-  admin_request_free(req);
+  http_buf_finish(&b);
+  http_request_free(req);
 }
 
 static admin_role seen_role;
-static int guard(void *ud, admin_request *req, const admin_route *route, admin_response *res) {
+static int guard(void *ud, http_request *req, const admin_route *route, http_response *res) {
   (void)ud, (void)req;
   seen_role = route->min_role;
   if (route->min_role > ADMIN_ROLE_PUBLIC) {
-    admin_response_error(res, 401, "unauthorized", "no key");
+    http_response_error(res, 401, "unauthorized", "no key");
     return 1;
   }
   return 0;
 }
 static int handled;
-static void h_ok(void *ud, admin_request *req, admin_response *res) {
+static void h_ok(void *ud, http_request *req, http_response *res) {
   (void)ud, (void)req;
   handled++;
-  admin_response_set(res, 200, "text/plain", "ok", 2);
+  http_response_set(res, 200, "text/plain", "ok", 2);
 }
 
 static void test_guard_and_dispatch(void) {
@@ -134,40 +134,40 @@ static void test_guard_and_dispatch(void) {
   admin_router_add(&r, "GET", "/health", h_ok, ADMIN_ROLE_PUBLIC);
   admin_router_add(&r, "GET", "/api/x", h_ok, ADMIN_ROLE_VIEWER);
   r.guard = guard;
-  admin_request *req = req_new();
+  http_request *req = req_new();
   req->method = "GET";
   req->path = "/api/x";
-  admin_response res;
-  admin_response_init(&res);
+  http_response res;
+  http_response_init(&res);
   admin_router_dispatch(&r, req, &res);
   T_EQ_INT(res.status, 401);
   T_EQ_INT(seen_role, ADMIN_ROLE_VIEWER);
   T_EQ_INT(handled, 0);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   req->path = "/health";
-  admin_response_init(&res);
+  http_response_init(&res);
   admin_router_dispatch(&r, req, &res);
   T_EQ_INT(res.status, 200);
   T_EQ_INT(handled, 1);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   /* Unknown paths under /api need a key before they are a 404; others are a 404 at once. */
   req->path = "/api/nope";
-  admin_response_init(&res);
+  http_response_init(&res);
   admin_router_dispatch(&r, req, &res);
   T_EQ_INT(res.status, 401);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   req->path = "/nope";
-  admin_response_init(&res);
+  http_response_init(&res);
   admin_router_dispatch(&r, req, &res);
   T_EQ_INT(res.status, 404);
-  admin_response_finish(&res);
+  http_response_finish(&res);
   req->path = "/api/x";
   req->query = "a=%ZZ"; /* malformed query: 400 before the guard or handler */
-  admin_response_init(&res);
+  http_response_init(&res);
   admin_router_dispatch(&r, req, &res);
   T_EQ_INT(res.status, 400);
-  admin_response_finish(&res);
-  admin_request_free(req);
+  http_response_finish(&res);
+  http_request_free(req);
 }
 
 int main(void) {

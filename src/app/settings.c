@@ -1,6 +1,6 @@
 /* settings.c - one table describes every setting: its environment variable, its flag (derived
  * from the variable: GRPC_SERVER_ADDR -> --grpc-server-addr), its type, range and default. */
-#include "core/settings.h"
+#include "app/settings.h"
 
 #include "util/err.h"
 #include "util/timeutil.h"

@@ -3,8 +3,8 @@
  * Every setting of CONTRACT.md plus the project's own limits. A flag wins over the environment,
  * which wins over the default. A bad value fails with one line naming the setting.
  */
-#ifndef SM_CORE_SETTINGS_H
-#define SM_CORE_SETTINGS_H
+#ifndef SM_APP_SETTINGS_H
+#define SM_APP_SETTINGS_H
 
 #include "util/log.h"
 

@@ -1,6 +1,6 @@
 /* test-command.c - the command model: validation with field-naming errors, limits, JSON forms,
  * ids, statuses and transitions. */
-#include "core/command.h"
+#include "model/command.h"
 #include "util/err.h"
 #include "../t.h"
 

@@ -1,11 +1,11 @@
 /* manager.h - the manager context: the root of the context tree (manager -> listeners ->
  * connections -> streams). It owns the loop's long-lived objects and the shutdown sequence.
  */
-#ifndef SM_CORE_MANAGER_H
-#define SM_CORE_MANAGER_H
+#ifndef SM_APP_MANAGER_H
+#define SM_APP_MANAGER_H
 
 #include "core/registry.h"
-#include "core/settings.h"
+#include "app/settings.h"
 
 #include <stdint.h>
 #include <uv.h>

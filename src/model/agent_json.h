@@ -1,8 +1,8 @@
 /* agent_json.h - an agent as JSON (cJSON). */
-#ifndef SM_CORE_AGENT_JSON_H
-#define SM_CORE_AGENT_JSON_H
+#ifndef SM_MODEL_AGENT_JSON_H
+#define SM_MODEL_AGENT_JSON_H
 
-#include "core/agent-t.h"
+#include "model/agent-t.h"
 
 #include <cjson/cJSON.h>
 

@@ -1,5 +1,5 @@
 /* lifecycle_mq.c - adapts mq_publisher to the lifecycle's publisher interface. */
-#include "core/lifecycle_mq.h"
+#include "app/lifecycle_mq.h"
 
 #include "util/err.h"
 

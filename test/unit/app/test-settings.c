@@ -1,6 +1,6 @@
 /* Tests of core/settings: defaults, environment, flags (flag wins), bad values. */
 #include "t.h"
-#include "core/settings.h"
+#include "app/settings.h"
 #include "util/err.h"
 
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* lifecycle_mq.h - the lifecycle's result publisher on RabbitMQ (mq/publisher.h). */
-#ifndef SM_CORE_LIFECYCLE_MQ_H
-#define SM_CORE_LIFECYCLE_MQ_H
+#ifndef SM_APP_LIFECYCLE_MQ_H
+#define SM_APP_LIFECYCLE_MQ_H
 
 #include "core/lifecycle.h"
 #include "mq/publisher.h"

@@ -1,5 +1,5 @@
 /* http.c - request/response memory, header lookup, serialization, percent-decoding. */
-#include "admin/http.h"
+#include "http/http.h"
 
 #include "util/err.h"
 
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-int admin_buf_append(admin_buf *b, const void *data, size_t n) {
+int http_buf_append(http_buf *b, const void *data, size_t n) {
   if (n == 0)
     return 0;
   if (b->len + n > b->cap) {
@@ -27,7 +27,7 @@ int admin_buf_append(admin_buf *b, const void *data, size_t n) {
   return 0;
 }
 
-int admin_buf_printf(admin_buf *b, const char *fmt, ...) {
+int http_buf_printf(http_buf *b, const char *fmt, ...) {
   char small[256];
   va_list ap;
   va_start(ap, fmt);
@@ -36,32 +36,32 @@ int admin_buf_printf(admin_buf *b, const char *fmt, ...) {
   if (n < 0)
     return SM_EINVAL;
   if ((size_t)n < sizeof(small))
-    return admin_buf_append(b, small, (size_t)n);
+    return http_buf_append(b, small, (size_t)n);
   char *big = malloc((size_t)n + 1);
   if (big == NULL)
     return SM_ENOMEM;
   va_start(ap, fmt);
   vsnprintf(big, (size_t)n + 1, fmt, ap);
   va_end(ap);
-  int err = admin_buf_append(b, big, (size_t)n);
+  int err = http_buf_append(b, big, (size_t)n);
   free(big);
   return err;
 }
 
-void admin_buf_finish(admin_buf *b) {
+void http_buf_finish(http_buf *b) {
   free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
 }
 
-struct admin_arena_block {
-  struct admin_arena_block *next;
+struct http_arena_block {
+  struct http_arena_block *next;
   max_align_t data[]; /* the allocation itself */
 };
 
-void *admin_arena_alloc(admin_arena *a, size_t n) {
+void *http_arena_alloc(http_arena *a, size_t n) {
   /* One block per allocation: a request makes a handful, so a bump allocator buys nothing. */
-  struct admin_arena_block *b = malloc(sizeof(*b) + (n ? n : 1));
+  struct http_arena_block *b = malloc(sizeof(*b) + (n ? n : 1));
   if (b == NULL)
     return NULL;
   b->next = a->head;
@@ -69,8 +69,8 @@ void *admin_arena_alloc(admin_arena *a, size_t n) {
   return b->data;
 }
 
-char *admin_arena_strndup(admin_arena *a, const char *s, size_t n) {
-  char *p = admin_arena_alloc(a, n + 1);
+char *http_arena_strndup(http_arena *a, const char *s, size_t n) {
+  char *p = http_arena_alloc(a, n + 1);
   if (p == NULL)
     return NULL;
   memcpy(p, s, n);
@@ -78,52 +78,52 @@ char *admin_arena_strndup(admin_arena *a, const char *s, size_t n) {
   return p;
 }
 
-void admin_arena_finish(admin_arena *a) {
-  struct admin_arena_block *b = a->head;
+void http_arena_finish(http_arena *a) {
+  struct http_arena_block *b = a->head;
   while (b) {
-    struct admin_arena_block *next = b->next;
+    struct http_arena_block *next = b->next;
     free(b);
     b = next;
   }
   a->head = NULL;
 }
 
-void admin_request_free(admin_request *req) {
+void http_request_free(http_request *req) {
   if (req == NULL)
     return;
-  admin_arena_finish(&req->arena);
-  admin_buf_finish(&req->head);
+  http_arena_finish(&req->arena);
+  http_buf_finish(&req->head);
   free(req->body);
   free(req);
 }
 
-const char *admin_request_header(const admin_request *req, const char *name) {
+const char *http_request_header(const http_request *req, const char *name) {
   for (size_t i = 0; i < req->nheaders; i++)
     if (strcasecmp(req->headers[i].name, name) == 0)
       return req->headers[i].value;
   return NULL;
 }
 
-const char *admin_request_param(const admin_request *req, const char *name) {
+const char *http_request_param(const http_request *req, const char *name) {
   for (size_t i = 0; i < req->nparams; i++)
     if (strcmp(req->params[i].key, name) == 0)
       return req->params[i].value;
   return NULL;
 }
 
-const char *admin_request_query(const admin_request *req, const char *key) {
+const char *http_request_query(const http_request *req, const char *key) {
   for (size_t i = 0; i < req->nqpairs; i++)
     if (strcmp(req->qpairs[i].key, key) == 0)
       return req->qpairs[i].value;
   return NULL;
 }
 
-void admin_response_init(admin_response *res) {
+void http_response_init(http_response *res) {
   memset(res, 0, sizeof(*res));
   res->status = 500;
 }
 
-void admin_response_finish(admin_response *res) {
+void http_response_finish(http_response *res) {
   if (res->body)
     (res->body_free ? res->body_free : free)(res->body);
   res->body = NULL;
@@ -131,8 +131,8 @@ void admin_response_finish(admin_response *res) {
   res->body_free = NULL;
 }
 
-int admin_response_header(admin_response *res, const char *name, const char *value) {
-  if (res->nheaders >= ADMIN_MAX_RESP_HEADERS)
+int http_response_header(http_response *res, const char *name, const char *value) {
+  if (res->nheaders >= HTTP_MAX_RESP_HEADERS)
     return SM_ELIMIT;
   snprintf(res->headers[res->nheaders].name, sizeof(res->headers[0].name), "%s", name);
   snprintf(res->headers[res->nheaders].value, sizeof(res->headers[0].value), "%s", value);
@@ -140,9 +140,9 @@ int admin_response_header(admin_response *res, const char *name, const char *val
   return 0;
 }
 
-int admin_response_set(admin_response *res, int status, const char *content_type, const char *text,
-                       size_t n) {
-  admin_response_finish(res);
+int http_response_set(http_response *res, int status, const char *content_type, const char *text,
+                      size_t n) {
+  http_response_finish(res);
   char *body = malloc(n + 1);
   if (body == NULL) {
     res->status = 500;
@@ -160,40 +160,40 @@ int admin_response_set(admin_response *res, int status, const char *content_type
 
 /* Writes s as a JSON string body (quotes and escapes); control characters become spaces since
  * messages are ours and never need them. */
-static int json_string(admin_buf *b, const char *s) {
-  int err = admin_buf_append(b, "\"", 1);
+static int json_string(http_buf *b, const char *s) {
+  int err = http_buf_append(b, "\"", 1);
   for (; !err && *s; s++) {
     unsigned char c = (unsigned char)*s;
     if (c == '"' || c == '\\') {
       char esc[2] = {'\\', (char)c};
-      err = admin_buf_append(b, esc, 2);
+      err = http_buf_append(b, esc, 2);
     } else if (c < 0x20) {
-      err = admin_buf_append(b, " ", 1);
+      err = http_buf_append(b, " ", 1);
     } else {
-      err = admin_buf_append(b, s, 1);
+      err = http_buf_append(b, s, 1);
     }
   }
-  return err ? err : admin_buf_append(b, "\"", 1);
+  return err ? err : http_buf_append(b, "\"", 1);
 }
 
-void admin_response_error(admin_response *res, int status, const char *code, const char *message) {
-  admin_buf b = {0};
-  int err = admin_buf_printf(&b, "{\"error\":{\"code\":");
+void http_response_error(http_response *res, int status, const char *code, const char *message) {
+  http_buf b = {0};
+  int err = http_buf_printf(&b, "{\"error\":{\"code\":");
   if (!err)
     err = json_string(&b, code);
   if (!err)
-    err = admin_buf_append(&b, ",\"message\":", 11);
+    err = http_buf_append(&b, ",\"message\":", 11);
   if (!err)
     err = json_string(&b, message);
   if (!err)
-    err = admin_buf_append(&b, "}}", 2);
+    err = http_buf_append(&b, "}}", 2);
   if (err) {
-    admin_buf_finish(&b);
-    admin_response_finish(res);
+    http_buf_finish(&b);
+    http_response_finish(res);
     res->status = 500;
     return;
   }
-  admin_response_finish(res);
+  http_response_finish(res);
   res->status = status;
   res->content_type = "application/json";
   res->body = b.p;
@@ -201,77 +201,77 @@ void admin_response_error(admin_response *res, int status, const char *code, con
   res->body_free = NULL;
 }
 
-struct admin_deferred {
-  int refs;           /* 2 at creation: the handler's and the requester's */
-  int done;           /* the handler completed */
-  int released;       /* the requester released */
-  admin_response res; /* the answer once done */
-  void (*ready)(void *ud, admin_deferred *d);
+struct http_deferred {
+  int refs;          /* 2 at creation: the handler's and the requester's */
+  int done;          /* the handler completed */
+  int released;      /* the requester released */
+  http_response res; /* the answer once done */
+  void (*ready)(void *ud, http_deferred *d);
   void *ready_ud;
 };
 
-static void deferred_unref(admin_deferred *d) {
+static void deferred_unref(http_deferred *d) {
   if (--d->refs > 0)
     return;
-  admin_response_finish(&d->res);
+  http_response_finish(&d->res);
   free(d);
 }
 
-admin_deferred *admin_response_defer(admin_response *res) {
+http_deferred *http_response_defer(http_response *res) {
   if (res->deferred != NULL)
     return NULL;
-  admin_deferred *d = calloc(1, sizeof(*d));
+  http_deferred *d = calloc(1, sizeof(*d));
   if (d == NULL)
     return NULL;
   d->refs = 2;
-  admin_response_init(&d->res);
+  http_response_init(&d->res);
   res->deferred = d;
   return d;
 }
 
-void admin_deferred_complete(admin_deferred *d, admin_response *res) {
+void http_deferred_complete(http_deferred *d, http_response *res) {
   if (d == NULL || d->done) {
-    admin_response_finish(res);
+    http_response_finish(res);
     return;
   }
   d->done = 1;
   if (d->released) {
-    admin_response_finish(res);
+    http_response_finish(res);
   } else {
     d->res = *res;
     d->res.deferred = NULL;
   }
-  admin_response_init(res);
+  http_response_init(res);
   /* The requester may release d inside ready: our own reference keeps d alive until here. */
   if (!d->released && d->ready)
     d->ready(d->ready_ud, d);
   deferred_unref(d);
 }
 
-int admin_deferred_abandoned(const admin_deferred *d) {
+int http_deferred_abandoned(const http_deferred *d) {
   return d == NULL || d->released;
 }
 
-void admin_deferred_watch(admin_deferred *d, void (*ready)(void *ud, admin_deferred *d), void *ud) {
+void http_deferred_watch(http_deferred *d, void (*ready)(void *ud, http_deferred *d), void *ud) {
   d->ready = ready;
   d->ready_ud = ud;
 }
 
-admin_response *admin_deferred_response(admin_deferred *d) {
+http_response *http_deferred_response(http_deferred *d) {
   return d != NULL && d->done && !d->released ? &d->res : NULL;
 }
 
-void admin_deferred_release(admin_deferred *d) {
+void http_deferred_release(http_deferred *d) {
   if (d == NULL || d->released)
     return;
   d->released = 1;
   d->ready = NULL;
   d->ready_ud = NULL;
-  admin_response_finish(&d->res);
+  http_response_finish(&d->res);
   deferred_unref(d);
 }
 
-const char *admin_status_reason(int status) {
+const char *http_status_reason(int status) {
   switch (status) {
   case 100:
     return "Continue";
@@ -318,22 +318,22 @@ const char *admin_status_reason(int status) {
   }
 }
 
-int admin_response_serialize(const admin_response *res, int keep_alive, admin_buf *out) {
+int http_response_serialize(const http_response *res, int keep_alive, http_buf *out) {
   size_t mark = out->len;
   const char *body = res->body ? res->body : "";
   size_t body_len = res->body ? res->body_len : 0;
-  int err = admin_buf_printf(out,
-                             "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                             "Connection: %s\r\n",
-                             res->status, admin_status_reason(res->status),
-                             res->content_type ? res->content_type : "application/json", body_len,
-                             keep_alive ? "keep-alive" : "close");
+  int err = http_buf_printf(out,
+                            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                            "Connection: %s\r\n",
+                            res->status, http_status_reason(res->status),
+                            res->content_type ? res->content_type : "application/json", body_len,
+                            keep_alive ? "keep-alive" : "close");
   for (size_t i = 0; !err && i < res->nheaders; i++)
-    err = admin_buf_printf(out, "%s: %s\r\n", res->headers[i].name, res->headers[i].value);
+    err = http_buf_printf(out, "%s: %s\r\n", res->headers[i].name, res->headers[i].value);
   if (!err)
-    err = admin_buf_append(out, "\r\n", 2);
+    err = http_buf_append(out, "\r\n", 2);
   if (!err)
-    err = admin_buf_append(out, body, body_len);
+    err = http_buf_append(out, body, body_len);
   if (err)
     out->len = mark; /* never leave half a response in the stream */
   return err;
@@ -349,7 +349,7 @@ static int hexval(char c) {
   return -1;
 }
 
-long admin_percent_decode(const char *src, size_t n, char *dst, int plus_space) {
+long http_percent_decode(const char *src, size_t n, char *dst, int plus_space) {
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {
     char c = src[i];

@@ -1,5 +1,5 @@
 /* command.c - the command record: validation, JSON forms, ids, statuses. */
-#include "core/command.h"
+#include "model/command.h"
 
 #include "sched/strategy.h"
 #include "util/err.h"

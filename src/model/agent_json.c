@@ -1,6 +1,6 @@
 /* agent_json.c - the agent object of CONTRACT.md, shared by the admin API and the agent store
  * mirror (one place decides how an agent looks outside the process). */
-#include "core/agent_json.h"
+#include "model/agent_json.h"
 
 #include "core/registry.h"
 #include "util/timeutil.h"

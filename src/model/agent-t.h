@@ -1,8 +1,8 @@
 /* agent-t.h - types of the agent registry, shared by the wire protocols and the admin API.
  * Types only; the functions are in core/registry.h.
  */
-#ifndef SM_CORE_AGENT_T_H
-#define SM_CORE_AGENT_T_H
+#ifndef SM_MODEL_AGENT_T_H
+#define SM_MODEL_AGENT_T_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -7,8 +7,8 @@
  * deleted (only if this instance still owns it) when the agent leaves. A record of a manager
  * that died expires after the ttl. While the store is away writes are skipped and caught up.
  */
-#ifndef SM_CORE_AGENT_MIRROR_H
-#define SM_CORE_AGENT_MIRROR_H
+#ifndef SM_APP_AGENT_MIRROR_H
+#define SM_APP_AGENT_MIRROR_H
 
 #include "core/registry.h"
 #include "store/store.h"

@@ -1,5 +1,5 @@
 /* cmd_intake.c - AMQP deliveries into the lifecycle. */
-#include "core/cmd_intake.h"
+#include "app/cmd_intake.h"
 
 #include "util/err.h"
 #include "util/log.h"

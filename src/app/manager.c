@@ -6,13 +6,13 @@
  *          -> uv_run returns, main exits 0.
  * A second signal exits at once.
  */
-#include "core/manager.h"
+#include "app/manager.h"
 
 #include "admin/server.h"
-#include "core/agent_mirror.h"
-#include "core/cmd_intake.h"
+#include "app/agent_mirror.h"
+#include "app/cmd_intake.h"
 #include "core/lifecycle.h"
-#include "core/lifecycle_mq.h"
+#include "app/lifecycle_mq.h"
 #include "grpc/server.h"
 #include "metrics/metrics.h"
 #include "mq/amqp.h"

@@ -1,7 +1,7 @@
 /* agent_mirror.c - see agent_mirror.h. */
-#include "core/agent_mirror.h"
+#include "app/agent_mirror.h"
 
-#include "core/agent_json.h"
+#include "model/agent_json.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"

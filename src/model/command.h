@@ -6,10 +6,10 @@
  * command_to_json. Every string of a command is owned by it (heap copies); command_free frees
  * them all. Times are unix milliseconds, 0 meaning "not yet".
  */
-#ifndef SM_CORE_COMMAND_H
-#define SM_CORE_COMMAND_H
+#ifndef SM_MODEL_COMMAND_H
+#define SM_MODEL_COMMAND_H
 
-#include "core/agent-t.h"
+#include "model/agent-t.h"
 
 #include <cjson/cJSON.h>
 #include <stddef.h>

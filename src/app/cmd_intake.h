@@ -6,8 +6,8 @@
  * the delivery is kept, unacked, to be submitted again when the lifecycle accepts work. Kept
  * deliveries are bounded by the intake's prefetch, which bounds unacked deliveries.
  */
-#ifndef SM_CORE_CMD_INTAKE_H
-#define SM_CORE_CMD_INTAKE_H
+#ifndef SM_APP_CMD_INTAKE_H
+#define SM_APP_CMD_INTAKE_H
 
 #include "core/lifecycle.h"
 #include "mq/intake.h"

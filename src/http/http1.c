@@ -3,7 +3,7 @@
  * arrive, with offsets (the buffer moves when it grows) turned into pointers once the header
  * block is complete.
  */
-#include "admin/http1.h"
+#include "http/http1.h"
 
 #include "util/err.h"
 
@@ -15,14 +15,14 @@
 
 enum hstate { H_NONE = 0, H_FIELD, H_VALUE };
 
-struct admin_http1 {
+struct http1_parser {
   llhttp_t parser;
   llhttp_settings_t settings; /* llhttp keeps a pointer: lives as long as the parser */
-  admin_http1_config cfg;
-  admin_request *req; /* being received; NULL between requests */
-  admin_buf body;     /* body of req while receiving */
-  size_t name_off[ADMIN_MAX_HEADERS];
-  size_t value_off[ADMIN_MAX_HEADERS];
+  http1_config cfg;
+  http_request *req; /* being received; NULL between requests */
+  http_buf body;     /* body of req while receiving */
+  size_t name_off[HTTP_MAX_HEADERS];
+  size_t value_off[HTTP_MAX_HEADERS];
   size_t nheaders; /* header lines completed so far */
   enum hstate hstate;
   int upgrade;       /* Upgrade/CONNECT: the connection ends after this request */
@@ -32,18 +32,18 @@ struct admin_http1 {
   int failed;        /* the status to answer forever after an error; 0: fine */
 };
 
-static admin_http1 *self_of(llhttp_t *parser) {
+static http1_parser *self_of(llhttp_t *parser) {
   return parser->data;
 }
 
 /* Appends to the header block, enforcing the header byte limit (431). */
-static int head_append(admin_http1 *p, const char *at, size_t n) {
-  admin_buf *h = &p->req->head;
+static int head_append(http1_parser *p, const char *at, size_t n) {
+  http_buf *h = &p->req->head;
   if (h->len + n > p->cfg.max_header_bytes) {
     p->err_status = 431;
     return HPE_USER;
   }
-  if (admin_buf_append(h, at, n)) {
+  if (http_buf_append(h, at, n)) {
     p->err_status = 500;
     return HPE_USER;
   }
@@ -51,9 +51,9 @@ static int head_append(admin_http1 *p, const char *at, size_t n) {
 }
 
 static int on_message_begin(llhttp_t *parser) {
-  admin_http1 *p = self_of(parser);
-  admin_request_free(p->req);
-  admin_buf_finish(&p->body);
+  http1_parser *p = self_of(parser);
+  http_request_free(p->req);
+  http_buf_finish(&p->body);
   p->req = calloc(1, sizeof(*p->req));
   if (p->req == NULL) {
     p->err_status = 500;
@@ -78,7 +78,7 @@ static int on_url_complete(llhttp_t *parser) {
 }
 
 /* Closes a header whose value never produced a span (an empty value). */
-static int end_value(admin_http1 *p) {
+static int end_value(http1_parser *p) {
   if (p->hstate != H_VALUE)
     return 0;
   p->hstate = H_NONE;
@@ -87,12 +87,12 @@ static int end_value(admin_http1 *p) {
 }
 
 static int on_header_field(llhttp_t *parser, const char *at, size_t n) {
-  admin_http1 *p = self_of(parser);
+  http1_parser *p = self_of(parser);
   if (p->hstate != H_FIELD) {
     int err = end_value(p);
     if (err)
       return err;
-    if (p->nheaders >= ADMIN_MAX_HEADERS) {
+    if (p->nheaders >= HTTP_MAX_HEADERS) {
       p->err_status = 431;
       return HPE_USER;
     }
@@ -103,7 +103,7 @@ static int on_header_field(llhttp_t *parser, const char *at, size_t n) {
 }
 
 static int on_header_field_complete(llhttp_t *parser) {
-  admin_http1 *p = self_of(parser);
+  http1_parser *p = self_of(parser);
   int err = head_append(p, "", 1);
   p->value_off[p->nheaders] = p->req->head.len;
   p->hstate = H_VALUE;
@@ -119,11 +119,11 @@ static int on_header_value_complete(llhttp_t *parser) {
 }
 
 static int on_headers_complete(llhttp_t *parser) {
-  admin_http1 *p = self_of(parser);
+  http1_parser *p = self_of(parser);
   int err = end_value(p);
   if (err)
     return err;
-  admin_request *req = p->req;
+  http_request *req = p->req;
   if (req->head.len == 0) { /* no target: cannot happen with a valid request line */
     p->err_status = 400;
     return HPE_USER;
@@ -148,7 +148,7 @@ static int on_headers_complete(llhttp_t *parser) {
     p->err_status = 413;
     return HPE_USER;
   }
-  const char *expect = admin_request_header(req, "expect");
+  const char *expect = http_request_header(req, "expect");
   if (expect && strcasecmp(expect, "100-continue") == 0 && req->http_minor >= 1 &&
       ((parser->flags & F_CHUNKED) || parser->content_length > 0))
     p->want_continue = 1;
@@ -156,12 +156,12 @@ static int on_headers_complete(llhttp_t *parser) {
 }
 
 static int on_body(llhttp_t *parser, const char *at, size_t n) {
-  admin_http1 *p = self_of(parser);
+  http1_parser *p = self_of(parser);
   if (p->body.len + n > p->cfg.max_body_bytes) {
     p->err_status = 413;
     return HPE_USER;
   }
-  if (admin_buf_append(&p->body, at, n)) {
+  if (http_buf_append(&p->body, at, n)) {
     p->err_status = 500;
     return HPE_USER;
   }
@@ -169,15 +169,15 @@ static int on_body(llhttp_t *parser, const char *at, size_t n) {
 }
 
 static int on_message_complete(llhttp_t *parser) {
-  admin_http1 *p = self_of(parser);
-  admin_request *req = p->req;
-  if (admin_buf_append(&p->body, "", 1)) {
+  http1_parser *p = self_of(parser);
+  http_request *req = p->req;
+  if (http_buf_append(&p->body, "", 1)) {
     p->err_status = 500;
     return HPE_USER;
   }
   req->body = p->body.p;
   req->body_len = p->body.len - 1;
-  p->body = (admin_buf){0};
+  p->body = (http_buf){0};
   if (p->upgrade)
     req->keep_alive = 0; /* we speak no other protocol: answer, then close */
   p->req = NULL;
@@ -185,10 +185,10 @@ static int on_message_complete(llhttp_t *parser) {
   return p->cfg.on_request(p->cfg.ud, req) ? HPE_PAUSED : 0;
 }
 
-int admin_http1_create(const admin_http1_config *cfg, admin_http1 **out) {
+int http1_create(const http1_config *cfg, http1_parser **out) {
   if (cfg == NULL || cfg->on_request == NULL || cfg->max_header_bytes == 0)
     return SM_EINVAL;
-  admin_http1 *p = calloc(1, sizeof(*p));
+  http1_parser *p = calloc(1, sizeof(*p));
   if (p == NULL)
     return SM_ENOMEM;
   p->cfg = *cfg;
@@ -209,15 +209,15 @@ int admin_http1_create(const admin_http1_config *cfg, admin_http1 **out) {
   return 0;
 }
 
-void admin_http1_destroy(admin_http1 *p) {
+void http1_destroy(http1_parser *p) {
   if (p == NULL)
     return;
-  admin_request_free(p->req);
-  admin_buf_finish(&p->body);
+  http_request_free(p->req);
+  http_buf_finish(&p->body);
   free(p);
 }
 
-long admin_http1_feed(admin_http1 *p, const char *data, size_t len, int *status) {
+long http1_feed(http1_parser *p, const char *data, size_t len, int *status) {
   if (p->failed) {
     *status = p->failed;
     return SM_EPARSE;
@@ -246,11 +246,11 @@ long admin_http1_feed(admin_http1 *p, const char *data, size_t len, int *status)
   }
 }
 
-uint64_t admin_http1_pending(const admin_http1 *p) {
+uint64_t http1_pending(const http1_parser *p) {
   return p->req ? p->seq : 0;
 }
 
-int admin_http1_take_continue(admin_http1 *p) {
+int http1_take_continue(http1_parser *p) {
   if (!p->want_continue || p->req == NULL)
     return 0;
   p->want_continue = 0;
