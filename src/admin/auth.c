@@ -2,6 +2,7 @@
  * OpenSSL EVP digest is the only library call. */
 #include "admin/auth.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -48,7 +49,7 @@ static int hexval(int c) {
 static admin_key *keys_grow(admin_keys *k) {
   if (k->n >= ADMIN_KEYS_MAX + 1) /* the file's keys plus ADMIN_API_KEY */
     return NULL;
-  admin_key *v = realloc(k->v, (k->n + 1) * sizeof(*v));
+  admin_key *v = sm_realloc(k->v, (k->n + 1) * sizeof(*v));
   if (v == NULL)
     return NULL;
   k->v = v;
@@ -186,7 +187,7 @@ static int load_file(admin_keys *k, const char *path) {
             strerror(errno));
     return SM_EIO;
   }
-  char *buf = malloc(ADMIN_KEYS_FILE_MAX + 1);
+  char *buf = sm_malloc(ADMIN_KEYS_FILE_MAX + 1);
   if (buf == NULL) {
     fclose(f);
     return SM_ENOMEM;

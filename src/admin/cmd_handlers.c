@@ -26,6 +26,7 @@
 #include "core/registry.h"
 #include "mq/amqp.h"
 #include "store/store.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -239,7 +240,7 @@ static void on_submitted(void *ud, int err, const sm_command *cmd, int existed) 
   it->existed = existed;
   if (!err && cmd != NULL) {
     it->status = cmd->status;
-    if ((it->id = strdup(cmd->id ? cmd->id : "")) == NULL)
+    if ((it->id = sm_strdup(cmd->id ? cmd->id : "")) == NULL)
       it->err = SM_ENOMEM; /* it was stored: a retry with the same key finds it */
   } else if (!err) {
     it->err = SM_EINTERNAL;
@@ -307,8 +308,8 @@ static void h_submit(void *ud, http_request *req, http_response *res) {
     cJSON_Delete(doc);
     return;
   }
-  sm_command **cmds = calloc(n, sizeof(*cmds));
-  submit_ctx *x = calloc(1, sizeof(*x) + n * sizeof(x->items[0]));
+  sm_command **cmds = sm_calloc(n, sizeof(*cmds));
+  submit_ctx *x = sm_calloc(1, sizeof(*x) + n * sizeof(x->items[0]));
   if (cmds == NULL || x == NULL) {
     free(cmds);
     free(x);
@@ -366,7 +367,7 @@ static void h_submit(void *ud, http_request *req, http_response *res) {
   int refused = 0;
   for (i = 0; i < n; i++) {
     submit_item *it = &x->items[i];
-    submit_ref *ref = refused ? NULL : malloc(sizeof(*ref));
+    submit_ref *ref = refused ? NULL : sm_malloc(sizeof(*ref));
     if (refused) {
       command_free(cmds[i]);
       it->err = refused;
@@ -428,7 +429,7 @@ static get_ctx *command_call(sm_manager *m, http_request *req, http_response *re
   *id = http_request_param(req, "id");
   if (*lc == NULL || check_id(*id, res))
     return NULL;
-  get_ctx *x = calloc(1, sizeof(*x));
+  get_ctx *x = sm_calloc(1, sizeof(*x));
   if (x == NULL || (x->d = http_response_defer(res)) == NULL) {
     free(x);
     respond_error(res, 500, "internal", "out of memory");
@@ -617,7 +618,7 @@ static void h_list(void *ud, http_request *req, http_response *res) {
     }
     /* Unknown keys are ignored, like GET /api/agents does. */
   }
-  list_ctx *x = calloc(1, sizeof(*x));
+  list_ctx *x = sm_calloc(1, sizeof(*x));
   if (x == NULL || (x->d = http_response_defer(res)) == NULL) {
     free(x);
     respond_error(res, 500, "internal", "out of memory");
@@ -809,7 +810,7 @@ static void on_shutdown_timer(uv_timer_t *t) {
 
 static void h_shutdown(void *ud, http_request *req, http_response *res) {
   sm_manager *m = ud;
-  shutdown_req *s = m->loop ? calloc(1, sizeof(*s)) : NULL;
+  shutdown_req *s = m->loop ? sm_calloc(1, sizeof(*s)) : NULL;
   if (s == NULL) {
     respond_error(res, 500, "internal", "cannot schedule the shutdown");
     return;

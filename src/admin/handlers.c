@@ -6,6 +6,7 @@
 #include "admin/openapi.h"
 #include "app/manager.h"
 #include "core/registry.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/semver.h"
 
@@ -155,7 +156,7 @@ static void h_agents(void *ud, http_request *req, http_response *res) {
 
   agent_list l = {0};
   l.cap = agent_registry_count(m->registry);
-  if (l.cap && (l.v = malloc(l.cap * sizeof(*l.v))) == NULL) {
+  if (l.cap && (l.v = sm_malloc(l.cap * sizeof(*l.v))) == NULL) {
     http_response_error(res, 500, "internal", "out of memory");
     return;
   }

@@ -5,6 +5,8 @@
 #include "app/manager.h"
 #include "metrics/metrics.h"
 
+#include "util/alloc.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -24,7 +26,7 @@ static void h_metrics(void *ud, http_request *req, http_response *res) {
   /* {"metrics":{<family>:{"type","help","series":[...]}}}: the body is built around the
    * collector's JSON without parsing it again */
   static const char head[] = "{\"metrics\":";
-  char *body = malloc(sizeof(head) - 1 + len + 2);
+  char *body = sm_malloc(sizeof(head) - 1 + len + 2);
   if (body == NULL) {
     free(text);
     http_response_error(res, 500, "internal", "out of memory rendering metrics");

@@ -2,6 +2,7 @@
  * tail is the eviction victim. Tokens are refilled lazily from the time of the last take. */
 #include "admin/ratelimit.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/map.h"
 
@@ -28,7 +29,7 @@ struct admin_ratelimit {
 int admin_ratelimit_create(double rps, double burst, size_t max_entries, admin_ratelimit **out) {
   if (!(rps > 0) || !(burst >= 1) || max_entries == 0)
     return SM_EINVAL;
-  admin_ratelimit *rl = calloc(1, sizeof(*rl));
+  admin_ratelimit *rl = sm_calloc(1, sizeof(*rl));
   if (rl == NULL)
     return SM_ENOMEM;
   rl->rps = rps;
@@ -83,7 +84,7 @@ int admin_ratelimit_take(admin_ratelimit *rl, const char *key, size_t len, uint6
       b = rl->tail;
       unlink_bucket(rl, b);
       sm_map_del(&rl->map, b->key, b->klen);
-    } else if ((b = malloc(sizeof(*b))) == NULL) {
+    } else if ((b = sm_malloc(sizeof(*b))) == NULL) {
       return 0;
     }
     memcpy(b->key, key, len);

@@ -27,6 +27,7 @@
 #include "http/http1.h"
 #include "admin/router.h"
 #include "net/tls.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -247,7 +248,7 @@ static void log_request(admin_conn *c, const http_response *res, const char *met
 static void conn_queue(admin_conn *c, const http_response *res, int keep_alive, const char *method,
                        const char *path, uint64_t start_ns, const char *who) {
   conn_slot *sl = NULL;
-  if (c->shead != NULL && (sl = calloc(1, sizeof(*sl))) == NULL) {
+  if (c->shead != NULL && (sl = sm_calloc(1, sizeof(*sl))) == NULL) {
     conn_close(c);
     return;
   }
@@ -605,7 +606,7 @@ static void on_defer_timer(uv_timer_t *t) {
 /* Takes over the deferred answer of req: a slot at the tail of the FIFO. Returns 0 or
  * SM_ENOMEM (then the connection is closed). */
 static int conn_defer(admin_conn *c, http_request *req, http_deferred *d) {
-  conn_slot *sl = calloc(1, sizeof(*sl));
+  conn_slot *sl = sm_calloc(1, sizeof(*sl));
   if (sl == NULL) {
     http_deferred_release(d);
     conn_close(c);
@@ -869,7 +870,7 @@ static void on_reject_closed(uv_handle_t *h) {
 /* Over ADMIN_MAX_CONNECTIONS: accept (so the kernel queue does not fill), answer 503 with
  * whatever fits in the socket buffer right now, and close. */
 static void reject_connection(struct admin_server *srv) {
-  uv_tcp_t *t = malloc(sizeof(*t));
+  uv_tcp_t *t = sm_malloc(sizeof(*t));
   if (t == NULL)
     return;
   uv_tcp_init(srv->loop, t);
@@ -895,7 +896,7 @@ static void on_connection(uv_stream_t *l, int status) {
     reject_connection(srv);
     return;
   }
-  admin_conn *c = calloc(1, sizeof(*c));
+  admin_conn *c = sm_calloc(1, sizeof(*c));
   http1_config hc = {
       .max_header_bytes = srv->s->admin_max_header_bytes,
       .max_body_bytes = srv->s->admin_max_body_bytes,
@@ -936,7 +937,7 @@ static void on_connection(uv_stream_t *l, int status) {
 int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **out) {
   if (loop == NULL || m == NULL || m->settings == NULL || out == NULL)
     return SM_EINVAL;
-  struct admin_server *srv = calloc(1, sizeof(*srv));
+  struct admin_server *srv = sm_calloc(1, sizeof(*srv));
   if (srv == NULL)
     return SM_ENOMEM;
   srv->loop = loop;

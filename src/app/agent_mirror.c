@@ -2,6 +2,7 @@
 #include "app/agent_mirror.h"
 
 #include "model/agent_json.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -84,10 +85,10 @@ int agent_mirror_create(uv_loop_t *loop, store *st, agent_registry *reg, const c
                         double ttl_s, agent_mirror **out) {
   if (st == NULL || reg == NULL || instance == NULL || ttl_s < 3)
     return SM_EINVAL;
-  agent_mirror *m = calloc(1, sizeof(*m));
+  agent_mirror *m = sm_calloc(1, sizeof(*m));
   if (m == NULL)
     return SM_ENOMEM;
-  m->instance = strdup(instance);
+  m->instance = sm_strdup(instance);
   if (m->instance == NULL) {
     free(m);
     return SM_ENOMEM;

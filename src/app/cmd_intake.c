@@ -1,6 +1,7 @@
 /* cmd_intake.c - AMQP deliveries into the lifecycle. */
 #include "app/cmd_intake.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -39,7 +40,7 @@ struct cmd_intake {
 static char *slice_dup(mq_slice s) {
   if (s.len == 0)
     return NULL;
-  return strndup(s.base, s.len);
+  return sm_strndup(s.base, s.len);
 }
 
 static void pending_free(pending *p) {
@@ -145,7 +146,7 @@ static void try_submit(cmd_intake *ci, pending *p) {
 static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
   cmd_intake *ci = ud;
   (void)in;
-  pending *p = calloc(1, sizeof(*p));
+  pending *p = sm_calloc(1, sizeof(*p));
   if (p == NULL) {
     /* Leave it unacked: the broker keeps it and redelivers after a reconnect. */
     sm_log_error("intake", "out of memory: delivery left unacked");
@@ -154,7 +155,7 @@ static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
   p->ci = ci;
   p->handle = m->handle;
   p->len = m->body.len;
-  p->body = malloc(p->len + 1);
+  p->body = sm_malloc(p->len + 1);
   p->reply_to = slice_dup(m->props.reply_to);
   p->correlation_id = slice_dup(m->props.correlation_id);
   p->message_id = slice_dup(m->props.message_id);
@@ -188,7 +189,7 @@ static void resume_poll(uv_timer_t *t) {
 
 int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc, uint16_t prefetch,
                       cmd_intake **out) {
-  cmd_intake *ci = calloc(1, sizeof(*ci));
+  cmd_intake *ci = sm_calloc(1, sizeof(*ci));
   if (ci == NULL)
     return SM_ENOMEM;
   uv_timer_init(loop, &ci->resume_timer);

@@ -1,6 +1,7 @@
 /* lifecycle_mq.c - adapts mq_publisher to the lifecycle's publisher interface. */
 #include "app/lifecycle_mq.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <stdlib.h>
@@ -19,7 +20,7 @@ static void lmq_done(int status, void *ud) {
 
 static int lmq_publish(void *self, const char *payload, size_t len, const char *queue,
                        const char *correlation_id, lifecycle_publish_cb cb, void *ud) {
-  lmq_op *op = malloc(sizeof(*op));
+  lmq_op *op = sm_malloc(sizeof(*op));
   if (op == NULL)
     return SM_ENOMEM;
   op->cb = cb;

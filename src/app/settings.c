@@ -2,6 +2,7 @@
  * from the variable: GRPC_SERVER_ADDR -> --grpc-server-addr), its type, range and default. */
 #include "app/settings.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/timeutil.h"
 
@@ -211,7 +212,7 @@ static int apply(sm_settings *s, const setting *t, const char *v, char *why, siz
       }
     }
     char **slot = (char **)(base + t->off);
-    char *copy = strdup(v);
+    char *copy = sm_strdup(v);
     if (copy == NULL)
       return SM_ENOMEM;
     free(*slot);
@@ -367,7 +368,7 @@ int sm_settings_load(sm_settings *s, int argc, char **argv) {
     if (gethostname(host, sizeof(host)) != 0)
       strcpy(host, "sirius-manager");
     host[sizeof(host) - 1] = '\0';
-    s->instance_id = strdup(host);
+    s->instance_id = sm_strdup(host);
     if (s->instance_id == NULL)
       return SM_ENOMEM;
   }

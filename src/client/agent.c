@@ -7,6 +7,7 @@
 #include "client/h2.h"
 #include "client/hostinfo.h"
 #include "net/tls.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -348,7 +349,7 @@ static void exec_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   client_cmd *c = h->data;
   (void)hint;
   if (c->obuf == NULL)
-    c->obuf = malloc(EXEC_OUTPUT_MAX + EXEC_SINK);
+    c->obuf = sm_malloc(EXEC_OUTPUT_MAX + EXEC_SINK);
   if (c->obuf == NULL) {
     *buf = uv_buf_init(NULL, 0);
     return;
@@ -456,7 +457,7 @@ static client_cmd *find_cmd(client_agent *a, const char *id) {
 }
 
 static char *dup_or_empty(const char *s) {
-  return strdup(s ? s : "");
+  return sm_strdup(s ? s : "");
 }
 
 static void agent_on_command(client_agent *a, const Scan__CommandMessage *m) {
@@ -534,7 +535,7 @@ static void agent_on_command(client_agent *a, const Scan__CommandMessage *m) {
     break;
   }
 
-  client_cmd *c = calloc(1, sizeof(*c));
+  client_cmd *c = sm_calloc(1, sizeof(*c));
   if (c == NULL || (c->id = dup_or_empty(id)) == NULL ||
       (c->type = dup_or_empty(m->type)) == NULL || (c->arg = dup_or_empty(plan.arg)) == NULL) {
     if (c) {
@@ -712,7 +713,7 @@ static int parse_bind(const char *s, struct sockaddr_storage *ss) {
 
 int client_fleet_create(uv_loop_t *loop, const client_opts *o, client_fleet **out, char *err,
                         size_t errlen) {
-  client_fleet *f = calloc(1, sizeof(*f));
+  client_fleet *f = sm_calloc(1, sizeof(*f));
   const char *port;
   int rc;
   if (f == NULL)
@@ -739,7 +740,7 @@ int client_fleet_create(uv_loop_t *loop, const client_opts *o, client_fleet **ou
     uv_freeaddrinfo(gai.addrinfo);
   }
   if (o->nsource_addrs) {
-    f->binds = calloc(o->nsource_addrs, sizeof(*f->binds));
+    f->binds = sm_calloc(o->nsource_addrs, sizeof(*f->binds));
     if (f->binds == NULL) {
       rc = SM_ENOMEM;
       goto fail;
@@ -779,7 +780,7 @@ int client_fleet_create(uv_loop_t *loop, const client_opts *o, client_fleet **ou
   };
 
   f->nagents = o->count ? o->count : 1;
-  f->agents = calloc(f->nagents, sizeof(*f->agents));
+  f->agents = sm_calloc(f->nagents, sizeof(*f->agents));
   if (f->agents == NULL) {
     rc = SM_ENOMEM;
     goto fail;
@@ -794,7 +795,7 @@ int client_fleet_create(uv_loop_t *loop, const client_opts *o, client_fleet **ou
       snprintf(buf, sizeof(buf), "%s%u", o->id_prefix, i + 1);
     else
       snprintf(buf, sizeof(buf), "%s", o->id ? o->id : f->hostname);
-    a->id = strdup(buf);
+    a->id = sm_strdup(buf);
     if (a->id == NULL) {
       rc = SM_ENOMEM;
       goto fail;

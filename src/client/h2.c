@@ -3,6 +3,7 @@
 
 #include "grpc/frame.h"
 #include "net/tls.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -113,7 +114,7 @@ static void unmark_dirty(client_call *c) {
 }
 
 int client_ctx_create(uv_loop_t *loop, client_ctx **out) {
-  client_ctx *ctx = calloc(1, sizeof(*ctx));
+  client_ctx *ctx = sm_calloc(1, sizeof(*ctx));
   if (ctx == NULL)
     return SM_ENOMEM;
   ctx->loop = loop;
@@ -316,7 +317,7 @@ static int wbuf_append(client_call *c, size_t *cap, const uint8_t *p, size_t n) 
     size_t nc = *cap ? *cap : 4096;
     while (nc < c->wlen + n)
       nc *= 2;
-    uint8_t *nb = realloc(c->wbuf, nc);
+    uint8_t *nb = sm_realloc(c->wbuf, nc);
     if (nb == NULL)
       return SM_ENOMEM;
     c->wbuf = nb;
@@ -334,7 +335,7 @@ static int take_tls(client_call *c, size_t *cap) {
       size_t nc = *cap ? *cap : 4096;
       while (nc < c->wlen + p)
         nc *= 2;
-      uint8_t *nb = realloc(c->wbuf, nc);
+      uint8_t *nb = sm_realloc(c->wbuf, nc);
       if (nb == NULL)
         return SM_ENOMEM;
       c->wbuf = nb;
@@ -588,7 +589,7 @@ static int session_init(client_call *c, const client_call_req *req) {
 
 int client_call_start(client_ctx *ctx, const client_call_req *req, const client_call_cbs *cbs,
                       void *ud, client_call **out) {
-  client_call *c = calloc(1, sizeof(*c));
+  client_call *c = sm_calloc(1, sizeof(*c));
   int rc;
   if (c == NULL)
     return SM_ENOMEM;
@@ -648,7 +649,7 @@ int client_call_send(client_call *c, const ProtobufCMessage *msg) {
     size_t nc = c->sq_cap ? c->sq_cap : 256;
     while (nc < c->sq_len + need)
       nc *= 2;
-    uint8_t *nb = realloc(c->sq, nc);
+    uint8_t *nb = sm_realloc(c->sq, nc);
     if (nb == NULL)
       return SM_ENOMEM;
     c->sq = nb;

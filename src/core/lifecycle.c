@@ -12,6 +12,7 @@
 #include "sched/broadcast.h"
 #include "sched/queue.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/map.h"
@@ -272,7 +273,7 @@ static void th_set(lifecycle *lc, lc_cmd *k, int64_t due) {
     return;
   if (lc->th_len == lc->th_cap) {
     size_t ncap = lc->th_cap ? lc->th_cap * 2 : 64;
-    lc_cmd **n = realloc(lc->th, ncap * sizeof(*n));
+    lc_cmd **n = sm_realloc(lc->th, ncap * sizeof(*n));
     if (n == NULL) {
       sm_log_error("lifecycle", "timer heap out of memory", SM_LS("command_id", k->c->id));
       return;
@@ -319,8 +320,8 @@ static void count_on(lc_cmd *k, agent *a) {
 static void bind_agent(lifecycle *lc, lc_cmd *k, const char *agent_id, agent *a) {
   lc_agent *g = sm_map_get(&lc->agents, agent_id, strlen(agent_id));
   if (g == NULL) {
-    g = calloc(1, sizeof(*g));
-    if (g == NULL || (g->id = strdup(agent_id)) == NULL ||
+    g = sm_calloc(1, sizeof(*g));
+    if (g == NULL || (g->id = sm_strdup(agent_id)) == NULL ||
         sm_map_put(&lc->agents, g->id, strlen(g->id), g) != 0) {
       if (g)
         free(g->id);
@@ -400,7 +401,7 @@ static void detach_all(lifecycle *lc, lc_cmd *k) {
 /* ---- command records ---------------------------------------------------------------------- */
 
 static lc_cmd *cmd_track(lifecycle *lc, sm_command *c) {
-  lc_cmd *k = calloc(1, sizeof(*k));
+  lc_cmd *k = sm_calloc(1, sizeof(*k));
   if (k == NULL)
     return NULL;
   k->lc = lc;
@@ -475,7 +476,7 @@ static void defer_answer(lifecycle *lc, lifecycle_cmd_cb cb, void *ud, int err,
                          const sm_command *c) {
   if (cb == NULL)
     return;
-  lc_deferred *d = calloc(1, sizeof(*d));
+  lc_deferred *d = sm_calloc(1, sizeof(*d));
   if (d == NULL) {
     sm_log_error("lifecycle", "deferred answer out of memory", SM_LE(SM_ENOMEM));
     return;
@@ -833,7 +834,7 @@ static void wq_issue(lc_cmd *k) {
 /* Appends a write of k's current record. */
 static void write_push(lc_cmd *k, int create, int with_outbox, lifecycle_cmd_cb cb, void *ud) {
   lifecycle *lc = k->lc;
-  lc_write *w = calloc(1, sizeof(*w));
+  lc_write *w = sm_calloc(1, sizeof(*w));
   if (w == NULL || (w->snap = command_clone(k->c)) == NULL) {
     free(w);
     sm_log_error("lifecycle", "store write out of memory", SM_LS("command_id", k->c->id));
@@ -1033,7 +1034,7 @@ static void bcast_planned(void *ud, int err, sched_bcast_plan *plan) {
   p->plan_next = 0;
   p->child_total = 0;
   free(p->c->children);
-  p->c->children = plan->n ? calloc(plan->n, sizeof(*p->c->children)) : NULL;
+  p->c->children = plan->n ? sm_calloc(plan->n, sizeof(*p->c->children)) : NULL;
   p->c->nchildren = 0;
   if (plan->n && p->c->children == NULL) {
     sched_bcast_plan_free(plan);
@@ -1056,7 +1057,7 @@ static int bcast_validate(lifecycle *lc, lc_cmd *p) {
     agent *a = agent_registry_find(lc->reg, id, strlen(id));
     if (a == NULL || a->generation != pl->generation[i] || a->link_ops == NULL)
       continue; /* stale: left or re-registered since the snapshot */
-    char *cid = strdup(pl->child_id[i]);
+    char *cid = sm_strdup(pl->child_id[i]);
     if (cid == NULL)
       continue;
     /* compact in place: entry nchildren of the plan is the agent of child nchildren */
@@ -1080,10 +1081,10 @@ static void bcast_child(lifecycle *lc, lc_cmd *p, size_t i, int64_t now) {
     command_free(ch);
     goto lost;
   }
-  ch->params = calloc(c->nparams ? c->nparams : 1, sizeof(*ch->params));
+  ch->params = sm_calloc(c->nparams ? c->nparams : 1, sizeof(*ch->params));
   for (size_t j = 0; ch->params && j < c->nparams; j++) {
-    ch->params[j].key = strdup(c->params[j].key);
-    ch->params[j].value = strdup(c->params[j].value);
+    ch->params[j].key = sm_strdup(c->params[j].key);
+    ch->params[j].value = sm_strdup(c->params[j].value);
     ch->nparams++;
   }
   ch->priority = c->priority;
@@ -1163,7 +1164,7 @@ static void bcast_step(lifecycle *lc) {
 static void bcast_expand(lifecycle *lc, lc_cmd *p) {
   sm_command *c = p->c;
   agent_filter f = {.max_load = -1};
-  sm_kv *caps = calloc(c->ncapabilities + c->nfilter + 1, sizeof(*caps));
+  sm_kv *caps = sm_calloc(c->ncapabilities + c->nfilter + 1, sizeof(*caps));
   if (caps == NULL) {
     finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
     return;
@@ -1429,8 +1430,8 @@ static void removals_retry(lifecycle *lc) {
 
 /* Removes a confirmed result from the outbox, remembering the id until the store took it. */
 static void outbox_remove(lifecycle *lc, const char *id) {
-  lc_removal *r = calloc(1, sizeof(*r));
-  char *copy = r ? strdup(id) : NULL;
+  lc_removal *r = sm_calloc(1, sizeof(*r));
+  char *copy = r ? sm_strdup(id) : NULL;
   if (copy == NULL) {
     free(r);
     return; /* the entry stays and is published again later: a duplicate, not a loss */
@@ -1498,13 +1499,13 @@ static void pub_send(lc_pub *p) {
 static lc_pub *pub_new(lifecycle *lc, const char *id, const char *reply_to, const char *corr) {
   if (sm_map_get(&lc->pubs, id, strlen(id)) != NULL)
     return NULL; /* a publish of this id is already in flight */
-  lc_pub *p = calloc(1, sizeof(*p));
+  lc_pub *p = sm_calloc(1, sizeof(*p));
   if (p == NULL)
     return NULL;
   p->lc = lc;
-  p->id = strdup(id);
-  p->reply_to = reply_to ? strdup(reply_to) : NULL;
-  p->corr = corr ? strdup(corr) : NULL;
+  p->id = sm_strdup(id);
+  p->reply_to = reply_to ? sm_strdup(reply_to) : NULL;
+  p->corr = corr ? sm_strdup(corr) : NULL;
   if (p->id == NULL || sm_map_put(&lc->pubs, p->id, strlen(p->id), p) != 0) {
     pub_free(p);
     return NULL;
@@ -1539,8 +1540,8 @@ static void replay_got(void *ud, int err, const sm_command *cmd, int existed) {
   if (err == 0 && cmd != NULL) {
     free(p->reply_to);
     free(p->corr);
-    p->reply_to = cmd->reply_to ? strdup(cmd->reply_to) : NULL;
-    p->corr = cmd->correlation_id ? strdup(cmd->correlation_id) : NULL;
+    p->reply_to = cmd->reply_to ? sm_strdup(cmd->reply_to) : NULL;
+    p->corr = cmd->correlation_id ? sm_strdup(cmd->correlation_id) : NULL;
   }
   pub_send(p);
 }
@@ -1564,7 +1565,7 @@ static void replay_listed(void *ud, int err, const store_outbox_item *items, siz
     lc_pub *p = pub_new(lc, items[i].id, NULL, NULL);
     if (p == NULL)
       continue;
-    p->payload = malloc(items[i].len + 1);
+    p->payload = sm_malloc(items[i].len + 1);
     if (p->payload == NULL) {
       p->failed = 1;
       p->outstanding = 0;
@@ -1709,7 +1710,7 @@ static void recover_listed(void *ud, int err, sm_command *const *cmds, size_t n,
   for (size_t i = 0; i < n; i++)
     recover_one(lc, cmds[i]);
   free(lc->recover_cursor);
-  lc->recover_cursor = next ? strdup(next) : NULL;
+  lc->recover_cursor = next ? sm_strdup(next) : NULL;
   if (next != NULL && lc->recover_cursor != NULL) {
     recover_page(lc);
     return;
@@ -1813,7 +1814,7 @@ int lifecycle_submit(lifecycle *lc, sm_command *cmd, lifecycle_submit_cb cb, voi
   cmd->status = COMMAND_QUEUED;
   cmd->attempts = 0;
   cmd->created_at = now;
-  lc_submit *s = calloc(1, sizeof(*s));
+  lc_submit *s = sm_calloc(1, sizeof(*s));
   if (s == NULL) {
     err = SM_ENOMEM;
     goto fail;
@@ -1942,7 +1943,7 @@ int lifecycle_cancel(lifecycle *lc, const char *id, lifecycle_cmd_cb cb, void *u
   }
   if (!lc->store_up)
     return SM_EUNAVAIL;
-  lc_cancel *x = calloc(1, sizeof(*x));
+  lc_cancel *x = sm_calloc(1, sizeof(*x));
   if (x == NULL)
     return SM_ENOMEM;
   x->lc = lc;
@@ -1988,7 +1989,7 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   if (loop == NULL || cfg == NULL || reg == NULL || st == NULL || cfg->queue_size == 0 ||
       (publisher && publisher->publish == NULL))
     return SM_EINVAL;
-  lifecycle *lc = calloc(1, sizeof(*lc));
+  lifecycle *lc = sm_calloc(1, sizeof(*lc));
   if (lc == NULL)
     return SM_ENOMEM;
   lc->loop = loop;
@@ -2005,8 +2006,8 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
     lc->cfg.max_agent_load = 0.8;
   if (lc->cfg.max_retries < 0)
     lc->cfg.max_retries = 0;
-  lc->instance = strdup(cfg->instance ? cfg->instance : "");
-  lc->result_queue = cfg->result_queue ? strdup(cfg->result_queue) : NULL;
+  lc->instance = sm_strdup(cfg->instance ? cfg->instance : "");
+  lc->result_queue = cfg->result_queue ? sm_strdup(cfg->result_queue) : NULL;
   if (lc->instance == NULL || (cfg->result_queue && lc->result_queue == NULL)) {
     free(lc->instance);
     free(lc);
@@ -2117,7 +2118,7 @@ void lifecycle_close(lifecycle *lc, void (*closed)(void *ud), void *ud) {
   /* free what no store callback refers to; the rest is freed in its callback. The agents are
    * not touched: the registry may be going away too. */
   size_t nk = 0, np = 0, ng = 0;
-  void **all = calloc(lc->cmds.len + lc->pubs.len + lc->agents.len + 1, sizeof(*all));
+  void **all = sm_calloc(lc->cmds.len + lc->pubs.len + lc->agents.len + 1, sizeof(*all));
   if (all != NULL) {
     for (size_t i = 0; i < lc->cmds.cap; i++)
       if (lc->cmds.slots[i].key)

@@ -2,6 +2,7 @@
  * last-seen time (pruning takes only the expired head of the list). */
 #include "core/registry.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/map.h"
@@ -29,23 +30,6 @@ struct agent_registry {
 
 void agent_registry_get_stats(const agent_registry *reg, agent_registry_stats *out) {
   *out = reg->stats;
-}
-
-static const char *const status_names[AGENT_STATUS_COUNT] = {"unknown", "idle", "busy", "error",
-                                                             "maintenance"};
-
-const char *agent_status_name(enum agent_status s) {
-  return (unsigned)s < AGENT_STATUS_COUNT ? status_names[s] : "unknown";
-}
-
-int agent_status_parse(const char *s, enum agent_status *out) {
-  for (int i = 0; i < AGENT_STATUS_COUNT; i++) {
-    if (strcmp(s, status_names[i]) == 0) {
-      *out = (enum agent_status)i;
-      return 0;
-    }
-  }
-  return SM_EINVAL;
 }
 
 /* ---- seen list ---- */
@@ -101,7 +85,7 @@ static char *dup_trim(const char *s, size_t n) {
   }
   while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
     n--;
-  return strndup(s, n);
+  return sm_strndup(s, n);
 }
 
 /* "k=v,k2=v2" -> sorted capabilities; a bare "k" means k=true; a repeated key keeps the last. */
@@ -115,7 +99,7 @@ static int parse_caps(const char *text, agent_capability **out, size_t *nout) {
     const char *eq = memchr(p, '=', len);
     size_t klen = eq ? (size_t)(eq - p) : len;
     char *key = dup_trim(p, klen);
-    char *val = eq ? dup_trim(eq + 1, len - klen - 1) : strdup("true");
+    char *val = eq ? dup_trim(eq + 1, len - klen - 1) : sm_strdup("true");
     if (key == NULL || val == NULL) {
       free(key);
       free(val);
@@ -140,7 +124,7 @@ static int parse_caps(const char *text, agent_capability **out, size_t *nout) {
           free_caps(caps, n);
           return SM_EINVAL;
         }
-        agent_capability *nc = realloc(caps, (n + 1) * sizeof(*nc));
+        agent_capability *nc = sm_realloc(caps, (n + 1) * sizeof(*nc));
         if (nc == NULL) {
           free(key);
           free(val);
@@ -174,7 +158,7 @@ static int parse_int(const char *s, long lo, long hi, int32_t *out) {
 }
 
 static int set_str(char **slot, const char *v) {
-  char *c = strdup(v);
+  char *c = sm_strdup(v);
   if (c == NULL)
     return SM_ENOMEM;
   free(*slot);
@@ -249,31 +233,6 @@ fail:
   return err;
 }
 
-double agent_load_compute(const agent *a) {
-  double cpu = a->cpu_usage > 1.0 ? a->cpu_usage / 100.0 : a->cpu_usage;
-  int32_t busy = a->active_commands > a->assigned ? a->active_commands : a->assigned;
-  double conc = a->max_concurrent > 0 ? (double)busy / a->max_concurrent : 0;
-  double load = cpu > conc ? cpu : conc;
-  if (!(load >= 0))
-    load = 0;
-  return load > 1 ? 1 : load;
-}
-
-const char *agent_cap_value(const agent *a, const char *key) {
-  size_t lo = 0, hi = a->ncaps;
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    int c = strcmp(a->caps[mid].key, key);
-    if (c == 0)
-      return a->caps[mid].value;
-    if (c < 0)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return NULL;
-}
-
 /* ---- lifecycle ---- */
 
 static void agent_free(agent *a) {
@@ -288,14 +247,14 @@ static void agent_free(agent *a) {
 }
 
 static int agent_new(const char *id, size_t id_len, agent **out) {
-  agent *a = calloc(1, sizeof(*a));
+  agent *a = sm_calloc(1, sizeof(*a));
   if (a == NULL)
     return SM_ENOMEM;
-  a->id = strndup(id, id_len);
+  a->id = sm_strndup(id, id_len);
   a->id_len = id_len;
-  a->hostname = strdup("");
-  a->version = strdup("");
-  a->segment = strdup("");
+  a->hostname = sm_strdup("");
+  a->version = sm_strdup("");
+  a->segment = sm_strdup("");
   if (!a->id || !a->hostname || !a->version || !a->segment) {
     agent_free(a);
     return SM_ENOMEM;
@@ -344,12 +303,12 @@ static void prune_cb(uv_timer_t *t) {
 int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg, agent_registry **out) {
   if (cfg->agent_timeout_s <= 0 || cfg->max_agents == 0)
     return SM_EINVAL;
-  agent_registry *reg = calloc(1, sizeof(*reg));
+  agent_registry *reg = sm_calloc(1, sizeof(*reg));
   if (reg == NULL)
     return SM_ENOMEM;
   reg->loop = loop;
   reg->cfg = *cfg;
-  reg->instance = strdup(cfg->instance ? cfg->instance : "");
+  reg->instance = sm_strdup(cfg->instance ? cfg->instance : "");
   if (reg->instance == NULL) {
     free(reg);
     return SM_ENOMEM;
@@ -452,7 +411,7 @@ int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
   }
   if (reg->len == reg->cap) {
     size_t ncap = reg->cap ? reg->cap * 2 : 64;
-    agent **ni = realloc(reg->items, ncap * sizeof(*ni));
+    agent **ni = sm_realloc(reg->items, ncap * sizeof(*ni));
     if (ni == NULL) {
       agent_free(a);
       return SM_ENOMEM;
@@ -550,31 +509,6 @@ agent *agent_registry_at(const agent_registry *reg, size_t i) {
   return i < reg->len ? reg->items[i] : NULL;
 }
 
-int agent_filter_match(const agent_filter *f, const agent *a) {
-  if (f == NULL)
-    return 1;
-  if (f->status_mask && !(f->status_mask & (1u << a->status)))
-    return 0;
-  if (f->max_load >= 0 && a->load > f->max_load)
-    return 0;
-  for (size_t i = 0; i < f->ncaps; i++) {
-    const char *have = agent_cap_value(a, f->caps[i].key);
-    const char *want = f->caps[i].value;
-    if (have == NULL)
-      return 0;
-    if (want && *want && strcmp(want, "*") != 0 && strcmp(want, have) != 0)
-      return 0;
-  }
-  if (f->min_version && *f->min_version) {
-    sm_semver want, have;
-    if (sm_semver_parse(f->min_version, &want) || sm_semver_parse(a->version, &have))
-      return 0;
-    if (sm_semver_cmp(&have, &want) < 0)
-      return 0;
-  }
-  return 1;
-}
-
 size_t agent_registry_foreach(agent_registry *reg, const agent_filter *f,
                               int (*fn)(void *ud, agent *a), void *ud) {
   size_t n = 0;
@@ -612,12 +546,6 @@ void agent_registry_end_all(agent_registry *reg, int reason, const char *message
     release_link(a, reason, message);
     registry_remove(reg, a, reason);
   }
-}
-
-void agent_handle_set(agent_handle *h, const agent *a) {
-  memcpy(h->id, a->id, a->id_len);
-  h->id[a->id_len] = '\0';
-  h->generation = a->generation;
 }
 
 agent *agent_handle_get(const agent_registry *reg, const agent_handle *h) {

@@ -7,7 +7,7 @@
 #ifndef SM_CORE_REGISTRY_H
 #define SM_CORE_REGISTRY_H
 
-#include "model/agent-t.h"
+#include "model/agent.h"
 
 #include <uv.h>
 
@@ -88,9 +88,6 @@ size_t agent_registry_count(const agent_registry *reg);
 /* The i-th agent of the dense array (0 <= i < count); order changes when agents leave. */
 agent *agent_registry_at(const agent_registry *reg, size_t i);
 
-/* Whether the agent passes the filter. */
-int agent_filter_match(const agent_filter *f, const agent *a);
-
 /* Calls fn for each agent passing the filter; stops early when fn returns non-zero. Returns the
  * number of agents visited that matched. */
 size_t agent_registry_foreach(agent_registry *reg, const agent_filter *f,
@@ -108,17 +105,6 @@ size_t agent_registry_broadcast(agent_registry *reg, const agent_filter *f,
 void agent_registry_end_all(agent_registry *reg, int reason, const char *message);
 
 /* Handles that survive the agent: fill from a live agent, resolve later (NULL once gone). */
-void agent_handle_set(agent_handle *h, const agent *a);
 agent *agent_handle_get(const agent_registry *reg, const agent_handle *h);
-
-/* Names: "idle", "busy", ... and back (agent_status_parse returns 0 or SM_EINVAL). */
-const char *agent_status_name(enum agent_status s);
-int agent_status_parse(const char *s, enum agent_status *out);
-
-/* Derived load in 0..1 from the heartbeat figures and the commands in flight. */
-double agent_load_compute(const agent *a);
-
-/* Capability lookup: the agent's value for key or NULL. */
-const char *agent_cap_value(const agent *a, const char *key);
 
 #endif

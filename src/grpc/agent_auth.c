@@ -1,6 +1,7 @@
 /* agent_auth.c - see agent_auth.h. */
 #include "grpc/agent_auth.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/map.h"
 
@@ -106,7 +107,7 @@ static int parse_line(char *line, token_entry *e, const char **problem) {
     return SM_EINTERNAL;
   }
   if (strcmp(id, "*") != 0) {
-    e->agent_id = strdup(id);
+    e->agent_id = sm_strdup(id);
     if (e->agent_id == NULL)
       return SM_ENOMEM;
   }
@@ -120,7 +121,7 @@ int agent_tokens_load(const char *path, agent_tokens **out, char *why, size_t wh
     snprintf(why, whylen, "%s: %s", path, strerror(errno));
     return err;
   }
-  agent_tokens *t = calloc(1, sizeof(*t));
+  agent_tokens *t = sm_calloc(1, sizeof(*t));
   if (t == NULL) {
     fclose(f);
     return SM_ENOMEM;
@@ -140,7 +141,7 @@ int agent_tokens_load(const char *path, agent_tokens **out, char *why, size_t wh
     char *s = trim(line);
     if (*s == '\0' || *s == '#')
       continue;
-    token_entry *e = calloc(1, sizeof(*e));
+    token_entry *e = sm_calloc(1, sizeof(*e));
     if (e == NULL) {
       err = SM_ENOMEM;
       break;

@@ -4,6 +4,7 @@
 #include "grpc/services.h"
 
 #include "grpc/agent_auth.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -45,7 +46,7 @@ static void *arena_alloc(void *ud, size_t size) {
     as->arena_used += need;
     return p;
   }
-  return malloc(size);
+  return sm_malloc(size);
 }
 
 static void arena_free(void *ud, void *p) {
@@ -89,8 +90,8 @@ static int link_send(void *lp, const agent_command *cmd) {
   m.type = (char *)(cmd->type ? cmd->type : "");
   m.timeout_seconds = cmd->timeout_seconds;
   if (cmd->nparams > 16) {
-    entries = malloc(cmd->nparams * sizeof(*entries));
-    ptrs = malloc(cmd->nparams * sizeof(*ptrs));
+    entries = sm_malloc(cmd->nparams * sizeof(*entries));
+    ptrs = sm_malloc(cmd->nparams * sizeof(*ptrs));
     if (entries == NULL || ptrs == NULL) {
       free(entries);
       free(ptrs);
@@ -141,7 +142,7 @@ static const agent_link_ops link_ops = {
 
 static void connect_start(grpc_call *call) {
   grpc_agent_service *as = grpc_call_service_data(call);
-  agent_link *l = calloc(1, sizeof(*l));
+  agent_link *l = sm_calloc(1, sizeof(*l));
   if (l == NULL) {
     grpc_call_finish(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
@@ -159,7 +160,7 @@ static void connect_start(grpc_call *call) {
   do {                                                                                             \
     (out) = (buf);                                                                                 \
     if ((n) > (cap))                                                                               \
-      (out) = malloc((n) * sizeof(sm_kv));                                                         \
+      (out) = sm_malloc((n) * sizeof(sm_kv));                                                      \
     if ((out) != NULL)                                                                             \
       for (size_t i_ = 0; i_ < (n); i_++) {                                                        \
         (out)[i_].key = (field_entries)[i_]->key;                                                  \
@@ -328,7 +329,7 @@ static const grpc_method agent_methods[] = {
 
 int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, grpc_service *svc,
                               grpc_agent_service **out) {
-  grpc_agent_service *as = calloc(1, sizeof(*as));
+  grpc_agent_service *as = sm_calloc(1, sizeof(*as));
   if (as == NULL)
     return SM_ENOMEM;
   as->reg = reg;

@@ -1,6 +1,7 @@
 /* frame.c - incremental gRPC message reassembly. */
 #include "grpc/frame.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <stdlib.h>
@@ -80,7 +81,7 @@ int grpc_frame_read(grpc_frame_reader *r, const uint8_t *in, size_t len, size_t 
   }
 
   if (r->buf_cap < r->msg_len) {
-    uint8_t *nb = realloc(r->buf, r->msg_len);
+    uint8_t *nb = sm_realloc(r->buf, r->msg_len);
     if (nb == NULL) {
       *used = off;
       return SM_ENOMEM;

@@ -1,6 +1,7 @@
 /* health.c - grpc.health.v1.Health: Check answers at once, Watch streams every change. */
 #include "grpc/services.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -82,7 +83,7 @@ static void check_message(grpc_call *call, const uint8_t *data, size_t len) {
 
 static void watch_message(grpc_call *call, const uint8_t *data, size_t len) {
   grpc_health *h = grpc_call_service_data(call);
-  watcher *w = calloc(1, sizeof(*w));
+  watcher *w = sm_calloc(1, sizeof(*w));
   if (w == NULL) {
     grpc_call_finish(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
@@ -151,7 +152,7 @@ void grpc_health_set_all(grpc_health *h, int status) {
 }
 
 int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health **out) {
-  grpc_health *h = calloc(1, sizeof(*h));
+  grpc_health *h = sm_calloc(1, sizeof(*h));
   if (h == NULL)
     return SM_ENOMEM;
   const char *all[HEALTH_MAX_SERVICES];
@@ -160,7 +161,7 @@ int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health 
   for (size_t i = 0; names && names[i] && n < HEALTH_MAX_SERVICES; i++)
     all[n++] = names[i];
   for (size_t i = 0; i < n; i++) {
-    h->known[i].name = strdup(all[i]);
+    h->known[i].name = sm_strdup(all[i]);
     if (h->known[i].name == NULL) {
       grpc_health_destroy(h);
       return SM_ENOMEM;

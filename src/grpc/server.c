@@ -8,6 +8,7 @@
 #include "grpc/session.h"
 #include "net/tcp.h"
 #include "net/tls.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -117,7 +118,7 @@ static void server_free(struct grpc_server *srv) {
 
 int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *reg,
                        struct grpc_server **out) {
-  struct grpc_server *srv = calloc(1, sizeof(*srv));
+  struct grpc_server *srv = sm_calloc(1, sizeof(*srv));
   if (srv == NULL)
     return SM_ENOMEM;
   srv->loop = loop;

@@ -9,6 +9,7 @@
 #include "grpc/session.h"
 
 #include "grpc/frame.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -241,7 +242,7 @@ static void call_end(grpc_call *c, const char *http_status, int status, const ch
   if (message && message[0]) {
     char enc[MSG_MAX];
     grpc_percent_encode(message, enc, sizeof(enc));
-    c->message = strdup(enc); /* without it the status still goes out */
+    c->message = sm_strdup(enc); /* without it the status still goes out */
   }
   grpc_frame_reader_finish(&c->reader); /* no more request messages are read */
   if (c->s->cfg->on_call_end)
@@ -283,7 +284,7 @@ static int call_queue(grpc_call *c, size_t len, out_chunk **out) {
     if (err)
       return err;
   }
-  out_chunk *ch = malloc(sizeof(*ch) + GRPC_FRAME_HEADER_LEN + len);
+  out_chunk *ch = sm_malloc(sizeof(*ch) + GRPC_FRAME_HEADER_LEN + len);
   if (ch == NULL)
     return SM_ENOMEM;
   ch->next = NULL;
@@ -370,7 +371,7 @@ static ssize_t data_read_cb(nghttp2_session *h2, int32_t stream_id, uint8_t *buf
 }
 
 static grpc_call *call_new(grpc_session *s, int32_t stream_id) {
-  grpc_call *c = calloc(1, sizeof(*c));
+  grpc_call *c = sm_calloc(1, sizeof(*c));
   if (c == NULL)
     return NULL;
   c->s = s;
@@ -421,7 +422,7 @@ static int meta_add(grpc_call *c, const uint8_t *name, size_t nlen, const uint8_
                     size_t vlen) {
   if (memchr(name, 0, nlen) || memchr(value, 0, vlen))
     return 0; /* nghttp2 already refuses these; keep the format safe regardless */
-  char *nm = realloc(c->meta, c->meta_len + nlen + vlen + 2);
+  char *nm = sm_realloc(c->meta, c->meta_len + nlen + vlen + 2);
   if (nm == NULL)
     return SM_ENOMEM;
   c->meta = nm;
@@ -463,7 +464,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
     if (name_is(name, nlen, ":method"))
       c->post = vlen == 4 && memcmp(value, "POST", 4) == 0;
     else if (name_is(name, nlen, ":path") && c->path == NULL) {
-      c->path = strndup((const char *)value, vlen);
+      c->path = sm_strndup((const char *)value, vlen);
       if (c->path == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
@@ -481,7 +482,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
   } else if (name_is(name, nlen, "grpc-encoding")) {
     if (!(vlen == 8 && memcmp(value, "identity", 8) == 0)) {
       free(c->encoding);
-      c->encoding = strndup((const char *)value, vlen);
+      c->encoding = sm_strndup((const char *)value, vlen);
       if (c->encoding == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
@@ -741,7 +742,7 @@ static void *big_alloc(grpc_session *s, size_t size) {
 static void *mem_malloc(size_t size, void *ud) {
   grpc_session *s = ud;
   void *p = size >= SESSION_BIG_MIN ? big_alloc(s, size) : NULL;
-  return p ? p : malloc(size);
+  return p ? p : sm_malloc(size);
 }
 
 static void mem_free(void *ptr, void *ud) {
@@ -763,14 +764,14 @@ static void *mem_calloc(size_t nmemb, size_t size, void *ud) {
     return NULL;
   size_t n = nmemb * size;
   void *p = n >= SESSION_BIG_MIN ? big_alloc(s, n) : NULL; /* fresh mappings are zeroed */
-  return p ? p : calloc(nmemb, size);
+  return p ? p : sm_calloc(nmemb, size);
 }
 
 static void *mem_realloc(void *ptr, size_t size, void *ud) {
   grpc_session *s = ud;
   int i = ptr ? big_find(s, ptr) : -1;
   if (i < 0 && size < SESSION_BIG_MIN)
-    return realloc(ptr, size);
+    return sm_realloc(ptr, size);
   if (i >= 0 && size <= s->big[i].len)
     return ptr;
   void *np = mem_malloc(size, ud);
@@ -794,7 +795,7 @@ static void trim(grpc_session *s) {
 
 int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *io, void *io_ud,
                         grpc_session **out) {
-  grpc_session *s = calloc(1, sizeof(*s));
+  grpc_session *s = sm_calloc(1, sizeof(*s));
   if (s == NULL)
     return SM_ENOMEM;
   s->cfg = cfg;

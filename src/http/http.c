@@ -1,6 +1,7 @@
 /* http.c - request/response memory, header lookup, serialization, percent-decoding. */
 #include "http/http.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <stdarg.h>
@@ -16,7 +17,7 @@ int http_buf_append(http_buf *b, const void *data, size_t n) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + n)
       cap *= 2;
-    char *p = realloc(b->p, cap);
+    char *p = sm_realloc(b->p, cap);
     if (p == NULL)
       return SM_ENOMEM;
     b->p = p;
@@ -37,7 +38,7 @@ int http_buf_printf(http_buf *b, const char *fmt, ...) {
     return SM_EINVAL;
   if ((size_t)n < sizeof(small))
     return http_buf_append(b, small, (size_t)n);
-  char *big = malloc((size_t)n + 1);
+  char *big = sm_malloc((size_t)n + 1);
   if (big == NULL)
     return SM_ENOMEM;
   va_start(ap, fmt);
@@ -61,7 +62,7 @@ struct http_arena_block {
 
 void *http_arena_alloc(http_arena *a, size_t n) {
   /* One block per allocation: a request makes a handful, so a bump allocator buys nothing. */
-  struct http_arena_block *b = malloc(sizeof(*b) + (n ? n : 1));
+  struct http_arena_block *b = sm_malloc(sizeof(*b) + (n ? n : 1));
   if (b == NULL)
     return NULL;
   b->next = a->head;
@@ -143,7 +144,7 @@ int http_response_header(http_response *res, const char *name, const char *value
 int http_response_set(http_response *res, int status, const char *content_type, const char *text,
                       size_t n) {
   http_response_finish(res);
-  char *body = malloc(n + 1);
+  char *body = sm_malloc(n + 1);
   if (body == NULL) {
     res->status = 500;
     res->content_type = "text/plain";
@@ -220,7 +221,7 @@ static void deferred_unref(http_deferred *d) {
 http_deferred *http_response_defer(http_response *res) {
   if (res->deferred != NULL)
     return NULL;
-  http_deferred *d = calloc(1, sizeof(*d));
+  http_deferred *d = sm_calloc(1, sizeof(*d));
   if (d == NULL)
     return NULL;
   d->refs = 2;

@@ -5,6 +5,7 @@
  */
 #include "http/http1.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <llhttp.h>
@@ -54,7 +55,7 @@ static int on_message_begin(llhttp_t *parser) {
   http1_parser *p = self_of(parser);
   http_request_free(p->req);
   http_buf_finish(&p->body);
-  p->req = calloc(1, sizeof(*p->req));
+  p->req = sm_calloc(1, sizeof(*p->req));
   if (p->req == NULL) {
     p->err_status = 500;
     return HPE_USER;
@@ -188,7 +189,7 @@ static int on_message_complete(llhttp_t *parser) {
 int http1_create(const http1_config *cfg, http1_parser **out) {
   if (cfg == NULL || cfg->on_request == NULL || cfg->max_header_bytes == 0)
     return SM_EINVAL;
-  http1_parser *p = calloc(1, sizeof(*p));
+  http1_parser *p = sm_calloc(1, sizeof(*p));
   if (p == NULL)
     return SM_ENOMEM;
   p->cfg = *cfg;

@@ -3,6 +3,7 @@
  * the parser so the callback (which may start the next request) runs outside llhttp_execute. */
 #include "loadtest/http_client.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <llhttp.h>
@@ -95,7 +96,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
     size_t cap = c->bcap ? c->bcap : 4096;
     while (cap < c->blen + n + 1)
       cap *= 2;
-    char *b = realloc(c->body, cap);
+    char *b = sm_realloc(c->body, cap);
     if (b == NULL) {
       c->too_big = 1;
       return 0;
@@ -164,7 +165,7 @@ static void on_written(uv_write_t *w, int status) {
 }
 
 static void send_out(lt_http *c) {
-  write_req *r = malloc(sizeof(*r) + c->outlen);
+  write_req *r = sm_malloc(sizeof(*r) + c->outlen);
   if (r == NULL) {
     fail(c, SM_ENOMEM);
     return;
@@ -268,7 +269,7 @@ static void on_timeout(uv_timer_t *t) {
 
 int lt_http_create(uv_loop_t *loop, const struct sockaddr *addr, const char *host,
                    const char *api_key, size_t max_body, double timeout_s, lt_http **out) {
-  lt_http *c = calloc(1, sizeof(*c));
+  lt_http *c = sm_calloc(1, sizeof(*c));
   if (c == NULL)
     return SM_ENOMEM;
   c->loop = loop;
@@ -304,7 +305,7 @@ int lt_http_request(lt_http *c, const char *method, const char *path, const char
       path, c->host, c->auth, body ? "Content-Type: application/json\r\n" : "", body ? len : 0);
   if (hl < 0 || (size_t)hl >= sizeof(head))
     return SM_EINVAL;
-  char *o = malloc((size_t)hl + (body ? len : 0));
+  char *o = sm_malloc((size_t)hl + (body ? len : 0));
   if (o == NULL)
     return SM_ENOMEM;
   memcpy(o, head, (size_t)hl);

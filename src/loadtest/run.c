@@ -19,6 +19,7 @@
 #include "client/opts.h"
 #include "loadtest/http_client.h"
 #include "mq/amqp.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -161,7 +162,7 @@ static uint64_t new_cmd(lt_run *r) {
       cap = LT_COMMANDS_MAX;
     if (cap <= r->ncmds)
       return UINT64_MAX;
-    lt_cmd *n = realloc(r->cmds, cap * sizeof(*n));
+    lt_cmd *n = sm_realloc(r->cmds, cap * sizeof(*n));
     if (n == NULL)
       return UINT64_MAX;
     memset(n + r->capcmds, 0, (cap - r->capcmds) * sizeof(*n));
@@ -197,7 +198,7 @@ static int append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
       return 0;
     }
     size_t nc = *cap * 2 + (size_t)n;
-    char *b = realloc(*buf, nc);
+    char *b = sm_realloc(*buf, nc);
     if (b == NULL)
       return SM_ENOMEM;
     *buf = b;
@@ -265,7 +266,7 @@ static void mark_final(lt_run *r, uint64_t i, int st, int64_t done_ms) {
 static void push_retry(lt_run *r, uint64_t i) {
   if (r->nretry == r->capretry) {
     size_t cap = r->capretry ? r->capretry * 2 : 256;
-    uint64_t *n = realloc(r->retry, cap * sizeof(*n));
+    uint64_t *n = sm_realloc(r->retry, cap * sizeof(*n));
     if (n == NULL) {
       r->cmds[i].state = S_REFUSED;
       err_kind(r, "out_of_memory");
@@ -357,7 +358,7 @@ static void submit_rest(lt_run *r) {
     if (n == 0)
       return;
     size_t cap = 256 * n + 64, len = 0;
-    char *body = malloc(cap);
+    char *body = sm_malloc(cap);
     int rc = body ? append(&body, &len, &cap, "[") : SM_ENOMEM;
     for (size_t k = 0; rc == 0 && k < n; k++) {
       rc = cmd_json(r, sc->batch[k], &body, &len, &cap);
@@ -410,7 +411,7 @@ static void submit_amqp(lt_run *r) {
   if (!mq_conn_is_up(r->mq))
     return;
   uint64_t allow = rate_allowance(r);
-  char *buf = malloc(512);
+  char *buf = sm_malloc(512);
   size_t cap = 512;
   while (buf && r->amqp_inflight < LT_AMQP_WINDOW) {
     uint64_t i;
@@ -421,7 +422,7 @@ static void submit_amqp(lt_run *r) {
     else
       break;
     size_t len = 0;
-    amqp_pub *p = malloc(sizeof(*p));
+    amqp_pub *p = sm_malloc(sizeof(*p));
     if (p == NULL || cmd_json(r, i, &buf, &len, &cap)) {
       free(p);
       push_retry(r, i);
@@ -706,7 +707,7 @@ static void compute_report(lt_run *r) {
   rep->agents_connected = r->connected_start;
   rep->agents_connected_end = connected_now(r);
   rep->crashed_agents = r->crashed ? r->crash_agents : 0;
-  double *lat = malloc((r->finals + 1) * sizeof(double));
+  double *lat = sm_malloc((r->finals + 1) * sizeof(double));
   uint64_t nl = 0;
   uint64_t by[NSTATUS] = {0};
   for (uint64_t i = 0; i < r->ncmds; i++) {
@@ -935,7 +936,7 @@ static int resolve_api(lt_run *r, char *err, size_t errlen) {
 
 int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run **out, char *err,
                   size_t errlen) {
-  lt_run *r = calloc(1, sizeof(*r));
+  lt_run *r = sm_calloc(1, sizeof(*r));
   if (r == NULL) {
     snprintf(err, errlen, "out of memory");
     return SM_ENOMEM;
@@ -958,7 +959,7 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
     r->nconns = s->connections < LT_CONNS_MAX ? s->connections : LT_CONNS_MAX;
     for (size_t c = 0; rc == 0 && c < r->nconns; c++) {
       r->conns[c].run = r;
-      r->conns[c].batch = calloc(s->batch, sizeof(uint64_t));
+      r->conns[c].batch = sm_calloc(s->batch, sizeof(uint64_t));
       rc = r->conns[c].batch
                ? lt_http_create(loop, sa, r->api_host, s->api_key, 16u << 20, 30, &r->conns[c].http)
                : SM_ENOMEM;

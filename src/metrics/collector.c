@@ -3,6 +3,7 @@
  * of series. */
 #include "metrics/collector.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/map.h"
 
@@ -76,7 +77,7 @@ static void ob_grow(obuf *b, size_t need) {
   size_t cap = b->cap ? b->cap : 4096;
   while (cap < b->len + need + 1)
     cap *= 2;
-  char *np = cap > OUT_MAX ? NULL : realloc(b->p, cap);
+  char *np = cap > OUT_MAX ? NULL : sm_realloc(b->p, cap);
   if (np == NULL) {
     b->failed = 1;
     return;
@@ -184,7 +185,7 @@ static struct series *lookup(metrics_family *f, const char *const *values, int c
 /* ---- registry ---- */
 
 int metrics_registry_create(metrics_registry **out) {
-  metrics_registry *r = calloc(1, sizeof(*r));
+  metrics_registry *r = sm_calloc(1, sizeof(*r));
   if (r == NULL)
     return SM_ENOMEM;
   static const char *const lab[] = {"family"};
@@ -267,17 +268,17 @@ int metrics_register(metrics_registry *r, const metrics_desc *d, metrics_family 
     return SM_EEXIST;
   if (r->nfam >= METRICS_MAX_FAMILIES)
     return SM_ELIMIT;
-  metrics_family *f = calloc(1, sizeof(*f));
+  metrics_family *f = sm_calloc(1, sizeof(*f));
   if (f == NULL)
     return SM_ENOMEM;
   f->reg = r;
   f->type = d->type;
-  f->name = strdup(d->name);
-  f->help = strdup(d->help ? d->help : "");
+  f->name = sm_strdup(d->name);
+  f->help = sm_strdup(d->help ? d->help : "");
   f->nlabels = d->nlabels;
   int bad = f->name == NULL || f->help == NULL;
   for (size_t i = 0; i < d->nlabels; i++) {
-    f->labels[i] = strdup(d->labels[i]);
+    f->labels[i] = sm_strdup(d->labels[i]);
     bad |= f->labels[i] == NULL;
   }
   if (bad) {
@@ -323,7 +324,7 @@ static char *make_key(char vals[][METRICS_LABEL_VALUE_MAX + 1], size_t n, size_t
   size_t total = 1;
   for (size_t i = 0; i < n; i++)
     total += strlen(vals[i]) + 8;
-  char *k = malloc(total);
+  char *k = sm_malloc(total);
   if (k == NULL)
     return NULL;
   size_t o = 0;
@@ -335,26 +336,26 @@ static char *make_key(char vals[][METRICS_LABEL_VALUE_MAX + 1], size_t n, size_t
 
 static series *series_new(metrics_family *f, char vals[][METRICS_LABEL_VALUE_MAX + 1], char *key,
                           size_t klen) {
-  series *s = calloc(1, sizeof(*s));
+  series *s = sm_calloc(1, sizeof(*s));
   if (s == NULL)
     return NULL;
   s->key = key;
   s->klen = klen;
   int bad = 0;
   for (size_t i = 0; i < f->nlabels; i++) {
-    s->values[i] = strdup(vals[i]);
+    s->values[i] = sm_strdup(vals[i]);
     bad |= s->values[i] == NULL;
   }
   if (f->type == METRICS_HISTOGRAM) {
-    s->buckets = calloc(f->nbuckets + 1, sizeof(uint64_t));
+    s->buckets = sm_calloc(f->nbuckets + 1, sizeof(uint64_t));
     bad |= s->buckets == NULL;
   } else if (f->type == METRICS_SUMMARY) {
-    s->window = calloc(METRICS_SUMMARY_WINDOW, sizeof(double));
+    s->window = sm_calloc(METRICS_SUMMARY_WINDOW, sizeof(double));
     bad |= s->window == NULL;
   }
   if (!bad && f->nseries == f->cap) {
     size_t cap = f->cap ? f->cap * 2 : 8;
-    series **np = realloc(f->series, cap * sizeof(*np));
+    series **np = sm_realloc(f->series, cap * sizeof(*np));
     if (np == NULL) {
       bad = 1;
     } else {
@@ -626,7 +627,7 @@ int metrics_collect_text(metrics_registry *r, char **out, size_t *len) {
   metrics_family *sorted[METRICS_MAX_FAMILIES];
   memcpy(sorted, r->fam, r->nfam * sizeof(*sorted));
   qsort(sorted, r->nfam, sizeof(*sorted), cmp_family);
-  double *tmp = malloc(METRICS_SUMMARY_WINDOW * sizeof(double));
+  double *tmp = sm_malloc(METRICS_SUMMARY_WINDOW * sizeof(double));
   obuf b = {0};
   if (tmp == NULL)
     b.failed = 1;

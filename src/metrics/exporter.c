@@ -12,6 +12,7 @@
 #include "http/http.h"
 #include "http/http1.h"
 #include "net/tcp.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -92,7 +93,7 @@ static int on_request(void *ud, http_request *req) {
 
 static int on_open(net_conn *c) {
   metrics_exporter *e = net_listener_data(net_conn_listener(c));
-  mconn *mc = calloc(1, sizeof(*mc));
+  mconn *mc = sm_calloc(1, sizeof(*mc));
   if (mc == NULL)
     return SM_ENOMEM;
   mc->e = e;
@@ -164,7 +165,7 @@ int metrics_exporter_create(uv_loop_t *loop, const char *addr, metrics_registry 
                             metrics_exporter **out) {
   if (addr == NULL || reg == NULL)
     return SM_EINVAL;
-  metrics_exporter *e = calloc(1, sizeof(*e));
+  metrics_exporter *e = sm_calloc(1, sizeof(*e));
   if (e == NULL)
     return SM_ENOMEM;
   e->reg = reg;

@@ -8,6 +8,7 @@
 #include "metrics/exporter.h"
 #include "mq/amqp.h"
 #include "store/store.h"
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <stdio.h>
@@ -220,7 +221,7 @@ static int register_all(metrics *mt) {
 }
 
 int metrics_create(uv_loop_t *loop, struct sm_manager *m, metrics **out) {
-  metrics *mt = calloc(1, sizeof(*mt));
+  metrics *mt = sm_calloc(1, sizeof(*mt));
   if (mt == NULL)
     return SM_ENOMEM;
   mt->m = m;

@@ -2,7 +2,7 @@
  * mirror (one place decides how an agent looks outside the process). */
 #include "model/agent_json.h"
 
-#include "core/registry.h"
+#include "model/agent.h"
 #include "util/timeutil.h"
 
 #include <string.h>

@@ -1,7 +1,7 @@
 /* command.c - the command record: validation, JSON forms, ids, statuses. */
 #include "model/command.h"
 
-#include "sched/strategy.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/timeutil.h"
 
@@ -128,7 +128,7 @@ int command_time_parse(const char *s, int64_t *out_ms) {
 /* ---- memory ------------------------------------------------------------------------------- */
 
 sm_command *command_new(void) {
-  sm_command *c = calloc(1, sizeof(*c));
+  sm_command *c = sm_calloc(1, sizeof(*c));
   if (c != NULL)
     c->priority = 5;
   return c;
@@ -195,7 +195,7 @@ static int kvs_dup(sm_kv **dst, size_t *ndst, const sm_kv *src, size_t n) {
   *ndst = 0;
   if (n == 0)
     return 0;
-  sm_kv *kv = calloc(n, sizeof(*kv));
+  sm_kv *kv = sm_calloc(n, sizeof(*kv));
   if (kv == NULL)
     return SM_ENOMEM;
   for (size_t i = 0; i < n; i++) {
@@ -231,7 +231,7 @@ int command_set_result(sm_command *c, const char *status, const sm_kv *data, siz
 int command_add_child(sm_command *c, const char *id) {
   if (c->nchildren >= COMMAND_MAX_CHILDREN)
     return SM_ELIMIT;
-  char **n = realloc(c->children, (c->nchildren + 1) * sizeof(*n));
+  char **n = sm_realloc(c->children, (c->nchildren + 1) * sizeof(*n));
   if (n == NULL)
     return SM_ENOMEM;
   c->children = n;
@@ -349,7 +349,7 @@ static int get_map(const cJSON *obj, const char *name, sm_kv **dst, size_t *ndst
     return 0;
   if (n > COMMAND_MAX_PARAMS)
     return fail(err, errlen, SM_ETOOBIG, "%s: more than %d entries", name, COMMAND_MAX_PARAMS);
-  sm_kv *kv = calloc(n, sizeof(*kv));
+  sm_kv *kv = sm_calloc(n, sizeof(*kv));
   if (kv == NULL)
     return SM_ENOMEM;
   size_t i = 0;
@@ -397,8 +397,8 @@ static int get_map(const cJSON *obj, const char *name, sm_kv **dst, size_t *ndst
       break;
     }
     *total += strlen(key) + vlen;
-    kv[i].key = strdup(key);
-    kv[i].value = strdup(val);
+    kv[i].key = sm_strdup(key);
+    kv[i].value = sm_strdup(val);
     i++;
     if (kv[i - 1].key == NULL || kv[i - 1].value == NULL) {
       rc = SM_ENOMEM;
@@ -425,6 +425,20 @@ static int get_int(const cJSON *obj, const char *name, long long lo, long long h
     return fail(err, errlen, SM_EINVAL, "%s: must be an integer %lld..%lld", name, lo, hi);
   *present = 1;
   *out = (long long)it->valuedouble;
+  return 0;
+}
+
+static const char *const strategy_names[] = {
+    "round_robin", "least_loaded", "capability_match", "weighted", "adaptive", "locality", NULL};
+
+const char *const *command_strategy_names(void) {
+  return strategy_names;
+}
+
+int command_strategy_known(const char *name) {
+  for (size_t i = 0; name && *name && strategy_names[i]; i++)
+    if (strcmp(strategy_names[i], name) == 0)
+      return 1;
   return 0;
 }
 
@@ -469,7 +483,7 @@ int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen)
   }
   if (!rc)
     rc = get_string(json, "strategy", COMMAND_MAX_TYPE, 0, &c->strategy, &total, err, errlen);
-  if (!rc && c->strategy && !sched_strategy_known(c->strategy))
+  if (!rc && c->strategy && !command_strategy_known(c->strategy))
     rc = fail(err, errlen, SM_EINVAL,
               "strategy: unknown (round_robin, least_loaded, capability_match, weighted, "
               "adaptive, locality)");
@@ -672,7 +686,7 @@ static int read_map(const cJSON *o, const char *k, sm_kv **dst, size_t *n) {
   size_t cnt = (size_t)cJSON_GetArraySize(m), i = 0;
   if (cnt == 0)
     return 0;
-  sm_kv *kv = calloc(cnt, sizeof(*kv));
+  sm_kv *kv = sm_calloc(cnt, sizeof(*kv));
   if (kv == NULL)
     return SM_ENOMEM;
   const cJSON *it;
@@ -681,8 +695,8 @@ static int read_map(const cJSON *o, const char *k, sm_kv **dst, size_t *n) {
       kvs_free(kv, i);
       return SM_EPARSE;
     }
-    kv[i].key = strdup(it->string);
-    kv[i].value = strdup(it->valuestring);
+    kv[i].key = sm_strdup(it->string);
+    kv[i].value = sm_strdup(it->valuestring);
     i++;
     if (!kv[i - 1].key || !kv[i - 1].value) {
       kvs_free(kv, i);

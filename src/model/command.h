@@ -114,6 +114,13 @@ void command_free(sm_command *c);
 /* A deep copy, or NULL when out of memory. */
 sm_command *command_clone(const sm_command *c);
 
+/* The placement strategies a command may name (CONTRACT.md LOAD_BALANCING_STRATEGY), NULL-
+ * terminated; sched/ has one strategy for each (its tests check that they agree). */
+const char *const *command_strategy_names(void);
+
+/* Whether name is one of them. NULL and "" are not. */
+int command_strategy_known(const char *name);
+
 /* Parses and validates a submitted command (CONTRACT.md fields; unknown fields are ignored).
  * On failure writes "field: reason" into err (e.g. "type: required") and returns SM_EINVAL,
  * SM_ETOOBIG (a limit above, the message names it) or SM_ENOMEM. On success *out is a new

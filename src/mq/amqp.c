@@ -16,6 +16,7 @@
  */
 #include "mq/amqp.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -155,7 +156,7 @@ struct mq_conn {
 
 static char *mq_strdup(const char *s) {
   size_t n = strlen(s);
-  char *p = malloc(n + 1);
+  char *p = sm_malloc(n + 1);
   if (p)
     memcpy(p, s, n + 1);
   return p;
@@ -391,7 +392,7 @@ static void mq_content_header(mq_conn *c, amqp_frame_t *f) {
     }
   }
   size_t keep = c->in.size < c->max_message_bytes ? c->in.size : c->max_message_bytes;
-  c->in.body = malloc(keep ? keep : 1);
+  c->in.body = sm_malloc(keep ? keep : 1);
   if (!c->in.body) {
     mq_drop(c, SM_ENOMEM);
     return;
@@ -936,7 +937,7 @@ static void mq_try_next_address(mq_conn *c) {
       close(fd);
       continue;
     }
-    mq_sock *s = calloc(1, sizeof *s);
+    mq_sock *s = sm_calloc(1, sizeof *s);
     if (!s || uv_poll_init(c->loop, &s->poll, fd) != 0) {
       free(s);
       close(fd);
@@ -1043,7 +1044,7 @@ static void mq_maybe_free(mq_conn *c) {
 int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   if (!loop || !opts || !opts->url || !out)
     return SM_EINVAL;
-  mq_conn *c = calloc(1, sizeof *c);
+  mq_conn *c = sm_calloc(1, sizeof *c);
   if (!c)
     return SM_ENOMEM;
   c->loop = loop;
@@ -1052,7 +1053,7 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   c->url_buf = mq_strdup(opts->url);
   c->cmd_q = mq_strdup(cq);
   c->res_q = mq_strdup(rq);
-  c->dlq = malloc(strlen(cq) + 5);
+  c->dlq = sm_malloc(strlen(cq) + 5);
   if (!c->url_buf || !c->cmd_q || !c->res_q || !c->dlq) {
     free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
     return SM_ENOMEM;
@@ -1197,7 +1198,7 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
     return SM_ECLOSED;
   if (c->n_pending >= c->max_unconfirmed)
     return SM_ELIMIT;
-  mq_pending *p = calloc(1, sizeof *p);
+  mq_pending *p = sm_calloc(1, sizeof *p);
   if (!p)
     return SM_ENOMEM;
   amqp_basic_properties_t bp;
@@ -1227,7 +1228,7 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
     }
     if (props->n_headers) {
       if (props->n_headers > 16) {
-        entries = calloc(props->n_headers, sizeof *entries);
+        entries = sm_calloc(props->n_headers, sizeof *entries);
         if (!entries) {
           free(p);
           return SM_ENOMEM;

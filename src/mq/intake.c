@@ -1,6 +1,7 @@
 /* intake.c - the command intake consumer on top of the adapter (see intake.h). */
 #include "mq/intake.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/map.h"
@@ -55,8 +56,8 @@ static mq_rec *mq_rec_new(const mq_message *m) {
                  m->props.reply_to.len + m->props.correlation_id.len + m->props.message_id.len;
   for (size_t i = 0; i < nh; i++)
     total += m->props.headers[i].key.len + m->props.headers[i].value.len;
-  mq_rec *r = calloc(1, sizeof *r);
-  char *mem = malloc(total ? total : 1);
+  mq_rec *r = sm_calloc(1, sizeof *r);
+  char *mem = sm_malloc(total ? total : 1);
   if (!r || !mem) {
     free(r);
     free(mem);
@@ -220,7 +221,7 @@ static int mq_dlq_publish(mq_intake *in, mq_rec *r, const char *reason) {
   props.headers = hs;
   props.n_headers = nh;
   props.persistent = 1;
-  mq_dlq_op *op = calloc(1, sizeof *op);
+  mq_dlq_op *op = sm_calloc(1, sizeof *op);
   if (!op)
     return SM_ENOMEM;
   op->in = in;
@@ -242,7 +243,7 @@ static int mq_dlq_publish(mq_intake *in, mq_rec *r, const char *reason) {
 int mq_intake_create(mq_conn *c, uint16_t prefetch, mq_intake_cb cb, void *ud, mq_intake **out) {
   if (!c || !cb || !out)
     return SM_EINVAL;
-  mq_intake *in = calloc(1, sizeof *in);
+  mq_intake *in = sm_calloc(1, sizeof *in);
   if (!in)
     return SM_ENOMEM;
   in->conn = c;

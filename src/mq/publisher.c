@@ -1,6 +1,7 @@
 /* publisher.c - bounded, confirmed result publishing on top of the adapter. */
 #include "mq/publisher.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -81,7 +82,7 @@ static void mq_pub_on_state(mq_conn *c, int up, int err, void *ud) {
 int mq_publisher_create(mq_conn *c, size_t window, mq_publisher **out) {
   if (!c || !out)
     return SM_EINVAL;
-  mq_publisher *p = calloc(1, sizeof *p);
+  mq_publisher *p = sm_calloc(1, sizeof *p);
   if (!p)
     return SM_ENOMEM;
   p->conn = c;
@@ -127,7 +128,7 @@ int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body, mq_s
     p->stats.refused++;
     return SM_ELIMIT;
   }
-  mq_pub_op *op = calloc(1, sizeof *op);
+  mq_pub_op *op = sm_calloc(1, sizeof *op);
   if (!op)
     return SM_ENOMEM;
   op->p = p;

@@ -2,6 +2,7 @@
 #include "net/tcp.h"
 
 #include "app/settings.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -123,7 +124,7 @@ static uint8_t *pending_reserve(net_conn *c, size_t need) {
     size_t cap = w ? w->cap * 2 : WBUF_MIN;
     while (cap < len + need)
       cap *= 2;
-    net_wbuf *nw = realloc(w, sizeof(*nw) + cap);
+    net_wbuf *nw = sm_realloc(w, sizeof(*nw) + cap);
     if (nw == NULL)
       return NULL;
     if (w == NULL)
@@ -212,7 +213,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   net_conn *c = h->data;
   net_listener *l = c->l;
   if (l->rbuf == NULL)
-    l->rbuf = malloc(READ_BUF_SIZE);
+    l->rbuf = sm_malloc(READ_BUF_SIZE);
   *buf = uv_buf_init((char *)l->rbuf, l->rbuf ? READ_BUF_SIZE : 0);
 }
 
@@ -261,7 +262,7 @@ static void tls_input(net_conn *c, const uint8_t *data, size_t len) {
     if (c->closed)
       return;
   }
-  if (l->pbuf == NULL && (l->pbuf = malloc(PLAIN_BUF_SIZE)) == NULL) {
+  if (l->pbuf == NULL && (l->pbuf = sm_malloc(PLAIN_BUF_SIZE)) == NULL) {
     conn_close_now(c, SM_ENOMEM);
     return;
   }
@@ -569,7 +570,7 @@ static void peer_name(uv_tcp_t *tcp, char *out, size_t cap) {
 }
 
 static void refuse(net_listener *l, uv_stream_t *server) {
-  uv_tcp_t *t = malloc(sizeof(*t));
+  uv_tcp_t *t = sm_malloc(sizeof(*t));
   if (t == NULL)
     return;
   uv_tcp_init(l->loop, t);
@@ -597,7 +598,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     refuse(l, server);
     return;
   }
-  net_conn *c = calloc(1, sizeof(*c));
+  net_conn *c = sm_calloc(1, sizeof(*c));
   if (c == NULL) {
     refuse(l, server);
     return;
@@ -645,13 +646,13 @@ int net_listener_create(uv_loop_t *loop, const net_listener_config *cfg, net_lis
   if (cfg->addr == NULL || cfg->ops == NULL || cfg->ops->on_read == NULL ||
       cfg->max_connections == 0 || cfg->max_output_bytes == 0)
     return SM_EINVAL;
-  net_listener *l = calloc(1, sizeof(*l));
+  net_listener *l = sm_calloc(1, sizeof(*l));
   if (l == NULL)
     return SM_ENOMEM;
   l->loop = loop;
   l->cfg = *cfg;
-  l->cfg.addr = strdup(cfg->addr);
-  l->cfg.name = strdup(cfg->name ? cfg->name : "net");
+  l->cfg.addr = sm_strdup(cfg->addr);
+  l->cfg.name = sm_strdup(cfg->name ? cfg->name : "net");
   if (l->cfg.addr == NULL || l->cfg.name == NULL) {
     free((char *)l->cfg.addr);
     free((char *)l->cfg.name);

@@ -1,6 +1,7 @@
 /* tls.c - the OpenSSL adapter: TLS sessions over memory BIOs (see tls.h). */
 #include "net/tls.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -104,7 +105,7 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 }
 
 static int ctx_new(int server, net_tls_ctx **out) {
-  net_tls_ctx *c = calloc(1, sizeof(*c));
+  net_tls_ctx *c = sm_calloc(1, sizeof(*c));
   if (c == NULL)
     return SM_ENOMEM;
   c->server = server;
@@ -217,7 +218,7 @@ static BIO *mem_bio(void) {
 }
 
 int net_tls_create(net_tls_ctx *ctx, const char *server_name, net_tls **out) {
-  net_tls *t = calloc(1, sizeof(*t));
+  net_tls *t = sm_calloc(1, sizeof(*t));
   if (t == NULL)
     return SM_ENOMEM;
   t->server = ctx->server;

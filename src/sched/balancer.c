@@ -1,6 +1,7 @@
 /* balancer.c - the load balancer's indexes (see balancer.h). */
 #include "sched/balancer.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/map.h"
@@ -199,8 +200,8 @@ static void seg_join(sched_lb *lb, sched_rec *r) {
   seg_key(addr, v6, len, r->segkey);
   seg_group *g = sm_map_get(&lb->segs, (const char *)r->segkey, SEGKEY_LEN);
   if (g == NULL) {
-    g = calloc(1, sizeof(*g));
-    if (g == NULL || (g->seg = malloc(SEGKEY_LEN)) == NULL ||
+    g = sm_calloc(1, sizeof(*g));
+    if (g == NULL || (g->seg = sm_malloc(SEGKEY_LEN)) == NULL ||
         (memcpy(g->seg, r->segkey, SEGKEY_LEN), 0) ||
         sm_map_put(&lb->segs, g->seg, SEGKEY_LEN, g) != 0) {
       if (g)
@@ -212,7 +213,7 @@ static void seg_join(sched_lb *lb, sched_rec *r) {
   }
   if (g->n == g->cap) {
     size_t nc = g->cap ? g->cap * 2 : 4;
-    sched_rec **n = realloc(g->recs, nc * sizeof(*n));
+    sched_rec **n = sm_realloc(g->recs, nc * sizeof(*n));
     if (n == NULL) {
       r->seg[0] = '\0';
       return;
@@ -352,7 +353,7 @@ static int hinsert(sched_pool *p, sched_ord o, sched_node *n) {
     return 0;
   if (p->hlen[o] == p->hcap[o]) {
     size_t nc = p->hcap[o] ? p->hcap[o] * 2 : 8;
-    hent *h = realloc(p->heap[o], nc * sizeof(*h));
+    hent *h = sm_realloc(p->heap[o], nc * sizeof(*h));
     if (h == NULL)
       return SM_ENOMEM;
     p->heap[o] = h;
@@ -421,12 +422,12 @@ static void node_heaps(sched_lb *lb, sched_node *n, int in) {
 }
 
 static int node_add(sched_lb *lb, sched_pool *p, sched_rec *r) {
-  sched_node *n = calloc(1, sizeof(*n));
+  sched_node *n = sm_calloc(1, sizeof(*n));
   if (n == NULL)
     return SM_ENOMEM;
   if (p->nmembers == p->cmembers) {
     size_t nc = p->cmembers ? p->cmembers * 2 : 8;
-    sched_node **m = realloc(p->members, nc * sizeof(*m));
+    sched_node **m = sm_realloc(p->members, nc * sizeof(*m));
     if (m == NULL) {
       free(n);
       return SM_ENOMEM;
@@ -436,7 +437,7 @@ static int node_add(sched_lb *lb, sched_pool *p, sched_rec *r) {
   }
   if (r->nnodes == r->cnodes) {
     size_t nc = r->cnodes ? r->cnodes * 2 : 4;
-    sched_node **m = realloc(r->nodes, nc * sizeof(*m));
+    sched_node **m = sm_realloc(r->nodes, nc * sizeof(*m));
     if (m == NULL) {
       free(n);
       return SM_ENOMEM;
@@ -477,8 +478,8 @@ static bucket *bucket_get(sched_lb *lb, const char *key, int create) {
   bucket *b = sm_map_get(&lb->buckets, key, strlen(key));
   if (b || !create)
     return b;
-  b = calloc(1, sizeof(*b));
-  if (b == NULL || (b->key = strdup(key)) == NULL ||
+  b = sm_calloc(1, sizeof(*b));
+  if (b == NULL || (b->key = sm_strdup(key)) == NULL ||
       sm_map_put(&lb->buckets, b->key, strlen(b->key), b) != 0) {
     if (b)
       free(b->key);
@@ -589,12 +590,12 @@ static sched_pool *pool_get(sched_lb *lb, const sm_kv *caps, size_t ncaps, const
   }
   if (lb->pools.len >= SCHED_POOLS_MAX)
     pool_evict_lru(lb);
-  p = calloc(1, sizeof(*p));
+  p = sm_calloc(1, sizeof(*p));
   if (p == NULL)
     return NULL;
   p->used = lb->clock;
-  p->sig = malloc(len + 1);
-  p->reqs = calloc(ncaps ? ncaps : 1, sizeof(*p->reqs));
+  p->sig = sm_malloc(len + 1);
+  p->reqs = sm_calloc(ncaps ? ncaps : 1, sizeof(*p->reqs));
   if (p->sig == NULL || p->reqs == NULL)
     goto oom;
   memcpy(p->sig, buf, len);
@@ -602,15 +603,15 @@ static sched_pool *pool_get(sched_lb *lb, const sm_kv *caps, size_t ncaps, const
   for (size_t i = 0; i < ncaps; i++) {
     /* a repeated key: keep one requirement per key (both must hold; equal values only) */
     const char *v = want_value(sorted[i].value);
-    p->reqs[p->nreqs].key = strdup(sorted[i].key);
-    p->reqs[p->nreqs].value = v ? strdup(v) : NULL;
+    p->reqs[p->nreqs].key = sm_strdup(sorted[i].key);
+    p->reqs[p->nreqs].value = v ? sm_strdup(v) : NULL;
     if (p->reqs[p->nreqs].key == NULL || (v && p->reqs[p->nreqs].value == NULL)) {
       free((char *)p->reqs[p->nreqs].key);
       goto oom;
     }
     p->nreqs++;
   }
-  if (seg && (p->seg = strdup(seg)) == NULL)
+  if (seg && (p->seg = sm_strdup(seg)) == NULL)
     goto oom;
   char anchor[SIG_MAX];
   if (seg)
@@ -619,14 +620,14 @@ static sched_pool *pool_get(sched_lb *lb, const sm_kv *caps, size_t ncaps, const
     snprintf(anchor, sizeof(anchor), "k:%s", p->reqs[0].key);
   else
     anchor[0] = '\0';
-  if ((p->anchor = strdup(anchor)) == NULL)
+  if ((p->anchor = sm_strdup(anchor)) == NULL)
     goto oom;
   bucket *b = bucket_get(lb, anchor, 1);
   if (b == NULL)
     goto oom;
   if (b->n == b->cap) {
     size_t nc = b->cap ? b->cap * 2 : 4;
-    sched_pool **np = realloc(b->pools, nc * sizeof(*np));
+    sched_pool **np = sm_realloc(b->pools, nc * sizeof(*np));
     if (np == NULL)
       goto oom;
     b->pools = np;
@@ -764,14 +765,14 @@ int sched_lb_register(sched_lb *lb, agent *a) {
   }
   if (lb->nrecs == lb->crecs) {
     size_t nc = lb->crecs ? lb->crecs * 2 : 64;
-    sched_rec **nr = realloc(lb->recs, nc * sizeof(*nr));
+    sched_rec **nr = sm_realloc(lb->recs, nc * sizeof(*nr));
     if (nr == NULL)
       return SM_ENOMEM;
     lb->recs = nr;
     lb->crecs = nc;
   }
-  r = calloc(1, sizeof(*r));
-  if (r == NULL || (r->id = strdup(a->id)) == NULL ||
+  r = sm_calloc(1, sizeof(*r));
+  if (r == NULL || (r->id = sm_strdup(a->id)) == NULL ||
       sm_map_put(&lb->by_id, r->id, strlen(r->id), r) != 0) {
     if (r)
       free(r->id);
@@ -985,7 +986,7 @@ size_t sched_lb_candidates(sched_lb *lb, const sched_request *req, sched_ord o, 
     return 0;
   /* best-first walk of the heap: a small frontier heap of positions */
   size_t fcap = 2 * max + 2, flen = 0, n = 0;
-  size_t *fr = malloc(fcap * sizeof(*fr));
+  size_t *fr = sm_malloc(fcap * sizeof(*fr));
   if (fr == NULL)
     return 0;
   hent *h = p->heap[o];
@@ -1056,7 +1057,7 @@ static int dcmp(const void *x, const void *y) {
  * reliability. Bounded so a slow or failing agent keeps a trickle (it must be able to show it
  * recovered) and a fast one cannot take everything. */
 static void ad_compute(ad_job *j) {
-  double *t = malloc((j->n ? j->n : 1) * sizeof(*t));
+  double *t = sm_malloc((j->n ? j->n : 1) * sizeof(*t));
   size_t nt = 0;
   for (size_t i = 0; t && i < j->n; i++)
     if (j->in[i].samples)
@@ -1091,16 +1092,16 @@ static void ad_job_free(ad_job *j) {
 }
 
 static ad_job *ad_snapshot(sched_lb *lb) {
-  ad_job *j = calloc(1, sizeof(*j));
+  ad_job *j = sm_calloc(1, sizeof(*j));
   if (j == NULL)
     return NULL;
   size_t bytes = 0;
   for (size_t i = 0; i < lb->nrecs; i++)
     bytes += strlen(lb->recs[i]->id) + 1;
   j->n = lb->nrecs;
-  j->in = calloc(j->n ? j->n : 1, sizeof(*j->in));
-  j->out = calloc(j->n ? j->n : 1, sizeof(*j->out));
-  j->ids = malloc(bytes ? bytes : 1);
+  j->in = sm_calloc(j->n ? j->n : 1, sizeof(*j->in));
+  j->out = sm_calloc(j->n ? j->n : 1, sizeof(*j->out));
+  j->ids = sm_malloc(bytes ? bytes : 1);
   if (!j->in || !j->out || !j->ids) {
     ad_job_free(j);
     return NULL;
@@ -1186,7 +1187,7 @@ static void recompute_tick(uv_timer_t *t) {
 int sched_lb_create(uv_loop_t *loop, const sched_lb_config *cfg, sched_lb **out) {
   if (loop == NULL)
     return SM_EINVAL;
-  sched_lb *lb = calloc(1, sizeof(*lb));
+  sched_lb *lb = sm_calloc(1, sizeof(*lb));
   if (lb == NULL)
     return SM_ENOMEM;
   lb->loop = loop;
@@ -1202,7 +1203,7 @@ int sched_lb_create(uv_loop_t *loop, const sched_lb_config *cfg, sched_lb **out)
   sm_map_init(&lb->pools, 0);
   sm_map_init(&lb->buckets, 0);
   sm_map_init(&lb->segs, 0);
-  lb->timer = malloc(sizeof(*lb->timer));
+  lb->timer = sm_malloc(sizeof(*lb->timer));
   if (lb->timer == NULL) {
     sched_lb_destroy(lb);
     return SM_ENOMEM;

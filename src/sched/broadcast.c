@@ -1,6 +1,7 @@
 /* broadcast.c - broadcast planning over a snapshot on the uv work queue (see broadcast.h). */
 #include "sched/broadcast.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/map.h"
 #include "util/semver.h"
@@ -60,7 +61,7 @@ static int ar_put(bc_arena *a, const char *s, size_t *off) {
     size_t nc = a->cap ? a->cap : 65536;
     while (nc < a->len + l)
       nc *= 2;
-    char *n = realloc(a->buf, nc);
+    char *n = sm_realloc(a->buf, nc);
     if (n == NULL)
       return SM_ENOMEM;
     a->buf = n;
@@ -103,7 +104,7 @@ static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
   if (f && f->min_version && *f->min_version && ar_put(&j->ar, f->min_version, &j->fver_off))
     return SM_ENOMEM;
   if (f && f->ncaps) {
-    j->fcaps = calloc(2 * f->ncaps, sizeof(*j->fcaps));
+    j->fcaps = sm_calloc(2 * f->ncaps, sizeof(*j->fcaps));
     if (j->fcaps == NULL)
       return SM_ENOMEM;
     for (size_t k = 0; k < f->ncaps; k++) {
@@ -177,7 +178,7 @@ static void plan_work(uv_work_t *w) {
     }
     wp = &want;
   }
-  size_t *hit = malloc((j->n ? j->n : 1) * sizeof(*hit));
+  size_t *hit = sm_malloc((j->n ? j->n : 1) * sizeof(*hit));
   if (hit == NULL) {
     j->err = SM_ENOMEM;
     return;
@@ -189,11 +190,11 @@ static void plan_work(uv_work_t *w) {
       bytes += strlen(j->ar.buf + j->agents[i].id_off) + 1;
     }
   }
-  sched_bcast_plan *p = calloc(1, sizeof(*p));
-  if (p == NULL || !(p->agent_id = calloc(nh ? nh : 1, sizeof(*p->agent_id))) ||
-      !(p->generation = calloc(nh ? nh : 1, sizeof(*p->generation))) ||
-      !(p->child_id = calloc(nh ? nh : 1, sizeof(*p->child_id))) ||
-      !(p->arena_ = malloc(bytes ? bytes : 1))) {
+  sched_bcast_plan *p = sm_calloc(1, sizeof(*p));
+  if (p == NULL || !(p->agent_id = sm_calloc(nh ? nh : 1, sizeof(*p->agent_id))) ||
+      !(p->generation = sm_calloc(nh ? nh : 1, sizeof(*p->generation))) ||
+      !(p->child_id = sm_calloc(nh ? nh : 1, sizeof(*p->child_id))) ||
+      !(p->arena_ = sm_malloc(bytes ? bytes : 1))) {
     sched_bcast_plan_free(p);
     free(hit);
     j->err = SM_ENOMEM;
@@ -279,7 +280,7 @@ static void snap_step(uv_idle_t *h) {
 
 int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *f, size_t max,
                       sched_bcast_cb cb, void *ud, sched_bcast_job **out) {
-  sched_bcast_job *j = calloc(1, sizeof(*j));
+  sched_bcast_job *j = sm_calloc(1, sizeof(*j));
   if (j == NULL)
     return SM_ENOMEM;
   j->loop = loop;
@@ -289,12 +290,12 @@ int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *
   sm_map_init(&j->dead, 0);
   size_t n = agent_registry_count(reg);
   j->nptrs = n;
-  j->ptrs = malloc((n ? n : 1) * sizeof(*j->ptrs));
-  j->agents = calloc(n ? n : 1, sizeof(*j->agents));
-  j->idle = malloc(sizeof(*j->idle));
+  j->ptrs = sm_malloc((n ? n : 1) * sizeof(*j->ptrs));
+  j->agents = sm_calloc(n ? n : 1, sizeof(*j->agents));
+  j->idle = sm_malloc(sizeof(*j->idle));
   int err = j->ptrs && j->agents && j->idle ? copy_filter(j, f) : SM_ENOMEM;
   if (err == 0 && j->nfcaps &&
-      (j->vals = malloc((n ? n : 1) * j->nfcaps * sizeof(*j->vals))) == NULL)
+      (j->vals = sm_malloc((n ? n : 1) * j->nfcaps * sizeof(*j->vals))) == NULL)
     err = SM_ENOMEM;
   if (err) {
     free(j->idle);
@@ -315,14 +316,14 @@ void sched_bcast_agent_gone(sched_bcast_job *j, const agent *a) {
     return;
   if (j->ndead == j->cdead) {
     size_t nc = j->cdead ? j->cdead * 2 : 16;
-    void **n = realloc(j->dead_keys, nc * sizeof(*n));
+    void **n = sm_realloc(j->dead_keys, nc * sizeof(*n));
     if (n == NULL)
       return;
     j->dead_keys = n;
     j->cdead = nc;
   }
   /* each key lives in its own cell: the map keeps pointers to key bytes */
-  agent **cell = malloc(sizeof(*cell));
+  agent **cell = sm_malloc(sizeof(*cell));
   if (cell == NULL)
     return;
   *cell = (agent *)a;

@@ -1,6 +1,7 @@
 /* queue.c - the waiting queue: two indexed binary heaps over the same items (priority, age). */
 #include "sched/queue.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/timeutil.h"
 
@@ -104,11 +105,11 @@ static int insert(sched_queue *q, sched_item *it) {
     return SM_EEXIST;
   if (q->len == q->cap) {
     size_t ncap = q->cap ? q->cap * 2 : 64;
-    sched_item **n = realloc(q->heap, ncap * sizeof(*n));
+    sched_item **n = sm_realloc(q->heap, ncap * sizeof(*n));
     if (n == NULL)
       return SM_ENOMEM;
     q->heap = n;
-    n = realloc(q->aheap, ncap * sizeof(*n));
+    n = sm_realloc(q->aheap, ncap * sizeof(*n));
     if (n == NULL)
       return SM_ENOMEM; /* heap keeps its larger size; cap grows on the next try */
     q->aheap = n;

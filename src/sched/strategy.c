@@ -3,6 +3,7 @@
 
 #include "sched/balancer.h"
 #include "sched/policy.h"
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <stdlib.h>
@@ -116,7 +117,7 @@ int sched_set_create(uv_loop_t *loop, const sched_set_config *cfg, sched_strateg
   const sched_policy *d = policy_find(dn);
   if (d == NULL || loop == NULL)
     return SM_EINVAL;
-  sched_set *set = calloc(1, sizeof(*set));
+  sched_set *set = sm_calloc(1, sizeof(*set));
   if (set == NULL)
     return SM_ENOMEM;
   sched_lb_config lc = {.max_agent_load = cfg ? cfg->max_agent_load : 0,

@@ -8,6 +8,7 @@
  */
 #include "store/store.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/map.h"
 
@@ -133,7 +134,7 @@ static void on_idle(uv_idle_t *h) {
 
 static comp *comp_new(mem_store *m, enum comp_kind kind, void *ud) {
   (void)m;
-  comp *k = calloc(1, sizeof(*k));
+  comp *k = sm_calloc(1, sizeof(*k));
   if (k != NULL) {
     k->kind = kind;
     k->ud = ud;
@@ -195,7 +196,7 @@ static size_t lower_bound(mem_store *m, const char *key) {
 static int order_insert(mem_store *m, mem_cmd *e) {
   if (m->norder == m->cap) {
     size_t ncap = m->cap ? m->cap * 2 : 256;
-    mem_cmd **n = realloc(m->order, ncap * sizeof(*n));
+    mem_cmd **n = sm_realloc(m->order, ncap * sizeof(*n));
     if (n == NULL)
       return SM_ENOMEM;
     m->order = n;
@@ -261,11 +262,11 @@ static int mem_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *
   char key[STORE_MAX_CURSOR + 1];
   if ((err = store_sort_key(c, key, sizeof(key))) != 0)
     return err;
-  mem_cmd *e = calloc(1, sizeof(*e));
+  mem_cmd *e = sm_calloc(1, sizeof(*e));
   if (e == NULL)
     return SM_ENOMEM;
   e->c = command_clone(c);
-  e->key = strdup(key);
+  e->key = sm_strdup(key);
   if (e->c == NULL || e->key == NULL) {
     err = SM_ENOMEM;
     goto fail;
@@ -350,7 +351,7 @@ static int mem_cmd_list(store *s, const store_filter *f, const char *cursor, siz
                         store_list_cb cb, void *ud) {
   mem_store *m = (mem_store *)s;
   comp *k = comp_new(m, C_LIST, ud);
-  if (k == NULL || (k->cmds = calloc(limit, sizeof(*k->cmds))) == NULL) {
+  if (k == NULL || (k->cmds = sm_calloc(limit, sizeof(*k->cmds))) == NULL) {
     free(k);
     return SM_ENOMEM;
   }
@@ -373,7 +374,7 @@ static int mem_cmd_list(store *s, const store_filter *f, const char *cursor, siz
     }
     k->n++;
   }
-  if (pos < m->norder && last != NULL && (k->cursor = strdup(last)) == NULL) {
+  if (pos < m->norder && last != NULL && (k->cursor = sm_strdup(last)) == NULL) {
     comp_free(k);
     return SM_ENOMEM;
   }
@@ -385,7 +386,7 @@ static int mem_cmd_list(store *s, const store_filter *f, const char *cursor, siz
 
 static int ob_put(mem_store *m, const char *id, const char *payload, size_t len) {
   ob_item *o = sm_map_get(&m->outbox, id, strlen(id));
-  char *p = malloc(len + 1);
+  char *p = sm_malloc(len + 1);
   if (p == NULL)
     return SM_ENOMEM;
   memcpy(p, payload, len);
@@ -400,8 +401,8 @@ static int ob_put(mem_store *m, const char *id, const char *payload, size_t len)
     free(p);
     return SM_ELIMIT;
   }
-  o = calloc(1, sizeof(*o));
-  if (o == NULL || (o->id = strdup(id)) == NULL) {
+  o = sm_calloc(1, sizeof(*o));
+  if (o == NULL || (o->id = sm_strdup(id)) == NULL) {
     free(o);
     free(p);
     return SM_ENOMEM;
@@ -458,15 +459,15 @@ static int mem_outbox_add(store *s, const char *id, const char *payload, size_t 
 static int mem_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud) {
   mem_store *m = (mem_store *)s;
   comp *k = comp_new(m, C_OUTBOX, ud);
-  if (k == NULL || (k->items = calloc(limit, sizeof(*k->items))) == NULL) {
+  if (k == NULL || (k->items = sm_calloc(limit, sizeof(*k->items))) == NULL) {
     free(k);
     return SM_ENOMEM;
   }
   k->cb.outbox = cb;
   for (ob_item *o = m->ob_head; o && k->n < limit; o = o->next) {
     store_outbox_item *it = &k->items[k->n++];
-    it->id = strdup(o->id);
-    char *p = malloc(o->len + 1);
+    it->id = sm_strdup(o->id);
+    char *p = sm_malloc(o->len + 1);
     if (p)
       memcpy(p, o->payload, o->len + 1);
     it->payload = p;
@@ -505,12 +506,12 @@ static void ag_free(ag_item *a) {
 static int mem_agent_put(store *s, const char *id, const char *instance, const char *data,
                          int64_t ttl_ms, store_done_cb cb, void *ud) {
   mem_store *m = (mem_store *)s;
-  ag_item *n = calloc(1, sizeof(*n));
+  ag_item *n = sm_calloc(1, sizeof(*n));
   if (n == NULL)
     return SM_ENOMEM;
-  n->id = strdup(id);
-  n->instance = strdup(instance);
-  n->data = strdup(data);
+  n->id = sm_strdup(id);
+  n->instance = sm_strdup(instance);
+  n->data = sm_strdup(data);
   n->expires_at = command_now_ms() + ttl_ms;
   if (!n->id || !n->instance || !n->data) {
     ag_free(n);
@@ -558,7 +559,7 @@ static int mem_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud) 
   }
   size_t cnt = m->agents.len < limit ? m->agents.len : limit;
   comp *k = comp_new(m, C_AGENTS, ud);
-  if (k == NULL || (k->recs = calloc(cnt ? cnt : 1, sizeof(*k->recs))) == NULL) {
+  if (k == NULL || (k->recs = sm_calloc(cnt ? cnt : 1, sizeof(*k->recs))) == NULL) {
     free(k);
     return SM_ENOMEM;
   }
@@ -568,9 +569,9 @@ static int mem_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud) 
     if (a == NULL)
       continue;
     store_agent_rec *r = &k->recs[k->n++];
-    r->id = strdup(a->id);
-    r->instance = strdup(a->instance);
-    r->data = strdup(a->data);
+    r->id = sm_strdup(a->id);
+    r->instance = sm_strdup(a->instance);
+    r->data = sm_strdup(a->data);
     r->expires_at = a->expires_at;
     if (!r->id || !r->instance || !r->data) {
       comp_free(k);
@@ -649,7 +650,7 @@ static const store_ops mem_ops = {
 };
 
 int store_mem_create(uv_loop_t *loop, const store_mem_config *cfg, store **out) {
-  mem_store *m = calloc(1, sizeof(*m));
+  mem_store *m = sm_calloc(1, sizeof(*m));
   if (m == NULL)
     return SM_ENOMEM;
   m->base.ops = &mem_ops;

@@ -8,6 +8,7 @@
 #include "store/store.h"
 #include "store/valkey.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 
 #include <inttypes.h>
@@ -144,7 +145,7 @@ static void op_free(vop *o) {
 }
 
 static vop *op_new(vstore *s, enum op_kind kind, enum script_id script, void *ud) {
-  vop *o = calloc(1, sizeof(*o));
+  vop *o = sm_calloc(1, sizeof(*o));
   if (o == NULL)
     return NULL;
   o->s = s;
@@ -157,7 +158,7 @@ static vop *op_new(vstore *s, enum op_kind kind, enum script_id script, void *ud
 static int op_arg(vop *o, const char *a, size_t len) {
   if (o->argc >= MAX_ARGS)
     return SM_EINVAL;
-  char *c = malloc(len + 1);
+  char *c = sm_malloc(len + 1);
   if (c == NULL)
     return SM_ENOMEM;
   memcpy(c, a, len);
@@ -212,7 +213,7 @@ static int reply_cmd(const sm_valkey_reply *r, sm_command **out) {
 
 static void finish_list(vop *o, int err, const sm_valkey_reply *r) {
   size_t n = r && !err ? sm_valkey_reply_count(r) / 2 : 0;
-  sm_command **cmds = calloc(n ? n : 1, sizeof(*cmds));
+  sm_command **cmds = sm_calloc(n ? n : 1, sizeof(*cmds));
   size_t got = 0;
   char cursor[STORE_MAX_CURSOR + 1];
   int more = 0;
@@ -243,7 +244,7 @@ static void finish_list(vop *o, int err, const sm_valkey_reply *r) {
 
 static void finish_outbox(vop *o, int err, const sm_valkey_reply *r) {
   size_t n = r && !err ? sm_valkey_reply_count(r) / 2 : 0;
-  store_outbox_item *items = calloc(n ? n : 1, sizeof(*items));
+  store_outbox_item *items = sm_calloc(n ? n : 1, sizeof(*items));
   if (items == NULL && !err)
     err = SM_ENOMEM;
   for (size_t i = 0; !err && i < n; i++) {
@@ -258,7 +259,7 @@ static void finish_outbox(vop *o, int err, const sm_valkey_reply *r) {
 
 static void finish_agents(vop *o, int err, const sm_valkey_reply *r) {
   size_t n = r && !err ? sm_valkey_reply_count(r) / 4 : 0;
-  store_agent_rec *recs = calloc(n ? n : 1, sizeof(*recs));
+  store_agent_rec *recs = sm_calloc(n ? n : 1, sizeof(*recs));
   if (recs == NULL && !err)
     err = SM_ENOMEM;
   for (size_t i = 0; !err && i < n; i++) {
@@ -308,8 +309,8 @@ static void on_op_reply(void *ud, int err, const sm_valkey_reply *r) {
     o->retried = 1;
     free(o->argv[0]);
     free(o->argv[1]);
-    o->argv[0] = strdup("EVAL");
-    o->argv[1] = strdup(scripts[o->script]);
+    o->argv[0] = sm_strdup("EVAL");
+    o->argv[1] = sm_strdup(scripts[o->script]);
     if (o->argv[0] && o->argv[1]) {
       o->lens[0] = 4;
       o->lens[1] = strlen(scripts[o->script]);
@@ -377,7 +378,7 @@ static int v_cmd_get(store *st, const char *id, store_cmd_cb cb, void *ud) {
   o->cb.cmd = cb;
   o->retried = 1;
   size_t plen = strlen(s->prefix), ilen = strlen(id);
-  char *key = malloc(plen + 4 + ilen + 1);
+  char *key = sm_malloc(plen + 4 + ilen + 1);
   int err = key ? 0 : SM_ENOMEM;
   if (key) {
     memcpy(key, s->prefix, plen);
@@ -421,8 +422,8 @@ static int v_cmd_list(store *st, const store_filter *f, const char *cursor, size
   o->cb.list = cb;
   o->limit = limit;
   o->filter.status_mask = f->status_mask & COMMAND_MASK_ALL;
-  if ((f->agent_id && (o->f_agent = strdup(f->agent_id)) == NULL) ||
-      (f->type && (o->f_type = strdup(f->type)) == NULL)) {
+  if ((f->agent_id && (o->f_agent = sm_strdup(f->agent_id)) == NULL) ||
+      (f->type && (o->f_type = sm_strdup(f->type)) == NULL)) {
     op_free(o);
     return SM_ENOMEM;
   }
@@ -554,11 +555,11 @@ static const store_ops valkey_ops = {
 int store_valkey_create(uv_loop_t *loop, const store_valkey_config *cfg, store **out) {
   if (cfg == NULL || cfg->host == NULL)
     return SM_EINVAL;
-  vstore *s = calloc(1, sizeof(*s));
+  vstore *s = sm_calloc(1, sizeof(*s));
   if (s == NULL)
     return SM_ENOMEM;
   s->base.ops = &valkey_ops;
-  s->prefix = strdup(cfg->prefix ? cfg->prefix : "sm:");
+  s->prefix = sm_strdup(cfg->prefix ? cfg->prefix : "sm:");
   if (s->prefix == NULL) {
     free(s);
     return SM_ENOMEM;

@@ -14,6 +14,7 @@
  */
 #include "store/valkey.h"
 
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -181,7 +182,7 @@ static void ev_cleanup(void *p) {
 }
 
 static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
-  vk_ev *e = calloc(1, sizeof(*e));
+  vk_ev *e = sm_calloc(1, sizeof(*e));
   if (e == NULL)
     return SM_ENOMEM;
   if (uv_poll_init(loop, &e->poll, ac->c.fd) != 0) {
@@ -334,7 +335,7 @@ int sm_valkey_command(sm_valkey *v, int argc, const char *const *argv, const siz
     return SM_EUNAVAIL;
   if (v->pending >= v->cfg.max_pending)
     return SM_ELIMIT;
-  vk_req *r = calloc(1, sizeof(*r));
+  vk_req *r = sm_calloc(1, sizeof(*r));
   if (r == NULL)
     return SM_ENOMEM;
   r->v = v;
@@ -448,13 +449,13 @@ int sm_valkey_create(uv_loop_t *loop, const sm_valkey_config *cfg, sm_valkey_sta
   if (cfg == NULL || cfg->host == NULL || *cfg->host == '\0' || cfg->port <= 0 ||
       cfg->port > 65535 || cfg->db < 0)
     return SM_EINVAL;
-  sm_valkey *v = calloc(1, sizeof(*v));
+  sm_valkey *v = sm_calloc(1, sizeof(*v));
   if (v == NULL)
     return SM_ENOMEM;
   v->loop = loop;
   v->cfg = *cfg;
-  v->host = strdup(cfg->host);
-  v->password = cfg->password ? strdup(cfg->password) : NULL;
+  v->host = sm_strdup(cfg->host);
+  v->password = cfg->password ? sm_strdup(cfg->password) : NULL;
   if (v->host == NULL || (cfg->password && v->password == NULL)) {
     free(v->host);
     free(v->password);

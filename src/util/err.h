@@ -31,6 +31,10 @@
   X(ADDR, -20, "bad address")                                                                      \
   X(INTERNAL, -21, "internal error")
 
+/* On a function whose result must be looked at (an error code, an allocation): ignoring it is a
+ * build error (-Werror=unused-result). */
+#define SM_MUST_CHECK __attribute__((warn_unused_result))
+
 enum sm_err {
   SM_OK = 0,
 #define SM_ERR_ENUM_(name, val, msg) SM_E##name = (val),

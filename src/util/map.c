@@ -1,4 +1,5 @@
 /* map.c - linear probing with backward-shift deletion (no tombstones). */
+#include "util/alloc.h"
 #include "util/map.h"
 
 #include "util/err.h"
@@ -53,7 +54,7 @@ static size_t find(const sm_map *m, const char *key, size_t klen, uint64_t h, in
 
 static int grow(sm_map *m) {
   size_t ncap = m->cap ? m->cap * 2 : MAP_MIN_CAP;
-  sm_map_entry *ns = calloc(ncap, sizeof(*ns));
+  sm_map_entry *ns = sm_calloc(ncap, sizeof(*ns));
   if (ns == NULL)
     return SM_ENOMEM;
   for (size_t i = 0; i < m->cap; i++) {
