@@ -97,8 +97,11 @@ typedef struct admin_conn {
 
 struct admin_server {
   uv_loop_t *loop;
-  sm_manager *m;
-  const sm_settings *s;
+  admin_api api;    /* the router's ud */
+  const char *addr; /* for log lines */
+  size_t max_connections;
+  size_t max_body_bytes;
+  size_t max_header_bytes;
   admin_router router;
   admin_security sec; /* keys, roles, rate limits: the router's guard */
   char host[256];
@@ -882,7 +885,7 @@ static void reject_connection(struct admin_server *srv) {
       (void)uv_try_write((uv_stream_t *)t, &b, 1);
   }
   sm_log_warn("admin", "connection refused: limit reached",
-              SM_LI("max_connections", srv->s->admin_max_connections));
+              SM_LI("max_connections", srv->max_connections));
   uv_close((uv_handle_t *)t, on_reject_closed);
 }
 
@@ -892,14 +895,14 @@ static void on_connection(uv_stream_t *l, int status) {
     sm_log_warn("admin", "accept failed", SM_LE(sm_err_from_uv(status)));
     return;
   }
-  if (srv->stopping || srv->nconns >= srv->s->admin_max_connections) {
+  if (srv->stopping || srv->nconns >= srv->max_connections) {
     reject_connection(srv);
     return;
   }
   admin_conn *c = sm_calloc(1, sizeof(*c));
   http1_config hc = {
-      .max_header_bytes = srv->s->admin_max_header_bytes,
-      .max_body_bytes = srv->s->admin_max_body_bytes,
+      .max_header_bytes = srv->max_header_bytes,
+      .max_body_bytes = srv->max_body_bytes,
       .on_request = conn_on_request,
       .ud = c,
   };
@@ -934,37 +937,39 @@ static void on_connection(uv_stream_t *l, int status) {
 
 /* ---- public ---- */
 
-int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **out) {
-  if (loop == NULL || m == NULL || m->settings == NULL || out == NULL)
+int admin_server_create(uv_loop_t *loop, const admin_server_config *cfg, const admin_api *api,
+                        struct admin_server **out) {
+  if (loop == NULL || cfg == NULL || api == NULL || out == NULL || cfg->host == NULL ||
+      strlen(cfg->host) >= sizeof(((struct admin_server *)0)->host) || cfg->port < 0 ||
+      cfg->port > 65535)
     return SM_EINVAL;
   struct admin_server *srv = sm_calloc(1, sizeof(*srv));
   if (srv == NULL)
     return SM_ENOMEM;
   srv->loop = loop;
-  srv->m = m;
-  srv->s = m->settings;
+  srv->api = *api;
+  srv->addr = cfg->addr ? cfg->addr : cfg->host;
+  srv->max_connections = cfg->max_connections;
+  srv->max_body_bytes = cfg->max_body_bytes;
+  srv->max_header_bytes = cfg->max_header_bytes;
   srv->bound_port = -1;
-  srv->request_timeout_ms = secs_to_ms(srv->s->admin_request_timeout_s);
-  srv->idle_timeout_ms = secs_to_ms(srv->s->admin_idle_timeout_s);
+  srv->request_timeout_ms = secs_to_ms(cfg->request_timeout_s);
+  srv->idle_timeout_ms = secs_to_ms(cfg->idle_timeout_s);
   /* A handler waiting on the store gets as long as a client has to send its request. */
   srv->defer_timeout_ms = srv->request_timeout_ms;
-  int err = sm_addr_split(srv->s->admin_addr ? srv->s->admin_addr : ":8080", srv->host, &srv->port);
-  if (err) {
-    free(srv);
-    return err;
-  }
-  admin_router_init(&srv->router, m);
-  err = admin_security_init(&srv->sec, srv->s);
+  snprintf(srv->host, sizeof(srv->host), "%s", cfg->host);
+  srv->port = cfg->port;
+  admin_router_init(&srv->router, &srv->api);
+  int err = admin_security_init(&srv->sec, &cfg->security);
   if (err) {
     free(srv);
     return err;
   }
   srv->router.guard = admin_security_guard;
   srv->router.guard_ud = &srv->sec;
-  if (srv->s->admin_tls_enabled) {
-    net_tls_config tc = {.cert_file = srv->s->admin_tls_cert_file,
-                         .key_file = srv->s->admin_tls_key_file,
-                         .http1 = 1};
+  if (cfg->tls_enabled) {
+    net_tls_config tc = {
+        .cert_file = cfg->tls_cert_file, .key_file = cfg->tls_key_file, .http1 = 1};
     err = net_tls_ctx_create_server(&tc, &srv->tls_ctx);
     if (err) {
       sm_log_error("admin", "cannot set up admin TLS", SM_LE(err));
@@ -1007,7 +1012,7 @@ int admin_server_listen(struct admin_server *srv) {
   if (rc == 0)
     rc = uv_listen((uv_stream_t *)&srv->listener, ADMIN_BACKLOG, on_connection);
   if (rc != 0) {
-    sm_log_error("admin", "cannot listen", SM_LS("addr", srv->s->admin_addr),
+    sm_log_error("admin", "cannot listen", SM_LS("addr", srv->addr),
                  SM_LS("reason", uv_strerror(rc)));
     return rc == UV_EADDRINUSE || rc == UV_EADDRNOTAVAIL || rc == UV_EACCES ? SM_EADDR
                                                                             : sm_err_from_uv(rc);
@@ -1017,8 +1022,8 @@ int admin_server_listen(struct admin_server *srv) {
   if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&name, &len) == 0)
     srv->bound_port = ntohs(name.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&name)->sin6_port
                                                        : ((struct sockaddr_in *)&name)->sin_port);
-  sm_log_info("admin", "listening", SM_LS("addr", srv->s->admin_addr),
-              SM_LI("port", srv->bound_port), SM_LB("tls", srv->tls_ctx != NULL));
+  sm_log_info("admin", "listening", SM_LS("addr", srv->addr), SM_LI("port", srv->bound_port),
+              SM_LB("tls", srv->tls_ctx != NULL));
   return 0;
 }
 
