@@ -1,15 +1,16 @@
-/* auth.c - API keys (SHA-256 digests compared with CRYPTO_memcmp), roles and rate limits; the
- * OpenSSL EVP digest is the only library call. */
+/* auth.c - API keys (SHA-256 digests of util/sha256.h, compared in constant time), roles and
+ * rate limits. */
 #include "admin/auth.h"
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/hex.h"
 #include "util/log.h"
+#include "util/sha256.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,20 +33,6 @@ int admin_role_parse(const char *s, size_t n, admin_role *out) {
   return SM_EINVAL;
 }
 
-static int sha256(const void *data, size_t len, uint8_t out[32]) {
-  unsigned int n = 0;
-  if (EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) != 1 || n != 32)
-    return SM_EINTERNAL;
-  return 0;
-}
-
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  c = tolower(c);
-  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 static admin_key *keys_grow(admin_keys *k) {
   if (k->n >= ADMIN_KEYS_MAX + 1) /* the file's keys plus ADMIN_API_KEY */
     return NULL;
@@ -65,8 +52,9 @@ int admin_keys_add(admin_keys *k, admin_role role, const char *key, size_t len,
   admin_key *e = keys_grow(k);
   if (e == NULL)
     return k->n > ADMIN_KEYS_MAX ? SM_ELIMIT : SM_ENOMEM;
-  if (sha256(key, len, e->digest))
-    return SM_EINTERNAL;
+  int err = sm_sha256(key, len, e->digest);
+  if (err)
+    return err;
   e->role = role;
   snprintf(e->name, sizeof(e->name), "%s@%s", admin_role_name(role), name_where);
   k->n++;
@@ -112,13 +100,9 @@ static int parse_line(admin_keys *k, const char *s, size_t n, int line, char *wh
       snprintf(why, wsize, "sha256: needs 64 hex digits");
       return SM_EINVAL;
     }
-    for (size_t i = 0; i < 32; i++) {
-      int hi = hexval((unsigned char)hex[2 * i]), lo = hexval((unsigned char)hex[2 * i + 1]);
-      if (hi < 0 || lo < 0) {
-        snprintf(why, wsize, "sha256: needs 64 hex digits");
-        return SM_EINVAL;
-      }
-      d[i] = (uint8_t)(hi << 4 | lo);
+    if (sm_hex_decode(hex, d, sizeof(d)) != 0) {
+      snprintf(why, wsize, "sha256: needs 64 hex digits");
+      return SM_EINVAL;
     }
     admin_key *e = keys_grow(k);
     if (e == NULL) {
@@ -162,12 +146,12 @@ int admin_keys_parse(admin_keys *k, const char *text, size_t len, int *bad_line,
 
 const admin_key *admin_keys_find(const admin_keys *k, const char *presented, size_t len) {
   uint8_t d[32];
-  if (len == 0 || sha256(presented, len, d))
+  if (len == 0 || sm_sha256(presented, len, d) != 0)
     return NULL;
   const admin_key *found = NULL;
   /* No early exit: the time taken does not depend on which key matched. */
   for (size_t i = 0; i < k->n; i++) {
-    if (CRYPTO_memcmp(d, k->v[i].digest, sizeof(d)) == 0 && found == NULL)
+    if (sm_sha256_equal(d, k->v[i].digest) && found == NULL)
       found = &k->v[i];
   }
   return found;
@@ -216,25 +200,22 @@ static int load_file(admin_keys *k, const char *path) {
   return err;
 }
 
-int admin_security_init(admin_security *sec, const sm_settings *s) {
+int admin_security_init(admin_security *sec, const admin_security_config *s) {
   memset(sec, 0, sizeof(*sec));
   int err = 0;
-  if (s->admin_api_key && s->admin_api_key[0])
-    err = admin_keys_add(&sec->keys, ADMIN_ROLE_ADMIN, s->admin_api_key, strlen(s->admin_api_key),
-                         "env");
-  if (!err && s->admin_api_keys_file && s->admin_api_keys_file[0])
-    err = load_file(&sec->keys, s->admin_api_keys_file);
-  if (!err && s->admin_rate_limit_rps > 0)
-    err = admin_ratelimit_create(s->admin_rate_limit_rps, (double)s->admin_rate_limit_burst,
-                                 s->admin_rate_limit_max_clients, &sec->per_key);
-  if (!err && s->admin_rate_limit_ip_rps > 0)
-    err = admin_ratelimit_create(s->admin_rate_limit_ip_rps, (double)s->admin_rate_limit_ip_burst,
-                                 s->admin_rate_limit_max_clients, &sec->per_ip);
+  if (s->api_key && s->api_key[0])
+    err = admin_keys_add(&sec->keys, ADMIN_ROLE_ADMIN, s->api_key, strlen(s->api_key), "env");
+  if (!err && s->api_keys_file && s->api_keys_file[0])
+    err = load_file(&sec->keys, s->api_keys_file);
+  if (!err && s->key_rps > 0)
+    err = admin_ratelimit_create(s->key_rps, (double)s->key_burst, s->max_clients, &sec->per_key);
+  if (!err && s->ip_rps > 0)
+    err = admin_ratelimit_create(s->ip_rps, (double)s->ip_burst, s->max_clients, &sec->per_ip);
   if (err) {
     admin_security_finish(sec);
     return err;
   }
-  int dev = s->app_env && strcasecmp(s->app_env, "development") == 0;
+  int dev = s->development;
   if (sec->keys.n == 0 && dev) {
     sec->open = 1;
     sm_log_warn("admin", "no API key configured: /api is open to anyone (APP_ENV=development)");

@@ -12,7 +12,7 @@
 
 #include "admin/ratelimit.h"
 #include "admin/router.h"
-#include "app/settings.h"
+#include "util/err.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -35,19 +35,19 @@ typedef struct admin_keys {
 const char *admin_role_name(admin_role role);
 
 /* Parses "viewer", "operator" or "admin" (case-sensitive). Returns 0 or SM_EINVAL. */
-int admin_role_parse(const char *s, size_t n, admin_role *out);
+SM_MUST_CHECK int admin_role_parse(const char *s, size_t n, admin_role *out);
 
 /* Adds the keys of a keys file's text (len bytes): `role:key` per line, '#' comments and blank
  * lines ignored, spaces around role and key trimmed. Returns 0, or SM_EINVAL with *bad_line set
  * to the 1-based line and why[] saying what is wrong (never quoting the key), or SM_ENOMEM /
  * SM_ELIMIT (more than ADMIN_KEYS_MAX keys). */
-int admin_keys_parse(admin_keys *k, const char *text, size_t len, int *bad_line, char *why,
-                     size_t wsize);
+SM_MUST_CHECK int admin_keys_parse(admin_keys *k, const char *text, size_t len, int *bad_line,
+                                   char *why, size_t wsize);
 
 /* Adds a key with role; name_where is the "<where>" of its name. Returns 0 or SM_ENOMEM,
  * SM_EINVAL for an empty key. */
-int admin_keys_add(admin_keys *k, admin_role role, const char *key, size_t len,
-                   const char *name_where);
+SM_MUST_CHECK int admin_keys_add(admin_keys *k, admin_role role, const char *key, size_t len,
+                                 const char *name_where);
 
 /* The key matching the presented bytes, or NULL. Every known key is compared (constant time in
  * the key's content). */
@@ -64,11 +64,23 @@ typedef struct admin_security {
   admin_ratelimit *per_ip;  /* NULL: no per-address limit */
 } admin_security;
 
-/* Reads the keys (ADMIN_API_KEY, ADMIN_API_KEYS_FILE) and rate-limit settings of s. On a bad
- * keys file prints one line "sirius-manager: ADMIN_API_KEYS_FILE: line N: ..." to stderr.
- * Logs a warning when no key is configured. Returns 0, SM_EINVAL, SM_EIO (unreadable file) or
- * SM_ENOMEM. */
-int admin_security_init(admin_security *sec, const sm_settings *s);
+/* The security settings, filled by app/ from ADMIN_API_KEY, ADMIN_API_KEYS_FILE, APP_ENV and
+ * ADMIN_RATE_LIMIT_*. The strings are read during admin_security_init only. */
+typedef struct admin_security_config {
+  const char *api_key;       /* ADMIN_API_KEY (role admin); NULL or "": none */
+  const char *api_keys_file; /* ADMIN_API_KEYS_FILE; NULL or "": none */
+  int development;           /* APP_ENV=development: with no key at all, /api is open */
+  double key_rps;            /* ADMIN_RATE_LIMIT_RPS: requests/s per key, 0: off */
+  size_t key_burst;          /* ADMIN_RATE_LIMIT_BURST */
+  double ip_rps;             /* ADMIN_RATE_LIMIT_IP_RPS: /api requests/s per address, 0: off */
+  size_t ip_burst;           /* ADMIN_RATE_LIMIT_IP_BURST */
+  size_t max_clients;        /* ADMIN_RATE_LIMIT_MAX_CLIENTS: buckets kept per table */
+} admin_security_config;
+
+/* Reads the keys (api_key, api_keys_file) and sets up the rate limits of cfg. On a bad keys file
+ * prints one line "sirius-manager: ADMIN_API_KEYS_FILE: line N: ..." to stderr. Logs a warning
+ * when no key is configured. Returns 0, SM_EINVAL, SM_EIO (unreadable file) or SM_ENOMEM. */
+SM_MUST_CHECK int admin_security_init(admin_security *sec, const admin_security_config *cfg);
 
 /* Frees what init allocated. */
 void admin_security_finish(admin_security *sec);

@@ -19,12 +19,11 @@
  */
 #include "admin/handlers.h"
 
+#include "admin/api.h"
 #include "admin/json.h"
-#include "model/command.h"
 #include "core/lifecycle.h"
-#include "app/manager.h"
 #include "core/registry.h"
-#include "mq/amqp.h"
+#include "model/command.h"
 #include "store/store.h"
 #include "util/alloc.h"
 #include "util/err.h"
@@ -52,7 +51,7 @@ static void respond_error(http_response *res, int status, const char *code, cons
 }
 
 /* Maps a lifecycle/store error to an HTTP answer. */
-static void respond_sm_error(http_response *res, const sm_manager *m, int err) {
+static void respond_sm_error(http_response *res, const admin_api *m, int err) {
   switch (err) {
   case SM_EAGAIN:
     respond_error(res, 429, "overloaded", "too many store requests in flight, retry shortly");
@@ -61,7 +60,7 @@ static void respond_sm_error(http_response *res, const sm_manager *m, int err) {
   case SM_ETIMEDOUT:
   case SM_ECLOSED:
   case SM_ECANCELED:
-    if (m->maintenance)
+    if (admin_api_maintenance(m))
       respond_error(res, 503, "maintenance", "the manager is in maintenance mode");
     else
       respond_error(res, 503, "unavailable", "the command store is unavailable");
@@ -83,8 +82,13 @@ static void respond_sm_error(http_response *res, const sm_manager *m, int err) {
   }
 }
 
-/* Completes d with a fresh response built by the caller. */
-static void complete_error(http_deferred *d, const sm_manager *m, int err) {
+/* Completes d with the answer to err. An abandoned d (client or server gone) is completed
+ * without looking at m: the server that holds the api may be freed by then. */
+static void complete_error(http_deferred *d, const admin_api *m, int err) {
+  if (http_deferred_abandoned(d)) {
+    http_deferred_complete(d, &(http_response){0});
+    return;
+  }
   http_response r;
   http_response_init(&r);
   respond_sm_error(&r, m, err);
@@ -99,7 +103,7 @@ static void complete_json(http_deferred *d, int status, cJSON *o) {
 }
 
 /* The lifecycle, or NULL with a 503 answered. */
-static lifecycle *need_lifecycle(sm_manager *m, http_response *res) {
+static lifecycle *need_lifecycle(const admin_api *m, http_response *res) {
   if (m->lifecycle == NULL) {
     respond_error(res, 503, "unavailable", "the command lifecycle is not running");
     return NULL;
@@ -147,7 +151,7 @@ typedef struct submit_item {
 
 typedef struct submit_ctx {
   http_deferred *d;
-  sm_manager *m;
+  const admin_api *m;
   int is_array; /* answer with an array */
   size_t n;     /* elements */
   size_t left;  /* callbacks still to come */
@@ -161,7 +165,7 @@ static void submit_free(submit_ctx *x) {
 }
 
 /* Error object of a refused element. */
-static cJSON *item_error_json(const sm_manager *m, int err) {
+static cJSON *item_error_json(const admin_api *m, int err) {
   http_response r;
   http_response_init(&r);
   respond_sm_error(&r, m, err);
@@ -280,7 +284,7 @@ static int parse_one(const cJSON *el, long index, sm_command **out, http_respons
 }
 
 static void h_submit(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   lifecycle *lc = need_lifecycle(m, res);
   if (lc == NULL)
     return;
@@ -339,15 +343,18 @@ static void h_submit(void *ud, http_request *req, http_response *res) {
     }
   }
   /* Refuse a batch as a whole when it cannot be taken now (nothing stored). */
-  if (!bad && m->maintenance) {
+  if (!bad && admin_api_maintenance(m)) {
     respond_error(res, 503, "maintenance", "the manager is in maintenance mode");
     bad = 1;
   } else if (!bad && n > 1) {
     lifecycle_stats st;
     lifecycle_get_stats(lc, &st);
-    size_t cap = m->settings ? m->settings->command_queue_size : 0;
+    size_t cap = m->command_queue_size;
     if (!lifecycle_accepting(lc) || (cap && st.waiting + n > cap)) {
-      respond_sm_error(res, m, m->store && !store_is_up(m->store) ? SM_EUNAVAIL : SM_ELIMIT);
+      admin_deps dep;
+      admin_api_deps(m, &dep);
+      int store_down = strcmp(dep.store_backend, "none") != 0 && !dep.store_up;
+      respond_sm_error(res, m, store_down ? SM_EUNAVAIL : SM_ELIMIT);
       bad = 1;
     }
   }
@@ -398,7 +405,7 @@ static void h_submit(void *ud, http_request *req, http_response *res) {
 
 typedef struct get_ctx {
   http_deferred *d;
-  sm_manager *m;
+  const admin_api *m;
 } get_ctx;
 
 static void on_got(void *ud, int err, const sm_command *cmd, int existed) {
@@ -423,8 +430,8 @@ static int check_id(const char *id, http_response *res) {
 
 /* The common start of the routes on one command ({id}): checks the id and defers the response.
  * Returns the call's context with *lc and *id set, or NULL when an answer was already given. */
-static get_ctx *command_call(sm_manager *m, http_request *req, http_response *res, lifecycle **lc,
-                             const char **id) {
+static get_ctx *command_call(const admin_api *m, http_request *req, http_response *res,
+                             lifecycle **lc, const char **id) {
   *lc = need_lifecycle(m, res);
   *id = http_request_param(req, "id");
   if (*lc == NULL || check_id(*id, res))
@@ -440,7 +447,7 @@ static get_ctx *command_call(sm_manager *m, http_request *req, http_response *re
 }
 
 static void h_get(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   lifecycle *lc;
   const char *id;
   get_ctx *x = command_call(m, req, res, &lc, &id);
@@ -485,7 +492,7 @@ static void on_cancelled(void *ud, int err, const sm_command *cmd) {
 }
 
 static void h_cancel(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   lifecycle *lc;
   const char *id;
   get_ctx *x = command_call(m, req, res, &lc, &id);
@@ -509,7 +516,7 @@ static int bad_param(http_response *res, const char *name, const char *why) {
 
 typedef struct list_ctx {
   http_deferred *d;
-  sm_manager *m;
+  const admin_api *m;
 } list_ctx;
 
 static void on_listed(void *ud, int err, sm_command *const *cmds, size_t n,
@@ -555,7 +562,7 @@ static void on_listed(void *ud, int err, sm_command *const *cmds, size_t n,
 }
 
 static void h_list(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   lifecycle *lc = need_lifecycle(m, res);
   if (lc == NULL)
     return;
@@ -642,10 +649,6 @@ static void h_list(void *ud, http_request *req, http_response *res) {
 
 /* ---- GET /api/status ---- */
 
-static int mq_up(const sm_manager *m) {
-  return m->mq != NULL && mq_conn_is_up(m->mq);
-}
-
 /* Adds a whole number. cJSON prints every number with "%1.15g" and reads it back with sscanf
  * to check the round trip, which made number formatting the largest cost of GET /api/status;
  * counters are integers, so they are written as raw JSON text instead. */
@@ -665,8 +668,7 @@ static cJSON *add_count(cJSON *o, const char *key, double v) {
 
 static void h_status(void *ud, http_request *req, http_response *res) {
   (void)req;
-  sm_manager *m = ud;
-  const sm_settings *s = m->settings;
+  const admin_api *m = ud;
   cJSON *o = cJSON_CreateObject();
   if (o == NULL) {
     admin_respond_json(res, 500, NULL);
@@ -676,13 +678,12 @@ static void h_status(void *ud, http_request *req, http_response *res) {
   double uptime = m->started_at_ms > 0 && now > m->started_at_ms
                       ? (double)(now - m->started_at_ms) / 1000.0
                       : 0.0;
-  int bad =
-      !cJSON_AddStringToObject(o, "version", s && s->app_version ? s->app_version : SM_VERSION) ||
-      !cJSON_AddStringToObject(o, "env", s && s->app_env ? s->app_env : "production") ||
-      !cJSON_AddStringToObject(o, "instance", s && s->instance_id ? s->instance_id : "") ||
-      !add_count(o, "uptime_seconds", (double)(int64_t)uptime) ||
-      !cJSON_AddBoolToObject(o, "maintenance", m->maintenance) ||
-      !cJSON_AddBoolToObject(o, "draining", m->draining);
+  int bad = !cJSON_AddStringToObject(o, "version", m->version ? m->version : SM_VERSION) ||
+            !cJSON_AddStringToObject(o, "env", m->env ? m->env : "production") ||
+            !cJSON_AddStringToObject(o, "instance", m->instance ? m->instance : "") ||
+            !add_count(o, "uptime_seconds", (double)(int64_t)uptime) ||
+            !cJSON_AddBoolToObject(o, "maintenance", admin_api_maintenance(m)) ||
+            !cJSON_AddBoolToObject(o, "draining", admin_api_draining(m));
 
   /* agents: total and by status */
   size_t by[AGENT_STATUS_COUNT] = {0}, total = m->registry ? agent_registry_count(m->registry) : 0;
@@ -742,15 +743,14 @@ static void h_status(void *ud, http_request *req, http_response *res) {
     bad |= !cJSON_AddBoolToObject(cm, "accepting", lifecycle_accepting(m->lifecycle));
   }
 
+  admin_deps dep;
+  admin_api_deps(m, &dep);
   cJSON *sto = cJSON_AddObjectToObject(o, "store");
-  bad |= sto == NULL ||
-         !cJSON_AddStringToObject(sto, "backend", m->store ? store_name(m->store) : "none") ||
-         !cJSON_AddBoolToObject(sto, "up", m->store != NULL && store_is_up(m->store));
+  bad |= sto == NULL || !cJSON_AddStringToObject(sto, "backend", dep.store_backend) ||
+         !cJSON_AddBoolToObject(sto, "up", dep.store_up);
   cJSON *mq = cJSON_AddObjectToObject(o, "rabbitmq");
-  bad |= mq == NULL ||
-         !cJSON_AddBoolToObject(mq, "configured",
-                                (s && s->rabbitmq_url && s->rabbitmq_url[0]) || m->mq != NULL) ||
-         !cJSON_AddBoolToObject(mq, "up", mq_up(m));
+  bad |= mq == NULL || !cJSON_AddBoolToObject(mq, "configured", dep.mq_configured) ||
+         !cJSON_AddBoolToObject(mq, "up", dep.mq_up);
   if (bad) {
     cJSON_Delete(o);
     o = NULL;
@@ -761,7 +761,7 @@ static void h_status(void *ud, http_request *req, http_response *res) {
 /* ---- POST /api/admin/maintenance, /api/admin/shutdown ---- */
 
 static void h_maintenance(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   if (!is_json_type(http_request_header(req, "Content-Type"))) {
     respond_error(res, 415, "unsupported_media_type", "Content-Type must be application/json");
     return;
@@ -779,12 +779,11 @@ static void h_maintenance(void *ud, http_request *req, http_response *res) {
   }
   int on = cJSON_IsTrue(en);
   cJSON_Delete(doc);
-  if (m->maintenance != on)
+  if (admin_api_maintenance(m) != on)
     sm_log_warn("admin", on ? "maintenance mode on" : "maintenance mode off",
                 SM_LS("client", req->peer ? req->peer : "-"));
-  m->maintenance = on;
-  if (m->lifecycle)
-    lifecycle_set_maintenance(m->lifecycle, on);
+  if (m->set_maintenance)
+    m->set_maintenance(m->ud, on);
   cJSON *o = cJSON_CreateObject();
   if (o && !cJSON_AddBoolToObject(o, "maintenance", on)) {
     cJSON_Delete(o);
@@ -795,7 +794,8 @@ static void h_maintenance(void *ud, http_request *req, http_response *res) {
 
 typedef struct shutdown_req {
   uv_timer_t timer;
-  sm_manager *m;
+  void (*shutdown)(void *ud, const char *why); /* copied: the api may be gone by then */
+  void *ud;
 } shutdown_req;
 
 static void on_shutdown_timer_closed(uv_handle_t *h) {
@@ -804,19 +804,20 @@ static void on_shutdown_timer_closed(uv_handle_t *h) {
 
 static void on_shutdown_timer(uv_timer_t *t) {
   shutdown_req *s = t->data;
-  sm_manager_shutdown(s->m, "api");
+  s->shutdown(s->ud, "api");
   uv_close((uv_handle_t *)&s->timer, on_shutdown_timer_closed);
 }
 
 static void h_shutdown(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
-  shutdown_req *s = m->loop ? sm_calloc(1, sizeof(*s)) : NULL;
+  const admin_api *m = ud;
+  shutdown_req *s = m->loop && m->shutdown ? sm_calloc(1, sizeof(*s)) : NULL;
   if (s == NULL) {
     respond_error(res, 500, "internal", "cannot schedule the shutdown");
     return;
   }
   /* On the next loop turn: the 202 is flushed in this one, before the drain starts. */
-  s->m = m;
+  s->shutdown = m->shutdown;
+  s->ud = m->ud;
   uv_timer_init(m->loop, &s->timer);
   s->timer.data = s;
   uv_timer_start(&s->timer, on_shutdown_timer, 0, 0);

@@ -2,9 +2,9 @@
  * cmd_handlers.c. */
 #include "admin/handlers.h"
 
+#include "admin/api.h"
 #include "admin/json.h"
 #include "admin/openapi.h"
-#include "app/manager.h"
 #include "core/registry.h"
 #include "util/alloc.h"
 #include "util/err.h"
@@ -24,14 +24,15 @@ static void h_health(void *ud, http_request *req, http_response *res) {
 
 static void h_ready(void *ud, http_request *req, http_response *res) {
   (void)req;
-  const sm_manager *m = ud;
+  const admin_api *m = ud;
   const char *reason = NULL;
-  if (sm_manager_ready(m, &reason)) {
+  int maintenance = admin_api_maintenance(m);
+  if (admin_api_ready(m, &reason)) {
     /* Maintenance keeps the manager ready (agents stay, queries work); it is reported so a
      * deployment can tell why new commands get 503. */
     static const char body[] = "{\"status\":\"ready\",\"maintenance\":false}";
     static const char body_m[] = "{\"status\":\"ready\",\"maintenance\":true}";
-    if (m->maintenance)
+    if (maintenance)
       http_response_set(res, 200, "application/json", body_m, sizeof(body_m) - 1);
     else
       http_response_set(res, 200, "application/json", body, sizeof(body) - 1);
@@ -40,7 +41,7 @@ static void h_ready(void *ud, http_request *req, http_response *res) {
   cJSON *o = cJSON_CreateObject();
   if (o && (!cJSON_AddStringToObject(o, "status", "not_ready") ||
             !cJSON_AddStringToObject(o, "reason", reason ? reason : "not ready") ||
-            !cJSON_AddBoolToObject(o, "maintenance", m->maintenance))) {
+            !cJSON_AddBoolToObject(o, "maintenance", maintenance))) {
     cJSON_Delete(o);
     o = NULL;
   }
@@ -147,7 +148,7 @@ static int parse_filter(http_request *req, http_response *res, agent_filter *fp,
 }
 
 static void h_agents(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   agent_filter f = {.max_load = -1};
   sm_kv caps[HTTP_MAX_QUERY_PAIRS];
   long limit = ADMIN_AGENTS_DEFAULT_LIMIT, offset = 0;
@@ -155,19 +156,20 @@ static void h_agents(void *ud, http_request *req, http_response *res) {
     return;
 
   agent_list l = {0};
-  l.cap = agent_registry_count(m->registry);
+  l.cap = m->registry ? agent_registry_count(m->registry) : 0;
   if (l.cap && (l.v = sm_malloc(l.cap * sizeof(*l.v))) == NULL) {
     http_response_error(res, 500, "internal", "out of memory");
     return;
   }
-  agent_registry_foreach(m->registry, &f, collect, &l);
+  if (m->registry)
+    agent_registry_foreach(m->registry, &f, collect, &l);
   if (l.n > 1) /* (qsort of a NULL array is undefined even for 0 elements) */
     qsort(l.v, l.n, sizeof(*l.v), by_id);
 
   cJSON *o = cJSON_CreateObject();
   cJSON *arr = o ? cJSON_AddArrayToObject(o, "agents") : NULL;
   int bad = arr == NULL;
-  const char *instance = m->settings ? m->settings->instance_id : NULL;
+  const char *instance = m->instance;
   for (size_t i = (size_t)offset; !bad && i < l.n && i < (size_t)offset + (size_t)limit; i++) {
     cJSON *a = admin_agent_json(l.v[i], instance);
     if (a == NULL)
@@ -186,16 +188,16 @@ static void h_agents(void *ud, http_request *req, http_response *res) {
 }
 
 static void h_agent(void *ud, http_request *req, http_response *res) {
-  sm_manager *m = ud;
+  const admin_api *m = ud;
   const char *id = http_request_param(req, "id");
-  agent *a = agent_registry_find(m->registry, id, strlen(id));
+  agent *a = m->registry ? agent_registry_find(m->registry, id, strlen(id)) : NULL;
   if (a == NULL) {
     char msg[AGENT_ID_MAX + 32];
     snprintf(msg, sizeof(msg), "agent '%.*s' not found", AGENT_ID_MAX, id);
     http_response_error(res, 404, "not_found", msg);
     return;
   }
-  admin_respond_json(res, 200, admin_agent_json(a, m->settings ? m->settings->instance_id : NULL));
+  admin_respond_json(res, 200, admin_agent_json(a, m->instance));
 }
 
 static void h_openapi(void *ud, http_request *req, http_response *res) {

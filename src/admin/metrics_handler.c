@@ -2,8 +2,8 @@
  * same numbers /metrics on METRICS_ADDR exposes to Prometheus (metrics/collector.h renders). */
 #include "admin/handlers.h"
 
-#include "app/manager.h"
-#include "metrics/metrics.h"
+#include "admin/api.h"
+#include "metrics/collector.h"
 
 #include "util/alloc.h"
 
@@ -12,14 +12,15 @@
 
 static void h_metrics(void *ud, http_request *req, http_response *res) {
   (void)req;
-  sm_manager *m = ud;
-  if (m->metrics == NULL) {
+  const admin_api *m = ud;
+  metrics_registry *reg = m->metrics ? m->metrics(m->ud) : NULL;
+  if (reg == NULL) {
     http_response_error(res, 503, "unavailable", "metrics are not running");
     return;
   }
   char *text = NULL;
   size_t len = 0;
-  if (metrics_collect_json(metrics_get_registry(m->metrics), &text, &len) != 0) {
+  if (metrics_collect_json(reg, &text, &len) != 0) {
     http_response_error(res, 500, "internal", "out of memory rendering metrics");
     return;
   }

@@ -1,19 +1,22 @@
-/* ratelimit.c - buckets in a hash map (lookup) and a doubly-linked list (recency); the list's
- * tail is the eviction victim. Tokens are refilled lazily from the time of the last take. */
+/* ratelimit.c - buckets in a hash map (lookup) and a util/list.h list (recency, most recent
+ * first); the list's last node is the eviction victim. Tokens are refilled lazily from the time of
+ * the last take. */
 #include "admin/ratelimit.h"
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/map.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct bucket {
-  struct bucket *prev, *next; /* recency list, most recent first */
-  double tokens;              /* tokens left at `at` */
-  uint64_t at;                /* ms of the last refill */
+  sm_list node;  /* the recency list, most recent first */
+  double tokens; /* tokens left at `at` */
+  uint64_t at;   /* ms of the last refill */
   size_t klen;
   char key[ADMIN_RATELIMIT_KEY_MAX]; /* the map's key points here */
 } bucket;
@@ -23,7 +26,7 @@ struct admin_ratelimit {
   double burst; /* bucket size */
   size_t max;   /* buckets kept */
   sm_map map;   /* key -> bucket */
-  bucket *head, *tail;
+  sm_list lru;  /* every bucket (bucket.node), most recently used first */
 };
 
 int admin_ratelimit_create(double rps, double burst, size_t max_entries, admin_ratelimit **out) {
@@ -36,6 +39,7 @@ int admin_ratelimit_create(double rps, double burst, size_t max_entries, admin_r
   rl->burst = burst;
   rl->max = max_entries;
   sm_map_init(&rl->map, 0);
+  sm_list_init(&rl->lru);
   *out = rl;
   return 0;
 }
@@ -43,35 +47,11 @@ int admin_ratelimit_create(double rps, double burst, size_t max_entries, admin_r
 void admin_ratelimit_destroy(admin_ratelimit *rl) {
   if (rl == NULL)
     return;
-  bucket *next;
-  for (bucket *b = rl->head; b; b = next) {
-    next = b->next;
-    free(b);
+  SM_LIST_FOREACH_SAFE(it, tmp, &rl->lru) {
+    free(SM_LIST_ENTRY(it, bucket, node));
   }
   sm_map_finish(&rl->map);
   free(rl);
-}
-
-static void unlink_bucket(admin_ratelimit *rl, bucket *b) {
-  if (b->prev)
-    b->prev->next = b->next;
-  else
-    rl->head = b->next;
-  if (b->next)
-    b->next->prev = b->prev;
-  else
-    rl->tail = b->prev;
-  b->prev = b->next = NULL;
-}
-
-static void push_front(admin_ratelimit *rl, bucket *b) {
-  b->prev = NULL;
-  b->next = rl->head;
-  if (rl->head)
-    rl->head->prev = b;
-  else
-    rl->tail = b;
-  rl->head = b;
 }
 
 int admin_ratelimit_take(admin_ratelimit *rl, const char *key, size_t len, uint64_t now_ms) {
@@ -81,8 +61,10 @@ int admin_ratelimit_take(admin_ratelimit *rl, const char *key, size_t len, uint6
   if (b == NULL) {
     if (rl->map.len >= rl->max) {
       /* Full: reuse the least recently used bucket for the newcomer. */
-      b = rl->tail;
-      unlink_bucket(rl, b);
+      sm_list *last = sm_list_last(&rl->lru);
+      assert(last != NULL);
+      b = SM_LIST_ENTRY(last, bucket, node);
+      sm_list_remove(&b->node);
       sm_map_del(&rl->map, b->key, b->klen);
     } else if ((b = sm_malloc(sizeof(*b))) == NULL) {
       return 0;
@@ -95,10 +77,10 @@ int admin_ratelimit_take(admin_ratelimit *rl, const char *key, size_t len, uint6
       free(b);
       return 0;
     }
-    push_front(rl, b);
-  } else if (rl->head != b) {
-    unlink_bucket(rl, b);
-    push_front(rl, b);
+    sm_list_push_front(&rl->lru, &b->node);
+  } else if (sm_list_first(&rl->lru) != &b->node) {
+    sm_list_remove(&b->node);
+    sm_list_push_front(&rl->lru, &b->node);
   }
   if (now_ms > b->at) {
     b->tokens += (double)(now_ms - b->at) * rl->rps / 1000.0;

@@ -6,6 +6,8 @@
 #ifndef SM_ADMIN_RATELIMIT_H
 #define SM_ADMIN_RATELIMIT_H
 
+#include "util/err.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,7 +17,8 @@ typedef struct admin_ratelimit admin_ratelimit;
 
 /* A table of buckets refilling rps tokens per second up to burst, holding at most max_entries
  * buckets. Returns 0, SM_EINVAL (rps <= 0, burst < 1 or max_entries 0) or SM_ENOMEM. */
-int admin_ratelimit_create(double rps, double burst, size_t max_entries, admin_ratelimit **out);
+SM_MUST_CHECK int admin_ratelimit_create(double rps, double burst, size_t max_entries,
+                                         admin_ratelimit **out);
 
 /* Frees the table. NULL is fine. */
 void admin_ratelimit_destroy(admin_ratelimit *rl);

@@ -5,6 +5,8 @@
 #ifndef SM_ADMIN_ROUTER_H
 #define SM_ADMIN_ROUTER_H
 
+#include "util/err.h"
+
 #include "http/http.h"
 
 #include <stddef.h>
@@ -61,17 +63,18 @@ void admin_router_init(admin_router *r, void *ud);
 
 /* Adds a route (copied; the strings must outlive the router). Returns 0, SM_EINVAL (pattern
  * not starting with '/', or more than HTTP_MAX_PARAMS params) or SM_ELIMIT (table full). */
-int admin_router_add(admin_router *r, const char *method, const char *pattern, admin_handler_fn fn,
-                     admin_role min_role);
+SM_MUST_CHECK int admin_router_add(admin_router *r, const char *method, const char *pattern,
+                                   admin_handler_fn fn, admin_role min_role);
 
 /* Looks up method + path (path: NUL-terminated, raw). Returns 0 with m->route set; SM_ENOENT
  * when no pattern matches the path (404); SM_EPERM when patterns match but not for this method
  * (405, m->allow lists the methods, comma-separated). */
-int admin_router_match(const admin_router *r, const char *method, const char *path, admin_match *m);
+SM_MUST_CHECK int admin_router_match(const admin_router *r, const char *method, const char *path,
+                                     admin_match *m);
 
 /* Decodes the match's params into req->params (in req's arena). Returns 0, SM_EPARSE (bad
  * escape: 400) or SM_ENOMEM. */
-int admin_match_bind(const admin_match *m, http_request *req);
+SM_MUST_CHECK int admin_match_bind(const admin_match *m, http_request *req);
 
 /* Routes req and runs its handler: 404 for an unknown path, 405 with Allow for a known path
  * and another method, 400 for a malformed path parameter or query string. The guard runs before
@@ -81,6 +84,6 @@ void admin_router_dispatch(const admin_router *r, http_request *req, http_respon
 /* Parses an application/x-www-form-urlencoded query (qs, NUL-terminated) into req->qpairs in
  * order (repeated keys kept; '+' is a space; "k" alone is k=""). Returns 0, SM_EPARSE (bad
  * escape), SM_ELIMIT (more than HTTP_MAX_QUERY_PAIRS pairs) or SM_ENOMEM. */
-int admin_query_parse(http_request *req, const char *qs);
+SM_MUST_CHECK int admin_query_parse(http_request *req, const char *qs);
 
 #endif

@@ -29,6 +29,7 @@
 #include "net/tls.h"
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
 #include <stdio.h>
@@ -53,13 +54,12 @@ struct admin_conn;
 
 /* One request answered later, or an answer waiting behind one (see the top of the file). */
 typedef struct conn_slot {
-  struct conn_slot *next;          /* the connection's FIFO */
-  struct conn_slot *tprev, *tnext; /* the server's timeout list (waiting slots only) */
+  sm_list node;  /* the connection's FIFO (admin_conn.slots) */
+  sm_list tnode; /* the server's timeout list (waiting slots only; linked: timed) */
   struct admin_conn *c;
   http_deferred *d;   /* the handler's answer to come; NULL once `bytes` holds the answer */
   http_buf bytes;     /* the serialized answer (when d is NULL) */
   int keep;           /* request: client allows keep-alive; serialized: the answer keeps it */
-  int timed;          /* on the timeout list */
   uint64_t deadline;  /* uv_now() ms */
   const char *method; /* static text */
   char path[160];     /* for the request log, truncated */
@@ -85,39 +85,41 @@ typedef struct admin_conn {
   int writing;   /* wreq in flight */
   uv_write_t wreq;
   uv_shutdown_t sreq;
-  http_buf stash;                   /* input not parsed yet because output backed up */
-  conn_slot *shead, *stail;         /* unanswered (deferred) requests and answers behind them */
-  size_t nslots;                    /* slots in that FIFO */
-  enum timer_kind tkind;            /* deadline the timer runs for */
-  uint64_t tseq;                    /* request sequence the T_REQUEST deadline belongs to */
-  int dirty;                        /* on the server's flush list */
-  struct admin_conn *dprev, *dnext; /* flush list */
-  struct admin_conn *prev, *next;   /* all connections */
+  http_buf stash;        /* input not parsed yet because output backed up */
+  sm_list slots;         /* unanswered (deferred) requests and answers behind them */
+  size_t nslots;         /* slots in that FIFO */
+  enum timer_kind tkind; /* deadline the timer runs for */
+  uint64_t tseq;         /* request sequence the T_REQUEST deadline belongs to */
+  sm_list dnode;         /* the server's flush list (linked: output to flush this turn) */
+  sm_list cnode;         /* the server's connections */
 } admin_conn;
 
 struct admin_server {
   uv_loop_t *loop;
-  sm_manager *m;
-  const sm_settings *s;
+  admin_api api;    /* the router's ud */
+  const char *addr; /* for log lines */
+  size_t max_connections;
+  size_t max_body_bytes;
+  size_t max_header_bytes;
   admin_router router;
   admin_security sec; /* keys, roles, rate limits: the router's guard */
   char host[256];
   int port;
   int bound_port; /* -1 until listening */
   uv_tcp_t listener;
-  uv_check_t flusher;       /* flushes gathered output once per loop turn, right after poll */
-  uv_idle_t kick;           /* output gathered outside poll (timers, write callbacks): keeps
-                               the next poll from blocking until it is flushed */
-  uv_timer_t defer_timer;   /* the deadline of the oldest waiting deferred request */
-  conn_slot *thead, *ttail; /* waiting deferred requests, oldest (earliest deadline) first */
+  uv_check_t flusher;     /* flushes gathered output once per loop turn, right after poll */
+  uv_idle_t kick;         /* output gathered outside poll (timers, write callbacks): keeps
+                             the next poll from blocking until it is flushed */
+  uv_timer_t defer_timer; /* the deadline of the oldest waiting deferred request */
+  sm_list timeouts;       /* waiting deferred requests (conn_slot.tnode), earliest deadline first */
   uint64_t defer_timeout_ms;
   int listener_closed;
   int stopping;        /* stop_accepting called: no keep-alive from now on */
   int closing;         /* admin_server_close called */
   size_t open_handles; /* handles whose close callback has not run */
-  admin_conn *conns;
+  sm_list conns;       /* admin_conn.cnode */
   size_t nconns;
-  admin_conn *dirty; /* connections with output to flush this turn */
+  sm_list dirty; /* connections with output to flush this turn (admin_conn.dnode) */
   uint64_t request_timeout_ms;
   uint64_t idle_timeout_ms;
   http_buf busy; /* the serialized 503 for connections beyond the limit */
@@ -134,6 +136,18 @@ static void conn_update_timer(admin_conn *c);
 static void on_flush(uv_check_t *h);
 static void on_kick(uv_idle_t *h);
 static void conn_advance(admin_conn *c);
+
+/* The first slot of c's FIFO, or NULL. */
+static conn_slot *slot_head(const admin_conn *c) {
+  sm_list *n = sm_list_first(&c->slots);
+  return n ? SM_LIST_ENTRY(n, conn_slot, node) : NULL;
+}
+
+/* The waiting slot with the earliest deadline, or NULL. */
+static conn_slot *timeout_head(const struct admin_server *srv) {
+  sm_list *n = sm_list_first(&srv->timeouts);
+  return n ? SM_LIST_ENTRY(n, conn_slot, tnode) : NULL;
+}
 
 static uint64_t secs_to_ms(double s) {
   return s <= 0 ? 1 : (uint64_t)(s * 1000.0 + 0.5);
@@ -162,14 +176,9 @@ static void on_handle_closed(uv_handle_t *h) {
 
 static void mark_dirty(admin_conn *c) {
   struct admin_server *srv = c->srv;
-  if (c->dirty || c->state == C_CLOSING)
+  if (sm_list_linked(&c->dnode) || c->state == C_CLOSING)
     return;
-  c->dirty = 1;
-  c->dprev = NULL;
-  c->dnext = srv->dirty;
-  if (srv->dirty)
-    srv->dirty->dprev = c;
-  srv->dirty = c;
+  sm_list_push_back(&srv->dirty, &c->dnode);
   if (!uv_is_active((uv_handle_t *)&srv->flusher) && !srv->closing) {
     uv_check_start(&srv->flusher, on_flush);
     uv_idle_start(&srv->kick, on_kick);
@@ -177,16 +186,8 @@ static void mark_dirty(admin_conn *c) {
 }
 
 static void unmark_dirty(admin_conn *c) {
-  if (!c->dirty)
-    return;
-  if (c->dprev)
-    c->dprev->dnext = c->dnext;
-  else
-    c->srv->dirty = c->dnext;
-  if (c->dnext)
-    c->dnext->dprev = c->dprev;
-  c->dirty = 0;
-  c->dprev = c->dnext = NULL;
+  if (sm_list_linked(&c->dnode))
+    sm_list_remove(&c->dnode);
 }
 
 /* ---- output ---- */
@@ -248,7 +249,7 @@ static void log_request(admin_conn *c, const http_response *res, const char *met
 static void conn_queue(admin_conn *c, const http_response *res, int keep_alive, const char *method,
                        const char *path, uint64_t start_ns, const char *who) {
   conn_slot *sl = NULL;
-  if (c->shead != NULL && (sl = sm_calloc(1, sizeof(*sl))) == NULL) {
+  if (!sm_list_empty(&c->slots) && (sl = sm_calloc(1, sizeof(*sl))) == NULL) {
     conn_close(c);
     return;
   }
@@ -260,10 +261,10 @@ static void conn_queue(admin_conn *c, const http_response *res, int keep_alive, 
   }
   log_request(c, res, method, path, start_ns, who);
   if (sl != NULL) {
+    sm_list_init(&sl->tnode);
     sl->c = c;
     sl->keep = keep_alive;
-    c->stail->next = sl;
-    c->stail = sl;
+    sm_list_push_back(&c->slots, &sl->node);
     c->nslots++;
     return;
   }
@@ -442,8 +443,9 @@ static void conn_flush(admin_conn *c) {
 }
 
 static void flush_all(struct admin_server *srv) {
-  while (srv->dirty) {
-    admin_conn *c = srv->dirty;
+  sm_list *n;
+  while ((n = sm_list_first(&srv->dirty)) != NULL) {
+    admin_conn *c = SM_LIST_ENTRY(n, admin_conn, dnode);
     unmark_dirty(c);
     conn_flush(c);
   }
@@ -466,44 +468,30 @@ static void on_defer_timer(uv_timer_t *t);
 static void defer_timer_update(struct admin_server *srv) {
   if (srv->closing)
     return;
-  if (srv->thead == NULL) {
+  conn_slot *head = timeout_head(srv);
+  if (head == NULL) {
     uv_timer_stop(&srv->defer_timer);
     return;
   }
   uint64_t now = uv_now(srv->loop);
-  uint64_t dl = srv->thead->deadline;
+  uint64_t dl = head->deadline;
   uv_timer_start(&srv->defer_timer, on_defer_timer, dl > now ? dl - now : 0, 0);
 }
 
 static void timeout_remove(struct admin_server *srv, conn_slot *sl) {
-  if (!sl->timed)
+  if (!sm_list_linked(&sl->tnode))
     return;
-  int was_head = srv->thead == sl;
-  if (sl->tprev)
-    sl->tprev->tnext = sl->tnext;
-  else
-    srv->thead = sl->tnext;
-  if (sl->tnext)
-    sl->tnext->tprev = sl->tprev;
-  else
-    srv->ttail = sl->tprev;
-  sl->tprev = sl->tnext = NULL;
-  sl->timed = 0;
+  int was_head = timeout_head(srv) == sl;
+  sm_list_remove(&sl->tnode);
   if (was_head)
     defer_timer_update(srv);
 }
 
 static void timeout_append(struct admin_server *srv, conn_slot *sl) {
   sl->deadline = uv_now(srv->loop) + srv->defer_timeout_ms;
-  sl->timed = 1;
-  sl->tnext = NULL;
-  sl->tprev = srv->ttail;
-  if (srv->ttail)
-    srv->ttail->tnext = sl;
-  else
-    srv->thead = sl;
-  srv->ttail = sl;
-  if (srv->thead == sl)
+  /* Every slot waits the same time: appending keeps the list sorted by deadline. */
+  sm_list_push_back(&srv->timeouts, &sl->tnode);
+  if (timeout_head(srv) == sl)
     defer_timer_update(srv);
 }
 
@@ -517,12 +505,9 @@ static void slot_free(struct admin_server *srv, conn_slot *sl) {
 
 /* Drops every slot of the connection (closing, or answers after a final one). */
 static void conn_drop_slots(admin_conn *c) {
-  while (c->shead) {
-    conn_slot *sl = c->shead;
-    c->shead = sl->next;
-    slot_free(c->srv, sl);
-  }
-  c->stail = NULL;
+  sm_list *n;
+  while ((n = sm_list_pop_front(&c->slots)) != NULL)
+    slot_free(c->srv, SM_LIST_ENTRY(n, conn_slot, node));
   c->nslots = 0;
 }
 
@@ -533,11 +518,9 @@ static int slot_ready(conn_slot *sl) {
 /* Moves the answered head of the FIFO into `out` (written in this turn's flush). */
 static void conn_advance(admin_conn *c) {
   struct admin_server *srv = c->srv;
-  while (c->state != C_CLOSING && c->shead && slot_ready(c->shead)) {
-    conn_slot *sl = c->shead;
-    c->shead = sl->next;
-    if (c->shead == NULL)
-      c->stail = NULL;
+  conn_slot *sl;
+  while (c->state != C_CLOSING && (sl = slot_head(c)) != NULL && slot_ready(sl)) {
+    sm_list_remove(&sl->node);
     c->nslots--;
     int keep = sl->keep, err = 0;
     if (sl->d != NULL) {
@@ -570,15 +553,15 @@ static void on_deferred_ready(void *ud, http_deferred *d) {
   conn_slot *sl = ud;
   admin_conn *c = sl->c;
   timeout_remove(c->srv, sl);
-  if (sl == c->shead)
+  if (sl == slot_head(c))
     conn_advance(c);
 }
 
 static void on_defer_timer(uv_timer_t *t) {
   struct admin_server *srv = t->data;
   uint64_t now = uv_now(srv->loop);
-  while (srv->thead && srv->thead->deadline <= now) {
-    conn_slot *sl = srv->thead;
+  conn_slot *sl;
+  while ((sl = timeout_head(srv)) != NULL && sl->deadline <= now) {
     admin_conn *c = sl->c;
     timeout_remove(srv, sl);
     /* The handler's late answer is dropped from now on. */
@@ -597,7 +580,7 @@ static void on_defer_timer(uv_timer_t *t) {
                 SM_LS("client", c->peer));
     if (err)
       conn_close(c);
-    else if (sl == c->shead)
+    else if (sl == slot_head(c))
       conn_advance(c);
   }
   defer_timer_update(srv);
@@ -612,6 +595,7 @@ static int conn_defer(admin_conn *c, http_request *req, http_deferred *d) {
     conn_close(c);
     return SM_ENOMEM;
   }
+  sm_list_init(&sl->tnode);
   sl->c = c;
   sl->d = d;
   sl->keep = req->keep_alive;
@@ -619,11 +603,7 @@ static int conn_defer(admin_conn *c, http_request *req, http_deferred *d) {
   snprintf(sl->path, sizeof(sl->path), "%s", req->path ? req->path : "-");
   snprintf(sl->who, sizeof(sl->who), "%s", admin_request_who(req));
   sl->start_ns = req->start_ns;
-  if (c->stail)
-    c->stail->next = sl;
-  else
-    c->shead = sl;
-  c->stail = sl;
+  sm_list_push_back(&c->slots, &sl->node);
   c->nslots++;
   if (http_deferred_response(d) != NULL) {
     conn_advance(c); /* answered inside the handler already */
@@ -673,7 +653,7 @@ static void conn_input(admin_conn *c, const char *data, size_t len) {
     read_stop(c);
     if (http_buf_append(&c->stash, data + used, len - (size_t)used) != 0)
       conn_close(c);
-  } else if (http1_take_continue(c->http) && c->shead == NULL) {
+  } else if (http1_take_continue(c->http) && sm_list_empty(&c->slots)) {
     /* (Behind unanswered requests an interim answer would jump the queue: the client then
      * sends its body after its own expect timeout.) */
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -826,12 +806,7 @@ static void conn_close(admin_conn *c) {
   c->state = C_CLOSING;
   unmark_dirty(c);
   conn_drop_slots(c);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    srv->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
+  sm_list_remove(&c->cnode);
   srv->nconns--;
   read_stop(c);
   uv_timer_stop(&c->timer);
@@ -882,7 +857,7 @@ static void reject_connection(struct admin_server *srv) {
       (void)uv_try_write((uv_stream_t *)t, &b, 1);
   }
   sm_log_warn("admin", "connection refused: limit reached",
-              SM_LI("max_connections", srv->s->admin_max_connections));
+              SM_LI("max_connections", srv->max_connections));
   uv_close((uv_handle_t *)t, on_reject_closed);
 }
 
@@ -892,14 +867,14 @@ static void on_connection(uv_stream_t *l, int status) {
     sm_log_warn("admin", "accept failed", SM_LE(sm_err_from_uv(status)));
     return;
   }
-  if (srv->stopping || srv->nconns >= srv->s->admin_max_connections) {
+  if (srv->stopping || srv->nconns >= srv->max_connections) {
     reject_connection(srv);
     return;
   }
   admin_conn *c = sm_calloc(1, sizeof(*c));
   http1_config hc = {
-      .max_header_bytes = srv->s->admin_max_header_bytes,
-      .max_body_bytes = srv->s->admin_max_body_bytes,
+      .max_header_bytes = srv->max_header_bytes,
+      .max_body_bytes = srv->max_body_bytes,
       .on_request = conn_on_request,
       .ud = c,
   };
@@ -917,10 +892,9 @@ static void on_connection(uv_stream_t *l, int status) {
   c->tcp.data = c->timer.data = c;
   c->handles = 2;
   srv->open_handles += 2;
-  c->next = srv->conns;
-  if (srv->conns)
-    srv->conns->prev = c;
-  srv->conns = c;
+  sm_list_init(&c->slots);
+  sm_list_init(&c->dnode);
+  sm_list_push_front(&srv->conns, &c->cnode);
   srv->nconns++;
   if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
@@ -934,37 +908,42 @@ static void on_connection(uv_stream_t *l, int status) {
 
 /* ---- public ---- */
 
-int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **out) {
-  if (loop == NULL || m == NULL || m->settings == NULL || out == NULL)
+int admin_server_create(uv_loop_t *loop, const admin_server_config *cfg, const admin_api *api,
+                        struct admin_server **out) {
+  if (loop == NULL || cfg == NULL || api == NULL || out == NULL || cfg->host == NULL ||
+      strlen(cfg->host) >= sizeof(((struct admin_server *)0)->host) || cfg->port < 0 ||
+      cfg->port > 65535)
     return SM_EINVAL;
   struct admin_server *srv = sm_calloc(1, sizeof(*srv));
   if (srv == NULL)
     return SM_ENOMEM;
   srv->loop = loop;
-  srv->m = m;
-  srv->s = m->settings;
+  srv->api = *api;
+  srv->addr = cfg->addr ? cfg->addr : cfg->host;
+  srv->max_connections = cfg->max_connections;
+  srv->max_body_bytes = cfg->max_body_bytes;
+  srv->max_header_bytes = cfg->max_header_bytes;
   srv->bound_port = -1;
-  srv->request_timeout_ms = secs_to_ms(srv->s->admin_request_timeout_s);
-  srv->idle_timeout_ms = secs_to_ms(srv->s->admin_idle_timeout_s);
+  sm_list_init(&srv->conns);
+  sm_list_init(&srv->dirty);
+  sm_list_init(&srv->timeouts);
+  srv->request_timeout_ms = secs_to_ms(cfg->request_timeout_s);
+  srv->idle_timeout_ms = secs_to_ms(cfg->idle_timeout_s);
   /* A handler waiting on the store gets as long as a client has to send its request. */
   srv->defer_timeout_ms = srv->request_timeout_ms;
-  int err = sm_addr_split(srv->s->admin_addr ? srv->s->admin_addr : ":8080", srv->host, &srv->port);
-  if (err) {
-    free(srv);
-    return err;
-  }
-  admin_router_init(&srv->router, m);
-  err = admin_security_init(&srv->sec, srv->s);
+  snprintf(srv->host, sizeof(srv->host), "%s", cfg->host);
+  srv->port = cfg->port;
+  admin_router_init(&srv->router, &srv->api);
+  int err = admin_security_init(&srv->sec, &cfg->security);
   if (err) {
     free(srv);
     return err;
   }
   srv->router.guard = admin_security_guard;
   srv->router.guard_ud = &srv->sec;
-  if (srv->s->admin_tls_enabled) {
-    net_tls_config tc = {.cert_file = srv->s->admin_tls_cert_file,
-                         .key_file = srv->s->admin_tls_key_file,
-                         .http1 = 1};
+  if (cfg->tls_enabled) {
+    net_tls_config tc = {
+        .cert_file = cfg->tls_cert_file, .key_file = cfg->tls_key_file, .http1 = 1};
     err = net_tls_ctx_create_server(&tc, &srv->tls_ctx);
     if (err) {
       sm_log_error("admin", "cannot set up admin TLS", SM_LE(err));
@@ -1007,7 +986,7 @@ int admin_server_listen(struct admin_server *srv) {
   if (rc == 0)
     rc = uv_listen((uv_stream_t *)&srv->listener, ADMIN_BACKLOG, on_connection);
   if (rc != 0) {
-    sm_log_error("admin", "cannot listen", SM_LS("addr", srv->s->admin_addr),
+    sm_log_error("admin", "cannot listen", SM_LS("addr", srv->addr),
                  SM_LS("reason", uv_strerror(rc)));
     return rc == UV_EADDRINUSE || rc == UV_EADDRNOTAVAIL || rc == UV_EACCES ? SM_EADDR
                                                                             : sm_err_from_uv(rc);
@@ -1017,8 +996,8 @@ int admin_server_listen(struct admin_server *srv) {
   if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&name, &len) == 0)
     srv->bound_port = ntohs(name.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&name)->sin6_port
                                                        : ((struct sockaddr_in *)&name)->sin_port);
-  sm_log_info("admin", "listening", SM_LS("addr", srv->s->admin_addr),
-              SM_LI("port", srv->bound_port), SM_LB("tls", srv->tls_ctx != NULL));
+  sm_log_info("admin", "listening", SM_LS("addr", srv->addr), SM_LI("port", srv->bound_port),
+              SM_LB("tls", srv->tls_ctx != NULL));
   return 0;
 }
 
@@ -1046,9 +1025,8 @@ void admin_server_stop_accepting(struct admin_server *srv) {
     return;
   srv->stopping = 1;
   close_listener(srv);
-  admin_conn *next;
-  for (admin_conn *c = srv->conns; c; c = next) {
-    next = c->next;
+  SM_LIST_FOREACH_SAFE(it, tmp, &srv->conns) {
+    admin_conn *c = SM_LIST_ENTRY(it, admin_conn, cnode);
     if (c->state == C_OPEN && !c->writing && c->out.len == 0 && c->stash.len == 0 &&
         c->nslots == 0 && http1_pending(c->http) == 0)
       conn_close(c);
@@ -1069,6 +1047,7 @@ void admin_server_close(struct admin_server *srv, void (*cb)(void *ud), void *ud
   uv_close((uv_handle_t *)&srv->kick, on_handle_closed);
   uv_timer_stop(&srv->defer_timer);
   uv_close((uv_handle_t *)&srv->defer_timer, on_handle_closed);
-  while (srv->conns)
-    conn_close(srv->conns);
+  sm_list *n;
+  while ((n = sm_list_first(&srv->conns)) != NULL)
+    conn_close(SM_LIST_ENTRY(n, admin_conn, cnode));
 }

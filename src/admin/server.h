@@ -5,22 +5,43 @@
 #ifndef SM_ADMIN_SERVER_H
 #define SM_ADMIN_SERVER_H
 
+#include "admin/api.h"
+#include "admin/auth.h"
 #include "admin/router.h"
-#include "app/manager.h"
+#include "util/err.h"
 
 #include <stddef.h>
 #include <uv.h>
 
 struct admin_server;
 
-/* Creates the admin listener on ADMIN_API_ADDR from m->settings; reads m->registry,
- * m->lifecycle, m->store, m->mq and m's state (draining, maintenance, sm_manager_ready()).
- * Deferred responses get ADMIN_REQUEST_TIMEOUT to complete, else 503 with Retry-After. Returns 0,
- * SM_EADDR (bad address) or SM_ENOMEM. */
-int admin_server_create(uv_loop_t *loop, sm_manager *m, struct admin_server **out);
+/* The listener's settings, filled by app/ (ADMIN_API_ADDR, ADMIN_* limits, ADMIN_TLS_*). The
+ * strings are read during admin_server_create only, except addr (kept for log lines: it must
+ * outlive the server). */
+typedef struct admin_server_config {
+  const char *addr;               /* ADMIN_API_ADDR as given, for log lines */
+  const char *host;               /* the address to bind ("0.0.0.0", "::1", ...) */
+  int port;                       /* 0: any free port */
+  size_t max_connections;         /* ADMIN_MAX_CONNECTIONS; beyond it a 503 and close */
+  size_t max_body_bytes;          /* ADMIN_MAX_BODY_BYTES */
+  size_t max_header_bytes;        /* ADMIN_MAX_HEADER_BYTES */
+  double request_timeout_s;       /* ADMIN_REQUEST_TIMEOUT: whole request, and deferred answers */
+  double idle_timeout_s;          /* ADMIN_IDLE_TIMEOUT: idle keep-alive connection */
+  int tls_enabled;                /* ADMIN_TLS_ENABLED */
+  const char *tls_cert_file;      /* ADMIN_TLS_CERT_FILE */
+  const char *tls_key_file;       /* ADMIN_TLS_KEY_FILE */
+  admin_security_config security; /* keys and rate limits of the router's guard (auth.h) */
+} admin_server_config;
+
+/* Creates the admin listener from cfg with the routes of handlers.c, which read api (copied;
+ * its handles must stay valid until admin_server_close). Deferred responses get
+ * request_timeout_s to complete, else 503 with Retry-After. Returns 0, SM_EINVAL, SM_EIO (keys
+ * file), SM_ETLS or SM_ENOMEM. */
+SM_MUST_CHECK int admin_server_create(uv_loop_t *loop, const admin_server_config *cfg,
+                                      const admin_api *api, struct admin_server **out);
 
 /* Binds and listens. Returns 0 or an SM_E* code (SM_EADDR for a bad or busy address). */
-int admin_server_listen(struct admin_server *srv);
+SM_MUST_CHECK int admin_server_listen(struct admin_server *srv);
 
 /* Drain: closes the listener and the idle keep-alive connections; the others get
  * "Connection: close" on their next response. Safe to call more than once. */

@@ -12,6 +12,7 @@
 
 #include "core/registry.h"
 #include "store/store.h"
+#include "util/err.h"
 
 #include <uv.h>
 
@@ -19,8 +20,8 @@ typedef struct agent_mirror agent_mirror;
 
 /* Creates the mirror and starts its flush timer. ttl_s: record lifetime (>= 3 s). Returns 0,
  * SM_EINVAL or SM_ENOMEM. */
-int agent_mirror_create(uv_loop_t *loop, store *st, agent_registry *reg, const char *instance,
-                        double ttl_s, agent_mirror **out);
+SM_MUST_CHECK int agent_mirror_create(uv_loop_t *loop, store *st, agent_registry *reg,
+                                      const char *instance, double ttl_s, agent_mirror **out);
 
 /* Registry events (forward them from the registry's listener). */
 void agent_mirror_on_register(agent_mirror *m, agent *a);

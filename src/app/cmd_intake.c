@@ -3,15 +3,17 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* One delivery on its way into the store. It outlives the bridge when the bridge is destroyed
  * while a submission is in flight: then `ci` is NULL and the answer is ignored. */
 typedef struct pending {
-  struct pending *next, *prev;
+  sm_list node; /* the bridge's `held` list; on no list once the bridge is gone */
   cmd_intake *ci;
   mq_intake_handle handle;
   char *body; /* copy of the message body, kept to submit again */
@@ -27,13 +29,15 @@ typedef struct pending {
  * filled and drained between two of our submissions). */
 #define RESUME_POLL_MS 100
 
+static void try_submit(cmd_intake *ci, pending *p);
+static void resume_poll(uv_timer_t *t);
+
 struct cmd_intake {
   uv_timer_t resume_timer; /* polls lifecycle_accepting while paused */
-  mq_intake *in;
+  cmd_intake_source src;   /* the AMQP intake (mq/intake.h), or a test's fake */
   lifecycle *lc;
-  uint16_t prefetch;
   int accepting;
-  pending *head; /* every delivery not yet settled */
+  sm_list held; /* every delivery not yet settled (pending.node) */
   cmd_intake_stats stats;
 };
 
@@ -52,18 +56,22 @@ static void pending_free(pending *p) {
 }
 
 static void unlink_pending(cmd_intake *ci, pending *p) {
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    ci->head = p->next;
-  if (p->next)
-    p->next->prev = p->prev;
-  p->next = p->prev = NULL;
-  ci->stats.held -= ci->stats.held ? 1 : 0;
+  assert(sm_list_linked(&p->node) && ci->stats.held > 0);
+  sm_list_remove(&p->node);
+  ci->stats.held--;
+}
+
+/* Pauses the source and polls the lifecycle until it accepts again. */
+static void pause_intake(cmd_intake *ci) {
+  ci->accepting = 0;
+  int err = ci->src.pause(ci->src.src);
+  if (err) /* deliveries keep coming; each is kept (bounded by the prefetch) */
+    sm_log_warn("intake", "pausing the AMQP intake failed", SM_LE(err));
+  uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
 }
 
 static void dead_letter(cmd_intake *ci, pending *p, const char *reason) {
-  int err = mq_intake_reject_dlq(ci->in, p->handle, reason);
+  int err = ci->src.reject_dlq(ci->src.src, p->handle, reason);
   if (err)
     sm_log_warn("intake", "dead-lettering failed: the broker will redeliver",
                 SM_LS("reason", reason), SM_LE(err));
@@ -75,9 +83,6 @@ static void dead_letter(cmd_intake *ci, pending *p, const char *reason) {
   pending_free(p);
 }
 
-static void try_submit(cmd_intake *ci, pending *p);
-static void resume_poll(uv_timer_t *t);
-
 static void submitted(void *ud, int err, const sm_command *cmd, int existed) {
   pending *p = ud;
   cmd_intake *ci = p->ci;
@@ -87,7 +92,7 @@ static void submitted(void *ud, int err, const sm_command *cmd, int existed) {
     return;
   }
   if (err == 0) {
-    int aerr = mq_intake_ack(ci->in, p->handle);
+    int aerr = ci->src.ack(ci->src.src, p->handle);
     if (aerr)
       sm_log_warn("intake", "ack failed: the broker will redeliver (same id, idempotent)",
                   SM_LS("command_id", cmd ? cmd->id : NULL), SM_LE(aerr));
@@ -133,25 +138,21 @@ static void try_submit(cmd_intake *ci, pending *p) {
   p->in_flight = 0;
   if (err == SM_EUNAVAIL || err == SM_ELIMIT || err == SM_EAGAIN) {
     ci->stats.deferred++;
-    if (ci->accepting) {
-      ci->accepting = 0;
-      mq_intake_pause(ci->in);
-      uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
-    }
+    if (ci->accepting)
+      pause_intake(ci);
     return;
   }
   dead_letter(ci, p, sm_strerror(err));
 }
 
-static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
-  cmd_intake *ci = ud;
-  (void)in;
+void cmd_intake_deliver(cmd_intake *ci, const mq_intake_msg *m) {
   pending *p = sm_calloc(1, sizeof(*p));
   if (p == NULL) {
     /* Leave it unacked: the broker keeps it and redelivers after a reconnect. */
     sm_log_error("intake", "out of memory: delivery left unacked");
     return;
   }
+  sm_list_init(&p->node);
   p->ci = ci;
   p->handle = m->handle;
   p->len = m->body.len;
@@ -166,15 +167,17 @@ static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
   }
   memcpy(p->body, m->body.base, p->len);
   p->body[p->len] = '\0';
-  p->next = ci->head;
-  if (ci->head)
-    ci->head->prev = p;
-  ci->head = p;
+  sm_list_push_back(&ci->held, &p->node);
   ci->stats.held++;
   if (ci->accepting)
     try_submit(ci, p);
   else
     ci->stats.deferred++;
+}
+
+static void on_delivery(mq_intake *in, const mq_intake_msg *m, void *ud) {
+  (void)in;
+  cmd_intake_deliver(ud, m);
 }
 
 static void free_cb(uv_handle_t *h) {
@@ -187,53 +190,109 @@ static void resume_poll(uv_timer_t *t) {
     cmd_intake_set_accepting(ci, 1);
 }
 
-int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc, uint16_t prefetch,
-                      cmd_intake **out) {
+/* ---- the AMQP source ---- */
+
+static int src_start(void *src) {
+  return mq_intake_start(src);
+}
+static int src_pause(void *src) {
+  return mq_intake_pause(src);
+}
+static int src_resume(void *src) {
+  return mq_intake_resume(src);
+}
+static int src_ack(void *src, mq_intake_handle h) {
+  return mq_intake_ack(src, h);
+}
+static int src_reject_dlq(void *src, mq_intake_handle h, const char *reason) {
+  return mq_intake_reject_dlq(src, h, reason);
+}
+static void src_destroy(void *src) {
+  mq_intake_destroy(src);
+}
+
+static cmd_intake *bridge_new(uv_loop_t *loop, lifecycle *lc) {
   cmd_intake *ci = sm_calloc(1, sizeof(*ci));
   if (ci == NULL)
-    return SM_ENOMEM;
+    return NULL;
   uv_timer_init(loop, &ci->resume_timer);
   ci->resume_timer.data = ci;
   ci->lc = lc;
-  ci->prefetch = prefetch;
   ci->accepting = lifecycle_accepting(lc);
-  int err = mq_intake_create(conn, prefetch, on_delivery, ci, &ci->in);
+  sm_list_init(&ci->held);
+  return ci;
+}
+
+int cmd_intake_create_on(uv_loop_t *loop, const cmd_intake_source *src, lifecycle *lc,
+                         cmd_intake **out) {
+  if (loop == NULL || src == NULL || lc == NULL || out == NULL || !src->start || !src->pause ||
+      !src->resume || !src->ack || !src->reject_dlq)
+    return SM_EINVAL;
+  cmd_intake *ci = bridge_new(loop, lc);
+  if (ci == NULL)
+    return SM_ENOMEM;
+  ci->src = *src;
+  *out = ci;
+  return 0;
+}
+
+int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc, uint16_t prefetch,
+                      cmd_intake **out) {
+  if (loop == NULL || conn == NULL || lc == NULL || out == NULL)
+    return SM_EINVAL;
+  cmd_intake *ci = bridge_new(loop, lc);
+  if (ci == NULL)
+    return SM_ENOMEM;
+  mq_intake *in = NULL;
+  int err = mq_intake_create(conn, prefetch, on_delivery, ci, &in);
   if (err) {
     uv_close((uv_handle_t *)&ci->resume_timer, free_cb);
     return err;
   }
+  ci->src = (cmd_intake_source){.start = src_start,
+                                .pause = src_pause,
+                                .resume = src_resume,
+                                .ack = src_ack,
+                                .reject_dlq = src_reject_dlq,
+                                .destroy = src_destroy,
+                                .src = in};
   *out = ci;
   return 0;
 }
 
 int cmd_intake_start(cmd_intake *ci) {
-  int err = mq_intake_start(ci->in);
+  int err = ci->src.start(ci->src.src);
   if (err == 0 && !ci->accepting)
-    err = mq_intake_pause(ci->in);
+    err = ci->src.pause(ci->src.src);
   return err;
 }
 
 void cmd_intake_set_accepting(cmd_intake *ci, int accepting) {
   if (ci == NULL || ci->accepting == accepting)
     return;
-  ci->accepting = accepting;
   sm_log_info("intake", accepting ? "resuming AMQP intake" : "pausing AMQP intake",
               SM_LI("held", ci->stats.held));
   if (!accepting) {
-    mq_intake_pause(ci->in);
+    pause_intake(ci);
+    return;
+  }
+  int err = ci->src.resume(ci->src.src);
+  if (err) {
+    /* Still paused: the poll tries again. */
+    sm_log_warn("intake", "resuming the AMQP intake failed", SM_LE(err));
     uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
     return;
   }
+  ci->accepting = 1;
   uv_timer_stop(&ci->resume_timer);
-  mq_intake_resume(ci->in);
-  /* Submit what was kept, oldest first is not needed: each is independent. A refusal inside the
-   * walk flips accepting back to 0 and ends it. */
-  pending *p = ci->head;
-  while (p && ci->accepting) {
-    pending *next = p->next;
+  /* Submit what was kept, oldest first. A refusal inside the walk flips accepting back to 0
+   * and ends it; a submission only unlinks its own delivery (answers come later). */
+  SM_LIST_FOREACH_SAFE(it, tmp, &ci->held) {
+    if (!ci->accepting)
+      break;
+    pending *p = SM_LIST_ENTRY(it, pending, node);
     if (!p->in_flight)
       try_submit(ci, p);
-    p = next;
   }
 }
 
@@ -244,16 +303,18 @@ void cmd_intake_get_stats(const cmd_intake *ci, cmd_intake_stats *out) {
 void cmd_intake_destroy(cmd_intake *ci) {
   if (ci == NULL)
     return;
-  pending *p = ci->head;
-  while (p) {
-    pending *next = p->next;
+  SM_LIST_FOREACH_SAFE(it, tmp, &ci->held) {
+    pending *p = SM_LIST_ENTRY(it, pending, node);
+    sm_list_remove(&p->node);
     if (p->in_flight)
       p->ci = NULL; /* freed by its answer */
     else
       pending_free(p);
-    p = next;
   }
-  mq_intake_destroy(ci->in);
-  ci->in = NULL;
+  ci->stats.held = 0;
+  if (ci->src.destroy)
+    ci->src.destroy(ci->src.src);
+  ci->src.src = NULL;
+  uv_timer_stop(&ci->resume_timer);
   uv_close((uv_handle_t *)&ci->resume_timer, free_cb);
 }

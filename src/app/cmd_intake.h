@@ -11,6 +11,9 @@
 
 #include "core/lifecycle.h"
 #include "mq/intake.h"
+#include "util/err.h"
+
+#include <uv.h>
 
 typedef struct cmd_intake cmd_intake;
 
@@ -23,11 +26,33 @@ typedef struct cmd_intake_stats {
 
 /* Creates the bridge and the mq intake on conn (prefetch 0: 256); deliveries start with
  * cmd_intake_start. Returns 0, SM_EINVAL or SM_ENOMEM. */
-int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc, uint16_t prefetch,
-                      cmd_intake **out);
+SM_MUST_CHECK int cmd_intake_create(uv_loop_t *loop, mq_conn *conn, lifecycle *lc,
+                                    uint16_t prefetch, cmd_intake **out);
+
+/* The message source of a bridge: the operations of mq/intake.h on one mq_intake (what
+ * cmd_intake_create uses), or a test's fakes. Each returns 0 or an SM_E* code as its
+ * mq_intake_* counterpart; destroy (may be NULL) runs in cmd_intake_destroy. */
+typedef struct cmd_intake_source {
+  int (*start)(void *src);
+  int (*pause)(void *src);
+  int (*resume)(void *src);
+  int (*ack)(void *src, mq_intake_handle h);
+  int (*reject_dlq)(void *src, mq_intake_handle h, const char *reason);
+  void (*destroy)(void *src);
+  void *src;
+} cmd_intake_source;
+
+/* Creates the bridge over src (copied); its deliveries come in through cmd_intake_deliver.
+ * Returns 0, SM_EINVAL (a missing operation) or SM_ENOMEM. */
+SM_MUST_CHECK int cmd_intake_create_on(uv_loop_t *loop, const cmd_intake_source *src, lifecycle *lc,
+                                       cmd_intake **out);
+
+/* One delivery of the source (the slices are copied). Out of memory leaves it unsettled: the
+ * broker redelivers it after a reconnect. */
+void cmd_intake_deliver(cmd_intake *ci, const mq_intake_msg *m);
 
 /* Starts consuming. Returns 0 or an SM_E* code. */
-int cmd_intake_start(cmd_intake *ci);
+SM_MUST_CHECK int cmd_intake_start(cmd_intake *ci);
 
 /* The lifecycle's accepting state changed (lifecycle_config.on_accepting): pause or resume,
  * and on resume submit the kept deliveries again. */

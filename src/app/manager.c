@@ -1,8 +1,25 @@
-/* manager.c - builds the context tree from the settings and runs the shutdown sequence:
+/* manager.c - the composition root: builds the context tree from the settings, hands each
+ * module its own config struct and the narrow interfaces it needs (admin_api, metrics_source),
+ * and runs the shutdown sequence. The only file that knows every module.
  *
+ * Start order (each step needs the ones before it):
+ *   1. signals, drain timer            (the manager's own handles)
+ *   2. agent registry                  (used by everything below)
+ *   3. metrics                         (hooks fed by the lifecycle and the gRPC sessions)
+ *   4. store, agent mirror, RabbitMQ connection and publisher, scheduler strategies,
+ *      lifecycle, AMQP intake          (start_pipeline)
+ *   5. gRPC agent listener             (reads and writes the registry)
+ *   6. admin listener                  (admin_api over the registry and the lifecycle)
+ *   7. metrics listener
+ *
+ * Stop order:
  *   signal -> draining (health NOT_SERVING, /ready 503, no new connections, GOAWAY)
  *          -> wait for in-flight work, at most DRAIN_TIMEOUT
- *          -> end agent streams, close listeners and timers through their close callbacks
+ *          -> close_all: metrics; AMQP intake, publisher (no new work, no result callbacks);
+ *             mirror; lifecycle (then the store, from its close callback); agents told
+ *             (end_all); gRPC and admin listeners; RabbitMQ; the manager's handles
+ *          -> the registry is destroyed last, once every module holding it has called back
+ *             from its close (gRPC sessions detach their agents from it while closing)
  *          -> uv_run returns, main exits 0.
  * A second signal exits at once.
  */
@@ -11,8 +28,8 @@
 #include "admin/server.h"
 #include "app/agent_mirror.h"
 #include "app/cmd_intake.h"
-#include "core/lifecycle.h"
 #include "app/lifecycle_mq.h"
+#include "core/lifecycle.h"
 #include "grpc/server.h"
 #include "metrics/metrics.h"
 #include "mq/amqp.h"
@@ -23,9 +40,11 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
+#include <assert.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define DRAIN_POLL_MS 50 /* how often the drain checks whether in-flight work is done */
@@ -72,14 +91,25 @@ static void handle_closed(uv_handle_t *h) {
   m->open_handles--;
 }
 
+/* The registry goes last: the gRPC sessions detach their agents from it in their close, the
+ * lifecycle and the admin routes hold it until their close called back. */
+static void maybe_destroy_registry(sm_manager *m) {
+  if (!m->stopping || m->registry == NULL || m->grpc || m->admin || m->lifecycle)
+    return;
+  agent_registry_destroy(m->registry);
+  m->registry = NULL;
+}
+
 static void grpc_closed(void *ud) {
   sm_manager *m = ud;
   m->grpc = NULL;
+  maybe_destroy_registry(m);
 }
 
 static void admin_closed(void *ud) {
   sm_manager *m = ud;
   m->admin = NULL;
+  maybe_destroy_registry(m);
 }
 
 static void store_closed(void *ud) {
@@ -93,6 +123,7 @@ static void lifecycle_closed(void *ud) {
   m->lifecycle = NULL;
   if (m->store)
     store_close(m->store, store_closed, m);
+  maybe_destroy_registry(m);
 }
 
 static void close_all(sm_manager *m) {
@@ -127,10 +158,9 @@ static void close_all(sm_manager *m) {
     admin_server_close(m->admin, admin_closed, m);
   mq_conn_destroy(m->mq);
   m->mq = NULL;
-  if (m->registry) {
-    agent_registry_destroy(m->registry);
-    m->registry = NULL;
-  }
+  /* Now only when nothing holds it any more (a start that failed early), else from the last
+   * close callback above. */
+  maybe_destroy_registry(m);
   uv_close((uv_handle_t *)&m->sigterm, handle_closed);
   uv_close((uv_handle_t *)&m->sigint, handle_closed);
   uv_close((uv_handle_t *)&m->drain_timer, handle_closed);
@@ -232,6 +262,161 @@ static void on_mq_state(mq_conn *c, int up, int err, void *ud) {
   else
     sm_log_warn("manager", "rabbitmq unreachable: intake paused, results wait in the outbox",
                 SM_LE(err));
+}
+
+/* ---- the narrow interfaces of admin/ and metrics/ ---- */
+
+static int api_ready(void *ud, const char **reason) {
+  return sm_manager_ready(ud, reason);
+}
+
+static int api_draining(void *ud) {
+  const sm_manager *m = ud;
+  return m->draining;
+}
+
+static int api_maintenance(void *ud) {
+  const sm_manager *m = ud;
+  return m->maintenance;
+}
+
+static void api_set_maintenance(void *ud, int on) {
+  sm_manager *m = ud;
+  m->maintenance = on;
+  if (m->lifecycle)
+    lifecycle_set_maintenance(m->lifecycle, on);
+}
+
+static void api_shutdown(void *ud, const char *why) {
+  sm_manager_shutdown(ud, why);
+}
+
+static void api_deps(void *ud, admin_deps *out) {
+  const sm_manager *m = ud;
+  const sm_settings *s = m->settings;
+  out->store_backend = m->store ? store_name(m->store) : "none";
+  out->store_up = m->store != NULL && store_is_up(m->store);
+  out->mq_configured = (s->rabbitmq_url && s->rabbitmq_url[0]) || m->mq != NULL;
+  out->mq_up = m->mq != NULL && mq_conn_is_up(m->mq);
+}
+
+static metrics_registry *api_metrics(void *ud) {
+  sm_manager *m = ud;
+  return m->metrics ? metrics_get_registry(m->metrics) : NULL;
+}
+
+/* Scrape-time figures of the registry, the lifecycle, the broker and the store. Each is NULL
+ * once closed (or never started). */
+static void metrics_snapshot_of(void *ud, metrics_snapshot *out) {
+  sm_manager *m = ud;
+  if (m->registry) {
+    agent_registry_stats rs;
+    agent_registry_get_stats(m->registry, &rs);
+    out->have_agents = 1;
+    out->agents = agent_registry_count(m->registry);
+    out->heartbeats = rs.heartbeats;
+    out->registered = rs.registered;
+  }
+  if (m->lifecycle) {
+    lifecycle_stats ls;
+    lifecycle_get_stats(m->lifecycle, &ls);
+    out->have_commands = 1;
+    out->waiting = ls.waiting;
+    out->dispatched = ls.dispatched;
+  }
+  if (m->mq && mq_conn_queue_depth(m->mq, &out->mq_depth) == 0) {
+    out->have_mq_depth = 1;
+    out->mq_queue = mq_conn_command_queue(m->mq);
+  }
+  if (m->store && strcmp(store_name(m->store), "valkey") == 0) {
+    static_assert(STORE_OP_COUNT <= METRICS_MAX_STORE_OPS, "room for every store op label");
+    for (int op = 0; op < STORE_OP_COUNT; op++) {
+      out->store_ops[op].name = store_op_name((store_op)op);
+      out->store_ops[op].count = store_op_count(m->store, (store_op)op);
+    }
+    out->nstore_ops = STORE_OP_COUNT;
+  }
+}
+
+static grpc_server_config grpc_config_of(const sm_settings *s) {
+  return (grpc_server_config){
+      .addr = s->grpc_addr,
+      .tls_enabled = s->tls_enabled,
+      .tls_cert_file = s->tls_cert_file,
+      .tls_key_file = s->tls_key_file,
+      .tls_client_ca_file = s->tls_client_ca_file,
+      .agent_tokens_file = s->agent_auth_tokens_file,
+      .max_message_bytes = s->grpc_max_message_bytes,
+      .max_streams = s->grpc_max_streams,
+      .max_header_bytes = s->grpc_max_header_bytes,
+      .keepalive_s = s->grpc_keepalive_s,
+      .idle_timeout_s = s->grpc_idle_timeout_s,
+      .max_output_bytes = s->grpc_max_output_bytes,
+      .stall_timeout_s = s->grpc_stall_timeout_s,
+      .first_message_timeout_s = s->grpc_first_message_timeout_s,
+      .max_connections = s->max_connections,
+  };
+}
+
+/* host: 256 bytes for the split address. */
+static int admin_config_of(const sm_settings *s, char *host, admin_server_config *out) {
+  int port = 0;
+  const char *addr = s->admin_addr ? s->admin_addr : ":8080";
+  int err = sm_addr_split(addr, host, &port);
+  if (err)
+    return err;
+  *out = (admin_server_config){
+      .addr = addr,
+      .host = host,
+      .port = port,
+      .max_connections = s->admin_max_connections,
+      .max_body_bytes = s->admin_max_body_bytes,
+      .max_header_bytes = s->admin_max_header_bytes,
+      .request_timeout_s = s->admin_request_timeout_s,
+      .idle_timeout_s = s->admin_idle_timeout_s,
+      .tls_enabled = s->admin_tls_enabled,
+      .tls_cert_file = s->admin_tls_cert_file,
+      .tls_key_file = s->admin_tls_key_file,
+      .security =
+          {
+              .api_key = s->admin_api_key,
+              .api_keys_file = s->admin_api_keys_file,
+              .development = s->app_env && strcasecmp(s->app_env, "development") == 0,
+              .key_rps = s->admin_rate_limit_rps,
+              .key_burst = s->admin_rate_limit_burst,
+              .ip_rps = s->admin_rate_limit_ip_rps,
+              .ip_burst = s->admin_rate_limit_ip_burst,
+              .max_clients = s->admin_rate_limit_max_clients,
+          },
+  };
+  return 0;
+}
+
+static int start_admin(sm_manager *m, const sm_settings *s) {
+  char host[256];
+  admin_server_config cfg;
+  int err = admin_config_of(s, host, &cfg);
+  if (err)
+    return err;
+  admin_api api = {
+      .loop = m->loop,
+      .registry = m->registry,
+      .lifecycle = m->lifecycle,
+      .instance = s->instance_id,
+      .version = s->app_version,
+      .env = s->app_env,
+      .command_queue_size = s->command_queue_size,
+      .started_at_ms = m->started_at_ms,
+      .ud = m,
+      .ready = api_ready,
+      .draining = api_draining,
+      .maintenance = api_maintenance,
+      .set_maintenance = api_set_maintenance,
+      .shutdown = api_shutdown,
+      .deps = api_deps,
+      .metrics = api_metrics,
+  };
+  return admin_server_create(m->loop, &cfg, &api, &m->admin);
 }
 
 /* The store (Valkey, or in-process without VALKEY_HOST), RabbitMQ (with RABBITMQ_URL) and the
@@ -366,7 +551,10 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
   if (err)
     goto fail;
 
-  err = metrics_create(loop, m, &m->metrics);
+  metrics_config mc = {.addr = s->metrics_addr,
+                       .detailed = s->detailed_metrics,
+                       .source = {.snapshot = metrics_snapshot_of, .ud = m}};
+  err = metrics_create(loop, &mc, &m->metrics);
   if (err) {
     sm_log_error("manager", "METRICS_ADDR: cannot use it", SM_LE(err));
     goto fail;
@@ -376,7 +564,8 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
   if (err)
     goto fail;
 
-  err = grpc_server_create(loop, s, m->registry, &m->grpc);
+  grpc_server_config gc = grpc_config_of(s);
+  err = grpc_server_create(loop, &gc, m->registry, &m->grpc);
   if (err) {
     sm_log_error("manager", "agent listener setup failed", SM_LE(err));
     goto fail;
@@ -387,7 +576,7 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
     sm_log_error("manager", "agent listener failed", SM_LS("addr", s->grpc_addr), SM_LE(err));
     goto fail;
   }
-  err = admin_server_create(loop, m, &m->admin);
+  err = start_admin(m, s);
   if (err) {
     sm_log_error("manager", "admin listener setup failed", SM_LE(err));
     goto fail;

@@ -6,6 +6,7 @@
 
 #include "core/registry.h"
 #include "app/settings.h"
+#include "util/err.h"
 
 #include <stdint.h>
 #include <uv.h>
@@ -28,9 +29,9 @@ typedef struct sm_manager {
   struct admin_server *admin;  /* admin HTTP listener (src/admin/server.h) */
   struct store *store;         /* command/agent store: Valkey or in-process (src/store/store.h) */
   struct lifecycle *lifecycle; /* the command lifecycle (src/core/lifecycle.h) */
-  struct agent_mirror *mirror; /* registry mirrored into the store (src/core/agent_mirror.h) */
+  struct agent_mirror *mirror; /* registry mirrored into the store (src/app/agent_mirror.h) */
   struct mq_conn *mq;          /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
-  struct cmd_intake *intake;   /* AMQP intake into the lifecycle (src/core/cmd_intake.h) */
+  struct cmd_intake *intake;   /* AMQP intake into the lifecycle (src/app/cmd_intake.h) */
   struct mq_publisher *publisher; /* AMQP result publisher (src/mq/publisher.h) */
   struct metrics *metrics;        /* metrics and the METRICS_ADDR listener (metrics/metrics.h) */
   int64_t started_at_ms;          /* unix ms */
@@ -47,7 +48,7 @@ typedef struct sm_manager {
 
 /* Builds every module from the settings and starts listening. Returns 0 or an SM_E* code
  * (already logged). */
-int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s);
+SM_MUST_CHECK int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s);
 
 /* Starts a graceful shutdown: stop accepting, GOAWAY, drain up to DRAIN_TIMEOUT, close. Safe to
  * call more than once. */

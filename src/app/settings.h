@@ -6,6 +6,7 @@
 #ifndef SM_APP_SETTINGS_H
 #define SM_APP_SETTINGS_H
 
+#include "util/err.h"
 #include "util/log.h"
 
 #include <stddef.h>
@@ -85,13 +86,13 @@ typedef struct sm_settings {
 /* Fills s with defaults, then the environment, then argv. Returns 0, 1 when --help or --version
  * was printed (exit 0), or SM_EINVAL after printing one line "sirius-manager: <SETTING>: ..." to
  * stderr (exit non-zero). */
-int sm_settings_load(sm_settings *s, int argc, char **argv);
+SM_MUST_CHECK int sm_settings_load(sm_settings *s, int argc, char **argv);
 
 /* Frees the strings of s. */
 void sm_settings_finish(sm_settings *s);
 
 /* Parses "host:port", ":port", "[v6]:port" into a host ("0.0.0.0" for empty) and a port.
  * Returns 0 or SM_EADDR. host must hold 256 bytes. */
-int sm_addr_split(const char *addr, char host[256], int *port);
+SM_MUST_CHECK int sm_addr_split(const char *addr, char host[256], int *port);
 
 #endif

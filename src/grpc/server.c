@@ -27,7 +27,6 @@ enum { SVC_AGENT, SVC_HEALTH, SVC_COUNT };
 
 struct grpc_server {
   uv_loop_t *loop;
-  const sm_settings *settings;
   net_tls_ctx *tls; /* NULL: h2c */
   net_listener *listener;
   grpc_session_config scfg;    /* shared by every session */
@@ -116,13 +115,14 @@ static void server_free(struct grpc_server *srv) {
   free(srv);
 }
 
-int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *reg,
+int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_registry *reg,
                        struct grpc_server **out) {
+  if (loop == NULL || s == NULL || reg == NULL || out == NULL)
+    return SM_EINVAL;
   struct grpc_server *srv = sm_calloc(1, sizeof(*srv));
   if (srv == NULL)
     return SM_ENOMEM;
   srv->loop = loop;
-  srv->settings = s;
   int err = 0;
 
   if (s->tls_enabled) {
@@ -139,13 +139,13 @@ int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *re
       goto fail;
   }
 
-  err = grpc_agent_service_create(reg, to_ms(s->grpc_first_message_timeout_s), &srv->svc[SVC_AGENT],
+  err = grpc_agent_service_create(reg, to_ms(s->first_message_timeout_s), &srv->svc[SVC_AGENT],
                                   &srv->agents);
   if (err)
     goto fail;
-  if (s->agent_auth_tokens_file) {
+  if (s->agent_tokens_file) {
     char why[512];
-    err = agent_tokens_load(s->agent_auth_tokens_file, &srv->tokens, why, sizeof(why));
+    err = agent_tokens_load(s->agent_tokens_file, &srv->tokens, why, sizeof(why));
     if (err) {
       sm_log_error("grpc", "AGENT_AUTH_TOKENS_FILE: cannot use it", SM_LS("reason", why));
       goto fail;
@@ -160,28 +160,28 @@ int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *re
   for (int i = 0; i < SVC_COUNT; i++)
     srv->table[i] = &srv->svc[i];
 
-  uint64_t keepalive = to_ms(s->grpc_keepalive_s);
+  uint64_t keepalive = to_ms(s->keepalive_s);
   srv->scfg = (grpc_session_config){
       .services = srv->table,
       .nservices = SVC_COUNT,
-      .max_message_bytes = s->grpc_max_message_bytes,
-      .max_streams = s->grpc_max_streams,
-      .max_header_bytes = s->grpc_max_header_bytes,
+      .max_message_bytes = s->max_message_bytes,
+      .max_streams = s->max_streams,
+      .max_header_bytes = s->max_header_bytes,
       .stream_window = STREAM_WINDOW,
       .connection_window = CONNECTION_WINDOW,
       .keepalive_ms = keepalive,
       .keepalive_timeout_ms =
           keepalive && keepalive < KEEPALIVE_TIMEOUT_MS ? keepalive : KEEPALIVE_TIMEOUT_MS,
-      .idle_ms = to_ms(s->grpc_idle_timeout_s),
-      .max_output_bytes = s->grpc_max_output_bytes,
-      .stall_ms = to_ms(s->grpc_stall_timeout_s),
+      .idle_ms = to_ms(s->idle_timeout_s),
+      .max_output_bytes = s->max_output_bytes,
+      .stall_ms = to_ms(s->stall_timeout_s),
   };
 
   net_listener_config lc = {
-      .addr = s->grpc_addr,
+      .addr = s->addr,
       .max_connections = s->max_connections,
-      .max_output_bytes = s->grpc_max_output_bytes,
-      .stall_timeout_s = s->grpc_stall_timeout_s,
+      .max_output_bytes = s->max_output_bytes,
+      .stall_timeout_s = s->stall_timeout_s,
       .handshake_timeout_s = HANDSHAKE_TIMEOUT_S,
       .tls = srv->tls,
       .ops = &conn_ops,

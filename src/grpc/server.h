@@ -7,22 +7,43 @@
 #define SM_GRPC_SERVER_H
 
 #include "core/registry.h"
-#include "app/settings.h"
+#include "util/err.h"
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct grpc_server;
 
-/* Creates the agent listener from settings (GRPC_SERVER_ADDR, TLS_*, GRPC_* limits). Loads the
- * TLS certificate and key when TLS_ENABLED. Returns 0, SM_EINVAL (TLS enabled without
- * TLS_CERT_FILE/TLS_KEY_FILE), SM_ETLS (unreadable or invalid TLS files, logged) or
- * SM_ENOMEM. */
-int grpc_server_create(uv_loop_t *loop, const sm_settings *s, agent_registry *reg,
-                       struct grpc_server **out);
+/* The listener's settings, filled by app/ (GRPC_SERVER_ADDR, TLS_*, AGENT_AUTH_TOKENS_FILE,
+ * GRPC_* limits, MAX_CONNECTIONS). The strings are read during grpc_server_create only, except
+ * addr (kept by the listener: it must outlive the server). */
+typedef struct grpc_server_config {
+  const char *addr;               /* GRPC_SERVER_ADDR */
+  int tls_enabled;                /* TLS_ENABLED */
+  const char *tls_cert_file;      /* TLS_CERT_FILE */
+  const char *tls_key_file;       /* TLS_KEY_FILE */
+  const char *tls_client_ca_file; /* TLS_CLIENT_CA_FILE: mutual TLS when set */
+  const char *agent_tokens_file;  /* AGENT_AUTH_TOKENS_FILE; NULL: no token needed */
+  size_t max_message_bytes;       /* GRPC_MAX_MESSAGE_BYTES */
+  uint32_t max_streams;           /* GRPC_MAX_CONCURRENT_STREAMS per connection */
+  uint32_t max_header_bytes;      /* GRPC_MAX_HEADER_LIST_BYTES */
+  double keepalive_s;             /* GRPC_KEEPALIVE_INTERVAL */
+  double idle_timeout_s;          /* GRPC_IDLE_TIMEOUT */
+  size_t max_output_bytes;        /* GRPC_MAX_OUTPUT_BYTES per connection */
+  double stall_timeout_s;         /* GRPC_STALL_TIMEOUT */
+  double first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT */
+  size_t max_connections;         /* MAX_CONNECTIONS */
+} grpc_server_config;
+
+/* Creates the agent listener from cfg. Loads the TLS certificate and key when tls_enabled.
+ * Returns 0, SM_EINVAL (TLS enabled without cert/key files), SM_ETLS (unreadable or invalid TLS
+ * files, logged) or SM_ENOMEM. */
+SM_MUST_CHECK int grpc_server_create(uv_loop_t *loop, const grpc_server_config *cfg,
+                                     agent_registry *reg, struct grpc_server **out);
 
 /* Binds and listens; logs the address. 0 or SM_E* (SM_EADDR, SM_EEXIST for in use, SM_ETLS). */
-int grpc_server_listen(struct grpc_server *srv);
+SM_MUST_CHECK int grpc_server_listen(struct grpc_server *srv);
 
 /* The port actually bound (GRPC_SERVER_ADDR may say port 0); 0 before listening. */
 int grpc_server_port(const struct grpc_server *srv);

@@ -13,6 +13,8 @@
 #ifndef SM_METRICS_COLLECTOR_H
 #define SM_METRICS_COLLECTOR_H
 
+#include "util/err.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,21 +51,23 @@ typedef struct metrics_desc {
 
 /* Creates an empty collector (it registers metrics_series_dropped_total itself). Returns 0 or
  * SM_ENOMEM. */
-int metrics_registry_create(metrics_registry **out);
+SM_MUST_CHECK int metrics_registry_create(metrics_registry **out);
 
 /* Frees the collector and its families. NULL is fine. */
 void metrics_registry_destroy(metrics_registry *r);
 
 /* Adds a family. Returns 0 with *out set, SM_EINVAL (bad name, label name, buckets), SM_EEXIST
  * (name taken), SM_ELIMIT (METRICS_MAX_FAMILIES) or SM_ENOMEM. */
-int metrics_register(metrics_registry *r, const metrics_desc *d, metrics_family **out);
+SM_MUST_CHECK int metrics_register(metrics_registry *r, const metrics_desc *d,
+                                   metrics_family **out);
 
 /* The family named name, or NULL. */
 metrics_family *metrics_find(const metrics_registry *r, const char *name);
 
 /* values: f's nlabels label values (NULL when the family has none; a NULL value is ""). The
  * update functions below return 0, SM_EINVAL (wrong type, or a negative counter increment) or
- * SM_ENOMEM (the update is lost). Folding into "other" is not an error. */
+ * SM_ENOMEM (the update is lost). Folding into "other" is not an error. A metric update is best
+ * effort, so callers may ignore the result (no SM_MUST_CHECK on them). */
 
 /* Adds v >= 0 to a counter. */
 int metrics_counter_add(metrics_family *f, const char *const *values, double v);
@@ -82,21 +86,23 @@ int metrics_gauge_add(metrics_family *f, const char *const *values, double v);
 int metrics_observe(metrics_family *f, const char *const *values, double v);
 
 /* Runs fn(ud, r) at the start of every metrics_collect_*. Returns 0 or SM_ELIMIT. */
-int metrics_on_collect(metrics_registry *r, void (*fn)(void *ud, metrics_registry *r), void *ud);
+SM_MUST_CHECK int metrics_on_collect(metrics_registry *r, void (*fn)(void *ud, metrics_registry *r),
+                                     void *ud);
 
 /* Runs the hooks and renders every family as Prometheus text exposition format 0.0.4 into a
  * malloc'ed buffer (*out, *len; the caller frees). Returns 0 or SM_ENOMEM. */
-int metrics_collect_text(metrics_registry *r, char **out, size_t *len);
+SM_MUST_CHECK int metrics_collect_text(metrics_registry *r, char **out, size_t *len);
 
 /* Runs the hooks and renders every family as JSON: {"name":{"type","help","series":[{"labels":
  * {...},"value"} or for histograms/summaries {"labels","count","sum"}]}}. Returns 0 or
  * SM_ENOMEM; the caller frees *out. */
-int metrics_collect_json(metrics_registry *r, char **out, size_t *len);
+SM_MUST_CHECK int metrics_collect_json(metrics_registry *r, char **out, size_t *len);
 
 /* A series' value: counters and gauges their value, histograms and summaries their sum; *count
  * (optional) gets the observation count (1 for counters and gauges). Returns 0 or SM_ENOENT
  * when the series does not exist. For tests and the JSON snapshot. */
-int metrics_value(const metrics_family *f, const char *const *values, double *v, uint64_t *count);
+SM_MUST_CHECK int metrics_value(const metrics_family *f, const char *const *values, double *v,
+                                uint64_t *count);
 
 /* Series held by f (the "other" series included). */
 size_t metrics_series_count(const metrics_family *f);

@@ -1,16 +1,13 @@
 /* metrics.c - the manager's metric families, the hooks that feed them, and the scrape-time hook
- * that copies figures from the registry, the lifecycle, the store, RabbitMQ and /proc. */
+ * that copies figures from the snapshot source (registry, lifecycle, store, RabbitMQ: filled by
+ * app/) and /proc. */
 #include "metrics/metrics.h"
 
-#include "core/lifecycle.h"
-#include "app/manager.h"
-#include "core/registry.h"
 #include "metrics/exporter.h"
-#include "mq/amqp.h"
-#include "store/store.h"
 #include "util/alloc.h"
 #include "util/err.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +17,7 @@
 #define TYPE_ALL "all" /* the type label value when ENABLE_DETAILED_METRICS is false */
 
 struct metrics {
-  struct sm_manager *m;
+  metrics_source src;
   metrics_registry *reg;
   metrics_exporter *exporter;
   int detailed;                /* ENABLE_DETAILED_METRICS */
@@ -93,32 +90,28 @@ static double read_cpu_s(void) {
 static void on_collect(void *ud, metrics_registry *r) {
   (void)r;
   metrics *mt = ud;
-  struct sm_manager *m = mt->m;
-  if (m->registry) {
-    agent_registry_stats rs;
-    agent_registry_get_stats(m->registry, &rs);
-    metrics_gauge_set(mt->connections, NULL, (double)agent_registry_count(m->registry));
-    metrics_counter_set(mt->heartbeats, NULL, (double)rs.heartbeats);
-    metrics_counter_set(mt->registered, NULL, (double)rs.registered);
+  metrics_snapshot sn;
+  memset(&sn, 0, sizeof(sn));
+  if (mt->src.snapshot)
+    mt->src.snapshot(mt->src.ud, &sn);
+  if (sn.have_agents) {
+    metrics_gauge_set(mt->connections, NULL, (double)sn.agents);
+    metrics_counter_set(mt->heartbeats, NULL, (double)sn.heartbeats);
+    metrics_counter_set(mt->registered, NULL, (double)sn.registered);
   }
-  if (m->lifecycle) {
-    lifecycle_stats ls;
-    lifecycle_get_stats(m->lifecycle, &ls);
+  if (sn.have_commands) {
     const char *q[] = {"scheduler"};
-    metrics_gauge_set(mt->queue_depth, q, (double)ls.waiting);
-    metrics_counter_set(mt->dispatched, NULL, (double)ls.dispatched);
+    metrics_gauge_set(mt->queue_depth, q, (double)sn.waiting);
+    metrics_counter_set(mt->dispatched, NULL, (double)sn.dispatched);
   }
-  if (m->mq) {
-    uint64_t depth;
-    const char *q[] = {mq_conn_command_queue(m->mq)};
-    if (mq_conn_queue_depth(m->mq, &depth) == 0)
-      metrics_gauge_set(mt->queue_depth, q, (double)depth);
+  if (sn.have_mq_depth && sn.mq_queue) {
+    const char *q[] = {sn.mq_queue};
+    metrics_gauge_set(mt->queue_depth, q, (double)sn.mq_depth);
   }
-  if (m->store && strcmp(store_name(m->store), "valkey") == 0) {
-    for (int op = 0; op < STORE_OP_COUNT; op++) {
-      const char *v[] = {store_op_name((store_op)op)};
-      metrics_counter_set(mt->valkey_ops, v, (double)store_op_count(m->store, (store_op)op));
-    }
+  assert(sn.nstore_ops <= METRICS_MAX_STORE_OPS);
+  for (size_t i = 0; i < sn.nstore_ops && i < METRICS_MAX_STORE_OPS; i++) {
+    const char *v[] = {sn.store_ops[i].name};
+    metrics_counter_set(mt->valkey_ops, v, (double)sn.store_ops[i].count);
   }
   double rss = read_rss();
   if (rss >= 0)
@@ -187,7 +180,7 @@ static int register_all(metrics *mt) {
                   queue, 1, 8, &mt->queue_depth);
   err = err ? err
             : reg(mt, METRICS_COUNTER, "valkey_operations_total",
-                  "Store operations issued to Valkey, by operation.", op, 1, STORE_OP_COUNT,
+                  "Store operations issued to Valkey, by operation.", op, 1, METRICS_MAX_STORE_OPS,
                   &mt->valkey_ops);
   err = err ? err
             : reg(mt, METRICS_COUNTER, "grpc_requests_total",
@@ -220,12 +213,14 @@ static int register_all(metrics *mt) {
   return err;
 }
 
-int metrics_create(uv_loop_t *loop, struct sm_manager *m, metrics **out) {
+int metrics_create(uv_loop_t *loop, const metrics_config *cfg, metrics **out) {
+  if (loop == NULL || cfg == NULL || out == NULL)
+    return SM_EINVAL;
   metrics *mt = sm_calloc(1, sizeof(*mt));
   if (mt == NULL)
     return SM_ENOMEM;
-  mt->m = m;
-  mt->detailed = m->settings->detailed_metrics;
+  mt->src = cfg->source;
+  mt->detailed = cfg->detailed;
   mt->last_wall_s = mono_s();
   mt->last_cpu_s = read_cpu_s();
   if (mt->last_cpu_s < 0)
@@ -239,8 +234,7 @@ int metrics_create(uv_loop_t *loop, struct sm_manager *m, metrics **out) {
     const char *q[] = {"scheduler"};
     metrics_gauge_set(mt->queue_depth, q, 0);
   }
-  err =
-      err ? err : metrics_exporter_create(loop, m->settings->metrics_addr, mt->reg, &mt->exporter);
+  err = err ? err : metrics_exporter_create(loop, cfg->addr, mt->reg, &mt->exporter);
   if (err) {
     metrics_registry_destroy(mt->reg);
     free(mt);

@@ -10,25 +10,61 @@
 #ifndef SM_METRICS_METRICS_H
 #define SM_METRICS_METRICS_H
 
-#include "model/command.h"
 #include "metrics/collector.h"
+#include "model/command.h"
+#include "util/err.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #define METRICS_MAX_TYPES 64           /* command type label values per family */
 #define METRICS_MAX_AGENT_SERIES 1000  /* per-agent series (ENABLE_DETAILED_METRICS) */
 #define METRICS_GRPC_UNKNOWN "unknown" /* method label of a call to no served method */
 
-struct sm_manager;
+#define METRICS_MAX_STORE_OPS 16 /* op label values of valkey_operations_total */
+
 typedef struct metrics metrics;
 
-/* Creates the families for manager m (reads m->settings now; m->registry, m->lifecycle,
- * m->store, m->mq at every scrape, each may be NULL) and the listener on METRICS_ADDR, not yet
- * bound. Returns 0, SM_EINVAL (bad METRICS_ADDR) or SM_ENOMEM. */
-int metrics_create(uv_loop_t *loop, struct sm_manager *m, metrics **out);
+/* The figures other modules count, copied at every scrape. A part whose have_* is 0 leaves its
+ * series as they were. */
+typedef struct metrics_snapshot {
+  int have_agents;      /* the registry exists */
+  size_t agents;        /* agents registered now */
+  uint64_t heartbeats;  /* heartbeats received */
+  uint64_t registered;  /* registrations (reconnections included) */
+  int have_commands;    /* the lifecycle exists */
+  size_t waiting;       /* commands waiting for an agent */
+  uint64_t dispatched;  /* commands sent to agents */
+  int have_mq_depth;    /* the broker answered a queue depth */
+  const char *mq_queue; /* the AMQP command queue's name (label value) */
+  uint64_t mq_depth;
+  size_t nstore_ops; /* Valkey operation counters (0: not Valkey), at most METRICS_MAX_STORE_OPS */
+  struct {
+    const char *name; /* op label value (static text) */
+    uint64_t count;
+  } store_ops[METRICS_MAX_STORE_OPS];
+} metrics_snapshot;
+
+/* Where the scrape-time figures come from: app/ fills it over the registry, the lifecycle, the
+ * store and the broker. snapshot runs on the loop at every scrape with out zeroed. */
+typedef struct metrics_source {
+  void (*snapshot)(void *ud, metrics_snapshot *out); /* NULL: only the pushed figures */
+  void *ud;
+} metrics_source;
+
+typedef struct metrics_config {
+  const char *addr;      /* METRICS_ADDR (read during metrics_create) */
+  int detailed;          /* ENABLE_DETAILED_METRICS: type and per-agent labels */
+  metrics_source source; /* the scrape-time figures */
+} metrics_config;
+
+/* Creates the families and the listener on cfg->addr, not yet bound. Returns 0, SM_EINVAL (bad
+ * address) or SM_ENOMEM. */
+SM_MUST_CHECK int metrics_create(uv_loop_t *loop, const metrics_config *cfg, metrics **out);
 
 /* Binds METRICS_ADDR. Returns 0 or an SM_E* code (SM_EADDR, SM_EEXIST). */
-int metrics_listen(metrics *mt);
+SM_MUST_CHECK int metrics_listen(metrics *mt);
 
 /* The port /metrics listens on (0 before metrics_listen). */
 int metrics_port(const metrics *mt);

@@ -5,16 +5,16 @@
  *   TEST_READY=1    makes /ready answer 200 (the manager's readiness needs an agent listener)
  * Prints "PORT <n>" on stdout once listening; exits 0 on SIGTERM/SIGINT after a clean close. */
 #include "admin/server.h"
-#include "app/manager.h"
+#include "app/settings.h"
 #include "core/registry.h"
 #include "store/store.h"
-#include "app/settings.h"
 #include "util/err.h"
 #include "util/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 static int fake_send(void *link, const agent_command *cmd) {
@@ -31,7 +31,12 @@ static const char *fake_peer(void *link) {
 static const agent_link_ops fake_ops = {"fake", fake_send, fake_end, fake_peer};
 
 typedef struct app {
-  sm_manager m;
+  struct admin_server *admin;
+  agent_registry *registry;
+  store *store; /* in-process: readiness needs a connected store */
+  const sm_settings *settings;
+  int ready;       /* TEST_READY=1 */
+  int maintenance; /* POST /api/admin/maintenance */
   uv_signal_t sigterm, sigint;
   int closed;
 } app;
@@ -39,8 +44,37 @@ typedef struct app {
 static void on_admin_closed(void *ud) {
   app *a = ud;
   a->closed = 1;
-  agent_registry_destroy(a->m.registry);
-  store_close(a->m.store, NULL, NULL);
+  agent_registry_destroy(a->registry);
+  store_close(a->store, NULL, NULL);
+}
+
+/* The manager's readiness, without an agent listener unless TEST_READY says it runs. */
+static int api_ready(void *ud, const char **reason) {
+  app *a = ud;
+  if (!a->ready) {
+    *reason = "agent listener not running";
+    return 0;
+  }
+  if (!store_is_up(a->store)) {
+    *reason = "store not connected";
+    return 0;
+  }
+  return 1;
+}
+
+static int api_maintenance(void *ud) {
+  return ((app *)ud)->maintenance;
+}
+
+static void api_set_maintenance(void *ud, int on) {
+  ((app *)ud)->maintenance = on;
+}
+
+static void api_deps(void *ud, admin_deps *out) {
+  app *a = ud;
+  out->store_backend = store_name(a->store);
+  out->store_up = store_is_up(a->store);
+  out->mq_configured = a->settings->rabbitmq_url && a->settings->rabbitmq_url[0];
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -48,8 +82,8 @@ static void on_signal(uv_signal_t *s, int signum) {
   (void)signum;
   uv_close((uv_handle_t *)&a->sigterm, NULL);
   uv_close((uv_handle_t *)&a->sigint, NULL);
-  admin_server_stop_accepting(a->m.admin);
-  admin_server_close(a->m.admin, on_admin_closed, a);
+  admin_server_stop_accepting(a->admin);
+  admin_server_close(a->admin, on_admin_closed, a);
 }
 
 int main(int argc, char **argv) {
@@ -60,15 +94,13 @@ int main(int argc, char **argv) {
   sm_log_configure(s.log_level, s.log_format);
   static app a;
   uv_loop_t *loop = uv_default_loop();
-  a.m.loop = loop;
-  a.m.settings = &s;
-  if (getenv("TEST_READY") && strcmp(getenv("TEST_READY"), "1") == 0)
-    a.m.grpc = (struct grpc_server *)&a; /* any non-NULL: "the agent listener runs" */
+  a.settings = &s;
+  a.ready = getenv("TEST_READY") && strcmp(getenv("TEST_READY"), "1") == 0;
   store_mem_config smc = {0};
-  if (store_mem_create(loop, &smc, &a.m.store)) /* readiness also needs a connected store */
+  if (store_mem_create(loop, &smc, &a.store))
     return 1;
   agent_registry_config rc2 = {s.agent_timeout_s, s.max_agents, s.instance_id};
-  if (agent_registry_create(loop, &rc2, &a.m.registry))
+  if (agent_registry_create(loop, &rc2, &a.registry))
     return 1;
   int n = getenv("TEST_AGENTS") ? atoi(getenv("TEST_AGENTS")) : 0;
   for (int i = 1; i <= n; i++) {
@@ -78,13 +110,50 @@ int main(int argc, char **argv) {
     snprintf(ver, sizeof(ver), "1.%d.0", i % 5);
     sm_kv meta[] = {{"hostname", "test-host"}, {"version", ver}, {"capabilities", caps}};
     agent *ag;
-    if (agent_registry_attach(a.m.registry, id, strlen(id), i % 2 ? AGENT_BUSY : AGENT_IDLE, meta,
-                              3, &fake_ops, &a, &ag))
+    if (agent_registry_attach(a.registry, id, strlen(id), i % 2 ? AGENT_BUSY : AGENT_IDLE, meta, 3,
+                              &fake_ops, &a, &ag))
       return 1;
   }
-  int err = admin_server_create(loop, &a.m, &a.m.admin);
+  char host[256];
+  int port = 0;
+  const char *addr = s.admin_addr ? s.admin_addr : ":8080";
+  int err = sm_addr_split(addr, host, &port);
+  admin_server_config cfg = {
+      .addr = addr,
+      .host = host,
+      .port = port,
+      .max_connections = s.admin_max_connections,
+      .max_body_bytes = s.admin_max_body_bytes,
+      .max_header_bytes = s.admin_max_header_bytes,
+      .request_timeout_s = s.admin_request_timeout_s,
+      .idle_timeout_s = s.admin_idle_timeout_s,
+      .tls_enabled = s.admin_tls_enabled,
+      .tls_cert_file = s.admin_tls_cert_file,
+      .tls_key_file = s.admin_tls_key_file,
+      .security = {.api_key = s.admin_api_key,
+                   .api_keys_file = s.admin_api_keys_file,
+                   .development = s.app_env && strcasecmp(s.app_env, "development") == 0,
+                   .key_rps = s.admin_rate_limit_rps,
+                   .key_burst = s.admin_rate_limit_burst,
+                   .ip_rps = s.admin_rate_limit_ip_rps,
+                   .ip_burst = s.admin_rate_limit_ip_burst,
+                   .max_clients = s.admin_rate_limit_max_clients},
+  };
+  admin_api api = {.loop = loop,
+                   .registry = a.registry,
+                   .instance = s.instance_id,
+                   .version = s.app_version,
+                   .env = s.app_env,
+                   .command_queue_size = s.command_queue_size,
+                   .ud = &a,
+                   .ready = api_ready,
+                   .maintenance = api_maintenance,
+                   .set_maintenance = api_set_maintenance,
+                   .deps = api_deps};
   if (!err)
-    err = admin_server_listen(a.m.admin);
+    err = admin_server_create(loop, &cfg, &api, &a.admin);
+  if (!err)
+    err = admin_server_listen(a.admin);
   if (err) {
     fprintf(stderr, "admin-testserver: %s\n", sm_strerror(err));
     return 1;
@@ -95,7 +164,7 @@ int main(int argc, char **argv) {
   a.sigterm.data = a.sigint.data = &a;
   uv_signal_start(&a.sigterm, on_signal, SIGTERM);
   uv_signal_start(&a.sigint, on_signal, SIGINT);
-  printf("PORT %d\n", admin_server_port(a.m.admin));
+  printf("PORT %d\n", admin_server_port(a.admin));
   fflush(stdout);
   uv_run(loop, UV_RUN_DEFAULT);
   int busy = uv_loop_close(loop);

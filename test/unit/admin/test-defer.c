@@ -8,8 +8,6 @@
 #include "http/http.h"
 #include "admin/router.h"
 #include "admin/server.h"
-#include "app/manager.h"
-#include "app/settings.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -19,8 +17,7 @@
 #define MAXP 64
 
 static uv_loop_t loop;
-static sm_settings settings;
-static sm_manager mgr;
+static admin_api api;
 static struct admin_server *srv;
 static http_deferred *pend[MAXP]; /* deferred handles by the number in the path */
 static int handled;               /* deferred handler invocations */
@@ -368,16 +365,19 @@ static void test_server_close(void) {
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_EQ_INT(uv_loop_init(&loop), 0);
-  settings.admin_addr = (char *)"127.0.0.1:0";
-  settings.instance_id = (char *)"t";
-  settings.admin_max_connections = 16;
-  settings.admin_max_body_bytes = 65536;
-  settings.admin_max_header_bytes = 8192;
-  settings.admin_request_timeout_s = 0.5;
-  settings.admin_idle_timeout_s = 10;
-  mgr.loop = &loop;
-  mgr.settings = &settings;
-  T_EQ_INT(admin_server_create(&loop, &mgr, &srv), 0);
+  admin_server_config cfg = {
+      .addr = "127.0.0.1:0",
+      .host = "127.0.0.1",
+      .port = 0,
+      .max_connections = 16,
+      .max_body_bytes = 65536,
+      .max_header_bytes = 8192,
+      .request_timeout_s = 0.5,
+      .idle_timeout_s = 10,
+  };
+  api.loop = &loop;
+  api.instance = "t";
+  T_EQ_INT(admin_server_create(&loop, &cfg, &api, &srv), 0);
   admin_router *r = admin_server_router(srv);
   T_EQ_INT(admin_router_add(r, "GET", "/defer/{n}", h_defer, ADMIN_ROLE_PUBLIC), 0);
   T_EQ_INT(admin_router_add(r, "GET", "/fast", h_fast, ADMIN_ROLE_PUBLIC), 0);

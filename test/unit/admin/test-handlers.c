@@ -3,8 +3,8 @@
 #include "t.h"
 #include "admin/handlers.h"
 #include "http/http1.h"
+#include "admin/api.h"
 #include "admin/json.h"
-#include "app/manager.h"
 #include "core/registry.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -67,8 +67,17 @@ static double num(cJSON *o, const char *k) {
 
 static uv_loop_t loop;
 static agent_registry *reg;
-static sm_settings settings;
-static sm_manager mgr;
+static admin_api api;
+static int draining; /* what the fake readiness reports */
+
+static int fake_ready(void *ud, const char **reason) {
+  (void)ud;
+  if (draining) {
+    *reason = "draining";
+    return 0;
+  }
+  return 1;
+}
 static admin_router router;
 static int links[8];
 
@@ -88,11 +97,11 @@ static void setup(void) {
   T_EQ_INT(uv_loop_init(&loop), 0);
   agent_registry_config cfg = {300, 1000, "mgr-1"};
   T_EQ_INT(agent_registry_create(&loop, &cfg, &reg), 0);
-  settings.instance_id = (char *)"mgr-1";
-  mgr.loop = &loop;
-  mgr.settings = &settings;
-  mgr.registry = reg;
-  admin_router_init(&router, &mgr);
+  api.loop = &loop;
+  api.instance = "mgr-1";
+  api.registry = reg;
+  api.ready = fake_ready;
+  admin_router_init(&router, &api);
   T_EQ_INT(admin_handlers_register(&router), 0);
   attach("c-agent", AGENT_IDLE, "1.2.0", "os=linux,scan_type=nmap");
   attach("a-agent", AGENT_BUSY, "2.0.0", "os=linux");
@@ -237,7 +246,7 @@ static void test_unknown_and_method(void) {
 static void test_ready(void) {
   http_response res;
   int st;
-  mgr.draining = 1;
+  draining = 1;
   cJSON *j = call(&router, "/ready", &st, &res);
   T_EQ_INT(st, 503);
   T_EQ_STR(str(j, "status"), "not_ready");
@@ -245,7 +254,7 @@ static void test_ready(void) {
   T_EQ_STR(res.headers[0].name, "Retry-After");
   cJSON_Delete(j);
   http_response_finish(&res);
-  mgr.draining = 0;
+  draining = 0;
 }
 
 int main(void) {

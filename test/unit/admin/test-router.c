@@ -67,7 +67,7 @@ static http_request *req_new(void) {
 static void test_bind(void) {
   admin_router r;
   admin_router_init(&r, NULL);
-  admin_router_add(&r, "GET", "/api/agents/{id}", h_a, 0);
+  T_EQ_INT(admin_router_add(&r, "GET", "/api/agents/{id}", h_a, 0), 0);
   admin_match m;
   http_request *req = req_new();
   T_EQ_INT(admin_router_match(&r, "GET", "/api/agents/a%20b+c", &m), 0);
@@ -131,8 +131,8 @@ static void h_ok(void *ud, http_request *req, http_response *res) {
 static void test_guard_and_dispatch(void) {
   admin_router r;
   admin_router_init(&r, NULL);
-  admin_router_add(&r, "GET", "/health", h_ok, ADMIN_ROLE_PUBLIC);
-  admin_router_add(&r, "GET", "/api/x", h_ok, ADMIN_ROLE_VIEWER);
+  T_EQ_INT(admin_router_add(&r, "GET", "/health", h_ok, ADMIN_ROLE_PUBLIC), 0);
+  T_EQ_INT(admin_router_add(&r, "GET", "/api/x", h_ok, ADMIN_ROLE_VIEWER), 0);
   r.guard = guard;
   http_request *req = req_new();
   req->method = "GET";
