@@ -6,10 +6,11 @@
  *   2  publishing with publisher confirms: every publish gets exactly one completion callback;
  *   3  the periodic passive queue.declare that reads the command queue's depth.
  * On connect it declares the durable queues: the command queue, <command queue>.dlq and the
- * result queue. The login handshake (connection.start .. open-ok) uses rabbitmq-c's synchronous
- * amqp_login bounded by a short handshake timeout; everything after it (channels, confirm.select,
- * declares, qos, consume) is sent as pipelined method frames whose -ok replies are handled
- * asynchronously, so a connected broker never blocks the loop on an RPC.
+ * result queue. Nothing blocks the loop: the login handshake (protocol header, connection.start
+ * .. open-ok) is driven frame by frame from socket readiness like everything after it (channels,
+ * confirm.select, declares, qos, consume: pipelined method frames whose -ok replies are handled
+ * asynchronously). A broker that accepts TCP but never answers costs one deadline
+ * (connect_timeout_s), after which the attempt fails with SM_ETIMEDOUT and is retried.
  *
  * Callbacks never run inside the call that caused them; they run from loop events.
  */
