@@ -3,9 +3,10 @@
  *
  * Every operation is asynchronous: it returns 0 and later runs its callback once on the loop,
  * or returns a negative SM_E* code and never runs the callback (SM_EUNAVAIL: the store is
- * disconnected, retry later; SM_ELIMIT: too many requests pending). A callback never runs inside
- * the call that asked for it. Records handed to callbacks are borrowed for the callback's
- * duration (clone what you keep).
+ * disconnected, retry later, or closing; SM_ELIMIT: too many requests pending; SM_ENOMEM). A
+ * callback runs exactly once for every operation that returned 0, also when the store is closed
+ * with the operation pending (SM_ECANCELED), and never inside the call that asked for it. Records
+ * handed to callbacks are borrowed for the callback's duration (clone what you keep).
  *
  * Listing order is creation order (created_at, then id). A cursor is an opaque string from a
  * previous page; a page may hold fewer than `limit` entries when filters skip records, and the
@@ -98,6 +99,7 @@ struct store {
   store_state_cb on_state; /* optional */
   void *state_ud;
   uint64_t op_count[STORE_OP_COUNT]; /* operations the backend accepted, by store_op */
+  int closing;                       /* store_close was called: operations are refused */
 };
 
 /* Operations of kind op the backend accepted since creation. */
