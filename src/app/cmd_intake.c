@@ -135,7 +135,8 @@ static void try_submit(cmd_intake *ci, pending *p) {
     ci->stats.deferred++;
     if (ci->accepting) {
       ci->accepting = 0;
-      mq_intake_pause(ci->in);
+      if (mq_intake_pause(ci->in) != 0)
+        sm_log_warn("intake", "cannot pause the AMQP intake now");
       uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
     }
     return;
@@ -220,12 +221,14 @@ void cmd_intake_set_accepting(cmd_intake *ci, int accepting) {
   sm_log_info("intake", accepting ? "resuming AMQP intake" : "pausing AMQP intake",
               SM_LI("held", ci->stats.held));
   if (!accepting) {
-    mq_intake_pause(ci->in);
+    if (mq_intake_pause(ci->in) != 0)
+      sm_log_warn("intake", "cannot pause the AMQP intake now");
     uv_timer_start(&ci->resume_timer, resume_poll, RESUME_POLL_MS, RESUME_POLL_MS);
     return;
   }
   uv_timer_stop(&ci->resume_timer);
-  mq_intake_resume(ci->in);
+  if (mq_intake_resume(ci->in) != 0)
+    sm_log_warn("intake", "cannot resume the AMQP intake now");
   /* Submit what was kept, oldest first is not needed: each is independent. A refusal inside the
    * walk flips accepting back to 0 and ends it. */
   pending *p = ci->head;

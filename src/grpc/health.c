@@ -144,8 +144,11 @@ int grpc_health_set(grpc_health *h, const char *service, int status) {
 }
 
 void grpc_health_set_all(grpc_health *h, int status) {
-  for (size_t i = 0; i < h->nknown; i++)
-    grpc_health_set(h, h->known[i].name, status);
+  for (size_t i = 0; i < h->nknown; i++) {
+    int err = grpc_health_set(h, h->known[i].name, status);
+    assert(err == 0); /* every known name is known */
+    (void)err;
+  }
 }
 
 int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health **out) {

@@ -163,14 +163,6 @@ struct mq_conn {
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static char *mq_strdup(const char *s) {
-  size_t n = strlen(s);
-  char *p = sm_malloc(n + 1);
-  if (p)
-    memcpy(p, s, n + 1);
-  return p;
-}
-
 static double mq_rand01(mq_conn *c) {
   uint64_t x = c->rng;
   x ^= x << 13;
@@ -1203,9 +1195,9 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   c->loop = loop;
   const char *cq = opts->command_queue ? opts->command_queue : "agent-commands";
   const char *rq = opts->result_queue ? opts->result_queue : "agent-results";
-  c->url_buf = mq_strdup(opts->url);
-  c->cmd_q = mq_strdup(cq);
-  c->res_q = mq_strdup(rq);
+  c->url_buf = sm_strdup(opts->url);
+  c->cmd_q = sm_strdup(cq);
+  c->res_q = sm_strdup(rq);
   c->dlq = sm_malloc(strlen(cq) + 5);
   if (!c->url_buf || !c->cmd_q || !c->res_q || !c->dlq) {
     free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
@@ -1420,7 +1412,7 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
 int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch) {
   if (!c || !queue || !*queue)
     return SM_EINVAL;
-  char *q = mq_strdup(queue);
+  char *q = sm_strdup(queue);
   if (!q)
     return SM_ENOMEM;
   free(c->consume_queue);

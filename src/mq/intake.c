@@ -131,7 +131,9 @@ static void mq_intake_on_deliver(mq_conn *c, const mq_message *m, void *ud) {
     sm_log_warn("amqp-intake", "delivery not kept, requeued", SM_LE(err),
                 SM_LI("tag", m->delivery_tag));
     mq_rec_free(r);
-    (void)mq_conn_nack(c, m->generation, m->delivery_tag, 1);
+    if (mq_conn_nack(c, m->generation, m->delivery_tag, 1) != 0)
+      sm_log_debug("amqp-intake", "nack not sent (the broker redelivers it with the connection)",
+                   SM_LI("tag", m->delivery_tag));
     return;
   }
   if (m->body_size > m->body.len) {
@@ -192,7 +194,9 @@ static void mq_dlq_done(int status, void *ud) {
               SM_LE(status), SM_LI("tag", h.tag));
   if (r) {
     /* Nacked by the broker: requeue the original so it is seen (and rejected) again. */
-    (void)mq_conn_nack(in->conn, h.gen, h.tag, 1);
+    if (mq_conn_nack(in->conn, h.gen, h.tag, 1) != 0)
+      sm_log_debug("amqp-intake", "nack not sent (the broker redelivers it with the connection)",
+                   SM_LI("tag", h.tag));
     mq_rec_remove(in, r);
   }
 }
@@ -263,7 +267,8 @@ void mq_intake_destroy(mq_intake *in) {
   mq_conn_off_state(in->conn, mq_intake_on_state, in);
   mq_conn_set_consumer(in->conn, NULL, NULL);
   if (in->started && !in->paused)
-    (void)mq_conn_consume_stop(in->conn);
+    if (mq_conn_consume_stop(in->conn) != 0)
+      sm_log_debug("amqp-intake", "basic.cancel not sent (the connection is going down)");
   sm_list *it;
   while ((it = sm_list_pop_front(&in->ops)) != NULL)
     SM_LIST_ENTRY(it, mq_dlq_op, node)->in = NULL; /* the adapter's completion frees it */

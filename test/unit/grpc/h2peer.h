@@ -257,7 +257,8 @@ static void h2peer_pump(h2peer *p) {
         int err = grpc_session_recv(p->srv, data, (size_t)n);
         if (err) {
           p->srv_err = err;
-          grpc_session_flush(p->srv); /* a GOAWAY may be waiting */
+          int ferr = grpc_session_flush(p->srv); /* a GOAWAY may be waiting */
+          (void)ferr;
           p->srv_closed = 1;
         }
       }
