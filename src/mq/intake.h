@@ -49,7 +49,8 @@ SM_MUST_CHECK int mq_intake_create(mq_conn *c, uint16_t prefetch, mq_intake_cb c
                                    mq_intake **out);
 
 /* Destroys the intake; its unacked messages return to the queue when the connection closes.
- * Callbacks of dead-letter publishes still in flight are dropped. NULL is fine. */
+ * Dead-letter publishes still in flight are detached: the adapter completes and frees them
+ * later, and their originals (never acked) come back from the broker. NULL is fine. */
 void mq_intake_destroy(mq_intake *in);
 
 /* Starts consuming (now if connected, else on connect). Returns 0 or an SM_E* code. */
