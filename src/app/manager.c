@@ -456,7 +456,9 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
       sm_log_error("manager", "RABBITMQ_URL: cannot use it", SM_LE(err));
       return err;
     }
-    mq_conn_on_state(m->mq, on_mq_state, m);
+    err = mq_conn_on_state(m->mq, on_mq_state, m);
+    if (err)
+      return err;
     err = mq_publisher_create(m->mq, MQ_PUBLISH_WINDOW, &m->publisher);
     if (err)
       return err;

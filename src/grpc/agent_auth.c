@@ -3,25 +3,25 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/hex.h"
 #include "util/map.h"
+#include "util/sha256.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#define DIGEST_LEN 32
+#define DIGEST_LEN SM_SHA256_LEN
 #define TOKENS_MAX 1000000  /* lines a file may hold */
 #define LINE_MAX_BYTES 4096 /* longer lines are refused */
 #define WILDCARDS_MAX 64    /* `*:token` entries */
 
 typedef struct token_entry {
   char *agent_id; /* NULL for a wildcard entry */
-  unsigned char digest[DIGEST_LEN];
+  uint8_t digest[DIGEST_LEN];
 } token_entry;
 
 struct agent_tokens {
@@ -31,20 +31,6 @@ struct agent_tokens {
   size_t nwild;
   size_t count;
 };
-
-static int sha256(const char *data, size_t len, unsigned char out[DIGEST_LEN]) {
-  unsigned int n = 0;
-  if (EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) != 1 || n != DIGEST_LEN)
-    return SM_EINTERNAL;
-  return 0;
-}
-
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  c = tolower(c);
-  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
 
 static void entry_free(token_entry *e) {
   if (e) {
@@ -94,15 +80,11 @@ static int parse_line(char *line, token_entry *e, const char **problem) {
       *problem = "sha256: needs 64 hex digits";
       return SM_EINVAL;
     }
-    for (size_t i = 0; i < DIGEST_LEN; i++) {
-      int hi = hexval((unsigned char)hex[2 * i]), lo = hexval((unsigned char)hex[2 * i + 1]);
-      if (hi < 0 || lo < 0) {
-        *problem = "sha256: needs 64 hex digits";
-        return SM_EINVAL;
-      }
-      e->digest[i] = (unsigned char)(hi << 4 | lo);
+    if (sm_hex_decode(hex, e->digest, DIGEST_LEN) != 0) {
+      *problem = "sha256: needs 64 hex digits";
+      return SM_EINVAL;
     }
-  } else if (sha256(tok, strlen(tok), e->digest)) {
+  } else if (sm_sha256(tok, strlen(tok), e->digest) != 0) {
     *problem = "cannot hash the token";
     return SM_EINTERNAL;
   }
@@ -205,20 +187,20 @@ int agent_tokens_check(const agent_tokens *t, const char *authorization, const c
     len--;
   if (len == 0 || len > LINE_MAX_BYTES)
     return SM_EAUTH;
-  unsigned char d[DIGEST_LEN];
-  if (sha256(p, len, d))
+  uint8_t d[DIGEST_LEN];
+  if (sm_sha256(p, len, d) != 0)
     return SM_EAUTH;
 
-  /* Every candidate is compared whole (CRYPTO_memcmp), and the outcome is decided after all
+  /* Every candidate is compared whole (sm_sha256_equal), and the outcome is decided after all
    * comparisons, so timing does not tell which part matched. */
   int ok = 0;
   if (agent_id) {
     const token_entry *own = sm_map_get(&t->by_id, agent_id, strlen(agent_id));
     if (own)
-      ok |= CRYPTO_memcmp(own->digest, d, DIGEST_LEN) == 0;
+      ok |= sm_sha256_equal(own->digest, d);
   }
   for (size_t i = 0; i < t->nwild; i++)
-    ok |= CRYPTO_memcmp(t->wild[i]->digest, d, DIGEST_LEN) == 0;
+    ok |= sm_sha256_equal(t->wild[i]->digest, d);
   if (ok)
     return 0;
   const token_entry *owner = sm_map_get(&t->by_digest, (const char *)d, DIGEST_LEN);

@@ -220,7 +220,10 @@ static void connect_register(agent_link *l, grpc_call *call, const Scan__AgentMe
   grpc_call_set_timeout(call, 0, 0, NULL);
   if (!l->ended) /* an event listener may have ended it already */
     l->agent = a;
-  grpc_call_send_headers(call); /* tells the agent it is registered */
+  /* The response headers tell the agent it is registered; a call already finishing (an event
+   * listener ended it) has its status on the way instead. */
+  if (grpc_call_send_headers(call) != 0)
+    sm_log_debug("grpc", "registered, but the stream is ending", SM_LS("agent_id", id));
 }
 
 static void connect_message(grpc_call *call, const uint8_t *data, size_t len) {

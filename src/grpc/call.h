@@ -10,6 +10,7 @@
 #ifndef SM_GRPC_CALL_H
 #define SM_GRPC_CALL_H
 
+#include "util/err.h"
 #include "grpc/status.h"
 
 #include <protobuf-c/protobuf-c.h>
@@ -62,15 +63,15 @@ const char *grpc_call_peer(const grpc_call *call);
 
 /* Sends the response headers now (normally they go with the first message). A streaming
  * method calls it to tell the client it was accepted. Returns 0 or SM_ECLOSED. */
-int grpc_call_send_headers(grpc_call *call);
+SM_MUST_CHECK int grpc_call_send_headers(grpc_call *call);
 
 /* Encodes msg and queues it as one Length-Prefixed-Message. Returns 0, SM_EAGAIN when the
  * connection's output is over GRPC_MAX_OUTPUT_BYTES (nothing queued: try later), SM_ECLOSED
  * once the call is finishing, SM_ETOOBIG above the maximum message size, or SM_ENOMEM. */
-int grpc_call_send(grpc_call *call, const ProtobufCMessage *msg);
+SM_MUST_CHECK int grpc_call_send(grpc_call *call, const ProtobufCMessage *msg);
 
 /* The same with an already encoded message. */
-int grpc_call_send_bytes(grpc_call *call, const uint8_t *data, size_t len);
+SM_MUST_CHECK int grpc_call_send_bytes(grpc_call *call, const uint8_t *data, size_t len);
 
 /* Ends the call with a status: trailers after the queued messages, or a Trailers-Only response
  * when nothing was sent. message may be NULL. A second call is ignored. on_close follows later,

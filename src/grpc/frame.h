@@ -8,6 +8,7 @@
 #ifndef SM_GRPC_FRAME_H
 #define SM_GRPC_FRAME_H
 
+#include "util/err.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,8 +41,8 @@ void grpc_frame_reader_finish(grpc_frame_reader *r);
  * consumed without completing one, SM_ETOOBIG when a message announces more than max_len bytes,
  * SM_EPROTO for a Compressed-Flag other than 0 or 1, SM_ENOMEM. After an error the reader is
  * unusable (the stream must end). */
-int grpc_frame_read(grpc_frame_reader *r, const uint8_t *in, size_t len, size_t *used,
-                    grpc_frame_msg *msg);
+SM_MUST_CHECK int grpc_frame_read(grpc_frame_reader *r, const uint8_t *in, size_t len, size_t *used,
+                                  grpc_frame_msg *msg);
 
 /* Whether a message is partly received (a stream ending now would truncate it). */
 int grpc_frame_reader_partial(const grpc_frame_reader *r);

@@ -3,10 +3,12 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
 #include "health.pb-c.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,7 +16,7 @@
 #define HEALTH_NAME_MAX 200
 
 typedef struct watcher {
-  struct watcher *prev, *next;
+  sm_list node; /* on grpc_health.watchers */
   grpc_call *call;
   int sent; /* last status sent; -1 none */
   char service[HEALTH_NAME_MAX + 1];
@@ -26,7 +28,7 @@ struct grpc_health {
     int status;
   } known[HEALTH_MAX_SERVICES];
   size_t nknown;
-  watcher *watchers;
+  sm_list watchers; /* watcher.node: open Watch calls that were answered once */
 };
 
 /* The status of a service for Watch: SERVICE_UNKNOWN when it is not known. */
@@ -93,6 +95,7 @@ static void watch_message(grpc_call *call, const uint8_t *data, size_t len) {
     return;
   }
   int known;
+  sm_list_init(&w->node);
   w->call = call;
   w->sent = status_of(h, w->service, &known);
   int err = send_status(call, w->sent);
@@ -101,25 +104,18 @@ static void watch_message(grpc_call *call, const uint8_t *data, size_t len) {
     grpc_call_finish(call, grpc_status_from_err(err), NULL);
     return;
   }
-  w->next = h->watchers;
-  if (h->watchers)
-    h->watchers->prev = w;
-  h->watchers = w;
+  sm_list_push_back(&h->watchers, &w->node);
   grpc_call_set_data(call, w);
 }
 
 static void watch_close(grpc_call *call, int reason) {
   (void)reason;
-  grpc_health *h = grpc_call_service_data(call);
   watcher *w = grpc_call_data(call);
   if (w == NULL)
     return;
-  if (w->prev)
-    w->prev->next = w->next;
-  else
-    h->watchers = w->next;
-  if (w->next)
-    w->next->prev = w->prev;
+  assert(sm_list_linked(&w->node));
+  sm_list_remove(&w->node);
+  grpc_call_set_data(call, NULL);
   free(w);
 }
 
@@ -136,7 +132,8 @@ int grpc_health_set(grpc_health *h, const char *service, int status) {
   for (size_t i = 0; i < h->nknown; i++)
     if (strcmp(h->known[i].name, service) == 0)
       h->known[i].status = status;
-  for (watcher *w = h->watchers; w; w = w->next) {
+  SM_LIST_FOREACH(it, &h->watchers) {
+    watcher *w = SM_LIST_ENTRY(it, watcher, node);
     if (w->sent == status || strcmp(w->service, service) != 0)
       continue;
     /* A watcher whose connection is backed up misses this one; it gets the next change. */
@@ -147,14 +144,18 @@ int grpc_health_set(grpc_health *h, const char *service, int status) {
 }
 
 void grpc_health_set_all(grpc_health *h, int status) {
-  for (size_t i = 0; i < h->nknown; i++)
-    grpc_health_set(h, h->known[i].name, status);
+  for (size_t i = 0; i < h->nknown; i++) {
+    int err = grpc_health_set(h, h->known[i].name, status);
+    assert(err == 0); /* every known name is known */
+    (void)err;
+  }
 }
 
 int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health **out) {
   grpc_health *h = sm_calloc(1, sizeof(*h));
   if (h == NULL)
     return SM_ENOMEM;
+  sm_list_init(&h->watchers);
   const char *all[HEALTH_MAX_SERVICES];
   size_t n = 0;
   all[n++] = "";
@@ -180,6 +181,7 @@ int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health 
 void grpc_health_destroy(grpc_health *h) {
   if (h == NULL)
     return;
+  assert(sm_list_empty(&h->watchers)); /* its calls must be closed first */
   for (size_t i = 0; i < h->nknown; i++)
     free(h->known[i].name);
   free(h);

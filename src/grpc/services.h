@@ -4,6 +4,7 @@
 #ifndef SM_GRPC_SERVICES_H
 #define SM_GRPC_SERVICES_H
 
+#include "util/err.h"
 #include "core/registry.h"
 #include "grpc/call.h"
 
@@ -13,8 +14,8 @@ typedef struct grpc_agent_service grpc_agent_service;
 
 /* Creates the service over reg and fills *svc (its table entry). first_message_ms: a Connect
  * stream that has not registered by then is ended (0: never). Returns 0 or SM_ENOMEM. */
-int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms, grpc_service *svc,
-                              grpc_agent_service **out);
+SM_MUST_CHECK int grpc_agent_service_create(agent_registry *reg, uint64_t first_message_ms,
+                                            grpc_service *svc, grpc_agent_service **out);
 
 /* Frees the service (its calls must be closed). NULL is fine. */
 void grpc_agent_service_destroy(grpc_agent_service *as);
@@ -30,11 +31,12 @@ typedef struct grpc_health grpc_health;
 
 /* Creates the health service and fills *svc. Known services start SERVING: "" and those in
  * names (NULL-terminated). Returns 0 or SM_ENOMEM. */
-int grpc_health_create(const char *const *names, grpc_service *svc, grpc_health **out);
+SM_MUST_CHECK int grpc_health_create(const char *const *names, grpc_service *svc,
+                                     grpc_health **out);
 
 /* Sets a known service's status (grpc.health.v1 ServingStatus: 1 SERVING, 2 NOT_SERVING);
  * every Watch on it hears of the change. Returns 0 or SM_ENOENT. */
-int grpc_health_set(grpc_health *h, const char *service, int status);
+SM_MUST_CHECK int grpc_health_set(grpc_health *h, const char *service, int status);
 
 /* Sets every known service's status. */
 void grpc_health_set_all(grpc_health *h, int status);

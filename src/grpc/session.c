@@ -11,8 +11,10 @@
 #include "grpc/frame.h"
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
+#include <assert.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,15 +27,15 @@
 #define MSG_MAX 512 /* longest grpc-message we send (after percent-encoding) */
 
 typedef struct out_chunk {
-  struct out_chunk *next;
-  size_t len; /* bytes in data */
-  size_t off; /* bytes already handed to nghttp2 */
+  sm_list node; /* on the call's output queue */
+  size_t len;   /* bytes in data */
+  size_t off;   /* bytes already handed to nghttp2 */
   uint8_t data[];
 } out_chunk;
 
 struct grpc_call {
   grpc_session *s;
-  grpc_call *prev, *next; /* the session's calls */
+  sm_list node; /* on the session's calls */
   int32_t stream_id;
   const grpc_service *service;
   const grpc_method *method;
@@ -62,7 +64,7 @@ struct grpc_call {
   char *message; /* percent-encoded; allocated when the call finishes with one */
 
   /* response messages waiting for nghttp2 */
-  out_chunk *out_head, *out_tail;
+  sm_list out; /* out_chunk.node, in order */
   size_t out_bytes;
 
   uint64_t deadline_ms;  /* from grpc-timeout (absolute); 0: none */
@@ -86,7 +88,7 @@ struct grpc_session {
   const grpc_session_config *cfg;
   const grpc_session_io *io;
   void *io_ud;
-  grpc_call *calls; /* open streams that have a call */
+  sm_list calls; /* grpc_call.node: open streams that have a call */
   size_t ncalls;
   size_t queued;             /* response bytes in the calls' queues */
   uint64_t last_recv_ms;     /* last bytes from the peer */
@@ -176,7 +178,8 @@ int grpc_call_finished(const grpc_call *call) {
 static ssize_t data_read_cb(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, size_t length,
                             uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
 
-static void submit_trailers(grpc_call *c) {
+/* Returns 0, or the nghttp2 error when the trailers could not be queued (out of memory). */
+static int submit_trailers(grpc_call *c) {
   char status[12];
   snprintf(status, sizeof(status), "%d", c->status);
   nghttp2_nv nva[3] = {NV("grpc-status", status, NGHTTP2_NV_FLAG_NONE)};
@@ -188,6 +191,7 @@ static void submit_trailers(grpc_call *c) {
   int rv = nghttp2_submit_trailer(c->s->h2, c->stream_id, nva, n);
   if (rv != 0)
     sm_log_debug("grpc", "cannot submit trailers", SM_LS("error", nghttp2_strerror(rv)));
+  return rv;
 }
 
 /* Response headers with a data provider that serves the call's queue. */
@@ -216,20 +220,21 @@ static void submit_trailers_only(grpc_call *c, const char *http_status) {
   if (c->accept_encoding)
     nva[n++] = (nghttp2_nv)NV_STATIC("grpc-accept-encoding", "identity");
   int rv = nghttp2_submit_response(c->s->h2, c->stream_id, nva, n, NULL);
-  if (rv != 0)
+  if (rv != 0) {
+    /* Out of memory: end the stream with a reset rather than leave it open for good. */
     sm_log_debug("grpc", "cannot submit response", SM_LS("error", nghttp2_strerror(rv)));
+    (void)nghttp2_submit_rst_stream(c->s->h2, NGHTTP2_FLAG_NONE, c->stream_id,
+                                    NGHTTP2_INTERNAL_ERROR);
+  }
   c->headers_sent = 1;
 }
 
 static void free_queue(grpc_call *c) {
-  out_chunk *ch = c->out_head;
-  while (ch) {
-    out_chunk *next = ch->next;
-    free(ch);
-    ch = next;
-  }
+  sm_list *it;
+  while ((it = sm_list_pop_front(&c->out)) != NULL)
+    free(SM_LIST_ENTRY(it, out_chunk, node));
+  assert(c->s->queued >= c->out_bytes);
   c->s->queued -= c->out_bytes;
-  c->out_head = c->out_tail = NULL;
   c->out_bytes = 0;
 }
 
@@ -287,15 +292,10 @@ static int call_queue(grpc_call *c, size_t len, out_chunk **out) {
   out_chunk *ch = sm_malloc(sizeof(*ch) + GRPC_FRAME_HEADER_LEN + len);
   if (ch == NULL)
     return SM_ENOMEM;
-  ch->next = NULL;
   ch->len = GRPC_FRAME_HEADER_LEN + len;
   ch->off = 0;
   grpc_frame_header(ch->data, 0, (uint32_t)len);
-  if (c->out_tail)
-    c->out_tail->next = ch;
-  else
-    c->out_head = ch;
-  c->out_tail = ch;
+  sm_list_push_back(&c->out, &ch->node);
   c->out_bytes += ch->len;
   s->queued += ch->len;
   nghttp2_session_resume_data(s->h2, c->stream_id);
@@ -342,8 +342,9 @@ static ssize_t data_read_cb(nghttp2_session *h2, int32_t stream_id, uint8_t *buf
   (void)user_data;
   grpc_call *c = source->ptr;
   size_t n = 0;
-  while (n < length && c->out_head) {
-    out_chunk *ch = c->out_head;
+  sm_list *first;
+  while (n < length && (first = sm_list_first(&c->out)) != NULL) {
+    out_chunk *ch = SM_LIST_ENTRY(first, out_chunk, node);
     size_t take = ch->len - ch->off;
     if (take > length - n)
       take = length - n;
@@ -351,18 +352,20 @@ static ssize_t data_read_cb(nghttp2_session *h2, int32_t stream_id, uint8_t *buf
     n += take;
     ch->off += take;
     if (ch->off == ch->len) {
-      c->out_head = ch->next;
-      if (c->out_head == NULL)
-        c->out_tail = NULL;
+      sm_list_remove(&ch->node);
       free(ch);
     }
   }
+  assert(c->out_bytes >= n && c->s->queued >= n);
   c->out_bytes -= n;
   c->s->queued -= n;
-  if (c->out_head == NULL) {
+  if (sm_list_empty(&c->out)) {
     if (c->finishing) {
-      *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      submit_trailers(c);
+      /* Without trailers (out of memory) the DATA frame ends the stream itself: the client sees
+       * a call without status, not a stream that never ends. */
+      *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+      if (submit_trailers(c) == 0)
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     } else if (n == 0) {
       return NGHTTP2_ERR_DEFERRED; /* resumed by the next message or the finish */
     }
@@ -376,11 +379,9 @@ static grpc_call *call_new(grpc_session *s, int32_t stream_id) {
     return NULL;
   c->s = s;
   c->stream_id = stream_id;
+  sm_list_init(&c->out);
   grpc_frame_reader_init(&c->reader, s->cfg->max_message_bytes);
-  c->next = s->calls;
-  if (s->calls)
-    s->calls->prev = c;
-  s->calls = c;
+  sm_list_push_front(&s->calls, &c->node);
   s->ncalls++;
   return c;
 }
@@ -390,12 +391,8 @@ static void call_free(grpc_call *c, int reason) {
   grpc_session *s = c->s;
   if (c->started && c->method->on_close)
     c->method->on_close(c, reason);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    s->calls = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
+  assert(sm_list_linked(&c->node) && s->ncalls > 0);
+  sm_list_remove(&c->node);
   s->ncalls--;
   free_queue(c);
   grpc_frame_reader_finish(&c->reader);
@@ -801,6 +798,7 @@ int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *i
   s->cfg = cfg;
   s->io = io;
   s->io_ud = io_ud;
+  sm_list_init(&s->calls);
 
   nghttp2_session_callbacks *cbs;
   nghttp2_option *opt;
@@ -890,7 +888,7 @@ int grpc_session_flush(grpc_session *s) {
     ssize_t n = nghttp2_session_mem_send(s->h2, &data);
     if (n < 0) {
       s->dead = 1;
-      return SM_EPROTO;
+      return n == NGHTTP2_ERR_NOMEM ? SM_ENOMEM : SM_EPROTO;
     }
     if (n == 0) {
       drained = 1;
@@ -934,7 +932,8 @@ int grpc_session_timer(grpc_session *s) {
   uint64_t now = now_ms(s), next = 0;
   s->timer_due_ms = 0;
 
-  for (grpc_call *c = s->calls; c; c = c->next) {
+  SM_LIST_FOREACH(it, &s->calls) {
+    grpc_call *c = SM_LIST_ENTRY(it, grpc_call, node);
     if (c->finishing)
       continue;
     if (c->deadline_ms) {
@@ -1025,8 +1024,8 @@ void grpc_session_destroy(grpc_session *s, int reason) {
   if (s == NULL)
     return;
   s->destroying = 1;
-  while (s->calls)
-    call_free(s->calls, reason);
+  while (!sm_list_empty(&s->calls))
+    call_free(SM_LIST_ENTRY(sm_list_first(&s->calls), grpc_call, node), reason);
   nghttp2_session_del(s->h2);
   free(s);
 }

@@ -8,6 +8,7 @@
 #ifndef SM_GRPC_SESSION_H
 #define SM_GRPC_SESSION_H
 
+#include "util/err.h"
 #include "grpc/call.h"
 
 #include <stddef.h>
@@ -54,21 +55,21 @@ typedef struct grpc_session_io {
 } grpc_session_io;
 
 /* Creates a session and queues the server's SETTINGS. Returns 0 or SM_ENOMEM. */
-int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *io, void *io_ud,
-                        grpc_session **out);
+SM_MUST_CHECK int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *io,
+                                      void *io_ud, grpc_session **out);
 
 /* Processes bytes from the peer. Returns 0, or SM_EPROTO (bad preface, flood, connection
  * error: close the connection after a last grpc_session_flush) or SM_ENOMEM. */
-int grpc_session_recv(grpc_session *s, const uint8_t *data, size_t len);
+SM_MUST_CHECK int grpc_session_recv(grpc_session *s, const uint8_t *data, size_t len);
 
 /* Produces output through io->write while io->output() is under the maximum. Returns 0,
  * SM_ECLOSED when the session is over (GOAWAY exchanged, no calls left: close the connection
  * once the output is written), or SM_EPROTO. */
-int grpc_session_flush(grpc_session *s);
+SM_MUST_CHECK int grpc_session_flush(grpc_session *s);
 
 /* Runs due work: deadlines, keepalive PINGs, the idle and stall limits. Returns 0, or
  * SM_ETIMEDOUT when the connection must be dropped (unanswered PING, stalled output). */
-int grpc_session_timer(grpc_session *s);
+SM_MUST_CHECK int grpc_session_timer(grpc_session *s);
 
 /* Graceful shutdown: GOAWAY now; calls in progress may finish, new ones are refused. */
 void grpc_session_drain(grpc_session *s);

@@ -2,6 +2,7 @@
 #include "grpc/status.h"
 
 #include "util/err.h"
+#include "util/hex.h"
 
 static const char *const status_names[GRPC_STATUS_COUNT] = {
     "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
@@ -48,7 +49,6 @@ int grpc_status_from_err(int err) {
 }
 
 size_t grpc_percent_encode(const char *msg, char *out, size_t cap) {
-  static const char hex[] = "0123456789ABCDEF";
   size_t n = 0;
   if (cap == 0)
     return 0;
@@ -61,30 +61,20 @@ size_t grpc_percent_encode(const char *msg, char *out, size_t cap) {
       if (n + 3 >= cap)
         break;
       out[n++] = '%';
-      out[n++] = hex[*p >> 4];
-      out[n++] = hex[*p & 15];
+      out[n++] = sm_hex_digit(*p >> 4, 1);
+      out[n++] = sm_hex_digit(*p & 15u, 1);
     }
   }
   out[n] = '\0';
   return n;
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 size_t grpc_percent_decode(char *s, size_t len) {
   size_t o = 0;
   for (size_t i = 0; i < len; i++) {
     int hi, lo;
-    if (s[i] == '%' && i + 2 < len && (hi = hexval(s[i + 1])) >= 0 &&
-        (lo = hexval(s[i + 2])) >= 0) {
+    if (s[i] == '%' && i + 2 < len && (hi = sm_hex_value((unsigned char)s[i + 1])) >= 0 &&
+        (lo = sm_hex_value((unsigned char)s[i + 2])) >= 0) {
       s[o++] = (char)(hi * 16 + lo);
       i += 2;
     } else {

@@ -3,6 +3,7 @@
 #ifndef SM_GRPC_STATUS_H
 #define SM_GRPC_STATUS_H
 
+#include "util/err.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,6 @@ size_t grpc_percent_decode(char *s, size_t len);
 
 /* Parses a grpc-timeout value ("1*8DIGIT unit", unit one of H M S m u n) into milliseconds,
  * rounding up (1n is 1 ms; 0 stays 0). Returns 0 or SM_EPARSE. */
-int grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
+SM_MUST_CHECK int grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
 
 #endif

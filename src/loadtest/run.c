@@ -463,7 +463,8 @@ static void on_result_msg(mq_conn *c, const mq_message *m, void *ud) {
     err_kind(r, "foreign_results"); /* not ours: acked anyway, or it would come back forever */
   }
   cJSON_Delete(doc);
-  mq_conn_ack(c, m->generation, m->delivery_tag);
+  if (mq_conn_ack(c, m->generation, m->delivery_tag) != 0)
+    sm_log_debug("loadtest", "result not acked (the broker redelivers it)");
 }
 
 static void on_mq_state(mq_conn *c, int up, int err, void *ud) {
@@ -800,7 +801,8 @@ static void on_tick(uv_timer_t *t) {
       r->submit_start = now;
       r->last_progress = now;
       if (r->s->submit == LT_SUBMIT_AMQP)
-        mq_conn_consume(r->mq, r->s->result_queue, 1000);
+        if (mq_conn_consume(r->mq, r->s->result_queue, 1000) != 0)
+          err_kind(r, "amqp_consume");
     }
     break;
   }
@@ -976,7 +978,9 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
       snprintf(err, errlen, "--amqp-url: %s", sm_strerror(rc));
     else {
       mq_conn_set_consumer(r->mq, on_result_msg, r);
-      mq_conn_on_state(r->mq, on_mq_state, r);
+      rc = mq_conn_on_state(r->mq, on_mq_state, r);
+      if (rc)
+        snprintf(err, errlen, "--amqp-url: %s", sm_strerror(rc));
     }
   }
   if (rc == 0) {
@@ -1025,8 +1029,8 @@ void lt_run_start(lt_run *r, lt_run_done_cb done, void *ud) {
   set_phase(r, P_CONNECT);
   r->last_progress = uv_now(r->loop);
   read_status(r);
-  if (r->mq)
-    mq_conn_start(r->mq);
+  if (r->mq && mq_conn_start(r->mq) != 0)
+    err_kind(r, "amqp_start");
   for (size_t k = 0; k < r->nfleets; k++)
     client_fleet_start(r->fleets[k]);
   r->fleets_open = r->nfleets;

@@ -1,8 +1,10 @@
 /* amqp.c - rabbitmq-c on the libuv loop. See amqp.h for the model.
  *
  * Phases: IDLE -> RESOLVING (uv_getaddrinfo) -> CONNECTING (non-blocking connect polled for
- * writability) -> SETUP (amqp_login, bounded by a short handshake timeout, then pipelined
- * channel.open x3, confirm.select, queue.declare x3 whose -ok replies are counted) -> UP.
+ * writability) -> HANDSHAKE (protocol header, connection.start / start-ok, tune / tune-ok, open /
+ * open-ok, each reply read from the loop like any other frame) -> SETUP (pipelined channel.open
+ * x3, confirm.select, queue.declare x3 whose -ok replies are counted) -> UP. Nothing waits on
+ * the socket: a broker that accepts TCP and never answers only runs into the deadline.
  * Any failure goes to WAIT_RETRY with an exponential, jittered delay. One deadline timer bounds
  * RESOLVING..SETUP. A heartbeat timer sends heartbeats and declares the broker dead after two
  * heartbeat periods without any byte from it.
@@ -18,11 +20,13 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -39,22 +43,26 @@
 #define MQ_MAX_LISTENERS 4
 #define MQ_MAX_RX_HEADERS 64 /* string headers kept per received message */
 #define MQ_FRAME_MAX 131072
-#define MQ_LOGIN_TIMEOUT_MS 2000 /* upper bound of the one blocking step (amqp_login) */
 
 enum mq_phase {
   MQ_IDLE = 0,   /* created, not started */
   MQ_RESOLVING,  /* uv_getaddrinfo running */
   MQ_CONNECTING, /* TCP connect in flight */
+  MQ_HANDSHAKE,  /* connection.start .. open-ok exchange in progress */
   MQ_SETUP,      /* logged in; channel/queue setup replies outstanding */
   MQ_UP,         /* ready */
   MQ_WAIT_RETRY, /* backoff timer running */
   MQ_CLOSED      /* destroyed */
 };
 
+/* The reply the handshake waits for next (channel 0). */
+enum mq_hs_step { MQ_HS_START = 0, MQ_HS_TUNE, MQ_HS_OPEN_OK };
+
 enum mq_content_kind { MQ_CONTENT_NONE = 0, MQ_CONTENT_DELIVER, MQ_CONTENT_RETURN };
 
+/* A publish awaiting its confirm; completed (callback, then free) exactly once. */
 typedef struct mq_pending {
-  struct mq_pending *next;
+  sm_list node;     /* on mq_conn.pending, in delivery tag order */
   uint64_t tag;     /* delivery tag on the publish channel */
   mq_publish_cb cb; /* may be NULL */
   void *ud;
@@ -85,7 +93,8 @@ struct mq_conn {
   size_t max_message_bytes;
 
   /* connection */
-  amqp_connection_state_t st; /* NULL unless SETUP or UP */
+  amqp_connection_state_t st; /* NULL unless HANDSHAKE, SETUP or UP */
+  enum mq_hs_step hs;         /* HANDSHAKE: the reply awaited */
   mq_sock *sock;              /* current socket's poll handle, NULL when none */
   uv_getaddrinfo_t gai;
   struct addrinfo *ai_list, *ai_cur; /* addresses being tried */
@@ -107,7 +116,7 @@ struct mq_conn {
 
   /* publishing (channel 2, confirms) */
   uint64_t next_tag;
-  mq_pending *head, *tail;
+  sm_list pending; /* mq_pending.node, oldest (lowest tag) first */
   size_t n_pending;
 
   /* consuming (channel 1) */
@@ -153,14 +162,6 @@ struct mq_conn {
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
-
-static char *mq_strdup(const char *s) {
-  size_t n = strlen(s);
-  char *p = sm_malloc(n + 1);
-  if (p)
-    memcpy(p, s, n + 1);
-  return p;
-}
 
 static double mq_rand01(mq_conn *c) {
   uint64_t x = c->rng;
@@ -258,58 +259,47 @@ static void mq_defer_drop(mq_conn *c, int err) {
 /* ---- pending publishes -------------------------------------------------------------------- */
 
 /* Detaches every pending publish and completes each with status. */
-static void mq_fail_pending(mq_conn *c, int status) {
-  mq_pending *p = c->head;
-  c->head = c->tail = NULL;
-  c->n_pending = 0;
-  while (p) {
-    mq_pending *next = p->next;
+/* Completes (callback, then free) every publish of the detached list `done`. The list is
+ * detached first so that a callback publishing again cannot see or touch it. */
+static void mq_complete_list(sm_list *done, int status) {
+  sm_list *it;
+  while ((it = sm_list_pop_front(done)) != NULL) {
+    mq_pending *p = SM_LIST_ENTRY(it, mq_pending, node);
     if (p->cb)
       p->cb(status, p->ud);
     free(p);
-    p = next;
   }
 }
 
+/* Detaches every pending publish and completes each with status. */
+static void mq_fail_pending(mq_conn *c, int status) {
+  sm_list done;
+  sm_list_init(&done);
+  sm_list_splice_back(&done, &c->pending);
+  c->n_pending = 0;
+  mq_complete_list(&done, status);
+}
+
 static void mq_confirm(mq_conn *c, uint64_t tag, int multiple, int status) {
-  mq_pending *done = NULL, **done_tail = &done;
-  if (multiple) {
-    while (c->head && c->head->tag <= tag) {
-      mq_pending *p = c->head;
-      c->head = p->next;
-      c->n_pending--;
-      p->next = NULL;
-      *done_tail = p;
-      done_tail = &p->next;
+  sm_list done;
+  sm_list_init(&done);
+  SM_LIST_FOREACH_SAFE(it, tmp, &c->pending) {
+    mq_pending *p = SM_LIST_ENTRY(it, mq_pending, node);
+    if (multiple ? p->tag > tag : p->tag != tag) {
+      if (multiple)
+        break; /* tags ascend: nothing later is covered */
+      continue;
     }
-    if (!c->head)
-      c->tail = NULL;
-  } else {
-    mq_pending *prev = NULL;
-    for (mq_pending *p = c->head; p; prev = p, p = p->next) {
-      if (p->tag != tag)
-        continue;
-      if (prev)
-        prev->next = p->next;
-      else
-        c->head = p->next;
-      if (c->tail == p)
-        c->tail = prev;
-      c->n_pending--;
-      p->next = NULL;
-      done = p;
+    assert(c->n_pending > 0);
+    sm_list_remove(&p->node);
+    sm_list_push_back(&done, &p->node);
+    c->n_pending--;
+    if (!multiple)
       break;
-    }
   }
-  if (!done)
+  if (sm_list_empty(&done))
     sm_log_warn("amqp", "confirm for unknown delivery tag", SM_LI("tag", tag));
-  while (done) {
-    mq_pending *next = done->next;
-    if (done->cb)
-      done->cb(status, done->ud);
-    free(done);
-    done = next;
-  }
+  mq_complete_list(&done, status);
 }
 
 /* ---- incoming content --------------------------------------------------------------------- */
@@ -530,9 +520,24 @@ static void mq_teardown_socket(mq_conn *c) {
   }
 }
 
+static const char *mq_phase_name(enum mq_phase ph) {
+  switch (ph) {
+  case MQ_RESOLVING:
+    return "resolve";
+  case MQ_CONNECTING:
+    return "connect";
+  case MQ_HANDSHAKE:
+    return "handshake";
+  case MQ_SETUP:
+    return "setup";
+  default:
+    return "up";
+  }
+}
+
 static void mq_drop(mq_conn *c, int err) {
-  if (c->phase != MQ_RESOLVING && c->phase != MQ_CONNECTING && c->phase != MQ_SETUP &&
-      c->phase != MQ_UP)
+  if (c->phase != MQ_RESOLVING && c->phase != MQ_CONNECTING && c->phase != MQ_HANDSHAKE &&
+      c->phase != MQ_SETUP && c->phase != MQ_UP)
     return;
   int was_up = c->phase == MQ_UP;
   if (was_up)
@@ -540,9 +545,11 @@ static void mq_drop(mq_conn *c, int err) {
                 SM_LI("port", c->info.port));
   else if (c->attempt % 20 == 0) /* an outage logs its first failure and then every 20th */
     sm_log_warn("amqp", "connect failed", SM_LE(err), SM_LS("host", c->info.host),
-                SM_LI("port", c->info.port), SM_LI("attempt", c->attempt + 1));
+                SM_LI("port", c->info.port), SM_LI("attempt", c->attempt + 1),
+                SM_LS("during", mq_phase_name(c->phase)));
   else
-    sm_log_debug("amqp", "connect failed", SM_LE(err), SM_LI("attempt", c->attempt + 1));
+    sm_log_debug("amqp", "connect failed", SM_LE(err), SM_LI("attempt", c->attempt + 1),
+                 SM_LS("during", mq_phase_name(c->phase)));
   if (c->phase == MQ_RESOLVING && c->gai_busy)
     uv_cancel((uv_req_t *)&c->gai); /* on_resolved sees the new phase and stops */
   mq_teardown_socket(c);
@@ -743,7 +750,13 @@ static void mq_on_method(mq_conn *c, uint16_t ch, amqp_method_t *m) {
   }
 }
 
+static void mq_on_handshake_frame(mq_conn *c, amqp_frame_t *f);
+
 static void mq_on_frame(mq_conn *c, amqp_frame_t *f) {
+  if (c->phase == MQ_HANDSHAKE) {
+    mq_on_handshake_frame(c, f);
+    return;
+  }
   switch (f->frame_type) {
   case AMQP_FRAME_METHOD:
     mq_on_method(c, f->channel, &f->payload.method);
@@ -767,7 +780,7 @@ static void mq_drain(mq_conn *c) {
   char peek;
   if (c->sock && recv(c->sock->fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
     c->last_recv_ms = uv_now(c->loop);
-  while (!c->destroyed && (c->phase == MQ_SETUP || c->phase == MQ_UP)) {
+  while (!c->destroyed && (c->phase == MQ_HANDSHAKE || c->phase == MQ_SETUP || c->phase == MQ_UP)) {
     amqp_frame_t f;
     struct timeval tv = {0, 0};
     int r = amqp_simple_wait_frame_noblock(c->st, &f, &tv);
@@ -779,7 +792,8 @@ static void mq_drain(mq_conn *c) {
     }
     mq_on_frame(c, &f);
   }
-  if (!c->destroyed && c->st && (c->phase == MQ_SETUP || c->phase == MQ_UP))
+  if (!c->destroyed && c->st &&
+      (c->phase == MQ_HANDSHAKE || c->phase == MQ_SETUP || c->phase == MQ_UP))
     amqp_maybe_release_buffers(c->st);
 }
 
@@ -842,13 +856,163 @@ static int mq_send_setup(mq_conn *c) {
   return 0;
 }
 
-/* The one blocking step: amqp_login runs the handshake (start, tune, open: three round trips)
- * synchronously. The TCP connection is already established, so a live broker answers in about a
- * millisecond on a LAN; a broker that accepted the connection but does not answer blocks the loop
- * for at most MQ_LOGIN_TIMEOUT_MS (2 s). The handshake could be driven asynchronously too
- * (amqp_send_header, start-ok with a hand-built SASL PLAIN response and client properties,
- * amqp_tune_connection on tune); that is a possible later step, not done here. */
-static int mq_login(mq_conn *c) {
+/* ---- the handshake, driven by frames like everything else --------------------------------
+ *
+ * What amqp_login does, without its blocking reads: the protocol header goes out once the TCP
+ * connection is up; each reply (start, tune, open-ok) arrives through mq_drain and sends the next
+ * request. The deadline timer bounds the whole exchange. */
+
+/* Whether the space-separated list of SASL mechanisms names `want`. */
+static int mq_mechanism_offered(amqp_bytes_t list, const char *want) {
+  size_t wl = strlen(want), i = 0;
+  const char *b = list.bytes;
+  while (i < list.len) {
+    size_t j = i;
+    while (j < list.len && b[j] != ' ')
+      j++;
+    if (j - i == wl && memcmp(b + i, want, wl) == 0)
+      return 1;
+    i = j + 1;
+  }
+  return 0;
+}
+
+static amqp_table_entry_t mq_utf8_entry(const char *key, const char *value) {
+  amqp_table_entry_t e;
+  memset(&e, 0, sizeof e);
+  e.key = amqp_cstring_bytes(key);
+  e.value.kind = AMQP_FIELD_KIND_UTF8;
+  e.value.value.bytes = amqp_cstring_bytes(value);
+  return e;
+}
+
+static amqp_table_entry_t mq_bool_entry(const char *key, int value) {
+  amqp_table_entry_t e;
+  memset(&e, 0, sizeof e);
+  e.key = amqp_cstring_bytes(key);
+  e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  e.value.value.boolean = value ? 1 : 0;
+  return e;
+}
+
+/* connection.start -> start-ok with SASL PLAIN ("\0user\0password") and the client properties
+ * rabbitmq-c's amqp_login sends (authentication_failure_close makes a bad login a 403 close). */
+static int mq_on_conn_start(mq_conn *c, const amqp_connection_start_t *st) {
+  if (st->version_major != AMQP_PROTOCOL_VERSION_MAJOR ||
+      st->version_minor != AMQP_PROTOCOL_VERSION_MINOR)
+    return SM_EPROTO;
+  if (!mq_mechanism_offered(st->mechanisms, "PLAIN")) {
+    sm_log_error("amqp", "broker does not offer SASL PLAIN");
+    return SM_EAUTH;
+  }
+  size_t ul = strlen(c->info.user), pl = strlen(c->info.password);
+  char *resp = sm_malloc(ul + pl + 2);
+  if (!resp)
+    return SM_ENOMEM;
+  resp[0] = '\0';
+  memcpy(resp + 1, c->info.user, ul);
+  resp[1 + ul] = '\0';
+  memcpy(resp + 2 + ul, c->info.password, pl);
+
+  amqp_table_entry_t caps[2] = {mq_bool_entry("authentication_failure_close", 1),
+                                mq_bool_entry("exchange_exchange_bindings", 1)};
+  amqp_table_entry_t props[3] = {mq_utf8_entry("product", "rabbitmq-c"),
+                                 mq_utf8_entry("version", AMQP_VERSION_STRING)};
+  memset(&props[2], 0, sizeof props[2]);
+  props[2].key = amqp_cstring_bytes("capabilities");
+  props[2].value.kind = AMQP_FIELD_KIND_TABLE;
+  props[2].value.value.table = (amqp_table_t){.num_entries = 2, .entries = caps};
+  amqp_connection_start_ok_t ok = {
+      .client_properties = {.num_entries = 3, .entries = props},
+      .mechanism = amqp_cstring_bytes("PLAIN"),
+      .response = {.len = ul + pl + 2, .bytes = resp},
+      .locale = amqp_cstring_bytes("en_US"),
+  };
+  int err = mq_send_method(c, 0, AMQP_CONNECTION_START_OK_METHOD, &ok);
+  free(resp);
+  return err;
+}
+
+/* connection.tune -> tune-ok with the smaller of each limit (as amqp_login negotiates), then
+ * connection.open of the vhost. */
+static int mq_on_conn_tune(mq_conn *c, const amqp_connection_tune_t *t) {
+  uint16_t channel_max = t->channel_max ? t->channel_max : UINT16_MAX;
+  uint32_t frame_max = MQ_FRAME_MAX;
+  if (t->frame_max != 0 && t->frame_max < frame_max)
+    frame_max = t->frame_max;
+  uint16_t hb = c->heartbeat_req > UINT16_MAX ? UINT16_MAX : (uint16_t)c->heartbeat_req;
+  if (t->heartbeat != 0 && t->heartbeat < hb)
+    hb = t->heartbeat;
+  int r = amqp_tune_connection(c->st, channel_max, (int)frame_max, hb);
+  if (r != AMQP_STATUS_OK)
+    return mq_err_from_amqp(r);
+  amqp_connection_tune_ok_t ok = {
+      .channel_max = channel_max, .frame_max = frame_max, .heartbeat = hb};
+  int err = mq_send_method(c, 0, AMQP_CONNECTION_TUNE_OK_METHOD, &ok);
+  if (err)
+    return err;
+  c->hb = hb;
+  amqp_connection_open_t op = {
+      .virtual_host = amqp_cstring_bytes(c->info.vhost),
+      .capabilities = amqp_empty_bytes,
+      .insist = 1,
+  };
+  return mq_send_method(c, 0, AMQP_CONNECTION_OPEN_METHOD, &op);
+}
+
+static void mq_on_handshake_frame(mq_conn *c, amqp_frame_t *f) {
+  assert(c->phase == MQ_HANDSHAKE);
+  if (f->frame_type == AMQP_FRAME_HEARTBEAT)
+    return;
+  if (f->frame_type != AMQP_FRAME_METHOD || f->channel != 0) {
+    mq_drop(c, SM_EPROTO);
+    return;
+  }
+  amqp_method_t *m = &f->payload.method;
+  if (m->id == AMQP_CONNECTION_CLOSE_METHOD) {
+    /* Refused: bad credentials (403), vhost not allowed (530), ... */
+    amqp_connection_close_t *cl = m->decoded;
+    char text[256];
+    size_t n = cl->reply_text.len < sizeof text - 1 ? cl->reply_text.len : sizeof text - 1;
+    memcpy(text, cl->reply_text.bytes, n);
+    text[n] = 0;
+    sm_log_warn("amqp", "broker refused the connection", SM_LI("code", cl->reply_code),
+                SM_LS("reason", text));
+    int err = cl->reply_code == 403 || cl->reply_code == 530 ? SM_EAUTH : SM_EPROTO;
+    amqp_connection_close_ok_t ok;
+    memset(&ok, 0, sizeof ok);
+    if (mq_send_method(c, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok) != 0)
+      sm_log_debug("amqp", "close-ok not sent");
+    mq_drop(c, err);
+    return;
+  }
+  int err = SM_EPROTO;
+  switch (c->hs) {
+  case MQ_HS_START:
+    if (m->id == AMQP_CONNECTION_START_METHOD)
+      err = mq_on_conn_start(c, m->decoded);
+    if (!err)
+      c->hs = MQ_HS_TUNE;
+    break;
+  case MQ_HS_TUNE:
+    if (m->id == AMQP_CONNECTION_TUNE_METHOD)
+      err = mq_on_conn_tune(c, m->decoded);
+    if (!err)
+      c->hs = MQ_HS_OPEN_OK;
+    break;
+  case MQ_HS_OPEN_OK:
+    if (m->id == AMQP_CONNECTION_OPEN_OK_METHOD) {
+      c->phase = MQ_SETUP;
+      err = mq_send_setup(c);
+    }
+    break;
+  }
+  if (err)
+    mq_drop(c, err);
+}
+
+/* The TCP connection is up: hand the socket to rabbitmq-c and send the protocol header. */
+static int mq_handshake_begin(mq_conn *c) {
   c->st = amqp_new_connection();
   if (!c->st)
     return SM_ENOMEM;
@@ -857,28 +1021,14 @@ static int mq_login(mq_conn *c) {
     return SM_ENOMEM;
   amqp_tcp_socket_set_sockfd(s, c->sock->fd);
   c->lib_owns_fd = 1;
-  uint64_t ms =
-      c->connect_timeout_ms < MQ_LOGIN_TIMEOUT_MS ? c->connect_timeout_ms : MQ_LOGIN_TIMEOUT_MS;
-  struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-  (void)amqp_set_handshake_timeout(c->st, &tv);
-  (void)amqp_set_rpc_timeout(c->st, &tv);
-  amqp_rpc_reply_t r = amqp_login(c->st, c->info.vhost, 0, MQ_FRAME_MAX, (int)c->heartbeat_req,
-                                  AMQP_SASL_METHOD_PLAIN, c->info.user, c->info.password);
-  if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-    c->hb = (unsigned)amqp_get_heartbeat(c->st);
-    return 0;
-  }
-  if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
-    if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-      amqp_connection_close_t *cl = r.reply.decoded;
-      if (cl && (cl->reply_code == 403 || cl->reply_code == 530))
-        return SM_EAUTH;
-    }
-    return SM_EPROTO;
-  }
-  if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
-    return mq_err_from_amqp(r.library_error);
-  return SM_EPROTO;
+  c->hs = MQ_HS_START;
+  c->hb = 0;
+  mq_cork(c);
+  int r = amqp_send_header(c->st);
+  if (r != AMQP_STATUS_OK)
+    return mq_err_from_amqp(r) ? mq_err_from_amqp(r) : SM_EIO;
+  c->last_send_ms = uv_now(c->loop);
+  return 0;
 }
 
 static void mq_try_next_address(mq_conn *c);
@@ -907,10 +1057,8 @@ static void mq_on_connect_poll(uv_poll_t *h, int status, int events) {
   uv_poll_stop(&c->sock->poll);
   uv_freeaddrinfo(c->ai_list);
   c->ai_list = c->ai_cur = NULL;
-  c->phase = MQ_SETUP;
-  int err = mq_login(c);
-  if (!err)
-    err = mq_send_setup(c);
+  c->phase = MQ_HANDSHAKE;
+  int err = mq_handshake_begin(c);
   if (err) {
     mq_drop(c, err);
     return;
@@ -918,9 +1066,6 @@ static void mq_on_connect_poll(uv_poll_t *h, int status, int events) {
   c->sock->poll.data = c;
   uv_poll_start(&c->sock->poll, UV_READABLE, mq_on_io);
   c->last_recv_ms = uv_now(c->loop);
-  /* amqp_login may have read frames past its own replies. */
-  if (mq_input_pending(c))
-    mq_drain(c);
 }
 
 static void mq_try_next_address(mq_conn *c) {
@@ -1050,9 +1195,9 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   c->loop = loop;
   const char *cq = opts->command_queue ? opts->command_queue : "agent-commands";
   const char *rq = opts->result_queue ? opts->result_queue : "agent-results";
-  c->url_buf = mq_strdup(opts->url);
-  c->cmd_q = mq_strdup(cq);
-  c->res_q = mq_strdup(rq);
+  c->url_buf = sm_strdup(opts->url);
+  c->cmd_q = sm_strdup(cq);
+  c->res_q = sm_strdup(rq);
   c->dlq = sm_malloc(strlen(cq) + 5);
   if (!c->url_buf || !c->cmd_q || !c->res_q || !c->dlq) {
     free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
@@ -1085,6 +1230,7 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   if (!c->rng)
     c->rng = 1;
   init_amqp_pool(&c->in.pool, 4096);
+  sm_list_init(&c->pending);
 
   uv_timer_t *timers[4] = {&c->retry_timer, &c->deadline_timer, &c->hb_timer, &c->depth_timer};
   for (int i = 0; i < 4; i++) {
@@ -1258,11 +1404,7 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
   p->tag = ++c->next_tag;
   p->cb = cb;
   p->ud = ud;
-  if (c->tail)
-    c->tail->next = p;
-  else
-    c->head = p;
-  c->tail = p;
+  sm_list_push_back(&c->pending, &p->node);
   c->n_pending++;
   return 0;
 }
@@ -1270,7 +1412,7 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
 int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch) {
   if (!c || !queue || !*queue)
     return SM_EINVAL;
-  char *q = mq_strdup(queue);
+  char *q = sm_strdup(queue);
   if (!q)
     return SM_ENOMEM;
   free(c->consume_queue);

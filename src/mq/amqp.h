@@ -6,16 +6,18 @@
  *   2  publishing with publisher confirms: every publish gets exactly one completion callback;
  *   3  the periodic passive queue.declare that reads the command queue's depth.
  * On connect it declares the durable queues: the command queue, <command queue>.dlq and the
- * result queue. The login handshake (connection.start .. open-ok) uses rabbitmq-c's synchronous
- * amqp_login bounded by a short handshake timeout; everything after it (channels, confirm.select,
- * declares, qos, consume) is sent as pipelined method frames whose -ok replies are handled
- * asynchronously, so a connected broker never blocks the loop on an RPC.
+ * result queue. Nothing blocks the loop: the login handshake (protocol header, connection.start
+ * .. open-ok) is driven frame by frame from socket readiness like everything after it (channels,
+ * confirm.select, declares, qos, consume: pipelined method frames whose -ok replies are handled
+ * asynchronously). A broker that accepts TCP but never answers costs one deadline
+ * (connect_timeout_s), after which the attempt fails with SM_ETIMEDOUT and is retried.
  *
  * Callbacks never run inside the call that caused them; they run from loop events.
  */
 #ifndef SM_MQ_AMQP_H
 #define SM_MQ_AMQP_H
 
+#include "util/err.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -87,17 +89,17 @@ typedef void (*mq_depth_cb)(mq_conn *c, uint64_t messages, uint32_t consumers, v
 
 /* Creates an adapter on loop; nothing connects until mq_conn_start. Returns 0, SM_EINVAL
  * (missing or unparsable url: nothing allocated) or SM_ENOMEM. */
-int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out);
+SM_MUST_CHECK int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out);
 
 /* Starts connecting (and reconnecting forever until destroyed). Returns 0 or SM_ESTATE. */
-int mq_conn_start(mq_conn *c);
+SM_MUST_CHECK int mq_conn_start(mq_conn *c);
 
 /* Closes the connection and all handles; pending publish callbacks run with SM_ECANCELED from
  * inside this call. Memory is released after the loop ran the close callbacks. NULL is fine. */
 void mq_conn_destroy(mq_conn *c);
 
 /* Adds a state listener (at most 4). Returns 0 or SM_ELIMIT. */
-int mq_conn_on_state(mq_conn *c, mq_state_cb cb, void *ud);
+SM_MUST_CHECK int mq_conn_on_state(mq_conn *c, mq_state_cb cb, void *ud);
 
 /* Removes the listener added with exactly this cb and ud (no-op when absent). */
 void mq_conn_off_state(mq_conn *c, mq_state_cb cb, void *ud);
@@ -116,7 +118,7 @@ int mq_conn_is_up(const mq_conn *c);
 uint64_t mq_conn_generation(const mq_conn *c);
 
 /* Last known depth of the command queue; returns 0, or SM_EAGAIN when never read yet. */
-int mq_conn_queue_depth(const mq_conn *c, uint64_t *messages);
+SM_MUST_CHECK int mq_conn_queue_depth(const mq_conn *c, uint64_t *messages);
 
 /* Names of the declared queues (as configured). */
 const char *mq_conn_command_queue(const mq_conn *c);
@@ -126,8 +128,8 @@ const char *mq_conn_result_queue(const mq_conn *c);
  * cb (may be NULL) runs exactly once, later, with the outcome. Returns 0 (cb will run),
  * SM_ECLOSED when not connected, SM_ELIMIT when max_unconfirmed publishes are pending,
  * SM_EINVAL, or SM_EIO when the send failed (cb will not run; the connection is dropped). */
-int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props *props,
-                    mq_publish_cb cb, void *ud);
+SM_MUST_CHECK int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body,
+                                  const mq_props *props, mq_publish_cb cb, void *ud);
 
 /* Number of publishes awaiting a confirm. */
 size_t mq_conn_unconfirmed(const mq_conn *c);
@@ -135,14 +137,14 @@ size_t mq_conn_unconfirmed(const mq_conn *c);
 /* Starts consuming `queue` on channel 1 with prefetch; re-issued after every reconnect until
  * mq_conn_consume_stop. Returns 0, SM_EINVAL or SM_EIO (connection dropped). When not connected
  * it only records the wish. */
-int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch);
+SM_MUST_CHECK int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefetch);
 
 /* Cancels the consumer (basic.cancel): no new deliveries; unacked ones stay unacked. */
-int mq_conn_consume_stop(mq_conn *c);
+SM_MUST_CHECK int mq_conn_consume_stop(mq_conn *c);
 
 /* Acks / nacks a delivery of generation gen. Returns 0, SM_ECLOSED when gen is not the current
  * connection (the broker redelivers it anyway), or SM_EIO. */
-int mq_conn_ack(mq_conn *c, uint64_t gen, uint64_t tag);
-int mq_conn_nack(mq_conn *c, uint64_t gen, uint64_t tag, int requeue);
+SM_MUST_CHECK int mq_conn_ack(mq_conn *c, uint64_t gen, uint64_t tag);
+SM_MUST_CHECK int mq_conn_nack(mq_conn *c, uint64_t gen, uint64_t tag, int requeue);
 
 #endif

@@ -3,9 +3,11 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 #include "util/map.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,9 +25,11 @@ typedef struct mq_rec {
   mq_props props; /* points into mem */
 } mq_rec;
 
-/* A dead-letter publish in flight; detached (in = NULL) when the intake is destroyed. */
+/* A dead-letter publish in flight, owned by the adapter until its completion frees it; detached
+ * (in = NULL) when the intake is destroyed first (the original then returns to the queue with
+ * the connection, or is redelivered). */
 typedef struct mq_dlq_op {
-  struct mq_dlq_op *prev, *next;
+  sm_list node; /* on in->ops while attached */
   mq_intake *in;
   uint64_t gen, tag;
 } mq_dlq_op;
@@ -33,10 +37,10 @@ typedef struct mq_dlq_op {
 struct mq_intake {
   mq_conn *conn;
   uint16_t prefetch;
-  int started;    /* mq_intake_start called */
-  int paused;     /* consumer cancelled on purpose */
-  sm_map recs;    /* tag bytes -> mq_rec, current generation only */
-  mq_dlq_op *ops; /* dead-letter publishes in flight */
+  int started; /* mq_intake_start called */
+  int paused;  /* consumer cancelled on purpose */
+  sm_map recs; /* tag bytes -> mq_rec, current generation only */
+  sm_list ops; /* dead-letter publishes in flight (mq_dlq_op.node) */
   mq_intake_cb cb;
   void *ud;
   mq_intake_stats stats;
@@ -127,7 +131,9 @@ static void mq_intake_on_deliver(mq_conn *c, const mq_message *m, void *ud) {
     sm_log_warn("amqp-intake", "delivery not kept, requeued", SM_LE(err),
                 SM_LI("tag", m->delivery_tag));
     mq_rec_free(r);
-    (void)mq_conn_nack(c, m->generation, m->delivery_tag, 1);
+    if (mq_conn_nack(c, m->generation, m->delivery_tag, 1) != 0)
+      sm_log_debug("amqp-intake", "nack not sent (the broker redelivers it with the connection)",
+                   SM_LI("tag", m->delivery_tag));
     return;
   }
   if (m->body_size > m->body.len) {
@@ -159,15 +165,6 @@ static void mq_intake_on_state(mq_conn *c, int up, int err, void *ud) {
     mq_recs_clear(in); /* the broker requeues every unacked delivery of that connection */
 }
 
-static void mq_dlq_unlink(mq_intake *in, mq_dlq_op *op) {
-  if (op->prev)
-    op->prev->next = op->next;
-  else
-    in->ops = op->next;
-  if (op->next)
-    op->next->prev = op->prev;
-}
-
 static void mq_dlq_done(int status, void *ud) {
   mq_dlq_op *op = ud;
   mq_intake *in = op->in;
@@ -175,7 +172,8 @@ static void mq_dlq_done(int status, void *ud) {
     free(op);
     return;
   }
-  mq_dlq_unlink(in, op);
+  assert(sm_list_linked(&op->node));
+  sm_list_remove(&op->node);
   mq_intake_handle h = {.gen = op->gen, .tag = op->tag};
   free(op);
   int err;
@@ -196,7 +194,9 @@ static void mq_dlq_done(int status, void *ud) {
               SM_LE(status), SM_LI("tag", h.tag));
   if (r) {
     /* Nacked by the broker: requeue the original so it is seen (and rejected) again. */
-    (void)mq_conn_nack(in->conn, h.gen, h.tag, 1);
+    if (mq_conn_nack(in->conn, h.gen, h.tag, 1) != 0)
+      sm_log_debug("amqp-intake", "nack not sent (the broker redelivers it with the connection)",
+                   SM_LI("tag", h.tag));
     mq_rec_remove(in, r);
   }
 }
@@ -224,6 +224,7 @@ static int mq_dlq_publish(mq_intake *in, mq_rec *r, const char *reason) {
   mq_dlq_op *op = sm_calloc(1, sizeof *op);
   if (!op)
     return SM_ENOMEM;
+  sm_list_init(&op->node);
   op->in = in;
   op->gen = r->gen;
   op->tag = r->tag;
@@ -232,10 +233,7 @@ static int mq_dlq_publish(mq_intake *in, mq_rec *r, const char *reason) {
     free(op);
     return err;
   }
-  op->next = in->ops;
-  if (in->ops)
-    in->ops->prev = op;
-  in->ops = op;
+  sm_list_push_back(&in->ops, &op->node);
   r->dlq_busy = 1;
   return 0;
 }
@@ -250,6 +248,7 @@ int mq_intake_create(mq_conn *c, uint16_t prefetch, mq_intake_cb cb, void *ud, m
   in->prefetch = prefetch ? prefetch : 256;
   in->cb = cb;
   in->ud = ud;
+  sm_list_init(&in->ops);
   sm_map_init(&in->recs, (size_t)in->prefetch + 16);
   int err = mq_conn_on_state(c, mq_intake_on_state, in);
   if (err) {
@@ -268,9 +267,11 @@ void mq_intake_destroy(mq_intake *in) {
   mq_conn_off_state(in->conn, mq_intake_on_state, in);
   mq_conn_set_consumer(in->conn, NULL, NULL);
   if (in->started && !in->paused)
-    (void)mq_conn_consume_stop(in->conn);
-  for (mq_dlq_op *op = in->ops; op; op = op->next)
-    op->in = NULL;
+    if (mq_conn_consume_stop(in->conn) != 0)
+      sm_log_debug("amqp-intake", "basic.cancel not sent (the connection is going down)");
+  sm_list *it;
+  while ((it = sm_list_pop_front(&in->ops)) != NULL)
+    SM_LIST_ENTRY(it, mq_dlq_op, node)->in = NULL; /* the adapter's completion frees it */
   for (size_t i = 0; i < in->recs.cap; i++) {
     if (in->recs.slots[i].key)
       mq_rec_free(in->recs.slots[i].value);

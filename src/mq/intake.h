@@ -18,6 +18,7 @@
 #ifndef SM_MQ_INTAKE_H
 #define SM_MQ_INTAKE_H
 
+#include "util/err.h"
 #include "mq/amqp.h"
 
 #include <stddef.h>
@@ -44,29 +45,31 @@ typedef void (*mq_intake_cb)(mq_intake *in, const mq_intake_msg *m, void *ud);
 
 /* Creates the intake on c for its command queue with prefetch (0: 256). Deliveries start with
  * mq_intake_start. Returns 0, SM_EINVAL or SM_ENOMEM. */
-int mq_intake_create(mq_conn *c, uint16_t prefetch, mq_intake_cb cb, void *ud, mq_intake **out);
+SM_MUST_CHECK int mq_intake_create(mq_conn *c, uint16_t prefetch, mq_intake_cb cb, void *ud,
+                                   mq_intake **out);
 
 /* Destroys the intake; its unacked messages return to the queue when the connection closes.
- * Callbacks of dead-letter publishes still in flight are dropped. NULL is fine. */
+ * Dead-letter publishes still in flight are detached: the adapter completes and frees them
+ * later, and their originals (never acked) come back from the broker. NULL is fine. */
 void mq_intake_destroy(mq_intake *in);
 
 /* Starts consuming (now if connected, else on connect). Returns 0 or an SM_E* code. */
-int mq_intake_start(mq_intake *in);
+SM_MUST_CHECK int mq_intake_start(mq_intake *in);
 
 /* Pauses / resumes deliveries (see above). Return 0 or an SM_E* code. */
-int mq_intake_pause(mq_intake *in);
-int mq_intake_resume(mq_intake *in);
+SM_MUST_CHECK int mq_intake_pause(mq_intake *in);
+SM_MUST_CHECK int mq_intake_resume(mq_intake *in);
 
 /* Whether the intake is paused. */
 int mq_intake_paused(const mq_intake *in);
 
 /* Acks the delivery. Returns 0, SM_ECLOSED (stale handle), SM_ENOENT (unknown or already
  * settled), SM_ESTATE (a dead-letter publish is in flight for it) or SM_EIO. */
-int mq_intake_ack(mq_intake *in, mq_intake_handle h);
+SM_MUST_CHECK int mq_intake_ack(mq_intake *in, mq_intake_handle h);
 
 /* Dead-letters the delivery with reason (see above). Returns 0 (in progress), SM_ECLOSED,
  * SM_ENOENT, SM_ESTATE, SM_ELIMIT (adapter's confirm window full: try again later) or SM_EIO. */
-int mq_intake_reject_dlq(mq_intake *in, mq_intake_handle h, const char *reason);
+SM_MUST_CHECK int mq_intake_reject_dlq(mq_intake *in, mq_intake_handle h, const char *reason);
 
 /* Deliveries received and not yet settled on the current connection. */
 size_t mq_intake_unacked(const mq_intake *in);

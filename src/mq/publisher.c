@@ -3,13 +3,17 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
+#include <assert.h>
 #include <stdlib.h>
 
-/* One publish in flight; unlinked from its publisher (p = NULL) if that is destroyed first. */
+/* One publish in flight. The adapter owns it from mq_conn_publish until its completion, which
+ * frees it; a publisher destroyed first completes the caller's callback itself and detaches the
+ * op (p = NULL, cb = NULL), so the adapter's later completion only frees it. */
 typedef struct mq_pub_op {
-  struct mq_pub_op *prev, *next;
+  sm_list node; /* on p->ops while attached */
   mq_publisher *p;
   mq_publish_done_cb cb;
   void *ud;
@@ -20,7 +24,8 @@ struct mq_publisher {
   size_t window;   /* maximum unconfirmed publishes */
   size_t inflight; /* unconfirmed publishes now */
   int was_full;    /* a publish was refused for the window: announce room */
-  mq_pub_op *ops;  /* in-flight operations (doubly linked) */
+  int closing;     /* mq_publisher_destroy is running: publishes are refused */
+  sm_list ops;     /* in-flight operations (mq_pub_op.node), oldest first */
   mq_publisher_ready_cb ready_cb;
   void *ready_ud;
   mq_publisher_stats stats;
@@ -28,24 +33,15 @@ struct mq_publisher {
   int dead; /* destroyed while busy */
 };
 
-static void mq_pub_unlink(mq_publisher *p, mq_pub_op *op) {
-  if (op->prev)
-    op->prev->next = op->next;
-  else
-    p->ops = op->next;
-  if (op->next)
-    op->next->prev = op->prev;
-  op->prev = op->next = NULL;
-}
-
 static void mq_pub_on_done(int status, void *ud) {
   mq_pub_op *op = ud;
   mq_publisher *p = op->p;
   if (!p) {
-    free(op);
+    free(op); /* detached by mq_publisher_destroy, which already ran its callback */
     return;
   }
-  mq_pub_unlink(p, op);
+  assert(sm_list_linked(&op->node) && p->inflight > 0);
+  sm_list_remove(&op->node);
   p->inflight--;
   if (status == 0)
     p->stats.confirmed++;
@@ -58,7 +54,7 @@ static void mq_pub_on_done(int status, void *ud) {
   if (cb)
     cb(status, cud);
   /* Room again after a refusal: let the caller flush its outbox. */
-  if (!p->dead && p->was_full && p->inflight < p->window && mq_conn_is_up(p->conn)) {
+  if (!p->dead && !p->closing && p->was_full && p->inflight < p->window && mq_conn_is_up(p->conn)) {
     p->was_full = 0;
     if (p->ready_cb)
       p->ready_cb(p, p->ready_ud);
@@ -87,6 +83,7 @@ int mq_publisher_create(mq_conn *c, size_t window, mq_publisher **out) {
     return SM_ENOMEM;
   p->conn = c;
   p->window = window ? window : 1024;
+  sm_list_init(&p->ops);
   int err = mq_conn_on_state(c, mq_pub_on_state, p);
   if (err) {
     free(p);
@@ -97,13 +94,28 @@ int mq_publisher_create(mq_conn *c, size_t window, mq_publisher **out) {
 }
 
 void mq_publisher_destroy(mq_publisher *p) {
-  if (!p)
+  if (!p || p->closing)
     return;
+  p->closing = 1;
   mq_conn_off_state(p->conn, mq_pub_on_state, p);
-  /* The adapter still holds each op and will complete it later: detach them from us. */
-  for (mq_pub_op *op = p->ops; op; op = op->next)
+  /* The adapter still holds each op and completes it later (confirm, lost connection or its own
+   * destruction), which frees it. The caller hears now: each callback runs once, here, with
+   * SM_ECANCELED. */
+  p->busy++;
+  sm_list *it;
+  while ((it = sm_list_pop_front(&p->ops)) != NULL) {
+    mq_pub_op *op = SM_LIST_ENTRY(it, mq_pub_op, node);
+    mq_publish_done_cb cb = op->cb;
+    void *cud = op->ud;
     op->p = NULL;
-  p->ops = NULL;
+    op->cb = NULL;
+    p->inflight--;
+    p->stats.failed++;
+    if (cb)
+      cb(SM_ECANCELED, cud);
+  }
+  assert(p->inflight == 0);
+  p->busy--;
   if (p->busy)
     p->dead = 1; /* freed when the running callback returns */
   else
@@ -119,6 +131,8 @@ int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body, mq_s
                          mq_publish_done_cb cb, void *ud) {
   if (!p)
     return SM_EINVAL;
+  if (p->closing)
+    return SM_ECLOSED;
   if (!mq_conn_is_up(p->conn)) {
     p->stats.refused++;
     return SM_ECLOSED;
@@ -131,6 +145,7 @@ int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body, mq_s
   mq_pub_op *op = sm_calloc(1, sizeof *op);
   if (!op)
     return SM_ENOMEM;
+  sm_list_init(&op->node);
   op->p = p;
   op->cb = cb;
   op->ud = ud;
@@ -149,10 +164,7 @@ int mq_publisher_publish(mq_publisher *p, const char *queue, mq_slice body, mq_s
       p->stats.refused++;
     return err;
   }
-  op->next = p->ops;
-  if (p->ops)
-    p->ops->prev = op;
-  p->ops = op;
+  sm_list_push_back(&p->ops, &op->node);
   p->inflight++;
   p->stats.published++;
   return 0;

@@ -7,6 +7,14 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Operations asked for after store_close are refused (SM_EUNAVAIL, no callback): a callback that
+ * runs during the close must not queue work on a store being freed. */
+#define REFUSE_IF_CLOSING(s)                                                                       \
+  do {                                                                                             \
+    if ((s)->closing)                                                                              \
+      return SM_EUNAVAIL;                                                                          \
+  } while (0)
+
 /* Counts an operation the backend accepted (its callback is owed). */
 static int counted(store *s, store_op op, int err) {
   if (err == 0)
@@ -39,12 +47,14 @@ int store_sort_key(const sm_command *c, char *out, size_t outlen) {
 int store_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *ud) {
   if (c == NULL || c->id == NULL || c->type == NULL || cb == NULL || strlen(c->id) > COMMAND_MAX_ID)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_CMD_CREATE, s->ops->cmd_create(s, c, cb, ud));
 }
 
 int store_cmd_get(store *s, const char *id, store_cmd_cb cb, void *ud) {
   if (id == NULL || cb == NULL || strlen(id) > COMMAND_MAX_ID)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_CMD_GET, s->ops->cmd_get(s, id, cb, ud));
 }
 
@@ -57,6 +67,7 @@ int store_cmd_update(store *s, const sm_command *c, command_status expected,
     return SM_EINVAL;
   if (expected == c->status && command_status_is_final(expected))
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_CMD_UPDATE,
                  s->ops->cmd_update(s, c, expected, outbox_payload, outbox_len, cb, ud));
 }
@@ -67,6 +78,7 @@ int store_cmd_list(store *s, const store_filter *f, const char *cursor, size_t l
   if (cb == NULL || limit == 0 || limit > STORE_MAX_LIST ||
       (cursor && strlen(cursor) > STORE_MAX_CURSOR))
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(
       s, STORE_OP_CMD_LIST,
       s->ops->cmd_list(s, f ? f : &none, cursor && *cursor ? cursor : NULL, limit, cb, ud));
@@ -76,18 +88,21 @@ int store_outbox_add(store *s, const char *id, const char *payload, size_t len, 
                      void *ud) {
   if (id == NULL || payload == NULL || cb == NULL)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_OUTBOX_ADD, s->ops->outbox_add(s, id, payload, len, cb, ud));
 }
 
 int store_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud) {
   if (cb == NULL || limit == 0 || limit > STORE_MAX_LIST)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_OUTBOX_LIST, s->ops->outbox_list(s, limit, cb, ud));
 }
 
 int store_outbox_remove(store *s, const char *id, store_done_cb cb, void *ud) {
   if (id == NULL || cb == NULL)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_OUTBOX_REMOVE, s->ops->outbox_remove(s, id, cb, ud));
 }
 
@@ -95,18 +110,21 @@ int store_agent_put(store *s, const char *id, const char *instance, const char *
                     int64_t ttl_ms, store_done_cb cb, void *ud) {
   if (id == NULL || *id == '\0' || instance == NULL || data == NULL || ttl_ms <= 0 || cb == NULL)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_AGENT_PUT, s->ops->agent_put(s, id, instance, data, ttl_ms, cb, ud));
 }
 
 int store_agent_del(store *s, const char *id, const char *instance, store_done_cb cb, void *ud) {
   if (id == NULL || cb == NULL)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_AGENT_DEL, s->ops->agent_del(s, id, instance, cb, ud));
 }
 
 int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud) {
   if (cb == NULL || limit == 0 || limit > 100000)
     return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_AGENT_LIST, s->ops->agent_list(s, limit, cb, ud));
 }
 
@@ -119,8 +137,10 @@ const char *store_name(const store *s) {
 }
 
 void store_close(store *s, void (*closed)(void *ud), void *ud) {
-  if (s != NULL)
-    s->ops->close(s, closed, ud);
+  if (s == NULL || s->closing)
+    return;
+  s->closing = 1;
+  s->ops->close(s, closed, ud);
 }
 
 int store_filter_match(const store_filter *f, const sm_command *c) {

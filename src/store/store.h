@@ -3,9 +3,10 @@
  *
  * Every operation is asynchronous: it returns 0 and later runs its callback once on the loop,
  * or returns a negative SM_E* code and never runs the callback (SM_EUNAVAIL: the store is
- * disconnected, retry later; SM_ELIMIT: too many requests pending). A callback never runs inside
- * the call that asked for it. Records handed to callbacks are borrowed for the callback's
- * duration (clone what you keep).
+ * disconnected, retry later, or closing; SM_ELIMIT: too many requests pending; SM_ENOMEM). A
+ * callback runs exactly once for every operation that returned 0, also when the store is closed
+ * with the operation pending (SM_ECANCELED), and never inside the call that asked for it. Records
+ * handed to callbacks are borrowed for the callback's duration (clone what you keep).
  *
  * Listing order is creation order (created_at, then id). A cursor is an opaque string from a
  * previous page; a page may hold fewer than `limit` entries when filters skip records, and the
@@ -14,6 +15,7 @@
 #ifndef SM_STORE_STORE_H
 #define SM_STORE_STORE_H
 
+#include "util/err.h"
 #include "model/command.h"
 
 #include <stddef.h>
@@ -98,6 +100,7 @@ struct store {
   store_state_cb on_state; /* optional */
   void *state_ud;
   uint64_t op_count[STORE_OP_COUNT]; /* operations the backend accepted, by store_op */
+  int closing;                       /* store_close was called: operations are refused */
 };
 
 /* Operations of kind op the backend accepted since creation. */
@@ -125,11 +128,11 @@ typedef struct store_mem_config {
 } store_mem_config;
 
 /* Creates the in-process store. Returns 0, SM_ENOMEM. */
-int store_mem_create(uv_loop_t *loop, const store_mem_config *cfg, store **out);
+SM_MUST_CHECK int store_mem_create(uv_loop_t *loop, const store_mem_config *cfg, store **out);
 
 /* Creates the Valkey store and starts connecting (state reported through store_set_state_cb).
  * Returns 0, SM_EINVAL or SM_ENOMEM. */
-int store_valkey_create(uv_loop_t *loop, const store_valkey_config *cfg, store **out);
+SM_MUST_CHECK int store_valkey_create(uv_loop_t *loop, const store_valkey_config *cfg, store **out);
 
 /* Sets the connection state listener. */
 void store_set_state_cb(store *s, store_state_cb cb, void *ud);
@@ -137,43 +140,45 @@ void store_set_state_cb(store *s, store_state_cb cb, void *ud);
 /* Stores a new command (id, type and created_at set; normally status queued). When the
  * idempotency key or the id is already stored, nothing is written and the callback gets the
  * stored record with existed=1. */
-int store_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *ud);
+SM_MUST_CHECK int store_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *ud);
 
 /* Reads a command; SM_ENOENT when absent. */
-int store_cmd_get(store *s, const char *id, store_cmd_cb cb, void *ud);
+SM_MUST_CHECK int store_cmd_get(store *s, const char *id, store_cmd_cb cb, void *ud);
 
 /* Replaces the stored record by c if its stored status is still `expected` (compare-and-set, so
  * a stale writer cannot overwrite a final status) and the transition is allowed (else returns
  * SM_EINVAL at once). With outbox_payload, the same atomic write also adds it to the outbox
  * under c->id. Callback errors: SM_ENOENT, SM_ESTATE (cmd: the stored record). */
-int store_cmd_update(store *s, const sm_command *c, command_status expected,
-                     const char *outbox_payload, size_t outbox_len, store_cmd_cb cb, void *ud);
+SM_MUST_CHECK int store_cmd_update(store *s, const sm_command *c, command_status expected,
+                                   const char *outbox_payload, size_t outbox_len, store_cmd_cb cb,
+                                   void *ud);
 
 /* One page (limit 1..STORE_MAX_LIST) of commands matching f, after cursor (NULL: from the
  * start). */
-int store_cmd_list(store *s, const store_filter *f, const char *cursor, size_t limit,
-                   store_list_cb cb, void *ud);
+SM_MUST_CHECK int store_cmd_list(store *s, const store_filter *f, const char *cursor, size_t limit,
+                                 store_list_cb cb, void *ud);
 
 /* Adds (or replaces) the outbox entry of a command: a result waiting for the broker's confirm. */
-int store_outbox_add(store *s, const char *id, const char *payload, size_t len, store_done_cb cb,
-                     void *ud);
+SM_MUST_CHECK int store_outbox_add(store *s, const char *id, const char *payload, size_t len,
+                                   store_done_cb cb, void *ud);
 
 /* The oldest outbox entries, up to limit (1..STORE_MAX_LIST). */
-int store_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud);
+SM_MUST_CHECK int store_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud);
 
 /* Removes an outbox entry once confirmed (absent is fine). */
-int store_outbox_remove(store *s, const char *id, store_done_cb cb, void *ud);
+SM_MUST_CHECK int store_outbox_remove(store *s, const char *id, store_done_cb cb, void *ud);
 
 /* Writes the agent's record (owned by instance) with a time to live. */
-int store_agent_put(store *s, const char *id, const char *instance, const char *data,
-                    int64_t ttl_ms, store_done_cb cb, void *ud);
+SM_MUST_CHECK int store_agent_put(store *s, const char *id, const char *instance, const char *data,
+                                  int64_t ttl_ms, store_done_cb cb, void *ud);
 
 /* Deletes the agent's record; with instance, only if that instance still owns it (another
  * manager may have taken the agent over). */
-int store_agent_del(store *s, const char *id, const char *instance, store_done_cb cb, void *ud);
+SM_MUST_CHECK int store_agent_del(store *s, const char *id, const char *instance, store_done_cb cb,
+                                  void *ud);
 
 /* Live (unexpired) agent records, up to limit (1..100000). */
-int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud);
+SM_MUST_CHECK int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud);
 
 /* Whether command c passes the listing filter f (both backends list through it). */
 int store_filter_match(const store_filter *f, const sm_command *c);
@@ -189,6 +194,6 @@ const char *store_name(const store *s);
 void store_close(store *s, void (*closed)(void *ud), void *ud);
 
 /* The index key of a listing: "<created_at as 13 digits>:<id>" (sorts by creation time). */
-int store_sort_key(const sm_command *c, char *out, size_t outlen);
+SM_MUST_CHECK int store_sort_key(const sm_command *c, char *out, size_t outlen);
 
 #endif

@@ -10,8 +10,10 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/map.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,10 +25,10 @@ typedef struct mem_cmd {
 } mem_cmd;
 
 typedef struct ob_item {
+  sm_list node; /* on the store's outbox, oldest first */
   char *id;
   char *payload;
   size_t len;
-  struct ob_item *prev, *next;
 } ob_item;
 
 typedef struct ag_item {
@@ -38,8 +40,10 @@ typedef struct ag_item {
 
 enum comp_kind { C_CMD, C_LIST, C_DONE, C_OUTBOX, C_AGENTS };
 
+/* A completion owed to a caller: queued by every accepted operation, run (and freed) exactly once
+ * on the next loop turn, or with SM_ECANCELED by mem_close. */
 typedef struct comp {
-  struct comp *next;
+  sm_list node; /* on the store's completion queue */
   enum comp_kind kind;
   union {
     store_cmd_cb cmd;
@@ -68,32 +72,45 @@ typedef struct mem_store {
   size_t norder, cap;
   sm_map idem;   /* idempotency key -> mem_cmd */
   sm_map outbox; /* id -> ob_item */
-  ob_item *ob_head, *ob_tail;
+  sm_list ob;    /* ob_item.node, oldest first */
   sm_map agents; /* id -> ag_item */
-  comp *head, *tail;
+  sm_list comps; /* comp.node waiting for the idle handle */
   uv_idle_t idle;
   int closing;
   void (*closed)(void *ud);
   void *closed_ud;
 } mem_store;
 
-static void comp_free(comp *k) {
+/* Frees what the completion would have handed over: a cancelled operation reports no records. */
+static void comp_free_results(comp *k) {
   command_free(k->cmd);
+  k->cmd = NULL;
   for (size_t i = 0; k->cmds && i < k->n; i++)
     command_free(k->cmds[i]);
   free(k->cmds);
+  k->cmds = NULL;
   free(k->cursor);
+  k->cursor = NULL;
   for (size_t i = 0; k->items && i < k->n; i++) {
     free((char *)k->items[i].id);
     free((char *)k->items[i].payload);
   }
   free(k->items);
+  k->items = NULL;
   for (size_t i = 0; k->recs && i < k->n; i++) {
     free((char *)k->recs[i].id);
     free((char *)k->recs[i].instance);
     free((char *)k->recs[i].data);
   }
   free(k->recs);
+  k->recs = NULL;
+  k->n = 0;
+  k->existed = 0;
+}
+
+static void comp_free(comp *k) {
+  assert(!sm_list_linked(&k->node));
+  comp_free_results(k);
   free(k);
 }
 
@@ -120,15 +137,20 @@ static void comp_run(comp *k) {
 static void on_idle(uv_idle_t *h) {
   mem_store *m = h->data;
   /* only what is queued now: completions queued by these callbacks run on the next turn */
-  comp *k = m->head;
-  m->head = m->tail = NULL;
-  while (k != NULL) {
-    comp *next = k->next;
+  sm_list now;
+  sm_list_init(&now);
+  sm_list_splice_back(&now, &m->comps);
+  sm_list *it;
+  while ((it = sm_list_pop_front(&now)) != NULL) {
+    comp *k = SM_LIST_ENTRY(it, comp, node);
+    if (m->closing) {
+      k->err = SM_ECANCELED; /* a callback closed the store: the rest are cancelled */
+      comp_free_results(k);
+    }
     comp_run(k);
     comp_free(k);
-    k = next;
   }
-  if (m->head == NULL)
+  if (sm_list_empty(&m->comps) && !m->closing)
     uv_idle_stop(&m->idle);
 }
 
@@ -136,6 +158,7 @@ static comp *comp_new(mem_store *m, enum comp_kind kind, void *ud) {
   (void)m;
   comp *k = sm_calloc(1, sizeof(*k));
   if (k != NULL) {
+    sm_list_init(&k->node);
     k->kind = kind;
     k->ud = ud;
   }
@@ -143,11 +166,8 @@ static comp *comp_new(mem_store *m, enum comp_kind kind, void *ud) {
 }
 
 static void comp_push(mem_store *m, comp *k) {
-  if (m->tail)
-    m->tail->next = k;
-  else
-    m->head = k;
-  m->tail = k;
+  assert(!m->closing && !sm_list_linked(&k->node));
+  sm_list_push_back(&m->comps, &k->node);
   uv_idle_start(&m->idle, on_idle);
 }
 
@@ -416,24 +436,12 @@ static int ob_put(mem_store *m, const char *id, const char *payload, size_t len)
     free(p);
     return err;
   }
-  o->prev = m->ob_tail;
-  if (m->ob_tail)
-    m->ob_tail->next = o;
-  else
-    m->ob_head = o;
-  m->ob_tail = o;
+  sm_list_push_back(&m->ob, &o->node);
   return 0;
 }
 
 static void ob_free(mem_store *m, ob_item *o) {
-  if (o->prev)
-    o->prev->next = o->next;
-  else
-    m->ob_head = o->next;
-  if (o->next)
-    o->next->prev = o->prev;
-  else
-    m->ob_tail = o->prev;
+  sm_list_remove(&o->node);
   sm_map_del(&m->outbox, o->id, strlen(o->id));
   free(o->id);
   free(o->payload);
@@ -464,7 +472,10 @@ static int mem_outbox_list(store *s, size_t limit, store_outbox_cb cb, void *ud)
     return SM_ENOMEM;
   }
   k->cb.outbox = cb;
-  for (ob_item *o = m->ob_head; o && k->n < limit; o = o->next) {
+  SM_LIST_FOREACH(on, &m->ob) {
+    if (k->n >= limit)
+      break;
+    ob_item *o = SM_LIST_ENTRY(on, ob_item, node);
     store_outbox_item *it = &k->items[k->n++];
     it->id = sm_strdup(o->id);
     char *p = sm_malloc(o->len + 1);
@@ -606,12 +617,11 @@ static void mem_close(store *s, void (*closed)(void *ud), void *ud) {
   m->closed = closed;
   m->closed_ud = ud;
   /* operations already answered in memory still owe their callbacks: cancel them now */
-  while (m->head != NULL) {
-    comp *k = m->head;
-    m->head = k->next;
-    if (m->head == NULL)
-      m->tail = NULL;
+  sm_list *it;
+  while ((it = sm_list_pop_front(&m->comps)) != NULL) {
+    comp *k = SM_LIST_ENTRY(it, comp, node);
     k->err = SM_ECANCELED;
+    comp_free_results(k);
     comp_run(k);
     comp_free(k);
   }
@@ -623,8 +633,8 @@ static void mem_close(store *s, void (*closed)(void *ud), void *ud) {
   free(m->order);
   sm_map_finish(&m->cmds);
   sm_map_finish(&m->idem);
-  while (m->ob_head)
-    ob_free(m, m->ob_head);
+  while (!sm_list_empty(&m->ob))
+    ob_free(m, SM_LIST_ENTRY(sm_list_first(&m->ob), ob_item, node));
   sm_map_finish(&m->outbox);
   for (size_t i = 0; i < m->agents.cap; i++)
     if (m->agents.slots[i].key)
@@ -667,6 +677,8 @@ int store_mem_create(uv_loop_t *loop, const store_mem_config *cfg, store **out) 
   sm_map_init(&m->idem, 0);
   sm_map_init(&m->outbox, 0);
   sm_map_init(&m->agents, 0);
+  sm_list_init(&m->ob);
+  sm_list_init(&m->comps);
   uv_idle_init(loop, &m->idle);
   m->idle.data = m;
   *out = &m->base;

@@ -10,6 +10,7 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/hex.h"
 
 #include <inttypes.h>
 #include <openssl/sha.h>
@@ -567,8 +568,7 @@ int store_valkey_create(uv_loop_t *loop, const store_valkey_config *cfg, store *
   for (int i = 0; i < S_COUNT; i++) {
     unsigned char md[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)scripts[i], strlen(scripts[i]), md);
-    for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
-      snprintf(&s->sha[i][2 * j], 3, "%02x", md[j]);
+    sm_hex_encode(md, SHA_DIGEST_LENGTH, s->sha[i]);
   }
   sm_valkey_config vc = {
       .host = cfg->host,

@@ -16,8 +16,10 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
+#include <assert.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdlib.h>
@@ -26,14 +28,16 @@
 
 enum vk_state { VK_DOWN, VK_CONNECTING, VK_UP, VK_CLOSING };
 
+/* One request hiredis holds; freed by on_reply, which hiredis runs exactly once for it (reply,
+ * lost connection or redisAsyncFree). Its callback runs once: from on_reply, or earlier from the
+ * request timer (done = 1: on_reply then only frees it). */
 typedef struct vk_req {
-  struct vk_req *prev, *next; /* waiting list, oldest first */
+  sm_list node; /* on the waiting list (oldest first) until answered or timed out */
   sm_valkey *v;
   sm_valkey_cb cb;
   void *ud;
   uint64_t deadline; /* uv_now ms */
   int done;          /* cb already ran (timed out) */
-  int waiting;       /* on the waiting list */
 } vk_req;
 
 struct sm_valkey {
@@ -47,9 +51,9 @@ struct sm_valkey {
   enum vk_state state;
   uv_timer_t conn_timer; /* connect timeout while CONNECTING, backoff while DOWN */
   uv_timer_t req_timer;  /* the oldest waiting request's deadline */
-  vk_req *wait_head, *wait_tail;
-  size_t pending;   /* requests hiredis still holds, timed out or not */
-  unsigned attempt; /* failed connects in a row */
+  sm_list waiting;       /* vk_req.node awaiting a reply, by deadline (= by age) */
+  size_t pending;        /* requests hiredis still holds, timed out or not */
+  unsigned attempt;      /* failed connects in a row */
   uint64_t rng;
   int ever_up;
   int closes_left;
@@ -263,39 +267,36 @@ static void on_connect_timeout(uv_timer_t *t) {
     vk_drop(v, "connect timeout");
 }
 
-static void unwait(sm_valkey *v, vk_req *r) {
-  if (!r->waiting)
-    return;
-  if (r->prev)
-    r->prev->next = r->next;
-  else
-    v->wait_head = r->next;
-  if (r->next)
-    r->next->prev = r->prev;
-  else
-    v->wait_tail = r->prev;
-  r->prev = r->next = NULL;
-  r->waiting = 0;
+static void unwait(vk_req *r) {
+  if (sm_list_linked(&r->node))
+    sm_list_remove(&r->node);
+}
+
+static vk_req *oldest_waiting(sm_valkey *v) {
+  sm_list *n = sm_list_first(&v->waiting);
+  return n ? SM_LIST_ENTRY(n, vk_req, node) : NULL;
 }
 
 static void on_req_timer(uv_timer_t *t);
 
 static void rearm(sm_valkey *v) {
-  if (v->wait_head == NULL) {
+  vk_req *first = oldest_waiting(v);
+  if (first == NULL) {
     uv_timer_stop(&v->req_timer);
     return;
   }
   uint64_t now = uv_now(v->loop);
-  uint64_t d = v->wait_head->deadline > now ? v->wait_head->deadline - now : 0;
+  uint64_t d = first->deadline > now ? first->deadline - now : 0;
   uv_timer_start(&v->req_timer, on_req_timer, d, 0);
 }
 
 static void on_req_timer(uv_timer_t *t) {
   sm_valkey *v = t->data;
   uint64_t now = uv_now(v->loop);
-  while (v->wait_head && v->wait_head->deadline <= now) {
-    vk_req *r = v->wait_head;
-    unwait(v, r);
+  vk_req *r;
+  while ((r = oldest_waiting(v)) != NULL && r->deadline <= now) {
+    assert(!r->done);
+    unwait(r);
     r->done = 1;
     v->stats.timeouts++;
     r->cb(r->ud, SM_ETIMEDOUT, NULL);
@@ -309,9 +310,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   (void)ac;
   vk_req *r = privdata;
   sm_valkey *v = r->v;
+  assert(v->pending > 0);
   v->pending--;
   if (!r->done) {
-    unwait(v, r);
+    unwait(r);
     redisReply *rr = reply;
     int err = 0;
     if (rr == NULL) {
@@ -321,7 +323,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
       v->stats.errors++;
     }
     r->cb(r->ud, err, (const sm_valkey_reply *)rr);
-    if (v->state != VK_CLOSING && !r->waiting)
+    if (v->state != VK_CLOSING)
       rearm(v);
   }
   free(r);
@@ -338,6 +340,7 @@ int sm_valkey_command(sm_valkey *v, int argc, const char *const *argv, const siz
   vk_req *r = sm_calloc(1, sizeof(*r));
   if (r == NULL)
     return SM_ENOMEM;
+  sm_list_init(&r->node);
   r->v = v;
   r->cb = cb;
   r->ud = ud;
@@ -348,13 +351,7 @@ int sm_valkey_command(sm_valkey *v, int argc, const char *const *argv, const siz
   }
   v->pending++;
   v->stats.requests++;
-  r->waiting = 1;
-  r->prev = v->wait_tail;
-  if (v->wait_tail)
-    v->wait_tail->next = r;
-  else
-    v->wait_head = r;
-  v->wait_tail = r;
+  sm_list_push_back(&v->waiting, &r->node);
   if (!uv_is_active((uv_handle_t *)&v->req_timer))
     rearm(v);
   return 0;
@@ -482,6 +479,7 @@ int sm_valkey_create(uv_loop_t *loop, const sm_valkey_config *cfg, sm_valkey_sta
   uv_timer_init(loop, &v->req_timer);
   v->conn_timer.data = v;
   v->req_timer.data = v;
+  sm_list_init(&v->waiting);
   v->state = VK_DOWN;
   vk_connect(v);
   *out = v;

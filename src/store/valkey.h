@@ -8,6 +8,7 @@
 #ifndef SM_STORE_VALKEY_H
 #define SM_STORE_VALKEY_H
 
+#include "util/err.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -57,14 +58,14 @@ typedef struct sm_valkey_stats {
 } sm_valkey_stats;
 
 /* Creates the adapter and starts connecting. Returns 0, SM_EINVAL or SM_ENOMEM. */
-int sm_valkey_create(uv_loop_t *loop, const sm_valkey_config *cfg, sm_valkey_state_cb state_cb,
-                     void *ud, sm_valkey **out);
+SM_MUST_CHECK int sm_valkey_create(uv_loop_t *loop, const sm_valkey_config *cfg,
+                                   sm_valkey_state_cb state_cb, void *ud, sm_valkey **out);
 
 /* Sends one command (argv with lengths; binary safe). Returns 0 (cb runs later, exactly once),
  * SM_EUNAVAIL (not connected), SM_ELIMIT (max_pending requests awaiting replies), SM_EINVAL or
  * SM_ENOMEM; cb does not run then. */
-int sm_valkey_command(sm_valkey *v, int argc, const char *const *argv, const size_t *argvlen,
-                      sm_valkey_cb cb, void *ud);
+SM_MUST_CHECK int sm_valkey_command(sm_valkey *v, int argc, const char *const *argv,
+                                    const size_t *argvlen, sm_valkey_cb cb, void *ud);
 
 /* Whether the connection is up (handshake done). */
 int sm_valkey_is_up(const sm_valkey *v);

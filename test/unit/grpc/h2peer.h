@@ -218,7 +218,9 @@ static ssize_t h2p_body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_
   return (ssize_t)n;
 }
 
-static void h2peer_init(h2peer *p, const grpc_session_config *cfg) {
+/* The client side and the server session; returns grpc_session_create's result (the client is
+ * released again when it fails). */
+static int h2peer_init_try(h2peer *p, const grpc_session_config *cfg) {
   memset(p, 0, sizeof(*p));
   p->now = 1000000;
   nghttp2_session_callbacks *cbs;
@@ -230,7 +232,17 @@ static void h2peer_init(h2peer *p, const grpc_session_config *cfg) {
   T_EQ_INT(nghttp2_session_client_new(&p->cli, cbs, p), 0);
   nghttp2_session_callbacks_del(cbs);
   T_EQ_INT(nghttp2_submit_settings(p->cli, NGHTTP2_FLAG_NONE, NULL, 0), 0);
-  T_EQ_INT(grpc_session_create(cfg, &h2p_io, p, &p->srv), 0);
+  int err = grpc_session_create(cfg, &h2p_io, p, &p->srv);
+  if (err) {
+    nghttp2_session_del(p->cli);
+    p->cli = NULL;
+    p->srv = NULL;
+  }
+  return err;
+}
+
+static void h2peer_init(h2peer *p, const grpc_session_config *cfg) {
+  T_EQ_INT(h2peer_init_try(p, cfg), 0);
 }
 
 /* Moves bytes both ways until neither side has anything to say. */
@@ -245,7 +257,8 @@ static void h2peer_pump(h2peer *p) {
         int err = grpc_session_recv(p->srv, data, (size_t)n);
         if (err) {
           p->srv_err = err;
-          grpc_session_flush(p->srv); /* a GOAWAY may be waiting */
+          int ferr = grpc_session_flush(p->srv); /* a GOAWAY may be waiting */
+          (void)ferr;
           p->srv_closed = 1;
         }
       }

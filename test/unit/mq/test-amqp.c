@@ -4,12 +4,16 @@
  * SM_RABBITMQ_DIR and SM_RABBITMQ_SCRIPT. The cases share one broker and one loop and run in
  * order: connect, confirms and depth, consume with prefetch, pause, dead-lettering, windows,
  * a broker crash and restart (loop keeps running, publishes fail then succeed), heartbeat
- * timeout on a frozen broker, and teardown with every handle closed.
+ * timeout on a frozen broker, and teardown with every handle closed. Also: a "broker" that
+ * accepts TCP and never answers (the loop keeps turning, the attempt times out), allocation
+ * failure injected into every allocation of a publish, and publisher / adapter destroyed with
+ * publishes awaiting their confirms (every callback once, SM_ECANCELED, nothing leaked).
  */
 #include "mq/amqp.h"
 #include "mq/intake.h"
 #include "mq/publisher.h"
 #include "t.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -548,6 +552,242 @@ static void test_results_queue(void) {
   T_EQ_STR(T.rd[4].corr, "");
 }
 
+/* ---- a broker that accepts TCP and never says a word ---------------------------------------- */
+
+static uv_tcp_t silent_srv;
+static uv_tcp_t silent_peer[4];
+static int silent_accepted;
+static int silent_downs, silent_err;
+
+static void on_silent_conn(uv_stream_t *srv, int status) {
+  T_EQ_INT(status, 0);
+  T_ASSERT(silent_accepted < 4);
+  uv_tcp_t *peer = &silent_peer[silent_accepted];
+  T_EQ_INT(uv_tcp_init(&T.loop, peer), 0);
+  T_EQ_INT(uv_accept(srv, (uv_stream_t *)peer), 0);
+  silent_accepted++; /* and never read nor write */
+}
+
+static void on_silent_state(mq_conn *c, int up, int err, void *ud) {
+  (void)c;
+  (void)ud;
+  T_ASSERT(!up);
+  silent_downs++;
+  silent_err = err;
+}
+
+static int p_silent_down(void) {
+  return silent_downs >= 1;
+}
+
+static void test_silent_broker(void) {
+  struct sockaddr_in addr;
+  T_EQ_INT(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
+  T_EQ_INT(uv_tcp_init(&T.loop, &silent_srv), 0);
+  T_EQ_INT(uv_tcp_bind(&silent_srv, (const struct sockaddr *)&addr, 0), 0);
+  T_EQ_INT(uv_listen((uv_stream_t *)&silent_srv, 8, on_silent_conn), 0);
+  struct sockaddr_in bound;
+  int len = sizeof bound;
+  T_EQ_INT(uv_tcp_getsockname(&silent_srv, (struct sockaddr *)&bound, &len), 0);
+  char u[128];
+  snprintf(u, sizeof u, "amqp://guest:guest@127.0.0.1:%d/", ntohs(bound.sin_port));
+  mq_conn_opts o = {.url = u, .connect_timeout_s = 0.6, .backoff_min_s = 30};
+  mq_conn *c = NULL;
+  T_EQ_INT(mq_conn_create(&T.loop, &o, &c), 0);
+  T_EQ_INT(mq_conn_on_state(c, on_silent_state, NULL), 0);
+  uint64_t t0 = uv_now(&T.loop), ticks0 = T.ticks;
+  T_EQ_INT(mq_conn_start(c), 0);
+  /* The loop keeps turning while the handshake waits: no single turn takes long. */
+  uint64_t longest = 0;
+  while (!p_silent_down() && uv_now(&T.loop) - t0 < 5000) {
+    uint64_t before = uv_hrtime();
+    uv_run(&T.loop, UV_RUN_ONCE);
+    uint64_t took = (uv_hrtime() - before) / 1000000;
+    if (took > longest)
+      longest = took;
+  }
+  uint64_t waited = uv_now(&T.loop) - t0;
+  T_ASSERT(p_silent_down());
+  T_EQ_INT(silent_accepted, 1);
+  T_EQ_INT(silent_err, SM_ETIMEDOUT);
+  T_ASSERT(waited >= 550 && waited < 2000);
+  T_ASSERT(T.ticks - ticks0 >= 30); /* the 10 ms timer kept firing */
+  T_ASSERT(longest < 100);
+  T_ASSERT(!mq_conn_is_up(c));
+  mq_conn_destroy(c);
+  for (int i = 0; i < silent_accepted; i++)
+    uv_close((uv_handle_t *)&silent_peer[i], NULL);
+  uv_close((uv_handle_t *)&silent_srv, NULL);
+  run_for(0.05);
+}
+
+/* ---- exactly-once callbacks: allocation failure and destroy with publishes pending ---------- */
+
+#define N_OPS 64
+static int op_calls[N_OPS];
+static int op_status[N_OPS];
+
+static void on_op_done(int status, void *ud) {
+  int i = (int)(intptr_t)ud;
+  op_calls[i]++;
+  op_status[i] = status;
+}
+
+static int op_total(void) {
+  int n = 0;
+  for (int i = 0; i < N_OPS; i++)
+    n += op_calls[i];
+  return n;
+}
+
+static int op_want;
+static int p_ops(void) {
+  return op_total() >= op_want;
+}
+
+static void ops_reset(void) {
+  memset(op_calls, 0, sizeof op_calls);
+  memset(op_status, 0, sizeof op_status);
+}
+
+static void test_publisher_alloc_fail(void) {
+  /* Creation under failure: SM_ENOMEM, nothing half made. */
+  mq_publisher *p = NULL;
+  int err;
+  for (long nth = 0;; nth++) {
+    sm_alloc_fail_at(nth, 0);
+    err = mq_publisher_create(T.conn, 8, &p);
+    sm_alloc_fail_at(-1, 0);
+    if (err == 0)
+      break;
+    T_EQ_INT(err, SM_ENOMEM);
+    T_ASSERT(nth < 10);
+  }
+  /* Each allocation of a publish fails in turn: refused with SM_ENOMEM and no callback, or
+   * accepted and its callback runs exactly once; the publisher works afterwards. */
+  ops_reset();
+  long nth;
+  for (nth = 0; nth < 20; nth++) {
+    sm_alloc_fail_at(nth, 0);
+    err = mq_publisher_publish(p, "t-drop", (mq_slice){"{\"f\":1}", 7}, (mq_slice){"fail", 4},
+                               on_op_done, (void *)(intptr_t)0);
+    sm_alloc_fail_at(-1, 0);
+    if (err == 0)
+      break;
+    T_EQ_INT(err, SM_ENOMEM);
+    run_for(0.02);
+    T_EQ_INT(op_calls[0], 0);
+    T_EQ_INT(mq_publisher_inflight(p), 0);
+  }
+  T_ASSERT(nth >= 1 && nth < 20);
+  op_want = 1;
+  T_ASSERT(run_until(p_ops, 5));
+  run_for(0.05);
+  T_EQ_INT(op_calls[0], 1);
+  T_EQ_INT(op_status[0], 0);
+  /* A sticky failure of everything: still refused cleanly. */
+  sm_alloc_fail_at(0, 1);
+  err = mq_publisher_publish(p, "t-drop", (mq_slice){"{}", 2}, (mq_slice){NULL, 0}, on_op_done,
+                             (void *)(intptr_t)1);
+  sm_alloc_fail_at(-1, 0);
+  T_EQ_INT(err, SM_ENOMEM);
+  run_for(0.02);
+  T_EQ_INT(op_calls[1], 0);
+  T_EQ_INT(mq_publisher_publish(p, "t-drop", (mq_slice){"{}", 2}, (mq_slice){NULL, 0}, on_op_done,
+                                (void *)(intptr_t)2),
+           0);
+  op_want = 2;
+  T_ASSERT(run_until(p_ops, 5));
+  T_EQ_INT(op_status[2], 0);
+  mq_publisher_destroy(p);
+}
+
+static int destroy_in_cb_pub_calls;
+static mq_publisher *destroy_in_cb_pub;
+static void on_op_destroy_pub(int status, void *ud) {
+  on_op_done(status, ud);
+  if (destroy_in_cb_pub) { /* the first callback destroys its publisher: the rest still run */
+    mq_publisher *p = destroy_in_cb_pub;
+    destroy_in_cb_pub = NULL;
+    destroy_in_cb_pub_calls++;
+    mq_publisher_destroy(p);
+  }
+}
+
+static void test_publisher_destroy_pending(void) {
+  mq_publisher *p = NULL;
+  T_EQ_INT(mq_publisher_create(T.conn, 64, &p), 0);
+  ops_reset();
+  for (int i = 0; i < 20; i++)
+    T_EQ_INT(mq_publisher_publish(p, "t-drop", (mq_slice){"{}", 2}, (mq_slice){NULL, 0}, on_op_done,
+                                  (void *)(intptr_t)i),
+             0);
+  T_EQ_INT(mq_publisher_inflight(p), 20);
+  mq_publisher_destroy(p); /* before any confirm arrived */
+  for (int i = 0; i < 20; i++) {
+    T_EQ_INT(op_calls[i], 1);
+    T_EQ_INT(op_status[i], SM_ECANCELED);
+  }
+  /* The adapter still completes (and frees) its records; nobody hears of it twice. */
+  T_ASSERT(mq_conn_unconfirmed(T.conn) > 0);
+  for (int i = 0; i < 100 && mq_conn_unconfirmed(T.conn) > 0; i++)
+    run_for(0.02);
+  T_EQ_INT(mq_conn_unconfirmed(T.conn), 0);
+  T_EQ_INT(op_total(), 20);
+
+  /* Destroyed from inside a callback of its own: every other callback still runs once. */
+  T_EQ_INT(mq_publisher_create(T.conn, 64, &p), 0);
+  ops_reset();
+  for (int i = 0; i < 10; i++)
+    T_EQ_INT(mq_publisher_publish(p, "t-drop", (mq_slice){"{}", 2}, (mq_slice){NULL, 0},
+                                  on_op_destroy_pub, (void *)(intptr_t)i),
+             0);
+  destroy_in_cb_pub = p;
+  op_want = 10;
+  T_ASSERT(run_until(p_ops, 5));
+  run_for(0.1);
+  T_EQ_INT(destroy_in_cb_pub_calls, 1);
+  T_EQ_INT(op_total(), 10);
+  for (int i = 0; i < 10; i++)
+    T_EQ_INT(op_calls[i], 1);
+  T_EQ_INT(mq_conn_unconfirmed(T.conn), 0);
+}
+
+static mq_conn *conn2;
+static int p_conn2_up(void) {
+  return mq_conn_is_up(conn2);
+}
+
+static void test_conn_destroy_pending(void) {
+  /* A second connection destroyed with publishes (direct and through a publisher) awaiting
+   * their confirms: each callback runs once, inside mq_conn_destroy, with SM_ECANCELED. */
+  mq_conn_opts o = {
+      .url = url, .command_queue = "t-cmd", .result_queue = "t-res", .depth_interval_s = -1};
+  T_EQ_INT(mq_conn_create(&T.loop, &o, &conn2), 0);
+  T_EQ_INT(mq_conn_start(conn2), 0);
+  T_ASSERT(run_until(p_conn2_up, 10));
+  mq_publisher *p = NULL;
+  T_EQ_INT(mq_publisher_create(conn2, 64, &p), 0);
+  ops_reset();
+  for (int i = 0; i < 10; i++)
+    T_EQ_INT(
+        mq_conn_publish(conn2, "t-drop", (mq_slice){"x", 1}, NULL, on_op_done, (void *)(intptr_t)i),
+        0);
+  for (int i = 10; i < 20; i++)
+    T_EQ_INT(mq_publisher_publish(p, "t-drop", (mq_slice){"{}", 2}, (mq_slice){NULL, 0}, on_op_done,
+                                  (void *)(intptr_t)i),
+             0);
+  mq_conn_destroy(conn2);
+  for (int i = 0; i < 20; i++) {
+    T_EQ_INT(op_calls[i], 1);
+    T_EQ_INT(op_status[i], SM_ECANCELED);
+  }
+  T_EQ_INT(mq_publisher_inflight(p), 0);
+  mq_publisher_destroy(p); /* nothing left: no callback again */
+  run_for(0.1);
+  T_EQ_INT(op_total(), 20);
+}
+
 static void test_teardown(void) {
   mq_publisher_destroy(T.pub);
   mq_intake_destroy(T.intake);
@@ -572,6 +812,7 @@ int main(void) {
   uv_timer_init(&T.loop, &T.tick);
   uv_timer_start(&T.tick, on_tick, 10, 10);
   T_RUN(test_bad_url);
+  T_RUN(test_silent_broker);
   T_RUN(test_connect);
   T_RUN(test_bad_password);
   T_RUN(test_publish_confirm_and_depth);
@@ -580,6 +821,9 @@ int main(void) {
   T_RUN(test_pause_resume);
   T_RUN(test_reject_to_dlq);
   T_RUN(test_publisher_window);
+  T_RUN(test_publisher_alloc_fail);
+  T_RUN(test_publisher_destroy_pending);
+  T_RUN(test_conn_destroy_pending);
   T_RUN(test_broker_restart);
   T_RUN(test_heartbeat_timeout);
   T_RUN(test_results_queue);

@@ -1,6 +1,10 @@
 /* test-store-conformance.c - one suite, both store backends: `memory` or `valkey` (argv[1] or
- * SM_STORE_BACKEND). For valkey the test starts its own redis-server on a free port. */
+ * SM_STORE_BACKEND). For valkey the test starts its own redis-server on a free port.
+ * Besides the semantics: allocation failure injected into every allocation of each operation
+ * (refused with SM_ENOMEM and no callback, or accepted and its callback runs exactly once), and
+ * a store closed with operations pending (each callback once, SM_ECANCELED). */
 #include "store/store.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "../t.h"
 #include "redis-helper.h"
@@ -50,7 +54,8 @@ static void wait_done(res *r) {
 
 static void cmd_cb(void *ud, int err, const sm_command *c, int existed) {
   res *r = ud;
-  r->done = 1;
+  r->done++;
+  command_free(r->cmd);
   r->err = err;
   r->existed = existed;
   r->cmd = c ? command_clone(c) : NULL;
@@ -58,7 +63,8 @@ static void cmd_cb(void *ud, int err, const sm_command *c, int existed) {
 
 static void list_cb(void *ud, int err, sm_command *const *cmds, size_t n, const char *cursor) {
   res *r = ud;
-  r->done = 1;
+  T_ASSERT(r->done == 0);
+  r->done++;
   r->err = err;
   r->n = n;
   for (size_t i = 0; i < n; i++)
@@ -71,13 +77,14 @@ static void list_cb(void *ud, int err, sm_command *const *cmds, size_t n, const 
 
 static void done_cb(void *ud, int err) {
   res *r = ud;
-  r->done = 1;
+  r->done++;
   r->err = err;
 }
 
 static void outbox_cb(void *ud, int err, const store_outbox_item *it, size_t n) {
   res *r = ud;
-  r->done = 1;
+  T_ASSERT(r->done == 0);
+  r->done++;
   r->err = err;
   r->n = n;
   for (size_t i = 0; i < n && i < 64; i++) {
@@ -89,7 +96,8 @@ static void outbox_cb(void *ud, int err, const store_outbox_item *it, size_t n) 
 
 static void agents_cb(void *ud, int err, const store_agent_rec *a, size_t n) {
   res *r = ud;
-  r->done = 1;
+  T_ASSERT(r->done == 0);
+  r->done++;
   r->err = err;
   r->n = n;
   for (size_t i = 0; i < n && i < 64; i++) {
@@ -382,6 +390,222 @@ static void test_agents(void) {
   res_clear(&r);
 }
 
+/* ---- exactly once: allocation failure, close with work pending ---------------------------- */
+
+/* Runs the loop for a few turns (completions are deferred to the next turns). */
+static void settle(void) {
+  for (int i = 0; i < 20; i++)
+    uv_run(loop, UV_RUN_NOWAIT);
+  usleep(2000);
+  for (int i = 0; i < 20; i++)
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static long af_nth;
+typedef int (*af_op)(res *r);
+
+/* Arms the injection right before the store call (the test's own set-up allocates too). */
+static void arm(void) {
+  sm_alloc_fail_at(af_nth, 0);
+}
+
+static int af_create(res *r) {
+  char id[64];
+  snprintf(id, sizeof id, "af-c-%ld", af_nth);
+  sm_command *c = mk(id, "scan", "af-agent", 9000 + af_nth);
+  arm();
+  int err = store_cmd_create(S, c, cmd_cb, r);
+  command_free(c);
+  return err;
+}
+static int af_get(res *r) {
+  arm();
+  return store_cmd_get(S, "c-1", cmd_cb, r);
+}
+static int af_update(res *r) {
+  /* a fresh queued record each time, made with injection off */
+  char id[64];
+  snprintf(id, sizeof id, "af-u-%ld", af_nth);
+  sm_command *c = mk(id, "scan", NULL, 9500 + af_nth);
+  T_EQ_INT(create(c), 0);
+  c->status = COMMAND_DISPATCHED;
+  command_set_str(&c->agent_id, "agent-af");
+  arm();
+  int err = store_cmd_update(S, c, COMMAND_QUEUED, "{\"r\":1}", 7, cmd_cb, r);
+  command_free(c);
+  return err;
+}
+static int af_list(res *r) {
+  store_filter f = {0};
+  arm();
+  return store_cmd_list(S, &f, NULL, 5, list_cb, r);
+}
+static int af_outbox_add(res *r) {
+  arm();
+  return store_outbox_add(S, "af-o", "{\"x\":1}", 7, done_cb, r);
+}
+static int af_outbox_list(res *r) {
+  arm();
+  return store_outbox_list(S, 10, outbox_cb, r);
+}
+static int af_agent_put(res *r) {
+  arm();
+  return store_agent_put(S, "af-ag", "inst-A", "{}", 10000, done_cb, r);
+}
+static int af_agent_list(res *r) {
+  arm();
+  return store_agent_list(S, 100, agents_cb, r);
+}
+
+/* Fails the nth allocation from the call on (through its callback) for nth = 0, 1, ... until an
+ * attempt meets no injected failure. */
+static void alloc_fail_loop(const char *name, af_op op) {
+  for (af_nth = 0;; af_nth++) {
+    T_ASSERT(af_nth < 500);
+    res r = {0};
+    unsigned long f0 = sm_alloc_failures();
+    int err = op(&r);
+    if (err != 0) {
+      sm_alloc_fail_at(-1, 0);
+      if (err != SM_ENOMEM)
+        fprintf(stderr, "%s nth=%ld: %d\n", name, af_nth, err);
+      T_EQ_INT(err, SM_ENOMEM);
+      settle();
+      T_EQ_INT(r.done, 0); /* refused: no callback, ever */
+      res_clear(&r);
+      continue;
+    }
+    T_EQ_INT(r.done, 0); /* never inside the call */
+    wait_done(&r);
+    sm_alloc_fail_at(-1, 0);
+    settle();
+    T_EQ_INT(r.done, 1);
+    T_ASSERT(r.err == 0 || r.err == SM_ENOMEM);
+    int injected = sm_alloc_failures() > f0;
+    res_clear(&r);
+    if (!injected)
+      break;
+  }
+  T_ASSERT(af_nth > 0);
+}
+
+static void test_alloc_fail(void) {
+  alloc_fail_loop("cmd_create", af_create);
+  alloc_fail_loop("cmd_get", af_get);
+  alloc_fail_loop("cmd_update", af_update);
+  alloc_fail_loop("cmd_list", af_list);
+  alloc_fail_loop("outbox_add", af_outbox_add);
+  alloc_fail_loop("outbox_list", af_outbox_list);
+  alloc_fail_loop("agent_put", af_agent_put);
+  alloc_fail_loop("agent_list", af_agent_list);
+  /* still works */
+  res r = {0};
+  T_EQ_INT(store_cmd_get(S, "c-1", cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  T_EQ_STR(r.cmd->id, "c-1");
+  res_clear(&r);
+  T_EQ_INT(store_outbox_remove(S, "af-o", done_cb, &r), 0);
+  wait_done(&r);
+  res_clear(&r);
+}
+
+static store *S2;
+static int s2_closed;
+static void on_s2_closed(void *ud) {
+  (void)ud;
+  s2_closed++;
+}
+static int s2_up;
+static void on_s2_state(void *ud, int up) {
+  (void)ud;
+  s2_up = up;
+}
+
+static store *open_second(const char *backend, int redis_port) {
+  store *s = NULL;
+  s2_up = 0;
+  if (strcmp(backend, "valkey") == 0) {
+    store_valkey_config cfg = {.host = "127.0.0.1", .port = redis_port, .prefix = "t2:"};
+    T_EQ_INT(store_valkey_create(loop, &cfg, &s), 0);
+    store_set_state_cb(s, on_s2_state, NULL);
+    while (!s2_up)
+      uv_run(loop, UV_RUN_ONCE);
+  } else {
+    store_mem_config cfg = {0};
+    T_EQ_INT(store_mem_create(loop, &cfg, &s), 0);
+  }
+  return s;
+}
+
+#define NPEND 6
+static res pend[NPEND];
+static int closer_refused;
+
+/* The first callback closes the store: the others still run, once, with SM_ECANCELED, and no
+ * new operation is accepted meanwhile. */
+static void closing_cb(void *ud, int err) {
+  res *r = ud;
+  done_cb(ud, err);
+  if (r == &pend[0] && !s2_closed) {
+    store_close(S2, on_s2_closed, NULL);
+    res extra = {0};
+    closer_refused = store_cmd_get(S2, "x", cmd_cb, &extra) == SM_EUNAVAIL;
+  }
+}
+
+static void issue_pending(void) {
+  memset(pend, 0, sizeof pend);
+  T_EQ_INT(store_agent_put(S2, "p-ag", "i", "{}", 10000, done_cb, &pend[0]), 0);
+  T_EQ_INT(store_cmd_get(S2, "nope", cmd_cb, &pend[1]), 0);
+  T_EQ_INT(store_cmd_list(S2, NULL, NULL, 10, list_cb, &pend[2]), 0);
+  T_EQ_INT(store_outbox_add(S2, "p-o", "{}", 2, done_cb, &pend[3]), 0);
+  T_EQ_INT(store_outbox_list(S2, 10, outbox_cb, &pend[4]), 0);
+  T_EQ_INT(store_agent_list(S2, 10, agents_cb, &pend[5]), 0);
+}
+
+static void test_close_pending(const char *backend, int redis_port) {
+  /* Closed right after the calls: every callback runs once with SM_ECANCELED. */
+  S2 = open_second(backend, redis_port);
+  s2_closed = 0;
+  issue_pending();
+  store_close(S2, on_s2_closed, NULL);
+  store_close(S2, on_s2_closed, NULL); /* a second close is ignored */
+  while (!s2_closed)
+    uv_run(loop, UV_RUN_ONCE);
+  settle();
+  T_EQ_INT(s2_closed, 1);
+  for (int i = 0; i < NPEND; i++) {
+    T_EQ_INT(pend[i].done, 1);
+    T_EQ_INT(pend[i].err, SM_ECANCELED);
+    T_EQ_INT(pend[i].n, 0);
+    res_clear(&pend[i]);
+  }
+
+  /* Closed from inside the first callback. */
+  S2 = open_second(backend, redis_port);
+  s2_closed = 0;
+  closer_refused = 0;
+  memset(pend, 0, sizeof pend);
+  T_EQ_INT(store_agent_put(S2, "p-ag", "i", "{}", 10000, closing_cb, &pend[0]), 0);
+  T_EQ_INT(store_cmd_get(S2, "nope", cmd_cb, &pend[1]), 0);
+  T_EQ_INT(store_cmd_list(S2, NULL, NULL, 10, list_cb, &pend[2]), 0);
+  T_EQ_INT(store_outbox_list(S2, 10, outbox_cb, &pend[3]), 0);
+  while (!s2_closed)
+    uv_run(loop, UV_RUN_ONCE);
+  settle();
+  T_EQ_INT(s2_closed, 1);
+  T_ASSERT(closer_refused);
+  T_EQ_INT(pend[0].done, 1);
+  T_EQ_INT(pend[0].err, 0);
+  for (int i = 1; i < 4; i++) {
+    T_EQ_INT(pend[i].done, 1);
+    T_EQ_INT(pend[i].err, SM_ECANCELED);
+    res_clear(&pend[i]);
+  }
+  res_clear(&pend[0]);
+}
+
 static int closed_flag;
 static void on_closed(void *ud) {
   (void)ud;
@@ -418,6 +642,9 @@ int main(int argc, char **argv) {
   T_RUN(test_list);
   T_RUN(test_outbox);
   T_RUN(test_agents);
+  T_RUN(test_alloc_fail);
+  fprintf(stderr, "-- test_close_pending\n");
+  test_close_pending(backend, redis.port);
   store_close(S, on_closed, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   T_ASSERT(closed_flag);
