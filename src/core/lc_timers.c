@@ -95,7 +95,8 @@ static void due_cb(uv_timer_t *t) {
       if (a != NULL) {
         sm_kv p = {"command_id", k->c->id};
         agent_command ac = {.id = k->c->id, .type = "cancel", .params = &p, .nparams = 1};
-        (void)agent_send(a, &ac); /* best effort: the command is timed out either way */
+        if (agent_send(a, &ac) != 0) /* the command is timed out either way */
+          sm_log_debug("lifecycle", "cancel not sent to the agent", SM_LS("command_id", k->c->id));
         sched_report_result(lc->strategy, a, (double)lc_timeout_ms(lc, k->c) / 1000.0, 0);
       }
       char msg[96];

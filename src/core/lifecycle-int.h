@@ -1,7 +1,7 @@
 /* lifecycle-int.h - the lifecycle's internal structures, shared by the files that implement
  * lifecycle.h and by nothing else (never include it outside src/core/).
  *
- *   lifecycle.c   create / start / close, submit, cancel, the loop tick and deferred answers,
+ *   lc_api.c      create / start / close, submit, cancel, the loop tick and deferred answers,
  *                 command records and the final transitions
  *   lc_place.c    placement: waiting queue, parked list, per-agent lists, the pump, registry
  *                 events and agent results
@@ -143,7 +143,7 @@ struct lifecycle {
     size_t inflight, held;
     sm_map agents; /* agent id -> lc_agent */
   } place;
-  struct { /* lifecycle.c: the per-turn idle handle */
+  struct { /* lc_api.c: the per-turn idle handle */
     uv_idle_t idle;
     int active;
     sm_list answers; /* lc_answer.node, deferred to the next turn */
@@ -193,7 +193,7 @@ struct lifecycle {
   } cl;
 };
 
-/* lifecycle.c */
+/* lc_api.c */
 void lc_tick_schedule(lifecycle *lc);
 lc_answer *lc_answer_new(lifecycle *lc, lifecycle_cmd_cb cb, void *ud);
 void lc_answer_defer(lifecycle *lc, lc_answer *a, int err, const sm_command *c);

@@ -103,13 +103,15 @@ typedef void (*lifecycle_submit_cb)(void *ud, int err, const sm_command *cmd, in
  * SM_ECANCELED (the lifecycle closed first). cmd is borrowed and may be NULL on error. */
 typedef void (*lifecycle_cmd_cb)(void *ud, int err, const sm_command *cmd);
 
-/* Creates the lifecycle (borrowing loop, reg and st, which must outlive it; cfg is copied). publisher may be NULL (no RabbitMQ: results are stored, no outbox).
- * strategy: the placement strategy set (sched/strategy.h); the lifecycle owns it from here on
- * and destroys it (also when creation fails); NULL: a least_loaded set. It takes over the
- * registry's and the store's listeners (see above). Returns 0, SM_EINVAL or SM_ENOMEM. */
-SM_MUST_CHECK int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registry *reg, store *st,
-                     const lifecycle_publisher *publisher, sched_strategy *strategy,
-                     lifecycle **out);
+/* Creates the lifecycle (borrowing loop, reg and st, which must outlive it; cfg is copied).
+ * publisher may be NULL (no RabbitMQ: results are stored, no outbox). strategy: the placement
+ * strategy set (sched/strategy.h); the lifecycle owns it from here on and destroys it (also when
+ * creation fails); NULL: a least_loaded set. It takes over the registry's and the store's listeners
+ * (see above). Returns 0, SM_EINVAL or SM_ENOMEM. */
+SM_MUST_CHECK int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg,
+                                   agent_registry *reg, store *st,
+                                   const lifecycle_publisher *publisher, sched_strategy *strategy,
+                                   lifecycle **out);
 
 /* Starts: recovery (lifecycle_recover) and an outbox replay. Returns 0 or an SM_E* code. */
 SM_MUST_CHECK int lifecycle_start(lifecycle *lc);
@@ -120,7 +122,8 @@ SM_MUST_CHECK int lifecycle_start(lifecycle *lc);
  * done (optional) runs exactly once: when the listing is complete (err 0, with the number of
  * commands taken over) or with SM_ECANCELED when the lifecycle closes first; or SM_ESTATE (a
  * recovery is running) / SM_EINVAL at once, without done. */
-SM_MUST_CHECK int lifecycle_recover(lifecycle *lc, void (*done)(void *ud, int err, size_t n), void *ud);
+SM_MUST_CHECK int lifecycle_recover(lifecycle *lc, void (*done)(void *ud, int err, size_t n),
+                                    void *ud);
 
 /* Publishes every outbox entry again (at start and when the publisher reconnects; call it from
  * the publisher's ready callback). Duplicates carry the same id. */
@@ -131,7 +134,8 @@ void lifecycle_outbox_replay(lifecycle *lc);
  * exactly once, later, with the store's answer) or, at once without calling cb: SM_EUNAVAIL
  * (store down or maintenance mode), SM_ELIMIT (waiting queue full), SM_EAGAIN (the store's
  * request queue is full), SM_ENOMEM, SM_EINVAL (also after lifecycle_close). */
-SM_MUST_CHECK int lifecycle_submit(lifecycle *lc, sm_command *cmd, lifecycle_submit_cb cb, void *ud);
+SM_MUST_CHECK int lifecycle_submit(lifecycle *lc, sm_command *cmd, lifecycle_submit_cb cb,
+                                   void *ud);
 
 /* Cancels a command in any non-final status (the agent is told when it holds it). Returns 0
  * (cb runs exactly once, later; see lifecycle_cmd_cb) or, at once without calling cb,
@@ -140,8 +144,8 @@ SM_MUST_CHECK int lifecycle_cancel(lifecycle *lc, const char *id, lifecycle_cmd_
 
 /* Pass-throughs to the store: its contract applies (store.h). */
 SM_MUST_CHECK int lifecycle_get(lifecycle *lc, const char *id, store_cmd_cb cb, void *ud);
-SM_MUST_CHECK int lifecycle_list(lifecycle *lc, const store_filter *f, const char *cursor, size_t limit,
-                   store_list_cb cb, void *ud);
+SM_MUST_CHECK int lifecycle_list(lifecycle *lc, const store_filter *f, const char *cursor,
+                                 size_t limit, store_list_cb cb, void *ud);
 
 /* Maintenance mode: new submissions are refused with SM_EUNAVAIL; work in flight continues. */
 void lifecycle_set_maintenance(lifecycle *lc, int on);

@@ -1,4 +1,4 @@
-/* lifecycle.c - the command lifecycle (see lifecycle.h): creation and close, submissions,
+/* lc_api.c - the command lifecycle (see lifecycle.h): creation and close, submissions,
  * cancels, the loop tick with its deferred answers, and the command records with their final
  * transitions. The other responsibilities live in lc_*.c (see lifecycle-int.h). */
 #include "core/lifecycle-int.h"
@@ -337,7 +337,8 @@ static void cancel_tracked(lifecycle *lc, lc_cmd *k, lc_answer *a) {
     if (ag != NULL && ag->link_ops != NULL) {
       sm_kv p = {"command_id", k->c->id};
       agent_command ac = {.id = k->c->id, .type = "cancel", .params = &p, .nparams = 1};
-      (void)agent_send(ag, &ac); /* best effort: cancelled here whether the agent hears or not */
+      if (agent_send(ag, &ac) != 0) /* cancelled here whether the agent hears or not */
+        sm_log_debug("lifecycle", "cancel not sent to the agent", SM_LS("command_id", k->c->id));
     }
   }
   if (k->st == LS_PARENT) {
