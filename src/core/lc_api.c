@@ -467,6 +467,7 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
                      lifecycle **out) {
   int err = SM_EINVAL;
   lifecycle *lc = NULL;
+  sched_strategy *made = NULL; /* a default set made here, destroyed here on failure */
   if (loop == NULL || cfg == NULL || reg == NULL || st == NULL || out == NULL ||
       cfg->queue_size == 0 || (publisher && publisher->publish == NULL))
     goto fail;
@@ -497,12 +498,12 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   if (strategy == NULL) {
     sched_set_config sc = {.default_strategy = "least_loaded",
                            .max_agent_load = lc->cfg.max_agent_load};
-    err = sched_set_create(loop, &sc, &strategy);
+    err = sched_set_create(loop, &sc, &made);
     if (err)
       goto fail;
+    strategy = made;
   }
-  lc->strategy = strategy; /* given or made here: the lifecycle destroys it */
-  strategy = NULL;
+  lc->strategy = strategy;       /* given or made here: the lifecycle destroys it at close */
   sched_sync(lc->strategy, reg); /* agents that registered before the lifecycle existed */
   lc->reg = reg;
   lc->st = st;
@@ -536,7 +537,7 @@ fail:
     free(lc->result_queue);
     free(lc);
   }
-  sched_strategy_destroy(strategy); /* owned from the call on, also when creation fails */
+  sched_strategy_destroy(made); /* a given strategy stays the caller's when creation fails */
   return err;
 }
 

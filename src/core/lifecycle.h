@@ -104,9 +104,10 @@ typedef void (*lifecycle_submit_cb)(void *ud, int err, const sm_command *cmd, in
 typedef void (*lifecycle_cmd_cb)(void *ud, int err, const sm_command *cmd);
 
 /* Creates the lifecycle (borrowing loop, reg and st, which must outlive it; cfg is copied).
- * publisher may be NULL (no RabbitMQ: results are stored, no outbox). strategy: the placement
- * strategy set (sched/strategy.h); the lifecycle owns it from here on and destroys it (also when
- * creation fails); NULL: a least_loaded set. It takes over the registry's and the store's listeners
+ * publisher may be NULL (no RabbitMQ: results are stored, no outbox); it is copied, its self
+ * borrowed. strategy: the placement strategy set (sched/strategy.h); once creation succeeded the
+ * lifecycle owns it and destroys it at close; when creation fails it stays the caller's. NULL: a
+ * least_loaded set made (and owned) here. It takes over the registry's and the store's listeners
  * (see above). Returns 0, SM_EINVAL or SM_ENOMEM. */
 SM_MUST_CHECK int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg,
                                    agent_registry *reg, store *st,

@@ -1209,6 +1209,40 @@ static void test_pub_done_after_close(void) {
   command_free(f.got);
 }
 
+/* lifecycle_create under allocation failure: SM_ENOMEM, nothing leaks, a given strategy stays
+ * the caller's (and one made by the lifecycle is destroyed). */
+static void test_alloc_fail_create(void) {
+  fx f;
+  fx_init(&f, 10, 3);
+  lifecycle_config cfg = {.queue_size = 10, .instance = "t1", .result_queue = "results"};
+  lifecycle_publisher p = {fp_publish, &f.pub};
+  for (int given = 0; given < 2; given++) {
+    long nth;
+    for (nth = 0; nth < 200; nth++) {
+      sched_strategy *strategy = NULL;
+      sched_set_config sc = {.default_strategy = "least_loaded", .max_agent_load = 0.8};
+      if (given)
+        T_EQ_INT(sched_set_create(&f.loop, &sc, &strategy), 0);
+      lifecycle *lc = NULL;
+      unsigned long before = inject(nth);
+      int rc = lifecycle_create(&f.loop, &cfg, f.reg, f.st, &p, strategy, &lc);
+      int hit = injected(before);
+      if (rc != 0) {
+        T_EQ_INT(rc, SM_ENOMEM);
+        sched_strategy_destroy(strategy); /* still ours */
+        continue;
+      }
+      int closed = 0;
+      lifecycle_close(lc, closed_cb, &closed);
+      WAIT(&f, closed == 1);
+      if (!hit)
+        break;
+    }
+    T_ASSERT(nth > 0 && nth < 200);
+  }
+  fx_finish(&f);
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_WARN, SM_LOG_CONSOLE);
   T_RUN(test_happy_path);
@@ -1233,5 +1267,6 @@ int main(void) {
   T_RUN(test_alloc_fail_writes);
   T_RUN(test_close_with_pending);
   T_RUN(test_pub_done_after_close);
+  T_RUN(test_alloc_fail_create);
   return t_done();
 }
