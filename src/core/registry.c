@@ -9,6 +9,7 @@
 #include "util/semver.h"
 #include "util/timeutil.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,7 @@ struct agent_registry {
   sm_map by_id;  /* id -> agent */
   agent **items; /* dense array of every agent */
   size_t len, cap;
-  agent *seen_head, *seen_tail; /* oldest last_seen first */
+  sm_list seen; /* agent.seen, oldest last_seen first */
   uv_timer_t prune_timer;
   int timer_started;
   uint64_t next_generation; /* registry-wide, so a handle never matches a later stream */
@@ -34,33 +35,13 @@ void agent_registry_get_stats(const agent_registry *reg, agent_registry_stats *o
 
 /* ---- seen list ---- */
 
-static void seen_unlink(agent_registry *reg, agent *a) {
-  if (a->seen_prev)
-    a->seen_prev->seen_next = a->seen_next;
-  else
-    reg->seen_head = a->seen_next;
-  if (a->seen_next)
-    a->seen_next->seen_prev = a->seen_prev;
-  else
-    reg->seen_tail = a->seen_prev;
-  a->seen_prev = a->seen_next = NULL;
-}
-
-static void seen_append(agent_registry *reg, agent *a) {
-  a->seen_prev = reg->seen_tail;
-  a->seen_next = NULL;
-  if (reg->seen_tail)
-    reg->seen_tail->seen_next = a;
-  else
-    reg->seen_head = a;
-  reg->seen_tail = a;
-}
-
+/* An agent seen now goes to the tail: the list stays ordered by last_seen_ms. */
 static void mark_seen(agent_registry *reg, agent *a) {
   a->last_seen_ms = sm_now_ms();
-  if (reg->seen_tail != a) {
-    seen_unlink(reg, a);
-    seen_append(reg, a);
+  assert(sm_list_linked(&a->seen));
+  if (reg->seen.prev != &a->seen) {
+    sm_list_remove(&a->seen);
+    sm_list_push_back(&reg->seen, &a->seen);
   }
 }
 
@@ -157,7 +138,8 @@ static int parse_int(const char *s, long lo, long hi, int32_t *out) {
   return 0;
 }
 
-static int set_str(char **slot, const char *v) {
+/* Replaces *slot by a copy of v (the last of repeated keys wins). */
+static int stage_str(char **slot, const char *v) {
   char *c = sm_strdup(v);
   if (c == NULL)
     return SM_ENOMEM;
@@ -166,14 +148,16 @@ static int set_str(char **slot, const char *v) {
   return 0;
 }
 
-/* Applies descriptor metadata. Values are validated first so that a bad message changes
- * nothing. Unknown keys are ignored (agents may send more than we use). */
+/* Applies descriptor metadata. Everything is validated and copied first so that a bad message
+ * (SM_EINVAL) or a failed allocation (SM_ENOMEM) changes nothing. Unknown keys are ignored
+ * (agents may send more than we use). */
 static int apply_meta(agent *a, const sm_kv *meta, size_t n) {
   int32_t max_conc = a->max_concurrent;
   double weight = a->weight;
   agent_capability *caps = NULL;
   size_t ncaps = 0;
   int have_caps = 0;
+  char *str[3] = {NULL, NULL, NULL}; /* hostname, version, segment */
   int err;
 
   for (size_t i = 0; i < n; i++) {
@@ -212,14 +196,20 @@ static int apply_meta(agent *a, const sm_kv *meta, size_t n) {
       continue;
     err = 0;
     if (strcmp(k, "hostname") == 0)
-      err = set_str(&a->hostname, v);
+      err = stage_str(&str[0], v);
     else if (strcmp(k, "version") == 0)
-      err = set_str(&a->version, v);
+      err = stage_str(&str[1], v);
     else if (strcmp(k, "segment") == 0)
-      err = set_str(&a->segment, v);
+      err = stage_str(&str[2], v);
     if (err)
       goto fail;
   }
+  char **slot[3] = {&a->hostname, &a->version, &a->segment};
+  for (int i = 0; i < 3; i++)
+    if (str[i] != NULL) {
+      free(*slot[i]);
+      *slot[i] = str[i];
+    }
   a->max_concurrent = max_conc;
   a->weight = weight;
   if (have_caps) {
@@ -230,6 +220,8 @@ static int apply_meta(agent *a, const sm_kv *meta, size_t n) {
   return 0;
 fail:
   free_caps(caps, ncaps);
+  for (int i = 0; i < 3; i++)
+    free(str[i]);
   return err;
 }
 
@@ -261,6 +253,7 @@ static int agent_new(const char *id, size_t id_len, agent **out) {
   }
   a->max_concurrent = 1;
   a->weight = 1.0;
+  sm_list_init(&a->seen);
   *out = a;
   return 0;
 }
@@ -270,8 +263,9 @@ static void registry_remove(agent_registry *reg, agent *a, int reason) {
   if (reg->ev.on_unregister)
     reg->ev.on_unregister(reg->ev.ud, a, reason);
   sm_map_del(&reg->by_id, a->id, a->id_len);
-  seen_unlink(reg, a);
+  sm_list_remove(&a->seen);
   size_t i = a->index;
+  assert(i < reg->len && reg->items[i] == a);
   reg->items[i] = reg->items[--reg->len];
   reg->items[i]->index = i;
   agent_free(a);
@@ -290,8 +284,10 @@ static void release_link(agent *a, int reason, const char *message) {
 static void prune_cb(uv_timer_t *t) {
   agent_registry *reg = t->data;
   int64_t cutoff = sm_now_ms() - (int64_t)(reg->cfg.agent_timeout_s * 1000.0);
-  while (reg->seen_head && reg->seen_head->last_seen_ms < cutoff) {
-    agent *a = reg->seen_head;
+  sm_list *n;
+  while ((n = sm_list_first(&reg->seen)) != NULL &&
+         SM_LIST_ENTRY(n, agent, seen)->last_seen_ms < cutoff) {
+    agent *a = SM_LIST_ENTRY(n, agent, seen);
     sm_log_info("registry", "agent pruned", SM_LS("agent_id", a->id),
                 SM_LI("silent_ms", sm_now_ms() - a->last_seen_ms));
     release_link(a, SM_ETIMEDOUT, "agent timed out");
@@ -301,7 +297,8 @@ static void prune_cb(uv_timer_t *t) {
 }
 
 int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg, agent_registry **out) {
-  if (cfg->agent_timeout_s <= 0 || cfg->max_agents == 0)
+  if (loop == NULL || cfg == NULL || out == NULL || cfg->agent_timeout_s <= 0 ||
+      cfg->max_agents == 0)
     return SM_EINVAL;
   agent_registry *reg = sm_calloc(1, sizeof(*reg));
   if (reg == NULL)
@@ -315,6 +312,7 @@ int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg, age
   }
   reg->cfg.instance = reg->instance;
   sm_map_init(&reg->by_id, cfg->max_agents);
+  sm_list_init(&reg->seen);
   uv_timer_init(loop, &reg->prune_timer);
   reg->prune_timer.data = reg;
   *out = reg;
@@ -366,22 +364,15 @@ int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
 
   agent *a = sm_map_get(&reg->by_id, id, id_len);
   if (a != NULL) {
-    /* The new stream wins: validate its descriptor first so a bad one changes nothing. */
-    agent *probe;
-    int err = agent_new(id, id_len, &probe);
-    if (err)
-      return err;
-    probe->max_concurrent = a->max_concurrent;
-    probe->weight = a->weight;
-    err = apply_meta(probe, meta, nmeta);
-    agent_free(probe);
+    /* The new stream wins once its descriptor is applied: apply_meta validates every value
+     * before changing anything, so a bad one leaves the old stream as it was. */
+    int err = apply_meta(a, meta, nmeta);
     if (err)
       return err;
     sm_log_info("registry", "agent replaced by a new stream", SM_LS("agent_id", a->id),
                 SM_LS("old_peer", a->link_ops ? a->link_ops->peer(a->link) : ""),
                 SM_LS("new_peer", ops->peer(link)));
     release_link(a, SM_EEXIST, "replaced by a new connection for this agent id");
-    apply_meta(a, meta, nmeta);
     a->link_ops = ops;
     a->link = link;
     a->status = status;
@@ -433,7 +424,7 @@ int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
   a->messages = 1;
   a->connected_at_ms = sm_now_ms();
   a->last_seen_ms = a->connected_at_ms;
-  seen_append(reg, a);
+  sm_list_push_back(&reg->seen, &a->seen);
   a->load = agent_load_compute(a);
   reg->stats.messages++;
   reg->stats.registered++;

@@ -8,6 +8,7 @@
 #define SM_CORE_REGISTRY_H
 
 #include "model/agent.h"
+#include "util/err.h"
 
 #include <uv.h>
 
@@ -30,7 +31,8 @@ typedef struct agent_registry_events {
 } agent_registry_events;
 
 /* Creates a registry on loop. Returns 0, SM_EINVAL or SM_ENOMEM. */
-int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg, agent_registry **out);
+SM_MUST_CHECK int agent_registry_create(uv_loop_t *loop, const agent_registry_config *cfg,
+                                        agent_registry **out);
 
 /* Stops the prune timer and frees everything once its close callback ran; attached links are
  * ended first. NULL is fine. */
@@ -40,16 +42,16 @@ void agent_registry_destroy(agent_registry *reg);
 void agent_registry_set_events(agent_registry *reg, const agent_registry_events *ev);
 
 /* Starts the prune timer (period: a quarter of the timeout, between 100 ms and 5 s). */
-int agent_registry_start(agent_registry *reg);
+SM_MUST_CHECK int agent_registry_start(agent_registry *reg);
 
 /* Registers the agent `id` on a new stream, described by metadata (hostname, version,
  * capabilities, segment, max_concurrent, weight). When the id is already connected, the old
  * stream is ended (replaced) and the record moves to the new one. Returns 0 with *out set,
  * SM_EINVAL (empty/oversized id or invalid descriptor value), SM_ELIMIT (registry full) or
  * SM_ENOMEM. */
-int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
-                          enum agent_status status, const sm_kv *meta, size_t nmeta,
-                          const agent_link_ops *ops, void *link, agent **out);
+SM_MUST_CHECK int agent_registry_attach(agent_registry *reg, const char *id, size_t id_len,
+                                        enum agent_status status, const sm_kv *meta, size_t nmeta,
+                                        const agent_link_ops *ops, void *link, agent **out);
 
 /* The transport reports that the agent's stream is gone by itself (reason: SM_ECLOSED for a
  * normal end, or the error). The agent leaves the registry. Never call it for a link the
@@ -95,7 +97,7 @@ size_t agent_registry_foreach(agent_registry *reg, const agent_filter *f,
 
 /* Sends a command on the agent's stream. Returns 0, SM_ECLOSED (no stream), SM_EAGAIN
  * (backed up) or what the link returns. */
-int agent_send(agent *a, const agent_command *cmd);
+SM_MUST_CHECK int agent_send(agent *a, const agent_command *cmd);
 
 /* Sends to every agent the filter matches; returns how many accepted it. */
 size_t agent_registry_broadcast(agent_registry *reg, const agent_filter *f,

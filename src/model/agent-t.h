@@ -4,6 +4,8 @@
 #ifndef SM_MODEL_AGENT_T_H
 #define SM_MODEL_AGENT_T_H
 
+#include "util/list.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -108,8 +110,7 @@ typedef struct agent {
   int64_t mirrored_ms;       /* unix ms of the last record written to the store; 0: never */
   unsigned mirror_dirty : 1; /* changed since that write */
   /* registry bookkeeping */
-  struct agent *seen_prev; /* list ordered by last_seen, oldest first (pruning) */
-  struct agent *seen_next;
+  sm_list seen; /* in the registry's list ordered by last_seen, oldest first (pruning) */
   size_t index; /* position in the registry's dense array */
 } agent;
 

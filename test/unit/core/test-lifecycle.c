@@ -4,6 +4,7 @@
 #include "core/registry.h"
 #include "store/store.h"
 #include "t.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -265,6 +266,8 @@ static void fx_finish(fx *f) {
   store_close(f->st, closed_cb, &closed);
   uv_run(&f->loop, UV_RUN_DEFAULT);
   T_EQ_INT(closed, 2);
+  /* a publisher answers every publish it took, also the late ones, also after the close */
+  fp_confirm_all(&f->pub, SM_ECANCELED);
   T_EQ_INT(uv_loop_close(&f->loop), 0);
   fp_reset(&f->pub);
   command_free(f->got);
@@ -879,6 +882,367 @@ static void test_broadcast(void) {
   fx_finish(&f);
 }
 
+/* ---- the async contract: allocation failure and close with work pending ---- */
+
+/* One callback's record: how often it ran and with what. */
+typedef struct once {
+  int calls;
+  int err;
+} once;
+
+static void once_cmd_cb(void *ud, int err, const sm_command *cmd) {
+  (void)cmd;
+  once *o = ud;
+  o->calls++;
+  o->err = err;
+}
+
+static void once_submit_cb(void *ud, int err, const sm_command *cmd, int existed) {
+  (void)cmd;
+  (void)existed;
+  once *o = ud;
+  o->calls++;
+  o->err = err;
+}
+
+static void quiet(int on) {
+  sm_log_configure(on ? (enum sm_log_level)(SM_LOG_ERROR + 1) : SM_LOG_WARN, SM_LOG_CONSOLE);
+}
+
+/* Injection on: the nth allocation from now fails (once). Returns the failure count before. */
+static unsigned long inject(long nth) {
+  unsigned long before = sm_alloc_failures();
+  sm_alloc_fail_at(nth, 0);
+  return before;
+}
+
+/* Injection off; whether the injected failure happened. */
+static int injected(unsigned long before) {
+  sm_alloc_fail_at(-1, 0);
+  return sm_alloc_failures() > before;
+}
+
+/* Submits, dispatches and completes one command: the lifecycle still works. */
+static void still_works(fx *f, flink *l) {
+  l->nsent = 0;
+  T_EQ_INT(submit(f, "{\"type\":\"scan\"}"), 0);
+  char id[80];
+  snprintf(id, sizeof(id), "%s", f->id);
+  WAIT(f, l->nsent >= 1 && strcmp(l->ids[l->nsent - 1], id) == 0);
+  link_result(l, id, "completed");
+  WAIT_STATUS(f, id, COMMAND_COMPLETED);
+}
+
+static void test_alloc_fail_submit(void) {
+  fx f;
+  fx_init(&f, 1000, 3);
+  T_EQ_INT(lifecycle_start(f.lc), 0);
+  flink l;
+  link_attach(&l, f.reg, "a1", "1000", NULL);
+  /* warm the strategy first: an allocation failing while the balancer builds its first pool
+   * leaves it unable to place anything (a sched/ matter, reported) */
+  still_works(&f, &l);
+  quiet(1);
+  long nth;
+  for (nth = 0; nth < 500; nth++) {
+    sm_command *c = mk("{\"type\":\"scan\"}");
+    once o = {0, 0};
+    l.nsent = 0;
+    unsigned long before = inject(nth);
+    int rc = lifecycle_submit(f.lc, c, once_submit_cb, &o);
+    if (rc != 0) {
+      fx_spin_ms(&f, 2);
+      T_EQ_INT(o.calls, 0); /* an error return never calls back */
+    } else {
+      WAIT(&f, o.calls > 0);
+      fx_spin_ms(&f, 2); /* the placement and writes that follow, under the same injection */
+      T_EQ_INT(o.calls, 1);
+    }
+    if (!injected(before)) {
+      T_EQ_INT(rc, 0);
+      T_EQ_INT(o.err, 0);
+      break;
+    }
+  }
+  T_ASSERT(nth > 0 && nth < 500);
+  fprintf(stderr, "   %ld allocation failures injected\n", nth);
+  quiet(0);
+  still_works(&f, &l);
+  fx_finish(&f);
+}
+
+static void test_alloc_fail_result(void) {
+  fx f;
+  fx_init(&f, 1000, 3);
+  T_EQ_INT(lifecycle_start(f.lc), 0);
+  flink l;
+  link_attach(&l, f.reg, "a1", "1000", NULL);
+  still_works(&f, &l); /* the strategy warmed up, see test_alloc_fail_submit */
+  long nth;
+  for (nth = 0; nth < 500; nth++) {
+    l.nsent = 0;
+    sm_command *c = mk("{\"type\":\"scan\"}");
+    T_EQ_INT(command_set_str(&c->reply_to, "rq"), 0);
+    int before_answers = f.answers;
+    T_EQ_INT(lifecycle_submit(f.lc, c, submit_cb, &f), 0);
+    WAIT(&f, f.answers > before_answers);
+    char id[80];
+    snprintf(id, sizeof(id), "%s", f.id);
+    WAIT(&f, l.nsent == 1);
+    link_result(&l, id, "running");
+    fx_spin_ms(&f, 2);
+    quiet(1);
+    unsigned long before = inject(nth);
+    link_result(&l, id, "completed"); /* result, final write with outbox, publish */
+    fx_spin_ms(&f, 3);
+    int hit = injected(before);
+    quiet(0);
+    fp_confirm_all(&f.pub, 0);
+    fp_reset(&f.pub);
+    fx_spin_ms(&f, 2);
+    if (!hit) {
+      T_EQ_INT(status_of(&f, id), COMMAND_COMPLETED);
+      break;
+    }
+  }
+  T_ASSERT(nth > 0 && nth < 500);
+  fprintf(stderr, "   %ld allocation failures injected\n", nth);
+  still_works(&f, &l);
+  fx_finish(&f);
+}
+
+static void test_alloc_fail_cancel(void) {
+  fx f;
+  fx_init(&f, 1000, 3);
+  T_EQ_INT(lifecycle_start(f.lc), 0);
+  flink l;
+  link_attach(&l, f.reg, "a1", "1000", NULL);
+  still_works(&f, &l); /* the strategy warmed up, see test_alloc_fail_submit */
+  long nth;
+  for (nth = 0; nth < 500; nth++) {
+    /* a tracked command on the agent, and one the store holds for another instance */
+    l.nsent = 0;
+    T_EQ_INT(submit(&f, "{\"type\":\"scan\"}"), 0);
+    char id[80], other[80];
+    snprintf(id, sizeof(id), "%s", f.id);
+    snprintf(other, sizeof(other), "other-%ld", nth);
+    seed(&f, other, COMMAND_QUEUED, NULL);
+    WAIT(&f, l.nsent == 1);
+    once o1 = {0, 0}, o2 = {0, 0};
+    quiet(1);
+    unsigned long before = inject(nth);
+    int rc1 = lifecycle_cancel(f.lc, id, once_cmd_cb, &o1);
+    int rc2 = lifecycle_cancel(f.lc, other, once_cmd_cb, &o2);
+    if (rc1 == 0)
+      WAIT(&f, o1.calls > 0);
+    if (rc2 == 0)
+      WAIT(&f, o2.calls > 0);
+    fx_spin_ms(&f, 3);
+    int hit = injected(before);
+    quiet(0);
+    T_EQ_INT(o1.calls, rc1 == 0);
+    T_EQ_INT(o2.calls, rc2 == 0);
+    fp_confirm_all(&f.pub, 0);
+    fp_reset(&f.pub);
+    fx_spin_ms(&f, 2);
+    if (!hit) {
+      T_EQ_INT(o1.err, 0);
+      T_EQ_INT(o2.err, 0);
+      T_EQ_INT(status_of(&f, id), COMMAND_CANCELLED);
+      T_EQ_INT(status_of(&f, other), COMMAND_CANCELLED);
+      break;
+    }
+  }
+  T_ASSERT(nth > 0 && nth < 500);
+  fprintf(stderr, "   %ld allocation failures injected\n", nth);
+  still_works(&f, &l);
+  fx_finish(&f);
+}
+
+/* The write path: a command driven through running to completed and cancelled, with one
+ * allocation failing anywhere in the lifecycle or the in-process store. */
+static void test_alloc_fail_writes(void) {
+  fx f;
+  fx_init(&f, 1000, 3);
+  T_EQ_INT(lifecycle_start(f.lc), 0);
+  flink l;
+  link_attach(&l, f.reg, "a1", "1000", NULL);
+  still_works(&f, &l); /* the strategy warmed up, see test_alloc_fail_submit */
+  long nth;
+  for (nth = 0; nth < 500; nth++) {
+    l.nsent = 0;
+    sm_command *c1 = mk("{\"type\":\"scan\"}"), *c2 = mk("{\"type\":\"scan\"}");
+    once s1 = {0, 0}, s2 = {0, 0}, k2 = {0, 0};
+    quiet(1);
+    unsigned long before = inject(nth);
+    int rc1 = lifecycle_submit(f.lc, c1, once_submit_cb, &s1);
+    int rc2 = lifecycle_submit(f.lc, c2, once_submit_cb, &s2);
+    if (rc1 == 0)
+      WAIT(&f, s1.calls > 0);
+    if (rc2 == 0)
+      WAIT(&f, s2.calls > 0);
+    fx_spin_ms(&f, 2);
+    for (int i = 0; i < l.nsent; i++)
+      link_result(&l, l.ids[i], "running");
+    fx_spin_ms(&f, 2);
+    if (l.nsent > 0)
+      link_result(&l, l.ids[0], "completed");
+    int krc = l.nsent > 1 ? lifecycle_cancel(f.lc, l.ids[1], once_cmd_cb, &k2) : -1;
+    if (krc == 0)
+      WAIT(&f, k2.calls > 0);
+    fx_spin_ms(&f, 3);
+    int hit = injected(before);
+    quiet(0);
+    T_EQ_INT(s1.calls, rc1 == 0);
+    T_EQ_INT(s2.calls, rc2 == 0);
+    T_EQ_INT(k2.calls, krc == 0);
+    fp_confirm_all(&f.pub, 0);
+    fp_reset(&f.pub);
+    fx_spin_ms(&f, 2);
+    if (!hit) {
+      T_EQ_INT(l.nsent, 3); /* two dispatches and the cancel */
+      T_EQ_INT(k2.err, 0);
+      break;
+    }
+  }
+  T_ASSERT(nth > 0 && nth < 500);
+  fprintf(stderr, "   %ld allocation failures injected\n", nth);
+  still_works(&f, &l);
+  fx_finish(&f);
+}
+
+/* Close with work pending: a cancel waiting on a write at the store, one on a write stalled by
+ * the store outage, a deferred answer, a cancel through the store, a publish awaiting its
+ * confirm. Every callback runs once with SM_ECANCELED before `closed`; the confirm that comes
+ * after the close touches nothing freed (ASan). */
+typedef struct close_fx {
+  once *all[8];
+  int n;
+  int closed;
+  int all_done_at_close;
+} close_fx;
+
+static void close_closed(void *ud) {
+  close_fx *x = ud;
+  x->closed++;
+  x->all_done_at_close = 1;
+  for (int i = 0; i < x->n; i++)
+    if (x->all[i]->calls != 1)
+      x->all_done_at_close = 0;
+}
+
+static void test_close_with_pending(void) {
+  fx f;
+  fx_init(&f, 100, 3);
+  T_EQ_INT(lifecycle_start(f.lc), 0);
+  flink l;
+  link_attach(&l, f.reg, "a1", "100", NULL);
+  char ids[5][80];
+  for (int i = 0; i < 5; i++) {
+    T_EQ_INT(submit(&f, "{\"type\":\"scan\"}"), 0);
+    snprintf(ids[i], sizeof(ids[i]), "%s", f.id);
+  }
+  WAIT(&f, l.nsent == 5);
+  /* ids[0]: completed, its publish awaits the confirm */
+  link_result(&l, ids[0], "completed");
+  WAIT(&f, f.pub.n == 1);
+  seed(&f, "elsewhere", COMMAND_QUEUED, NULL);
+  fx_spin_ms(&f, 5);
+  once at_store = {0, 0}, on_write = {0, 0}, stalled = {0, 0}, deferred = {0, 0};
+  /* through the store (untracked) and on a write at the store */
+  T_EQ_INT(lifecycle_cancel(f.lc, "elsewhere", once_cmd_cb, &at_store), 0);
+  T_EQ_INT(lifecycle_cancel(f.lc, ids[1], once_cmd_cb, &on_write), 0);
+  /* the store goes away: writes stall */
+  flaky_set(f.st, 1);
+  link_result(&l, ids[2], "completed");                                /* final write stalled */
+  T_EQ_INT(lifecycle_cancel(f.lc, ids[2], once_cmd_cb, &deferred), 0); /* SM_ESTATE, deferred */
+  T_EQ_INT(lifecycle_cancel(f.lc, ids[3], once_cmd_cb, &stalled), 0);
+  close_fx x = {{&at_store, &on_write, &stalled, &deferred}, 4, 0, 0};
+  T_EQ_INT(at_store.calls + on_write.calls + stalled.calls + deferred.calls, 0);
+  int closed = 0;
+  lifecycle_close(f.lc, close_closed, &x);
+  T_EQ_INT(lifecycle_submit(f.lc, mk("{\"type\":\"scan\"}"), submit_cb, &f), SM_EINVAL);
+  agent_registry_destroy(f.reg);
+  store_close(f.st, closed_cb, &closed);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  T_EQ_INT(x.closed, 1);
+  T_EQ_INT(closed, 1);
+  T_ASSERT(x.all_done_at_close);
+  for (int i = 0; i < x.n; i++) {
+    T_EQ_INT(x.all[i]->calls, 1);
+    T_EQ_INT(x.all[i]->err, SM_ECANCELED);
+  }
+  /* the broker confirms after the lifecycle is gone */
+  fp_confirm_all(&f.pub, 0);
+  T_EQ_INT(uv_loop_close(&f.loop), 0);
+  fp_reset(&f.pub);
+  command_free(f.got);
+}
+
+/* A publish confirm arriving after lifecycle_close (and after the lifecycle was freed). */
+static void test_pub_done_after_close(void) {
+  fx f;
+  fx_init(&f, 10, 3);
+  T_EQ_INT(lifecycle_start(f.lc), 0);
+  flink l;
+  link_attach(&l, f.reg, "a1", "1", NULL);
+  sm_command *c = mk("{\"type\":\"scan\"}");
+  T_EQ_INT(command_set_str(&c->reply_to, "rq"), 0); /* two publishes: results and reply_to */
+  int before = f.answers;
+  T_EQ_INT(lifecycle_submit(f.lc, c, submit_cb, &f), 0);
+  WAIT(&f, f.answers > before);
+  WAIT(&f, l.nsent == 1);
+  link_result(&l, f.id, "completed");
+  WAIT(&f, f.pub.n == 2);
+  /* one answer before the close, one after */
+  f.pub.answered[0] = 1;
+  f.pub.cb[0](f.pub.ud[0], 0);
+  int closed = 0;
+  lifecycle_close(f.lc, closed_cb, &closed);
+  agent_registry_destroy(f.reg);
+  store_close(f.st, closed_cb, &closed);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  T_EQ_INT(closed, 2);
+  fp_confirm_all(&f.pub, 0); /* frees the publish's state, reads nothing of the lifecycle */
+  T_EQ_INT(uv_loop_close(&f.loop), 0);
+  fp_reset(&f.pub);
+  command_free(f.got);
+}
+
+/* lifecycle_create under allocation failure: SM_ENOMEM, nothing leaks, a given strategy stays
+ * the caller's (and one made by the lifecycle is destroyed). */
+static void test_alloc_fail_create(void) {
+  fx f;
+  fx_init(&f, 10, 3);
+  lifecycle_config cfg = {.queue_size = 10, .instance = "t1", .result_queue = "results"};
+  lifecycle_publisher p = {fp_publish, &f.pub};
+  for (int given = 0; given < 2; given++) {
+    long nth;
+    for (nth = 0; nth < 200; nth++) {
+      sched_strategy *strategy = NULL;
+      sched_set_config sc = {.default_strategy = "least_loaded", .max_agent_load = 0.8};
+      if (given)
+        T_EQ_INT(sched_set_create(&f.loop, &sc, &strategy), 0);
+      lifecycle *lc = NULL;
+      unsigned long before = inject(nth);
+      int rc = lifecycle_create(&f.loop, &cfg, f.reg, f.st, &p, strategy, &lc);
+      int hit = injected(before);
+      if (rc != 0) {
+        T_EQ_INT(rc, SM_ENOMEM);
+        sched_strategy_destroy(strategy); /* still ours */
+        continue;
+      }
+      int closed = 0;
+      lifecycle_close(lc, closed_cb, &closed);
+      WAIT(&f, closed == 1);
+      if (!hit)
+        break;
+    }
+    T_ASSERT(nth > 0 && nth < 200);
+  }
+  fx_finish(&f);
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_WARN, SM_LOG_CONSOLE);
   T_RUN(test_happy_path);
@@ -897,5 +1261,12 @@ int main(void) {
   T_RUN(test_store_outage);
   T_RUN(test_busy_store_retries_are_paced);
   T_RUN(test_broadcast);
+  T_RUN(test_alloc_fail_submit);
+  T_RUN(test_alloc_fail_result);
+  T_RUN(test_alloc_fail_cancel);
+  T_RUN(test_alloc_fail_writes);
+  T_RUN(test_close_with_pending);
+  T_RUN(test_pub_done_after_close);
+  T_RUN(test_alloc_fail_create);
   return t_done();
 }

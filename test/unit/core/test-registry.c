@@ -2,6 +2,7 @@
  * filters, handles, limits. The transport is a fake link that records what it was asked. */
 #include "t.h"
 #include "core/registry.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -283,6 +284,68 @@ static void test_filter(void) {
   finish(&loop, reg);
 }
 
+/* Allocation failure in a registration and in a replacement: the call fails cleanly
+ * (SM_ENOMEM) and changes nothing, nothing leaks, and the registry keeps working. */
+static void test_alloc_fail_attach(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  events e = {0};
+  agent_registry *reg = make(&loop, 60, 10, &e);
+  sm_kv meta[] = {{"hostname", "h1"},
+                  {"version", "1.4.2"},
+                  {"capabilities", "scan_type=nmap,os=linux"},
+                  {"segment", "10.0.0.0/24"},
+                  {"max_concurrent", "4"}};
+  sm_kv meta2[] = {{"hostname", "h2"}, {"capabilities", "gpu"}, {"max_concurrent", "8"}};
+  fake_link l1 = {0}, l2 = {0};
+  agent *a = NULL;
+  long nth;
+  for (nth = 0; nth < 200; nth++) { /* a new agent */
+    unsigned long before = sm_alloc_failures();
+    sm_alloc_fail_at(nth, 0);
+    int rc = agent_registry_attach(reg, "x", 1, AGENT_IDLE, meta, 5, &fake_ops, &l1, &a);
+    sm_alloc_fail_at(-1, 0);
+    if (sm_alloc_failures() == before) {
+      T_EQ_INT(rc, 0);
+      break;
+    }
+    T_EQ_INT(rc, SM_ENOMEM);
+    T_EQ_INT(agent_registry_count(reg), 0);
+    T_EQ_INT(e.registered, 0);
+  }
+  T_ASSERT(nth > 0 && nth < 200);
+  T_EQ_INT(e.registered, 1);
+  for (nth = 0; nth < 200; nth++) { /* the same id on a new stream */
+    unsigned long before = sm_alloc_failures();
+    agent *b = NULL;
+    sm_alloc_fail_at(nth, 0);
+    int rc = agent_registry_attach(reg, "x", 1, AGENT_BUSY, meta2, 3, &fake_ops, &l2, &b);
+    sm_alloc_fail_at(-1, 0);
+    if (sm_alloc_failures() == before) {
+      T_EQ_INT(rc, 0);
+      T_ASSERT(b == a);
+      break;
+    }
+    T_EQ_INT(rc, SM_ENOMEM);
+    /* the old stream and its descriptor are untouched */
+    T_EQ_INT(l1.ended, 0);
+    T_ASSERT(a->link == &l1);
+    T_EQ_STR(a->hostname, "h1");
+    T_EQ_INT(a->ncaps, 2);
+    T_EQ_INT(a->max_concurrent, 4);
+  }
+  T_ASSERT(nth > 0 && nth < 200);
+  T_EQ_INT(l1.ended, 1);
+  T_EQ_STR(a->hostname, "h2");
+  T_EQ_STR(a->version, "1.4.2");
+  T_EQ_INT(a->ncaps, 1);
+  T_EQ_INT(a->max_concurrent, 8);
+  agent_command cmd = {.id = "c1", .type = "echo"};
+  T_EQ_INT(agent_send(a, &cmd), 0);
+  T_EQ_INT(l2.sends, 1);
+  finish(&loop, reg);
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_RUN(test_attach_descriptor);
@@ -290,5 +353,6 @@ int main(void) {
   T_RUN(test_limit);
   T_RUN(test_prune);
   T_RUN(test_filter);
+  T_RUN(test_alloc_fail_attach);
   return t_done();
 }
