@@ -31,30 +31,30 @@ struct net_conn {
   uv_timer_t timer;
   uv_shutdown_t shut_req; /* linger: the write side's shutdown */
   net_listener *l;
-  sm_list node;       /* the listener's connections */
-  sm_list flush_node; /* the listener's flush list (linked iff in_flush) */
-  net_tls *tls;                      /* NULL: plaintext */
-  void *data;                        /* the protocol's */
-  net_wbuf *pending;                 /* gathered, not handed to libuv yet */
-  net_wbuf *inflight;                /* being written (one at a time) */
-  uint64_t proto_due;                /* protocol timer, uv_now ms; 0: none */
-  uint64_t handshake_due;            /* TLS handshake deadline; 0: none */
-  uint64_t stall_since;              /* a write waits on the peer since; 0: not */
-  uint64_t close_due;                /* graceful close: closed by then at the latest; 0: not */
-  size_t stall_queue;                /* write queue size when progress was last seen */
+  sm_list node;           /* the listener's connections */
+  sm_list flush_node;     /* the listener's flush list (linked iff in_flush) */
+  net_tls *tls;           /* NULL: plaintext */
+  void *data;             /* the protocol's */
+  net_wbuf *pending;      /* gathered, not handed to libuv yet */
+  net_wbuf *inflight;     /* being written (one at a time) */
+  uint64_t proto_due;     /* protocol timer, uv_now ms; 0: none */
+  uint64_t handshake_due; /* TLS handshake deadline; 0: none */
+  uint64_t stall_since;   /* a write waits on the peer since; 0: not */
+  uint64_t close_due;     /* graceful close: closed by then at the latest; 0: not */
+  size_t stall_queue;     /* write queue size when progress was last seen */
   int close_reason;
-  int handles_open;      /* handles whose close callback is still owed */
-  unsigned opened : 1;   /* on_open called: on_close is owed */
-  unsigned reading : 1;  /* uv_read_start active */
-  unsigned bp : 1;       /* over max_output_bytes: reading stopped for backpressure */
-  unsigned held : 1;     /* the protocol holds reading (net_conn_hold) */
-  unsigned peer_eof : 1; /* the peer finished sending (EOF or TLS close_notify) */
+  int handles_open;       /* handles whose close callback is still owed */
+  unsigned opened : 1;    /* on_open called: on_close is owed */
+  unsigned reading : 1;   /* uv_read_start active */
+  unsigned bp : 1;        /* over max_output_bytes: reading stopped for backpressure */
+  unsigned held : 1;      /* the protocol holds reading (net_conn_hold) */
+  unsigned peer_eof : 1;  /* the peer finished sending (EOF or TLS close_notify) */
   unsigned lingering : 1; /* written out and shut down: discarding input until EOF or close_due */
-  unsigned closing : 1;  /* graceful close: writing out, then closing */
-  unsigned closed : 1;   /* uv_close called */
-  unsigned in_flush : 1; /* on the flush list */
-  unsigned flushing : 1; /* inside conn_flush */
-  unsigned tls_shut : 1; /* close_notify queued */
+  unsigned closing : 1;   /* graceful close: writing out, then closing */
+  unsigned closed : 1;    /* uv_close called */
+  unsigned in_flush : 1;  /* on the flush list */
+  unsigned flushing : 1;  /* inside conn_flush */
+  unsigned tls_shut : 1;  /* close_notify queued */
   char peer[64];
 };
 
@@ -68,7 +68,7 @@ struct net_listener {
   int port;
   sm_list conns; /* net_conn.node */
   size_t nconns;
-  sm_list flush; /* net_conn.flush_node: connections to flush before the loop sleeps */
+  sm_list flush;           /* net_conn.flush_node: connections to flush before the loop sleeps */
   uint8_t *rbuf;           /* READ_BUF_SIZE, allocated on first read */
   uint8_t *pbuf;           /* PLAIN_BUF_SIZE for TLS, allocated on first use */
   uint64_t full_logged_at; /* when "connection limit reached" was last logged */
