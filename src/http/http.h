@@ -17,8 +17,9 @@
 #define HTTP_MAX_PARAMS 4       /* {param} segments in a route pattern */
 #define HTTP_MAX_RESP_HEADERS 8 /* extra response headers a handler may add */
 #define HTTP_PIPELINE_MAX 16    /* responses queued per connection before reading stops */
-#define HTTP_OUTPUT_HIGH_WATER (256u * 1024u) /* output bytes per connection before reading stops  \
-                                               */
+#define HTTP_OUTPUT_HIGH_WATER                                                                     \
+  (256u * 1024u)            /* output bytes per connection before reading stops                    \
+                             */
 #define HTTP_LINGER_MS 2000 /* after a final response, discard input this long, then close */
 
 /* A growable byte buffer with an explicit maximum (0: the caller enforces limits itself). */

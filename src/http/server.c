@@ -379,6 +379,7 @@ static int conn_on_request(void *ud, http_request *req) {
   hconn *hc = ud;
   http_server *srv = hc->srv;
   req->peer = net_conn_peer(hc->c);
+  int backed_up = srv->cfg.close_when_backed_up && backpressured(hc);
   http_response res;
   http_response_init(&res);
   srv->cfg.handle(srv->cfg.ud, req, &res);
@@ -386,10 +387,10 @@ static int conn_on_request(void *ud, http_request *req) {
   if (res.deferred != NULL) {
     http_deferred *d = res.deferred;
     res.deferred = NULL;
-    keep = req->keep_alive && !srv->stopping;
+    keep = req->keep_alive && !srv->stopping && !backed_up;
     conn_defer(hc, req, d);
   } else {
-    keep = req->keep_alive && !res.close && !srv->stopping;
+    keep = req->keep_alive && !res.close && !srv->stopping && !backed_up;
     conn_queue(hc, &res, keep, req->method, req->path, req->start_ns, request_who(srv, req));
   }
   http_response_finish(&res);

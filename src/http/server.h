@@ -39,8 +39,13 @@ typedef struct http_server_config {
   double request_timeout_s;  /* a request (and a TLS handshake) must arrive whole in this */
   double idle_timeout_s;     /* a keep-alive connection with nothing to do closes after this */
   double defer_timeout_s;    /* a deferred response must complete in this; <= 0: request timeout */
-  const char *log_name;      /* log component, e.g. "admin" (copied) */
-  int log_requests;          /* 1: one info line "request" per answer (method, path, status, ...) */
+  /* 0: a connection whose output backs up (HTTP_PIPELINE_MAX answers or HTTP_OUTPUT_HIGH_WATER
+   * bytes unwritten) stops being read until it drains. 1: the request that finds it backed up
+   * is answered with "Connection: close" and the input after it is dropped, for listeners whose
+   * clients never pipeline (Prometheus): output stays bounded without holding input. */
+  int close_when_backed_up;
+  const char *log_name; /* log component, e.g. "admin" (copied) */
+  int log_requests;     /* 1: one info line "request" per answer (method, path, status, ...) */
   /* Optional: names the caller in the request line ("key"); NULL or a NULL result: "anonymous".
    * Called during handle (the string is copied for a deferred answer). */
   const char *(*who)(const http_request *req);

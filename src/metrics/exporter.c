@@ -1,6 +1,8 @@
 /* exporter.c - the /metrics endpoint on the one HTTP server (http/server.h). A scrape is rendered
  * synchronously on the loop (the collector is in memory, a few hundred microseconds for
- * thousands of series); the server writes it at the end of the loop turn.
+ * thousands of series); the server writes it at the end of the loop turn. A client pipelining
+ * scrapes faster than it reads gets "Connection: close" once its output backs up, and the rest
+ * of its requests are dropped (close_when_backed_up).
  */
 #include "metrics/exporter.h"
 
@@ -61,6 +63,7 @@ int metrics_exporter_create(uv_loop_t *loop, const char *addr, metrics_registry 
       .max_body_bytes = 0,
       .request_timeout_s = METRICS_EXPORTER_IDLE_MS / 1000.0,
       .idle_timeout_s = METRICS_EXPORTER_IDLE_MS / 1000.0,
+      .close_when_backed_up = 1, /* Prometheus never pipelines: a flood is cut, not buffered */
       .log_name = "metrics",
       .log_requests = 0,
       .handle = handle,
