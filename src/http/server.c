@@ -401,7 +401,8 @@ static int conn_on_request(void *ud, http_request *req) {
     conn_drain(hc);
     return 1;
   }
-  return backpressured(hc);
+  /* close_when_backed_up: parse on, the next request finds out (and ends the connection). */
+  return !srv->cfg.close_when_backed_up && backpressured(hc);
 }
 
 static void conn_input(hconn *hc, const char *data, size_t len) {

@@ -101,6 +101,7 @@ typedef struct opts {
   size_t max_connections, max_header_bytes, max_body_bytes;
   double request_timeout_s, idle_timeout_s, defer_timeout_s;
   const char *cert, *key;
+  int close_when_backed_up;
 } opts;
 
 static void server_start(const opts *o) {
@@ -114,6 +115,7 @@ static void server_start(const opts *o) {
       .request_timeout_s = o && o->request_timeout_s ? o->request_timeout_s : 2,
       .idle_timeout_s = o && o->idle_timeout_s ? o->idle_timeout_s : 2,
       .defer_timeout_s = o && o->defer_timeout_s ? o->defer_timeout_s : 2,
+      .close_when_backed_up = o ? o->close_when_backed_up : 0,
       .log_name = "test-http",
       .log_requests = 1,
       .handle = handle,
@@ -273,8 +275,8 @@ typedef struct want {
 
 static int cond_n(void *arg) {
   want *w = arg;
-  resp r[MAXP];
-  return parse(w->c, r, MAXP) >= w->n;
+  static resp r[256];
+  return parse(w->c, r, 256) >= w->n;
 }
 
 static int cond_eof(void *arg) {
@@ -396,6 +398,39 @@ static void test_limits(void) {
   client_close(&a);
   client_close(&b);
   server_stop();
+}
+
+/* A client pipelining without reading: reading pauses (default), or with close_when_backed_up
+ * the request that finds the output backed up gets "Connection: close" and the rest is dropped. */
+static void test_pipeline_flood(void) {
+  for (int mode = 0; mode < 2; mode++) {
+    opts o = {.close_when_backed_up = mode};
+    server_start(&o);
+    client c;
+    client_open(&c);
+    uv_read_stop((uv_stream_t *)&c.tcp);
+    static char flood[40 * 200 + 1];
+    flood[0] = '\0';
+    for (int i = 0; i < 200; i++)
+      strcat(flood, "GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_send(&c, flood);
+    spin(NULL, NULL, 100);
+    uv_read_start((uv_stream_t *)&c.tcp, on_c_alloc, on_c_read);
+    resp r[256];
+    if (mode == 0) {
+      wait_n(&c, 200, 3000);
+      T_EQ_INT(parse(&c, r, 256), 200); /* all answered, in time */
+      T_ASSERT(!c.eof);
+    } else {
+      spin(cond_eof, &c, 3000);
+      T_ASSERT(c.eof);
+      int n = parse(&c, r, 256);
+      T_EQ_INT(n, HTTP_PIPELINE_MAX + 1);
+      T_ASSERT(r[n - 1].close);
+    }
+    client_close(&c);
+    server_stop();
+  }
 }
 
 static void test_timeouts(void) {
@@ -668,6 +703,7 @@ int main(void) {
   T_RUN(test_keepalive_pipelining);
   T_RUN(test_deferred_order);
   T_RUN(test_limits);
+  T_RUN(test_pipeline_flood);
   T_RUN(test_timeouts);
   T_RUN(test_half_close_and_stop);
   T_RUN(test_close_with_pending);
