@@ -652,12 +652,12 @@ static void test_alloc_failure_requests(void) {
   const char *reqs = "GET /one HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n"
                      "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
                      "GET /defer/7 HTTP/1.1\r\nHost: x\r\n\r\n";
-  int clean = 0;
-  for (long nth = 0; nth < 500 && !clean; nth++) {
+  int clean = 0, iterations = 0;
+  for (long nth = 0; nth < 500 && !clean; nth++, iterations++) {
     client c;
-    client_open(&c);
     unsigned long before = sm_alloc_failures();
-    sm_alloc_fail_at(nth, 0);
+    sm_alloc_fail_at(nth, 0); /* from the accept on */
+    client_open(&c);
     client_send(&c, reqs);
     spin(NULL, NULL, 30);
     sm_alloc_fail_at(-1, 0);
@@ -684,6 +684,7 @@ static void test_alloc_failure_requests(void) {
     T_EQ_INT(http_server_connections(srv), 0);
   }
   T_ASSERT(clean);
+  fprintf(stderr, "   clean after %d injected failures\n", iterations);
   /* still serving */
   client c;
   client_open(&c);
