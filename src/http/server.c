@@ -619,7 +619,9 @@ int http_server_create(uv_loop_t *loop, const http_server_config *cfg, http_serv
   if (!err) {
     http_response busy;
     http_response_init(&busy);
-    http_response_error(&busy, 503, "unavailable", "too many connections");
+    char msg[96]; /* "too many admin connections" */
+    snprintf(msg, sizeof(msg), "too many %s connections", srv->cfg.log_name);
+    http_response_error(&busy, 503, "unavailable", msg);
     http_response_header(&busy, "Retry-After", "1");
     err = http_response_serialize(&busy, 0, &srv->busy);
     http_response_finish(&busy);
