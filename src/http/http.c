@@ -3,6 +3,7 @@
 
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/hex.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -340,16 +341,6 @@ int http_response_serialize(const http_response *res, int keep_alive, http_buf *
   return err;
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 long http_percent_decode(const char *src, size_t n, char *dst, int plus_space) {
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {
@@ -357,7 +348,7 @@ long http_percent_decode(const char *src, size_t n, char *dst, int plus_space) {
     if (c == '%') {
       if (i + 2 >= n) /* needs two hex digits after '%' */
         return SM_EPARSE;
-      int h = hexval(src[i + 1]), l = hexval(src[i + 2]);
+      int h = sm_hex_value((unsigned char)src[i + 1]), l = sm_hex_value((unsigned char)src[i + 2]);
       if (h < 0 || l < 0)
         return SM_EPARSE;
       c = (char)(h * 16 + l);

@@ -1,4 +1,4 @@
-/* http.h - the admin API's HTTP/1.1 request and response, independent of the parser library
+/* http.h - the HTTP/1.1 request and response of every listener, independent of the parser library
  * and of the socket: handlers see only these types.
  *
  * A request owns all its memory (target, headers, body, decoded parameters) and frees it in one
@@ -11,14 +11,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Limits a peer cannot push past; the byte limits come from settings (ADMIN_MAX_*). */
+/* Limits a peer cannot push past; the byte limits are the server's (http_server_config). */
 #define HTTP_MAX_HEADERS 64     /* header lines per request; beyond: 431 */
 #define HTTP_MAX_QUERY_PAIRS 64 /* key=value pairs in a query string; beyond: 400 */
 #define HTTP_MAX_PARAMS 4       /* {param} segments in a route pattern */
 #define HTTP_MAX_RESP_HEADERS 8 /* extra response headers a handler may add */
 #define HTTP_PIPELINE_MAX 16    /* responses queued per connection before reading stops */
-#define HTTP_OUTPUT_HIGH_WATER (256u * 1024u) /* output bytes per connection before reading stops  \
-                                               */
+#define HTTP_OUTPUT_HIGH_WATER                                                                     \
+  (256u * 1024u)            /* output bytes per connection before reading stops                    \
+                             */
 #define HTTP_LINGER_MS 2000 /* after a final response, discard input this long, then close */
 
 /* A growable byte buffer with an explicit maximum (0: the caller enforces limits itself). */

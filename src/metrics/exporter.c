@@ -1,49 +1,28 @@
-/* exporter.c - the /metrics HTTP/1.1 listener. A scrape is rendered synchronously on the loop
- * (the collector is in memory, a few hundred microseconds for thousands of series) and queued
- * with one net_conn_write; the transport gathers and flushes it at the end of the loop turn.
- *
- * Pipelining: requests are answered in order as they are parsed. Prometheus never pipelines,
- * so when a client's queued output passes METRICS_EXPORTER_MAX_OUTPUT the rest of its input is
- * dropped and the connection closes once the queued responses are written: output is bounded
- * without buffering input.
+/* exporter.c - the /metrics endpoint on the one HTTP server (http/server.h). A scrape is rendered
+ * synchronously on the loop (the collector is in memory, a few hundred microseconds for
+ * thousands of series); the server writes it at the end of the loop turn. A client pipelining
+ * scrapes faster than it reads gets "Connection: close" once its output backs up, and the rest
+ * of its requests are dropped (close_when_backed_up).
  */
 #include "metrics/exporter.h"
 
 #include "http/http.h"
-#include "http/http1.h"
-#include "net/tcp.h"
+#include "http/server.h"
 #include "util/alloc.h"
 #include "util/err.h"
-#include "util/log.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 struct metrics_exporter {
   metrics_registry *reg;
-  net_listener *listener;
+  http_server *http;
   void (*close_cb)(void *ud);
   void *close_ud;
 };
 
-typedef struct mconn {
-  metrics_exporter *e;
-  http1_parser *parser;
-  int closing; /* a final response is queued: ignore further input */
-} mconn;
-
-static void arm_idle(net_conn *c) {
-  net_conn_set_timer(c, net_conn_now(c) + METRICS_EXPORTER_IDLE_MS);
-}
-
-static void respond(net_conn *c, http_response *res, int keep_alive) {
-  http_buf out = {0};
-  if (http_response_serialize(res, keep_alive, &out) == 0)
-    net_conn_write(c, (const uint8_t *)out.p, out.len);
-  http_buf_finish(&out);
-}
-
-static void answer(metrics_exporter *e, const http_request *req, http_response *res) {
+static void handle(void *ud, http_request *req, http_response *res) {
+  metrics_exporter *e = ud;
   int head = strcmp(req->method, "HEAD") == 0;
   if (strcmp(req->path, "/metrics") != 0) {
     http_response_error(res, 404, "not_found", "only /metrics is served here");
@@ -51,7 +30,7 @@ static void answer(metrics_exporter *e, const http_request *req, http_response *
   }
   if (!head && strcmp(req->method, "GET") != 0) {
     http_response_error(res, 405, "method_not_allowed", "use GET");
-    http_response_header(res, "Allow", "GET, HEAD");
+    (void)http_response_header(res, "Allow", "GET, HEAD");
     return;
   }
   char *text = NULL;
@@ -60,106 +39,14 @@ static void answer(metrics_exporter *e, const http_request *req, http_response *
     http_response_error(res, 500, "internal", "out of memory rendering metrics");
     return;
   }
-  http_response_set(res, 200, METRICS_EXPORTER_CONTENT_TYPE, text, len);
+  if (http_response_set(res, 200, METRICS_EXPORTER_CONTENT_TYPE, text, len) != 0)
+    http_response_error(res, 500, "internal", "out of memory rendering metrics");
   free(text);
   if (head) {
     /* HEAD: same headers, no body; Content-Length then says 0, which scrapers never use */
-    free(res->body);
-    res->body = NULL;
-    res->body_len = 0;
+    http_response_finish(res);
   }
 }
-
-static int on_request(void *ud, http_request *req) {
-  net_conn *c = ud;
-  mconn *mc = net_conn_data(c);
-  if (mc->closing) {
-    http_request_free(req);
-    return 1;
-  }
-  http_response res;
-  http_response_init(&res);
-  answer(mc->e, req, &res);
-  int keep = req->keep_alive && net_conn_output(c) < METRICS_EXPORTER_MAX_OUTPUT;
-  respond(c, &res, keep);
-  http_response_finish(&res);
-  http_request_free(req);
-  if (!keep) {
-    mc->closing = 1;
-    return 1; /* pause: the rest of the input is dropped */
-  }
-  return 0;
-}
-
-static int on_open(net_conn *c) {
-  metrics_exporter *e = net_listener_data(net_conn_listener(c));
-  mconn *mc = sm_calloc(1, sizeof(*mc));
-  if (mc == NULL)
-    return SM_ENOMEM;
-  mc->e = e;
-  http1_config pc = {
-      .max_header_bytes = METRICS_EXPORTER_MAX_HEADER_BYTES,
-      .max_body_bytes = 0,
-      .on_request = on_request,
-      .ud = c,
-  };
-  int err = http1_create(&pc, &mc->parser);
-  if (err) {
-    free(mc);
-    return err;
-  }
-  net_conn_set_data(c, mc);
-  arm_idle(c);
-  return 0;
-}
-
-static int on_read(net_conn *c, const uint8_t *data, size_t len) {
-  mconn *mc = net_conn_data(c);
-  if (mc->closing)
-    return 0;
-  arm_idle(c);
-  int status = 0;
-  long n = http1_feed(mc->parser, (const char *)data, len, &status);
-  if (n < 0) {
-    http_response res;
-    http_response_init(&res);
-    http_response_error(&res, status, "bad_request", "malformed request");
-    respond(c, &res, 0);
-    http_response_finish(&res);
-    mc->closing = 1;
-  }
-  if (mc->closing)
-    net_conn_close(c, SM_ECLOSED, 1);
-  return 0;
-}
-
-static int on_flush(net_conn *c) {
-  (void)c;
-  return 0;
-}
-
-static int on_timer(net_conn *c) {
-  (void)c;
-  return SM_ETIMEDOUT;
-}
-
-static void on_close(net_conn *c, int reason) {
-  (void)reason;
-  mconn *mc = net_conn_data(c);
-  if (mc == NULL)
-    return;
-  http1_destroy(mc->parser);
-  free(mc);
-  net_conn_set_data(c, NULL);
-}
-
-static const net_conn_ops conn_ops = {
-    .on_open = on_open,
-    .on_read = on_read,
-    .on_flush = on_flush,
-    .on_timer = on_timer,
-    .on_close = on_close,
-};
 
 int metrics_exporter_create(uv_loop_t *loop, const char *addr, metrics_registry *reg,
                             metrics_exporter **out) {
@@ -169,18 +56,20 @@ int metrics_exporter_create(uv_loop_t *loop, const char *addr, metrics_registry 
   if (e == NULL)
     return SM_ENOMEM;
   e->reg = reg;
-  net_listener_config lc = {
+  http_server_config hc = {
       .addr = addr,
       .max_connections = METRICS_EXPORTER_MAX_CONNECTIONS,
-      .max_output_bytes = METRICS_EXPORTER_MAX_OUTPUT,
-      .stall_timeout_s = 30,
-      .handshake_timeout_s = 10,
-      .tls = NULL,
-      .ops = &conn_ops,
+      .max_header_bytes = METRICS_EXPORTER_MAX_HEADER_BYTES,
+      .max_body_bytes = 0,
+      .request_timeout_s = METRICS_EXPORTER_IDLE_MS / 1000.0,
+      .idle_timeout_s = METRICS_EXPORTER_IDLE_MS / 1000.0,
+      .close_when_backed_up = 1, /* Prometheus never pipelines: a flood is cut, not buffered */
+      .log_name = "metrics",
+      .log_requests = 0,
+      .handle = handle,
       .ud = e,
-      .name = "metrics",
   };
-  int err = net_listener_create(loop, &lc, &e->listener);
+  int err = http_server_create(loop, &hc, &e->http);
   if (err) {
     free(e);
     return err;
@@ -190,14 +79,15 @@ int metrics_exporter_create(uv_loop_t *loop, const char *addr, metrics_registry 
 }
 
 int metrics_exporter_listen(metrics_exporter *e) {
-  return net_listener_listen(e->listener);
+  return http_server_listen(e->http);
 }
 
 int metrics_exporter_port(const metrics_exporter *e) {
-  return net_listener_port(e->listener);
+  int port = http_server_port(e->http);
+  return port < 0 ? 0 : port;
 }
 
-static void listener_closed(void *ud) {
+static void server_closed(void *ud) {
   metrics_exporter *e = ud;
   if (e->close_cb)
     e->close_cb(e->close_ud);
@@ -209,5 +99,5 @@ void metrics_exporter_close(metrics_exporter *e, void (*cb)(void *ud), void *ud)
     return;
   e->close_cb = cb;
   e->close_ud = ud;
-  net_listener_close(e->listener, listener_closed, e);
+  http_server_close(e->http, server_closed, e);
 }

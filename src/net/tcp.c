@@ -1,11 +1,12 @@
 /* tcp.c - listener, connections, gathered writes, backpressure and timeouts (see tcp.h). */
 #include "net/tcp.h"
 
-#include "app/settings.h"
 #include "util/alloc.h"
 #include "util/err.h"
+#include "util/list.h"
 #include "util/log.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,27 +29,32 @@ typedef struct net_wbuf {
 struct net_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
+  uv_shutdown_t shut_req; /* linger: the write side's shutdown */
   net_listener *l;
-  net_conn *prev, *next;             /* the listener's connections */
-  net_conn *flush_prev, *flush_next; /* the listener's flush list */
-  net_tls *tls;                      /* NULL: plaintext */
-  void *data;                        /* the protocol's */
-  net_wbuf *pending;                 /* gathered, not handed to libuv yet */
-  net_wbuf *inflight;                /* being written (one at a time) */
-  uint64_t proto_due;                /* protocol timer, uv_now ms; 0: none */
-  uint64_t handshake_due;            /* TLS handshake deadline; 0: none */
-  uint64_t stall_since;              /* a write waits on the peer since; 0: not */
-  uint64_t close_due;                /* graceful close: closed by then at the latest; 0: not */
-  size_t stall_queue;                /* write queue size when progress was last seen */
+  sm_list node;           /* the listener's connections */
+  sm_list flush_node;     /* the listener's flush list (linked iff in_flush) */
+  net_tls *tls;           /* NULL: plaintext */
+  void *data;             /* the protocol's */
+  net_wbuf *pending;      /* gathered, not handed to libuv yet */
+  net_wbuf *inflight;     /* being written (one at a time) */
+  uint64_t proto_due;     /* protocol timer, uv_now ms; 0: none */
+  uint64_t handshake_due; /* TLS handshake deadline; 0: none */
+  uint64_t stall_since;   /* a write waits on the peer since; 0: not */
+  uint64_t close_due;     /* graceful close: closed by then at the latest; 0: not */
+  size_t stall_queue;     /* write queue size when progress was last seen */
   int close_reason;
-  int handles_open;      /* handles whose close callback is still owed */
-  unsigned opened : 1;   /* on_open called: on_close is owed */
-  unsigned paused : 1;   /* reading stopped for backpressure */
-  unsigned closing : 1;  /* graceful close: writing out, then closing */
-  unsigned closed : 1;   /* uv_close called */
-  unsigned in_flush : 1; /* on the flush list */
-  unsigned flushing : 1; /* inside conn_flush */
-  unsigned tls_shut : 1; /* close_notify queued */
+  int handles_open;       /* handles whose close callback is still owed */
+  unsigned opened : 1;    /* on_open called: on_close is owed */
+  unsigned reading : 1;   /* uv_read_start active */
+  unsigned bp : 1;        /* over max_output_bytes: reading stopped for backpressure */
+  unsigned held : 1;      /* the protocol holds reading (net_conn_hold) */
+  unsigned peer_eof : 1;  /* the peer finished sending (EOF or TLS close_notify) */
+  unsigned lingering : 1; /* written out and shut down: discarding input until EOF or close_due */
+  unsigned closing : 1;   /* graceful close: writing out, then closing */
+  unsigned closed : 1;    /* uv_close called */
+  unsigned in_flush : 1;  /* on the flush list */
+  unsigned flushing : 1;  /* inside conn_flush */
+  unsigned tls_shut : 1;  /* close_notify queued */
   char peer[64];
 };
 
@@ -60,9 +66,9 @@ struct net_listener {
   int listening;        /* srv is open */
   int handles_open;     /* srv/prepare close callbacks owed */
   int port;
-  net_conn *conns;
+  sm_list conns; /* net_conn.node */
   size_t nconns;
-  net_conn *flush_head, *flush_tail;
+  sm_list flush;           /* net_conn.flush_node: connections to flush before the loop sleeps */
   uint8_t *rbuf;           /* READ_BUF_SIZE, allocated on first read */
   uint8_t *pbuf;           /* PLAIN_BUF_SIZE for TLS, allocated on first use */
   uint64_t full_logged_at; /* when "connection limit reached" was last logged */
@@ -75,6 +81,7 @@ struct net_listener {
 
 static void conn_arm(net_conn *c);
 static void conn_close_now(net_conn *c, int reason);
+static void conn_reading(net_conn *c);
 static void listener_maybe_done(net_listener *l);
 
 /* ---- small accessors ---- */
@@ -149,7 +156,7 @@ static int tls_take_output(net_conn *c) {
 }
 
 int net_conn_write(net_conn *c, const uint8_t *data, size_t len) {
-  if (c->closed)
+  if (c->closed || c->lingering)
     return SM_ECLOSED;
   if (len == 0)
     return 0;
@@ -230,9 +237,25 @@ static void conn_open(net_conn *c) {
 }
 
 static void deliver(net_conn *c, const uint8_t *data, size_t len) {
-  if (c->closing || c->closed)
+  if (c->closing || c->closed || c->peer_eof)
     return;
   int err = c->l->cfg.ops->on_read(c, data, len);
+  if (err)
+    net_conn_close(c, err, 1);
+}
+
+/* The peer finished sending: the protocol decides (ops->on_eof), else a graceful close. */
+static void conn_peer_eof(net_conn *c) {
+  net_listener *l = c->l;
+  if (c->peer_eof)
+    return;
+  c->peer_eof = 1;
+  conn_reading(c);
+  if (c->closing || c->closed)
+    return;
+  int err = SM_ECLOSED;
+  if (c->opened && l->cfg.ops->on_eof)
+    err = l->cfg.ops->on_eof(c);
   if (err)
     net_conn_close(c, err, 1);
 }
@@ -266,10 +289,14 @@ static void tls_input(net_conn *c, const uint8_t *data, size_t len) {
     conn_close_now(c, SM_ENOMEM);
     return;
   }
-  while (!c->closed && !c->closing) {
+  while (!c->closed && !c->closing && !c->peer_eof) {
     ssize_t n = net_tls_read(c->tls, l->pbuf, PLAIN_BUF_SIZE);
     if (n == 0)
       break;
+    if (n == SM_ECLOSED) { /* close_notify: the TLS form of EOF */
+      conn_peer_eof(c);
+      break;
+    }
     if (n < 0) {
       net_conn_close(c, (int)n, 1);
       break;
@@ -284,9 +311,15 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   net_conn *c = s->data;
   if (nread == 0 || c->closed)
     return;
+  if (c->lingering) {
+    /* Input after our last response is discarded; the peer's EOF (or error) ends the linger. */
+    if (nread < 0)
+      conn_close_now(c, c->close_reason);
+    return;
+  }
   if (nread < 0) {
     if (nread == UV_EOF)
-      net_conn_close(c, SM_ECLOSED, 1);
+      conn_peer_eof(c);
     else if (nread == UV_ENOBUFS)
       conn_close_now(c, SM_ENOMEM);
     else
@@ -303,18 +336,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 /* ---- flushing, once per loop turn ---- */
 
 static void flush_unlink(net_conn *c) {
-  net_listener *l = c->l;
   if (!c->in_flush)
     return;
-  if (c->flush_prev)
-    c->flush_prev->flush_next = c->flush_next;
-  else
-    l->flush_head = c->flush_next;
-  if (c->flush_next)
-    c->flush_next->flush_prev = c->flush_prev;
-  else
-    l->flush_tail = c->flush_prev;
-  c->flush_prev = c->flush_next = NULL;
+  sm_list_remove(&c->flush_node);
   c->in_flush = 0;
 }
 
@@ -322,41 +346,79 @@ static void prepare_cb(uv_prepare_t *p);
 
 void net_conn_want_flush(net_conn *c) {
   net_listener *l = c->l;
-  if (c->in_flush || c->closed || c->flushing)
+  if (c->in_flush || c->closed || c->flushing || c->lingering)
     return;
   c->in_flush = 1;
-  c->flush_next = NULL;
-  c->flush_prev = l->flush_tail;
-  if (l->flush_tail)
-    l->flush_tail->flush_next = c;
-  else
-    l->flush_head = c;
-  l->flush_tail = c;
+  sm_list_push_back(&l->flush, &c->flush_node);
   if (!uv_is_active((uv_handle_t *)&l->prepare))
     uv_prepare_start(&l->prepare, prepare_cb);
+}
+
+/* Reads iff nothing holds reading: backpressure, the protocol's hold, a graceful close (input
+ * would only make more output) or the peer's EOF. A lingering connection reads to discard. */
+static void conn_reading(net_conn *c) {
+  if (c->closed)
+    return;
+  int want = !c->peer_eof && (c->lingering || (!c->closing && !c->held && !c->bp));
+  if (want == (int)c->reading)
+    return;
+  if (want) {
+    int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (r < 0) {
+      conn_close_now(c, sm_err_from_uv(r));
+      return;
+    }
+  } else {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  }
+  c->reading = (unsigned)want;
+}
+
+void net_conn_hold(net_conn *c, int hold) {
+  c->held = hold != 0;
+  conn_reading(c);
 }
 
 /* Stops reading while the output is over the limit (what the peer sends would only make more
  * output); resumes below it. */
 static void backpressure(net_conn *c) {
+  c->bp = net_conn_output(c) >= c->l->cfg.max_output_bytes;
+  conn_reading(c);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  net_conn *c = req->data;
+  if (status < 0 && !c->closed) /* (UV_ECANCELED: closed already) */
+    conn_close_now(c, c->close_reason);
+}
+
+/* A graceful close wrote everything: close, or with linger_ms shut the write side down and
+ * discard input until the peer's EOF or the linger deadline, so that the peer reads our last
+ * bytes instead of a reset (closing with unread input sends RST). */
+static void conn_finish(net_conn *c) {
   net_listener *l = c->l;
-  size_t out = net_conn_output(c);
-  if (out >= l->cfg.max_output_bytes) {
-    if (!c->paused) {
-      c->paused = 1;
-      uv_read_stop((uv_stream_t *)&c->tcp);
-    }
-  } else if (c->paused && !c->closing) {
-    c->paused = 0;
-    int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
-    if (r < 0)
-      conn_close_now(c, sm_err_from_uv(r));
+  if (c->lingering)
+    return;
+  if (l->cfg.linger_ms == 0 || c->peer_eof) {
+    conn_close_now(c, c->close_reason);
+    return;
   }
+  c->lingering = 1;
+  flush_unlink(c);
+  c->shut_req.data = c;
+  int r = uv_shutdown(&c->shut_req, (uv_stream_t *)&c->tcp, shutdown_cb);
+  if (r < 0) {
+    conn_close_now(c, c->close_reason);
+    return;
+  }
+  c->close_due = uv_now(l->loop) + l->cfg.linger_ms;
+  conn_arm(c);
+  conn_reading(c);
 }
 
 static void conn_flush(net_conn *c) {
   net_listener *l = c->l;
-  if (c->closed)
+  if (c->closed || c->lingering)
     return;
   /* Also while closing gracefully: the protocol's last words (a GOAWAY) go out first. */
   if (c->opened && net_conn_output(c) < l->cfg.max_output_bytes && l->cfg.ops->on_flush) {
@@ -383,7 +445,7 @@ static void conn_flush(net_conn *c) {
     return;
   if (c->closing) {
     if (net_conn_output(c) == 0)
-      conn_close_now(c, c->close_reason);
+      conn_finish(c);
     return;
   }
   backpressure(c);
@@ -391,8 +453,9 @@ static void conn_flush(net_conn *c) {
 
 static void prepare_cb(uv_prepare_t *p) {
   net_listener *l = p->data;
-  while (l->flush_head) {
-    net_conn *c = l->flush_head;
+  sm_list *n;
+  while ((n = sm_list_first(&l->flush)) != NULL) {
+    net_conn *c = SM_LIST_ENTRY(n, net_conn, flush_node);
     flush_unlink(c);
     conn_flush(c);
   }
@@ -413,8 +476,9 @@ static void timer_cb(uv_timer_t *t) {
     return;
   }
   if (c->close_due && now >= c->close_due) {
-    sm_log_debug(l->cfg.name, "closing: output not written in time", SM_LS("peer", c->peer),
-                 SM_LI("queued_bytes", net_conn_output(c)));
+    if (!c->lingering)
+      sm_log_debug(l->cfg.name, "closing: output not written in time", SM_LS("peer", c->peer),
+                   SM_LI("queued_bytes", net_conn_output(c)));
     conn_close_now(c, c->close_reason);
     return;
   }
@@ -481,12 +545,7 @@ static void conn_closed_cb(uv_handle_t *h) {
   if (c->opened && l->cfg.ops->on_close)
     l->cfg.ops->on_close(c, c->close_reason);
   net_tls_destroy(c->tls);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    l->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
+  sm_list_remove(&c->node);
   l->nconns--;
   sm_log_debug(l->cfg.name, "connection closed", SM_LS("peer", c->peer),
                SM_LS("reason", sm_err_name(c->close_reason)));
@@ -522,10 +581,7 @@ static void conn_close_graceful(net_conn *c, int reason, uint64_t grace_ms) {
     return;
   }
   c->closing = 1;
-  if (!c->paused) {
-    c->paused = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-  }
+  conn_reading(c);
   c->close_due = due;
   conn_arm(c);
   net_conn_want_flush(c);
@@ -574,8 +630,14 @@ static void refuse(net_listener *l, uv_stream_t *server) {
   if (t == NULL)
     return;
   uv_tcp_init(l->loop, t);
-  if (uv_accept(server, (uv_stream_t *)t) == 0)
+  if (uv_accept(server, (uv_stream_t *)t) == 0) {
     l->refused++;
+    if (l->cfg.refuse_len > 0 && l->cfg.tls == NULL) {
+      /* Best effort: what the socket buffer takes now (it takes a small answer). */
+      uv_buf_t b = uv_buf_init((char *)l->cfg.refuse_data, (unsigned)l->cfg.refuse_len);
+      (void)uv_try_write((uv_stream_t *)t, &b, 1);
+    }
+  }
   uv_close((uv_handle_t *)t, refused_closed_cb);
   uint64_t now = uv_now(l->loop);
   if (l->full_logged_at == 0 || now - l->full_logged_at >= 1000) {
@@ -608,10 +670,8 @@ static void connection_cb(uv_stream_t *server, int status) {
   uv_timer_init(l->loop, &c->timer);
   c->tcp.data = c;
   c->timer.data = c;
-  c->next = l->conns;
-  if (l->conns)
-    l->conns->prev = c;
-  l->conns = c;
+  sm_list_init(&c->flush_node);
+  sm_list_push_back(&l->conns, &c->node);
   l->nconns++;
   int r = uv_accept(server, (uv_stream_t *)&c->tcp);
   if (r < 0) {
@@ -635,9 +695,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     if (c->closed)
       return;
   }
-  r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
-  if (r < 0)
-    conn_close_now(c, sm_err_from_uv(r));
+  conn_reading(c);
 }
 
 /* ---- listener ---- */
@@ -663,10 +721,51 @@ int net_listener_create(uv_loop_t *loop, const net_listener_config *cfg, net_lis
     l->cfg.stall_timeout_s = 30;
   if (l->cfg.handshake_timeout_s <= 0)
     l->cfg.handshake_timeout_s = 10;
+  sm_list_init(&l->conns);
+  sm_list_init(&l->flush);
   uv_prepare_init(loop, &l->prepare);
   l->prepare.data = l;
   l->handles_open = 1;
   *out = l;
+  return 0;
+}
+
+int net_addr_split(const char *addr, char host[256], int *port) {
+  const char *colon;
+  const char *h;
+  size_t hlen;
+  if (addr == NULL)
+    return SM_EADDR;
+  if (addr[0] == '[') {
+    const char *close = strchr(addr, ']');
+    if (close == NULL || close[1] != ':')
+      return SM_EADDR;
+    h = addr + 1;
+    hlen = (size_t)(close - h);
+    colon = close + 1;
+  } else {
+    colon = strrchr(addr, ':');
+    if (colon == NULL)
+      return SM_EADDR;
+    h = addr;
+    hlen = (size_t)(colon - addr);
+    if (memchr(h, ':', hlen) != NULL) /* bare IPv6 needs brackets */
+      return SM_EADDR;
+  }
+  if (hlen >= 256)
+    return SM_EADDR;
+  char *end;
+  errno = 0;
+  long p = strtol(colon + 1, &end, 10);
+  if (colon[1] == '\0' || *end != '\0' || errno || p < 0 || p > 65535)
+    return SM_EADDR;
+  if (hlen == 0) {
+    strcpy(host, "0.0.0.0");
+  } else {
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+  }
+  *port = (int)p;
   return 0;
 }
 
@@ -704,7 +803,7 @@ int net_listener_listen(net_listener *l) {
   int port;
   if (l->listening || l->closing)
     return SM_ESTATE;
-  if (sm_addr_split(l->cfg.addr, host, &port) != 0)
+  if (net_addr_split(l->cfg.addr, host, &port) != 0)
     return SM_EADDR;
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof(ss));
@@ -745,12 +844,11 @@ void net_listener_stop(net_listener *l) {
 }
 
 void net_listener_foreach(net_listener *l, void (*fn)(net_conn *c, void *ud), void *ud) {
-  net_conn *c = l->conns;
-  while (c) {
-    net_conn *next = c->next; /* fn may close c; it stays listed until its close callback */
+  /* fn may close c; it stays listed until its close callback, so the next one stays valid. */
+  SM_LIST_FOREACH_SAFE(it, tmp, &l->conns) {
+    net_conn *c = SM_LIST_ENTRY(it, net_conn, node);
     if (!c->closed)
       fn(c, ud);
-    c = next;
   }
 }
 
@@ -784,7 +882,8 @@ void net_listener_close(net_listener *l, void (*cb)(void *ud), void *ud) {
   l->close_ud = ud;
   net_listener_stop(l);
   /* Gracefully but briefly: trailers and GOAWAYs queued just before still go out. */
-  for (net_conn *c = l->conns; c; c = c->next) {
+  SM_LIST_FOREACH(it, &l->conns) {
+    net_conn *c = SM_LIST_ENTRY(it, net_conn, node);
     if (c->opened)
       conn_close_graceful(c, SM_ECANCELED, CLOSE_GRACE_MS);
     else

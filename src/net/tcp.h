@@ -1,7 +1,8 @@
 /* tcp.h - a TCP listener and its connections on libuv, optionally through TLS (net/tls.h).
  * Knows bytes, not HTTP: a protocol plugs in through net_conn_ops.
  *
- * - Bounded: at most max_connections; extra ones are accepted and closed at once.
+ * - Bounded: at most max_connections; extra ones are accepted, sent refuse_data (plaintext, best
+ *   effort) and closed at once.
  * - Reads go through one buffer per listener (protocols consume them synchronously), so an
  *   idle connection holds no read buffer.
  * - Writes are gathered: net_conn_write copies into the connection's pending output, and once
@@ -11,12 +12,17 @@
  *   stop producing, see net_conn_output); when its output makes no progress for stall_timeout
  *   it is dropped.
  * - Two-phase close: net_conn_close marks the connection; its memory and the protocol's
- *   on_close come from the handles' close callbacks, never inside the call that asked.
+ *   on_close come from the handles' close callbacks, never inside the call that asked. With
+ *   linger_ms, a graceful close shuts the write side down after the last byte and discards
+ *   input until the peer's EOF (at most linger_ms), so the peer reads the last bytes rather
+ *   than a reset.
+ * - Configured by its caller (net_listener_config): this layer reads no settings.
  */
 #ifndef SM_NET_TCP_H
 #define SM_NET_TCP_H
 
 #include "net/tls.h"
+#include "util/err.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +47,10 @@ typedef struct net_conn_ops {
   /* The connection is gone (called once, from a close callback, iff on_open was called).
    * reason: SM_ECLOSED peer closed, SM_ETIMEDOUT stalled, what a callback returned, ... */
   void (*on_close)(net_conn *c, int reason);
+  /* Optional. The peer finished sending (EOF, or TLS close_notify); reading has stopped. Return
+   * 0 to keep the connection (the protocol answers what it was asked, then closes it), or an
+   * SM_E* code to close gracefully. NULL: close gracefully with SM_ECLOSED. */
+  int (*on_eof)(net_conn *c);
 } net_conn_ops;
 
 typedef struct net_listener_config {
@@ -53,7 +63,18 @@ typedef struct net_listener_config {
   const net_conn_ops *ops;
   void *ud;         /* the protocol's context: net_listener_data() */
   const char *name; /* for logs, e.g. "grpc" */
+  /* Bytes written (best effort, plaintext only) to a connection refused over max_connections,
+   * e.g. an HTTP 503; borrowed, must outlive the listener. NULL: closed without a word. */
+  const uint8_t *refuse_data;
+  size_t refuse_len;
+  /* After a graceful close wrote everything: discard input this long waiting for the peer's EOF
+   * before closing (see the top). 0: close at once. */
+  uint64_t linger_ms;
 } net_listener_config;
+
+/* Splits "host:port", ":port" (host 0.0.0.0) or "[v6]:port" into host (NUL-terminated) and port.
+ * Returns 0 or SM_EADDR. */
+SM_MUST_CHECK int net_addr_split(const char *addr, char host[256], int *port);
 
 /* Creates a listener (nothing bound yet). Returns 0, SM_EINVAL or SM_ENOMEM. */
 int net_listener_create(uv_loop_t *loop, const net_listener_config *cfg, net_listener **out);
@@ -99,6 +120,11 @@ int net_conn_write(net_conn *c, const uint8_t *data, size_t len);
 
 /* Bytes queued and not yet written to the socket. */
 size_t net_conn_output(const net_conn *c);
+
+/* hold 1: stops reading for the protocol (its own queue is full), independently of the output
+ * backpressure; 0: reads again (unless something else holds it). Input is only delivered
+ * while reading, apart from the rest of a TLS read already decrypted. */
+void net_conn_hold(net_conn *c, int hold);
 
 /* Asks for ops->on_flush before the loop sleeps. */
 void net_conn_want_flush(net_conn *c);

@@ -64,7 +64,7 @@ static void p_close(net_conn *c, int reason) {
   last_close_reason = reason;
 }
 
-static const net_conn_ops ops = {p_open, p_read, p_flush, p_timer, p_close};
+static const net_conn_ops ops = {p_open, p_read, p_flush, p_timer, p_close, NULL};
 
 static net_listener *make_listener(const char *addr, size_t max_conns, net_tls_ctx *tls) {
   net_listener_config cfg = {.addr = addr,

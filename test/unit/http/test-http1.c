@@ -1,4 +1,4 @@
-/* Unit tests of src/admin/http1.c and http.c: the llhttp adapter fed from memory. */
+/* Unit tests of src/http/http1.c and http.c: the llhttp adapter fed from memory. */
 #include "http/http.h"
 #include "http/http1.h"
 #include "util/err.h"
