@@ -5,6 +5,7 @@ its final record arrives on AMQP_RESULT_QUEUE (duplicates allowed, same id). 20 
 (sirius-agent --count 20) run short sleeps and scans."""
 import contextlib
 import random
+import signal
 import time
 
 import pytest
@@ -58,7 +59,7 @@ def run(broker, redis, tmp_path, started, agent_factory):  # noqa: F811
         r.res.close()
 
 
-def commands(prefix, n, seed=1):
+def commands(prefix, n, seed=1, sleep=(0.05, 0.3)):
     rnd = random.Random(seed)
     out = []
     for i in range(n):
@@ -67,7 +68,7 @@ def commands(prefix, n, seed=1):
             out.append({"id": cid, "type": "scan", "params": {"target": f"10.0.{i // 256}.{i % 256}"}})
         else:
             out.append({"id": cid, "type": "sleep",
-                        "params": {"seconds": f"{rnd.uniform(0.05, 0.3):.3f}"}})
+                        "params": {"seconds": f"{rnd.uniform(*sleep):.3f}"}})
     return out
 
 
@@ -119,16 +120,24 @@ def check_all_final(r, redis_, ids, timeout, m=None):  # noqa: F811
 
 def test_no_loss_manager_kill9(run, broker, redis, tmp_path, started):  # noqa: F811
     r = run.start("kill9")
-    cmds = commands("k", 3000)
+    # ~12 s of work for the 80 agent slots: the 300 results come after ~1 s.
+    cmds = commands("k", 3000, sleep=(0.1, 0.6))
     ids = [c["id"] for c in cmds]
     publish(broker.port, r.cmd_q, cmds)
-    # kill while a good part is still in flight
+    # Kill while a good part is still in flight. The agents are stopped (SIGSTOP) first, so that
+    # what is in flight at the kill does not depend on how fast this process sees results: with
+    # the agents frozen nothing can finish, and the store's active set is what the kill hits.
     r.res.wait(lambda s: final_count(s, ids) >= 300, timeout=60, what="300 results before kill")
-    done_before = final_count(r.res, ids)
-    assert done_before < len(ids), "everything finished before the kill: make the work longer"
-    kill9(r.m)
-    m2 = same_ports_manager(r.m, str(tmp_path), started)
-    m2.start()
+    agents = r.agents.proc
+    agents.send_signal(signal.SIGSTOP)
+    try:
+        active = redis.cmd("ZCARD", "sm:cmds:active")
+        assert active > 0, "everything finished before the kill: make the work longer"
+        kill9(r.m)
+        m2 = same_ports_manager(r.m, str(tmp_path), started)
+        m2.start()
+    finally:
+        agents.send_signal(signal.SIGCONT)
     wait_for(lambda: m2.get("/ready", timeout=1)[0] == 200, timeout=20, what="restarted /ready")
     finals = check_all_final(r, redis, ids, timeout=60, m=m2)
     assert sum(1 for d in finals.values() if d["status"] == "completed") >= len(ids) * 0.95, \
