@@ -1,5 +1,5 @@
 /* auth.h - the admin API's security layer: API keys and roles, rate limits, and the router
- * guard that applies them before every handler (CONTRACT.md "Admin API").
+ * guard that applies them before every handler (docs/api.md).
  *
  * Keys come from ADMIN_API_KEY (role admin) and ADMIN_API_KEYS_FILE (`role:key` lines; the key
  * may be `sha256:<64 hex>`, the digest of the real key). Only SHA-256 digests are kept; a

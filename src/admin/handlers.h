@@ -1,4 +1,4 @@
-/* handlers.h - the admin API's routes (CONTRACT.md "Admin API"). Each handler reads the
+/* handlers.h - the admin API's routes (docs/api.md). Each handler reads the
  * admin_api (admin/api.h, the router's ud) and fills a response, or defers it (http_response_defer)
  * and completes it from a store/lifecycle callback; none blocks. */
 #ifndef SM_ADMIN_HANDLERS_H

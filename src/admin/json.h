@@ -1,4 +1,4 @@
-/* json.h - JSON out for the admin API (cJSON), and the agent object of CONTRACT.md. */
+/* json.h - JSON out for the admin API (cJSON), and the agent object of docs/api.md. */
 #ifndef SM_ADMIN_JSON_H
 #define SM_ADMIN_JSON_H
 

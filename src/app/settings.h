@@ -1,7 +1,7 @@
 /* settings.h - sirius-manager's settings: defaults, environment variables, flags.
  *
- * Every setting of CONTRACT.md plus the project's own limits. A flag wins over the environment,
- * which wins over the default. A bad value fails with one line naming the setting.
+ * Every setting of docs/settings.md plus the project's own limits. A flag wins over the
+ * environment, which wins over the default. A bad value fails with one line naming the setting.
  */
 #ifndef SM_APP_SETTINGS_H
 #define SM_APP_SETTINGS_H

@@ -133,7 +133,7 @@ enum opt_kind { O_FLAG, O_STR, O_DBL, O_U32, O_U64, O_SPECIAL };
 
 typedef struct opt_def {
   const char *name; /* without "--" */
-  const char *env;  /* CONTRACT.md environment variable, or NULL */
+  const char *env;  /* documented environment variable, or NULL */
   enum opt_kind kind;
   size_t off;    /* offset in client_opts */
   double lo, hi; /* bounds of numbers */

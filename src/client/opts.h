@@ -1,5 +1,5 @@
 /* opts.h - the settings of sirius-agent (and of other programs that run simulated agents):
- * command-line flags and the environment variables CONTRACT.md names (flag wins).
+ * command-line flags and the environment variables docs/settings.md names (flag wins).
  *
  * Pure: no I/O besides reading the given environment getter, so unit tests drive it directly.
  */

@@ -1,4 +1,4 @@
-/* agent_service.c - scan.AgentService (CONTRACT.md "Agent protocol"): Ping, and Connect, whose
+/* agent_service.c - scan.AgentService (docs/agent-protocol.md): Ping, and Connect, whose
  * stream is an agent's link in the registry. This file translates protobuf messages into
  * registry calls and back; it knows nothing of HTTP/2. */
 #include "grpc/services.h"

@@ -19,7 +19,7 @@ typedef struct opt_def {
   size_t off;        /* offset of the field in lt_scenario */
   size_t size;       /* K_STR/K_URL: buffer size */
   double min, max;   /* numeric bounds, inclusive */
-  const char *alias; /* CONTRACT.md environment name, or NULL */
+  const char *alias; /* documented environment name, or NULL */
 } opt_def;
 
 #define OFF(f) offsetof(lt_scenario, f)

@@ -3,7 +3,7 @@
  * file, then environment, then the default.
  *
  * Environment: every flag --foo-bar is also LOADTEST_FOO_BAR; the settings the other programs
- * share keep their CONTRACT.md names too: SERVER_ADDR (--server), RABBITMQ_URL (--amqp-url),
+ * share keep their documented names too: SERVER_ADDR (--server), RABBITMQ_URL (--amqp-url),
  * AMQP_COMMAND_QUEUE, AMQP_RESULT_QUEUE, ADMIN_API_KEY (--api-key), MANAGER_API (--manager-api).
  */
 #ifndef SM_LOADTEST_SCENARIO_H

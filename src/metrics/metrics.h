@@ -1,4 +1,4 @@
-/* metrics.h - the manager's metrics: the families of CONTRACT.md "Metrics" (and a few more) in
+/* metrics.h - the manager's metrics: the families of docs/metrics.md (and a few more) in
  * one collector, the /metrics listener on METRICS_ADDR, and the hooks other modules call where
  * events happen. Figures that other modules already count (agents, queue depths, store
  * operations) are pulled from their stats getters at scrape time instead of pushed.

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The agent's own state, as it reports it (CONTRACT.md AgentStatus; same numbers). */
+/* The agent's own state, as it reports it (docs/agent-protocol.md AgentStatus; same numbers). */
 enum agent_status {
   AGENT_UNKNOWN = 0,
   AGENT_IDLE = 1,

@@ -1,4 +1,4 @@
-/* agent_json.c - the agent object of CONTRACT.md, shared by the admin API and the agent store
+/* agent_json.c - the agent object of docs/api.md, shared by the admin API and the agent store
  * mirror (one place decides how an agent looks outside the process). */
 #include "model/agent_json.h"
 

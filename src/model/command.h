@@ -1,5 +1,5 @@
 /* command.h - the command record: what REST and AMQP submit, what the store keeps, what the API
- * reports (CONTRACT.md "Commands").
+ * reports (docs/api.md "Commands").
  *
  * A command is parsed and validated once at intake (command_parse), lives in the store in its
  * serialized form (command_serialize / command_deserialize) and is reported through
@@ -114,14 +114,14 @@ void command_free(sm_command *c);
 /* A deep copy, or NULL when out of memory. */
 sm_command *command_clone(const sm_command *c);
 
-/* The placement strategies a command may name (CONTRACT.md LOAD_BALANCING_STRATEGY), NULL-
+/* The placement strategies a command may name (docs/settings.md LOAD_BALANCING_STRATEGY), NULL-
  * terminated; sched/ has one strategy for each (its tests check that they agree). */
 const char *const *command_strategy_names(void);
 
 /* Whether name is one of them. NULL and "" are not. */
 int command_strategy_known(const char *name);
 
-/* Parses and validates a submitted command (CONTRACT.md fields; unknown fields are ignored).
+/* Parses and validates a submitted command (docs/api.md fields; unknown fields are ignored).
  * On failure writes "field: reason" into err (e.g. "type: required") and returns SM_EINVAL,
  * SM_ETOOBIG (a limit above, the message names it) or SM_ENOMEM. On success *out is a new
  * command with status queued and id NULL when none was given. */
@@ -130,7 +130,7 @@ int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen)
 /* command_parse from text (bad JSON gives SM_EPARSE with "body: invalid JSON"). */
 int command_parse_text(const char *text, size_t len, sm_command **out, char *err, size_t errlen);
 
-/* The API form (CONTRACT.md): RFC 3339 UTC times, "agent_id" the dispatched or requested
+/* The API form (docs/api.md): RFC 3339 UTC times, "agent_id" the dispatched or requested
  * agent, result and children when present. NULL when out of memory. */
 cJSON *command_to_json(const sm_command *c);
 

@@ -1,5 +1,5 @@
 """Prometheus metrics of sirius-manager on METRICS_ADDR/metrics and GET /api/metrics: the output
-passes `promtool check metrics`, has every CONTRACT.md family, and each figure moves when its
+passes `promtool check metrics`, has every documented family (docs/metrics.md), and each figure moves when its
 event happens (a real sirius-agent, REST submissions, raw gRPC calls, a real redis-server)."""
 import http.client
 import json

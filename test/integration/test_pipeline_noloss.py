@@ -1,4 +1,4 @@
-"""No loss (CONTRACT.md "Commands"): with thousands of commands in flight through AMQP, a
+"""No loss (docs/api.md "Commands"): with thousands of commands in flight through AMQP, a
 `kill -9` of sirius-manager, a restart of redis-server, and a restart of rabbitmq-server each
 delay results but never lose one: every published id reaches a final status in the store and
 its final record arrives on AMQP_RESULT_QUEUE (duplicates allowed, same id). 20 simulated agents
