@@ -18,6 +18,7 @@
 #include "util/map.h"
 #include "util/timeutil.h"
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -462,10 +463,21 @@ static void maybe_free_cmd(lifecycle *lc, lc_cmd *k) {
     cmd_free(lc, k);
 }
 
+/* The registry's agents as an array (sched/ takes arrays, not the registry). NULL: out of
+ * memory. */
+static agent **reg_agents(agent_registry *reg, size_t *n) {
+  *n = agent_registry_count(reg);
+  agent **v = sm_malloc((*n ? *n : 1) * sizeof(*v));
+  for (size_t i = 0; v && i < *n; i++)
+    v[i] = agent_registry_at(reg, i);
+  return v;
+}
+
 /* Queues k for placement (status queued in memory). */
 static void enqueue(lifecycle *lc, lc_cmd *k) {
   k->st = LS_QUEUED;
-  sched_queue_requeue(&lc->q, &k->qi);
+  if (sched_queue_requeue(&lc->q, &k->qi) != 0)
+    sm_log_error("lifecycle", "queue out of memory", SM_LS("command_id", k->c->id));
   th_set(lc, k, k->c->deadline);
   tick_schedule(lc);
 }
@@ -573,7 +585,7 @@ static void pump(lifecycle *lc) {
                         .max_agent_load = lc->cfg.max_agent_load,
                         .strategy = c->strategy};
     agent *a = NULL;
-    int err = sched_pick(lc->strategy, lc->reg, &rq, &a);
+    int err = sched_pick(lc->strategy, &rq, &a);
     if (err == SM_EINVAL) { /* a strategy this build does not know (an older record) */
       finish(k, COMMAND_FAILED, "unknown strategy");
       continue;
@@ -607,7 +619,9 @@ static void pump(lifecycle *lc) {
     lc_cmd *k = stash;
     stash = k->snext;
     k->snext = NULL;
-    sched_queue_requeue(&lc->q, &k->qi);
+    int qerr = sched_queue_requeue(&lc->q, &k->qi); /* popped just now: the room is there */
+    assert(qerr == 0);
+    (void)qerr;
   }
   if (sent == LC_PUMP_MAX)
     tick_schedule(lc);
@@ -1193,8 +1207,12 @@ static void bcast_expand(lifecycle *lc, lc_cmd *p) {
   }
   f.caps = caps;
   f.ncaps = nc;
-  int err = sched_bcast_start(lc->loop, lc->reg, &f, COMMAND_MAX_CHILDREN, bcast_planned, p,
-                              &p->plan_job);
+  size_t nag;
+  agent **ags = reg_agents(lc->reg, &nag);
+  int err = ags ? sched_bcast_start(lc->loop, ags, nag, &f, COMMAND_MAX_CHILDREN, bcast_planned, p,
+                                    &p->plan_job)
+                : SM_ENOMEM;
+  free(ags);
   free(caps);
   if (err) {
     finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
@@ -1224,7 +1242,8 @@ static void ev_register(void *ud, agent *a, int replaced) {
       lc_cmd *k = lc->parked_head;
       unpark(lc, k);
       k->st = LS_QUEUED;
-      sched_queue_requeue(&lc->q, &k->qi);
+      if (sched_queue_requeue(&lc->q, &k->qi) != 0)
+        sm_log_error("lifecycle", "queue out of memory", SM_LS("command_id", k->c->id));
     }
     tick_schedule(lc);
   }
@@ -2028,7 +2047,11 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   }
   lc->own_strategy = 1; /* given or made here: the lifecycle destroys it */
   lc->strategy = strategy;
-  sched_sync(strategy, reg); /* agents that registered before the lifecycle existed */
+  size_t nag; /* agents that registered before the lifecycle existed */
+  agent **ags = reg_agents(reg, &nag);
+  if (ags == NULL || sched_sync(strategy, ags, nag) != 0)
+    sm_log_error("lifecycle", "placement index out of memory", SM_LE(SM_ENOMEM));
+  free(ags);
   lc->reg = reg;
   lc->st = st;
   if (publisher) {
