@@ -3,7 +3,6 @@
 #include "sched/balancer.h"
 
 #include "util/alloc.h"
-#include "util/heap.h"
 #include "util/log.h"
 #include "util/map.h"
 
@@ -36,20 +35,31 @@ typedef struct sched_rec {
   alignas(EXT_ALIGN) unsigned char ext[]; /* the strategies' per-agent blocks */
 } sched_rec;
 
-/* One agent in one pool: its key and heap position per ordering live in the node itself, so a
- * heap comparison reads the two nodes and never the agent records. */
-typedef struct nent {
-  sched_key k;
-  size_t pos; /* in the pool's heap of this ordering; SM_HEAP_NONE outside */
-} nent;
-
+/* One agent in one pool. */
 struct sched_node {
   sched_rec *r;
   sched_pool *p;
-  size_t midx; /* position in p->members */
-  size_t slot; /* r->slot: last tie-break, unique */
-  nent e[];    /* one per ordering (lb->nkeyed) */
+  size_t midx;  /* position in p->members */
+  size_t pos[]; /* position in the pool's heap of each ordering (lb->nord); NOPOS outside */
 };
+
+#define NOPOS ((size_t)-1)
+
+/* The pools' heaps keep each entry's key inline, so sifting reads one array and never chases
+ * pointers into nodes or agent records: at 100,000 agents that is the difference between a
+ * cache hit and a miss per comparison. This is why they are not util/heap.h (an array of
+ * element pointers with a compare callback), which measured 1.4-1.7x slower per pick here
+ * (bench/RESULTS.md, issue 10). Same algorithm, same invariants. */
+typedef struct hent {
+  sched_key k;
+  size_t slot; /* last tie-break: the record's position, unique */
+  sched_node *n;
+} hent;
+
+typedef struct kheap {
+  hent *v;
+  size_t len, cap;
+} kheap;
 
 struct sched_pool {
   char *sig;   /* map key: requirement signature */
@@ -59,8 +69,8 @@ struct sched_pool {
   char *anchor; /* bucket key: "" / "k:<key>" / "s:<segment>" */
   sched_node **members;
   size_t nmembers, cmembers;
-  uint64_t used;  /* lb clock of the last use */
-  sm_heap heap[]; /* one per ordering (lb->nkeyed); used only while active */
+  uint64_t used; /* lb clock of the last use */
+  kheap heap[];  /* one per ordering (lb->nord); used only while active */
 };
 
 typedef struct bucket {
@@ -284,59 +294,113 @@ int sched_lb_segment_for(const sched_lb *lb, const char *target, int below, char
 
 /* ---- orderings and heaps ------------------------------------------------------------------ */
 
-/* Heap comparison: the ordering index travels as the heap's user data. */
-static int node_less(const void *x, const void *y, void *ud) {
-  size_t o = (size_t)(uintptr_t)ud;
-  const sched_node *a = x, *b = y;
-  const sched_key *ka = &a->e[o].k, *kb = &b->e[o].k;
-  if (ka->k0 != kb->k0)
-    return ka->k0 < kb->k0;
-  if (ka->k1 != kb->k1)
-    return ka->k1 < kb->k1;
-  if (ka->k2 != kb->k2)
-    return ka->k2 < kb->k2;
+static inline int ent_before(const hent *a, const hent *b) {
+  if (a->k.k0 != b->k.k0)
+    return a->k.k0 < b->k.k0;
+  if (a->k.k1 != b->k.k1)
+    return a->k.k1 < b->k.k1;
+  if (a->k.k2 != b->k.k2)
+    return a->k.k2 < b->k.k2;
   return a->slot < b->slot;
 }
 
-static void node_moved(void *x, size_t i, void *ud) {
-  ((sched_node *)x)->e[(size_t)(uintptr_t)ud].pos = i;
+static void kh_up(kheap *h, size_t o, size_t i) {
+  hent e = h->v[i];
+  while (i > 0 && ent_before(&e, &h->v[(i - 1) / 2])) {
+    h->v[i] = h->v[(i - 1) / 2];
+    h->v[i].n->pos[o] = i;
+    i = (i - 1) / 2;
+  }
+  h->v[i] = e;
+  e.n->pos[o] = i;
 }
 
-/* Writes the key of n's agent in ordering o into n. */
-static void node_key(const sched_lb *lb, size_t o, sched_node *n) {
+static void kh_down(kheap *h, size_t o, size_t i) {
+  hent e = h->v[i];
+  for (;;) {
+    size_t l = 2 * i + 1, b = i;
+    const hent *be = &e;
+    if (l < h->len && ent_before(&h->v[l], be))
+      b = l, be = &h->v[l];
+    if (l + 1 < h->len && ent_before(&h->v[l + 1], be))
+      b = l + 1;
+    if (b == i)
+      break;
+    h->v[i] = h->v[b];
+    h->v[i].n->pos[o] = i;
+    i = b;
+  }
+  h->v[i] = e;
+  e.n->pos[o] = i;
+}
+
+static void kh_fix(kheap *h, size_t o, size_t i) {
+  if (i > 0 && ent_before(&h->v[i], &h->v[(i - 1) / 2]))
+    kh_up(h, o, i);
+  else
+    kh_down(h, o, i);
+}
+
+/* Room for want entries. Returns 0 or SM_ENOMEM (unchanged). */
+static int kh_reserve(kheap *h, size_t want) {
+  if (want <= h->cap)
+    return 0;
+  size_t nc = h->cap ? h->cap : 8;
+  while (nc < want)
+    nc *= 2;
+  hent *v = sm_realloc(h->v, nc * sizeof(*v));
+  if (v == NULL)
+    return SM_ENOMEM;
+  h->v = v;
+  h->cap = nc;
+  return 0;
+}
+
+/* Writes the key of n's agent in ordering o into e. */
+static void node_key(const sched_lb *lb, size_t o, sched_node *n, hent *e) {
   const pol_inst *pi = lb->ord[o];
-  n->slot = n->r->slot;
-  pi->p->key(pi->state, &n->r->v, ext_of(pi, n->r), &n->e[o].k);
+  e->slot = n->r->slot;
+  e->n = n;
+  pi->p->key(pi->state, &n->r->v, ext_of(pi, n->r), &e->k);
 }
 
 /* Capacity for every member is reserved in each active heap (node_add, activate), so an insert
  * cannot fail. */
 static void hinsert(sched_lb *lb, size_t o, sched_node *n) {
-  if (n->e[o].pos != SM_HEAP_NONE)
+  if (n->pos[o] != NOPOS)
     return;
-  node_key(lb, o, n);
-  int err = sm_heap_push(&n->p->heap[o], n);
-  assert(err == 0 && "heap capacity reserved for every member");
-  (void)err;
+  kheap *h = &n->p->heap[o];
+  assert(h->len < h->cap && "heap capacity reserved for every member");
+  size_t i = h->len++;
+  node_key(lb, o, n, &h->v[i]);
+  n->pos[o] = i;
+  kh_up(h, o, i);
 }
 
 static void hremove(sched_node *n, size_t o) {
-  size_t i = n->e[o].pos;
-  if (i == SM_HEAP_NONE)
+  size_t i = n->pos[o];
+  if (i == NOPOS)
     return;
-  assert(i < sm_heap_len(&n->p->heap[o]) && sm_heap_at(&n->p->heap[o], i) == n);
-  sm_heap_remove(&n->p->heap[o], i);
-  assert(n->e[o].pos == SM_HEAP_NONE);
+  kheap *h = &n->p->heap[o];
+  assert(i < h->len && h->v[i].n == n);
+  n->pos[o] = NOPOS;
+  size_t last = --h->len;
+  if (i < last) {
+    h->v[i] = h->v[last];
+    h->v[i].n->pos[o] = i;
+    kh_fix(h, o, i);
+  }
 }
 
 /* Re-keys n in heap o after its record changed. */
 static void hfix(sched_lb *lb, size_t o, sched_node *n) {
-  size_t i = n->e[o].pos;
-  if (i == SM_HEAP_NONE)
+  size_t i = n->pos[o];
+  if (i == NOPOS)
     return;
-  assert(sm_heap_at(&n->p->heap[o], i) == n);
-  node_key(lb, o, n);
-  sm_heap_fix(&n->p->heap[o], i);
+  kheap *h = &n->p->heap[o];
+  assert(i < h->len && h->v[i].n == n);
+  node_key(lb, o, n, &h->v[i]);
+  kh_fix(h, o, i);
 }
 
 /* Makes room in every active heap of p for all its members (plus extra). */
@@ -344,9 +408,7 @@ static int pool_reserve(sched_lb *lb, sched_pool *p, unsigned mask, size_t extra
   for (size_t o = 0; o < lb->nord; o++) {
     if (!(mask & (1u << o)))
       continue;
-    sm_heap *h = &p->heap[o];
-    size_t want = p->nmembers + extra;
-    if (want > h->len && sm_heap_reserve(h, want - h->len) != 0)
+    if (kh_reserve(&p->heap[o], p->nmembers + extra) != 0)
       return SM_ENOMEM;
   }
   return 0;
@@ -404,9 +466,8 @@ static int node_add(sched_lb *lb, sched_pool *p, sched_rec *r) {
     return SM_ENOMEM;
   n->r = r;
   n->p = p;
-  n->slot = r->slot;
   for (size_t o = 0; o < lb->nord; o++)
-    n->e[o].pos = SM_HEAP_NONE;
+    n->pos[o] = NOPOS;
   n->midx = p->nmembers;
   p->members[p->nmembers++] = n;
   r->nodes[r->nnodes++] = n;
@@ -485,7 +546,7 @@ static void pool_free(sched_lb *lb, sched_pool *p) {
     free((char *)p->reqs[i].value);
   }
   for (size_t o = 0; o < lb->nord; o++)
-    sm_heap_finish(&p->heap[o]);
+    free(p->heap[o].v);
   free(p->reqs);
   free(p->members);
   free(p->seg);
@@ -558,8 +619,6 @@ static sched_pool *pool_get(sched_lb *lb, const sm_kv *caps, size_t ncaps, const
   p = sm_calloc(1, lb->pool_size);
   if (p == NULL)
     return NULL;
-  for (size_t o = 0; o < lb->nord; o++)
-    sm_heap_init(&p->heap[o], node_less, node_moved, (void *)(uintptr_t)o, 0);
   p->used = lb->clock;
   p->sig = sm_malloc(len + 1);
   p->reqs = sm_calloc(ncaps ? ncaps : 1, sizeof(*p->reqs));
@@ -963,10 +1022,10 @@ int sched_lb_pick(sched_lb *lb, const sched_request *req, const char *seg,
   for (int tries = 0; tries < PICK_RETRIES; tries++) {
     if (p->nmembers == 0)
       return SM_ENOENT;
-    sched_node *top = sm_heap_top(&p->heap[o]);
-    if (top == NULL)
+    if (p->heap[o].len == 0)
       return SM_EAGAIN;
-    assert(top->p == p && top->e[o].pos == 0 && top->r->available);
+    sched_node *top = p->heap[o].v[0].n;
+    assert(top->p == p && top->pos[o] == 0 && top->r->available);
     sched_rec *r = top->r;
     if (!rec_fresh(lb, r)) {
       sm_log_debug("sched", "stale index entry repaired", SM_LS("agent_id", r->id));
@@ -1026,10 +1085,11 @@ size_t sched_lb_candidates(sched_lb *lb, const sched_request *req, const sched_p
     return 0;
   }
   sched_pool *p = pool_get(lb, req->caps, req->ncaps, NULL);
-  if (p == NULL || sm_heap_len(&p->heap[o]) == 0)
+  if (p == NULL || p->heap[o].len == 0)
     return 0;
   /* best-first walk of the heap: a small frontier heap of positions */
-  const sm_heap *h = &p->heap[o];
+  const hent *h = p->heap[o].v;
+  size_t hlen = p->heap[o].len;
   size_t fcap = 2 * max + 2, flen = 0, n = 0;
   size_t *fr = sm_malloc(fcap * sizeof(*fr));
   if (fr == NULL)
@@ -1038,12 +1098,12 @@ size_t sched_lb_candidates(sched_lb *lb, const sched_request *req, const sched_p
   while (flen && n < max) {
     size_t best = 0;
     for (size_t i = 1; i < flen; i++) /* frontier is at most 2*max: linear is fine */
-      if (node_less(sm_heap_at(h, fr[i]), sm_heap_at(h, fr[best]), h->ud))
+      if (ent_before(&h[fr[i]], &h[fr[best]]))
         best = i;
     size_t at = fr[best];
     fr[best] = fr[--flen];
-    out[n++] = ((sched_node *)sm_heap_at(h, at))->r->v.a;
-    for (size_t c = 2 * at + 1; c <= 2 * at + 2 && c < sm_heap_len(h) && flen < fcap; c++)
+    out[n++] = h[at].n->r->v.a;
+    for (size_t c = 2 * at + 1; c <= 2 * at + 2 && c < hlen && flen < fcap; c++)
       fr[flen++] = c;
   }
   free(fr);
@@ -1076,17 +1136,21 @@ void sched_lb_check(const sched_lb *lb) {
       assert(n->p == p && n->midx == j && rec_in_pool(p, n->r));
       avail += n->r->available != 0;
       for (size_t o = 0; o < lb->nord; o++) {
-        int in = n->e[o].pos != SM_HEAP_NONE;
+        int in = n->pos[o] != NOPOS;
         assert(in == ((lb->active & (1u << o)) && n->r->available));
-        assert(!in || sm_heap_at(&p->heap[o], n->e[o].pos) == n);
+        assert(!in || (n->pos[o] < p->heap[o].len && p->heap[o].v[n->pos[o]].n == n));
       }
     }
     for (size_t o = 0; o < lb->nord; o++) {
-      const sm_heap *h = &p->heap[o];
-      assert(sm_heap_len(h) == ((lb->active & (1u << o)) ? avail : 0));
+      const kheap *h = &p->heap[o];
+      assert(h->len == ((lb->active & (1u << o)) ? avail : 0));
       assert(h->cap >= p->nmembers || !(lb->active & (1u << o)));
-      for (size_t k = 1; k < sm_heap_len(h); k++)
-        assert(!node_less(sm_heap_at(h, k), sm_heap_at(h, (k - 1) / 2), h->ud));
+      for (size_t k = 0; k < h->len; k++) {
+        hent want;
+        node_key(lb, o, h->v[k].n, &want); /* the inline key is current */
+        assert(memcmp(&want.k, &h->v[k].k, sizeof(want.k)) == 0 && want.slot == h->v[k].slot);
+        assert(k == 0 || !ent_before(&h->v[k], &h->v[(k - 1) / 2]));
+      }
     }
   }
   assert(members == nodes);
@@ -1137,8 +1201,8 @@ int sched_lb_create(uv_loop_t *loop, const sched_lb_config *cfg,
     off += (p->agent_size + EXT_ALIGN - 1) / EXT_ALIGN * EXT_ALIGN;
   }
   lb->ext_size = off;
-  lb->node_size = sizeof(sched_node) + lb->nord * sizeof(nent);
-  lb->pool_size = sizeof(sched_pool) + lb->nord * sizeof(sm_heap);
+  lb->node_size = sizeof(sched_node) + lb->nord * sizeof(size_t);
+  lb->pool_size = sizeof(sched_pool) + lb->nord * sizeof(kheap);
   /* every state block first, then start: a strategy's start may look up another */
   for (size_t i = 0; i < lb->npol; i++) {
     pol_inst *pi = &lb->pol[i];
