@@ -1,6 +1,8 @@
 /* test-strategies.c - property tests of the strategies over random agent sets and command
  * streams (seeded, deterministic), and of broadcast planning off the loop. */
 #include "core/registry.h"
+#include "model/command.h"
+#include "sched/policy.h"
 #include "sched/adaptive.h"
 #include "sched/balancer.h"
 #include "sched/broadcast.h"
@@ -200,6 +202,7 @@ static void test_constraints(void) {
         if (err != 0)
           T_ASSERT(!any_avail);
       }
+      sched_lb_check(sched_set_balancer(w.s)); /* the index invariants hold after every step */
     }
     world_finish(&w);
   }
@@ -519,7 +522,40 @@ static void test_broadcast_plan(void) {
   world_finish(&w);
 }
 
+/* Every strategy the command model accepts (model/command.h) has a strategy file here, and
+ * every strategy here is one the command model accepts. */
+static void test_names_agree(void) {
+  const char *const *cmd = command_strategy_names();
+  const char *const *ours = sched_strategy_names();
+  size_t ncmd = 0, nours = 0;
+  for (; cmd[ncmd]; ncmd++) {
+    const sched_policy *p = sched_policy_find(cmd[ncmd]);
+    T_ASSERT(p != NULL);
+    T_EQ_STR(p->name, cmd[ncmd]);
+    T_ASSERT(sched_strategy_known(cmd[ncmd]));
+  }
+  for (; ours[nours]; nours++) {
+    T_ASSERT(command_strategy_known(ours[nours]));
+    T_ASSERT(sched_policy_find(ours[nours]) != NULL);
+  }
+  T_EQ_INT(ncmd, nours);
+  /* and each can be the default of a set, and picks through it */
+  for (size_t i = 0; i < nours; i++) {
+    world w;
+    world_init(&w, ours[i]);
+    agent *a = join(&w, 0, "", 1, 1, "10.0.0.0/24");
+    sched_request rq = {.max_agent_load = 0.8};
+    agent *out = NULL;
+    T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
+    T_ASSERT(out == a);
+    world_finish(&w);
+  }
+  T_ASSERT(!sched_strategy_known("") && !sched_strategy_known(NULL));
+  T_ASSERT(!sched_strategy_known("random"));
+}
+
 int main(void) {
+  T_RUN(test_names_agree);
   T_RUN(test_constraints);
   T_RUN(test_round_robin_even);
   T_RUN(test_weighted_proportions);
