@@ -620,12 +620,15 @@ static sched_pool *pool_get(sched_lb *lb, const sm_kv *caps, size_t ncaps, const
   if (p == NULL)
     return NULL;
   p->used = lb->clock;
-  p->sig = sm_malloc(len + 1);
+  char *sig = sm_malloc(len + 1);
   p->reqs = sm_calloc(ncaps ? ncaps : 1, sizeof(*p->reqs));
-  if (p->sig == NULL || p->reqs == NULL)
+  if (sig == NULL || p->reqs == NULL) {
+    free(sig);
     goto oom;
-  memcpy(p->sig, buf, len);
-  p->sig[len] = '\0';
+  }
+  memcpy(sig, buf, len);
+  sig[len] = '\0';
+  p->sig = sig; /* pool_free reads it: set only once it holds the text */
   for (size_t i = 0; i < ncaps; i++) {
     /* a repeated key: keep one requirement per key (both must hold; equal values only) */
     const char *v = want_value(sorted[i].value);
