@@ -48,8 +48,9 @@ struct sched_node {
 /* The pools' heaps keep each entry's key inline, so sifting reads one array and never chases
  * pointers into nodes or agent records: at 100,000 agents that is the difference between a
  * cache hit and a miss per comparison. This is why they are not util/heap.h (an array of
- * element pointers with a compare callback), which measured 1.4-1.7x slower per pick here
- * (bench/RESULTS.md, issue 10). Same algorithm, same invariants. */
+ * element pointers with a compare callback, keys in the nodes): with it a pick measured 1.3-1.5x
+ * slower at 10,000-100,000 agents (bench-sched select, issue 10: e.g. round_robin at 100,000
+ * 1.46-1.54 us against 1.08-1.14 us median). Same algorithm; invariants in sched_lb_check. */
 typedef struct hent {
   sched_key k;
   size_t slot; /* last tie-break: the record's position, unique */
@@ -136,7 +137,7 @@ static uint64_t fingerprint(const agent *a) {
 }
 
 /* Parses "addr" or "addr/len" into bytes (masked to len). Returns 0 or SM_EINVAL. */
-static int cidr_parse(const char *text, unsigned char addr[16], int *v6, int *len) {
+SM_MUST_CHECK static int cidr_parse(const char *text, unsigned char addr[16], int *v6, int *len) {
   char buf[64];
   size_t tl = text ? strlen(text) : 0;
   if (tl == 0 || tl >= sizeof(buf))
@@ -164,7 +165,7 @@ static int cidr_parse(const char *text, unsigned char addr[16], int *v6, int *le
 }
 
 /* Writes addr masked to len as "a.b.c.d/len" into out (64 bytes). */
-static int cidr_format(const unsigned char addr[16], int v6, int len, char out[64]) {
+SM_MUST_CHECK static int cidr_format(const unsigned char addr[16], int v6, int len, char out[64]) {
   unsigned char m[16];
   int bytes = v6 ? 16 : 4;
   for (int i = 0; i < bytes; i++) {
@@ -206,7 +207,7 @@ static void seg_count(sched_lb *lb, const char *seg, int delta);
 
 /* Puts r into the group of its segment r->seg ("" : none). Returns 0 or SM_ENOMEM (then
  * r->seg is "" and r is in no group). */
-static int seg_join(sched_lb *lb, sched_rec *r) {
+SM_MUST_CHECK static int seg_join(sched_lb *lb, sched_rec *r) {
   if (r->seg[0] == '\0')
     return 0;
   unsigned char addr[16];
@@ -342,7 +343,7 @@ static void kh_fix(kheap *h, size_t o, size_t i) {
 }
 
 /* Room for want entries. Returns 0 or SM_ENOMEM (unchanged). */
-static int kh_reserve(kheap *h, size_t want) {
+SM_MUST_CHECK static int kh_reserve(kheap *h, size_t want) {
   if (want <= h->cap)
     return 0;
   size_t nc = h->cap ? h->cap : 8;
@@ -404,7 +405,7 @@ static void hfix(sched_lb *lb, size_t o, sched_node *n) {
 }
 
 /* Makes room in every active heap of p for all its members (plus extra). */
-static int pool_reserve(sched_lb *lb, sched_pool *p, unsigned mask, size_t extra) {
+SM_MUST_CHECK static int pool_reserve(sched_lb *lb, sched_pool *p, unsigned mask, size_t extra) {
   for (size_t o = 0; o < lb->nord; o++) {
     if (!(mask & (1u << o)))
       continue;
@@ -442,7 +443,7 @@ static void node_heaps(sched_lb *lb, sched_node *n, int in) {
 }
 
 /* Adds r to pool p: all or nothing. Returns 0 or SM_ENOMEM. */
-static int node_add(sched_lb *lb, sched_pool *p, sched_rec *r) {
+SM_MUST_CHECK static int node_add(sched_lb *lb, sched_pool *p, sched_rec *r) {
   if (p->nmembers == p->cmembers) {
     size_t nc = p->cmembers ? p->cmembers * 2 : 8;
     sched_node **m = sm_realloc(p->members, nc * sizeof(*m));
@@ -697,7 +698,7 @@ oom:
 /* Adds r to every existing pool it matches (checked only against the pools anchored at one of
  * its capability keys, at its segment, or at nothing). Returns 0 or SM_ENOMEM (r is then in
  * some of them: the caller drops its nodes). */
-static int rec_join_pools(sched_lb *lb, sched_rec *r) {
+SM_MUST_CHECK static int rec_join_pools(sched_lb *lb, sched_rec *r) {
   char key[SIG_MAX];
   const agent *a = r->v.a;
   for (size_t k = 0; k < a->ncaps + 2; k++) {
@@ -767,7 +768,7 @@ static void rec_remove(sched_lb *lb, sched_rec *r) {
 
 /* Brings r's index entries up to date with its agent. Returns 0, or SM_ENOMEM after removing r
  * from every index (r is freed: the agent is unknown until its next update). */
-static int rec_refresh(sched_lb *lb, sched_rec *r) {
+SM_MUST_CHECK static int rec_refresh(sched_lb *lb, sched_rec *r) {
   agent *a = r->v.a;
   uint64_t fp = fingerprint(a);
   if (fp != r->fp || r->v.ncaps != a->ncaps) {
@@ -857,7 +858,7 @@ int sched_lb_sync(sched_lb *lb, agent *const *agents, size_t n) {
 }
 
 /* Starts maintaining ordering o in every pool (O(pool members) once). */
-static int activate(sched_lb *lb, size_t o) {
+SM_MUST_CHECK static int activate(sched_lb *lb, size_t o) {
   if (lb->active & (1u << o))
     return 0;
   for (size_t i = 0; i < lb->pools.cap; i++) {
@@ -976,7 +977,7 @@ static int group_pick(sched_lb *lb, seg_group *g, const sched_request *req, cons
 }
 
 /* The strategy whose ordering picks, with that ordering maintained. */
-static int ordering(sched_lb *lb, const sched_policy *order, const pol_inst **out) {
+SM_MUST_CHECK static int ordering(sched_lb *lb, const sched_policy *order, const pol_inst **out) {
   const pol_inst *pi = order ? inst_of(lb, order) : NULL;
   if (pi == NULL || pi->ord < 0)
     return SM_EINVAL;
@@ -1032,7 +1033,9 @@ int sched_lb_pick(sched_lb *lb, const sched_request *req, const char *seg,
     sched_rec *r = top->r;
     if (!rec_fresh(lb, r)) {
       sm_log_debug("sched", "stale index entry repaired", SM_LS("agent_id", r->id));
-      rec_refresh(lb, r); /* on failure r is gone from the index: the next top is tried */
+      /* on failure r has left the index (logged): either way the next top is tried */
+      int gone = rec_refresh(lb, r);
+      (void)gone;
       continue;
     }
     charge(lb, r, pi);

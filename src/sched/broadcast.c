@@ -55,7 +55,7 @@ struct sched_bcast_job {
 
 #define NONE ((size_t)-1)
 
-static int ar_put(bc_arena *a, const char *s, size_t *off) {
+SM_MUST_CHECK static int ar_put(bc_arena *a, const char *s, size_t *off) {
   size_t l = strlen(s) + 1;
   if (a->len + l > a->cap) {
     size_t nc = a->cap ? a->cap : 65536;
@@ -97,7 +97,7 @@ void sched_bcast_plan_free(sched_bcast_plan *p) {
   free(p);
 }
 
-static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
+SM_MUST_CHECK static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
   j->status_mask = f ? f->status_mask : 0;
   j->max_load = f ? f->max_load : -1;
   j->fver_off = NONE;
@@ -122,7 +122,7 @@ static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
 }
 
 /* Copies one agent: only what the filter looks at. */
-static int copy_agent(sched_bcast_job *j, const agent *a) {
+SM_MUST_CHECK static int copy_agent(sched_bcast_job *j, const agent *a) {
   bc_agent *b = &j->agents[j->n];
   b->gen = a->generation;
   b->status = (unsigned)a->status;

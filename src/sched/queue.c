@@ -67,7 +67,7 @@ void sched_item_init(sched_item *it, int priority, int64_t deadline, uint64_t se
   it->aidx = SCHED_NOT_QUEUED;
 }
 
-static int insert(sched_queue *q, sched_item *it) {
+SM_MUST_CHECK static int insert(sched_queue *q, sched_item *it) {
   if (it->idx != SCHED_NOT_QUEUED)
     return SM_EEXIST;
   assert(it->aidx == SCHED_NOT_QUEUED);
