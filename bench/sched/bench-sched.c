@@ -277,11 +277,11 @@ static void bench_lag(size_t n) {
   sm_kv cap = {"os", "linux"};
   agent_filter f = {.caps = &cap, .ncaps = 1, .max_load = -1, .min_version = "1.0"};
   sched_bcast_job *job;
-  uint64_t t0 = uv_hrtime();
-  size_t na = agent_registry_count(reg);
+  size_t na = agent_registry_count(reg); /* the caller's array (the registry's, in the manager) */
   agent **all = malloc((na ? na : 1) * sizeof(*all));
   for (size_t i = 0; all && i < na; i++)
     all[i] = agent_registry_at(reg, i);
+  uint64_t t0 = uv_hrtime();
   if (all == NULL ||
       sched_bcast_start(&loop, all, na, &f, COMMAND_MAX_CHILDREN, planned, &ps, &job) != 0)
     exit(1);
