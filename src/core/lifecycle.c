@@ -18,7 +18,6 @@
 #include "util/map.h"
 #include "util/timeutil.h"
 
-#include <assert.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -619,9 +618,8 @@ static void pump(lifecycle *lc) {
     lc_cmd *k = stash;
     stash = k->snext;
     k->snext = NULL;
-    int qerr = sched_queue_requeue(&lc->q, &k->qi); /* popped just now: the room is there */
-    assert(qerr == 0);
-    (void)qerr;
+    if (sched_queue_requeue(&lc->q, &k->qi) != 0)
+      sm_log_error("lifecycle", "queue out of memory", SM_LS("command_id", k->c->id));
   }
   if (sent == LC_PUMP_MAX)
     tick_schedule(lc);
