@@ -132,7 +132,7 @@ static void bench_select(size_t samples) {
         rq.nparams = 1;
         agent *out = NULL;
         uint64_t t0 = uv_hrtime();
-        int err = sched_pick(s, reg, &rq, &out);
+        int err = sched_pick(s, &rq, &out);
         uint64_t t1 = uv_hrtime();
         if (err == 0) {
           out->assigned++;
@@ -277,9 +277,15 @@ static void bench_lag(size_t n) {
   sm_kv cap = {"os", "linux"};
   agent_filter f = {.caps = &cap, .ncaps = 1, .max_load = -1, .min_version = "1.0"};
   sched_bcast_job *job;
+  size_t na = agent_registry_count(reg); /* the caller's array (the registry's, in the manager) */
+  agent **all = malloc((na ? na : 1) * sizeof(*all));
+  for (size_t i = 0; all && i < na; i++)
+    all[i] = agent_registry_at(reg, i);
   uint64_t t0 = uv_hrtime();
-  if (sched_bcast_start(&loop, reg, &f, COMMAND_MAX_CHILDREN, planned, &ps, &job) != 0)
+  if (all == NULL ||
+      sched_bcast_start(&loop, all, na, &f, COMMAND_MAX_CHILDREN, planned, &ps, &job) != 0)
     exit(1);
+  free(all);
   double snap_ms = (uv_hrtime() - t0) / 1e6;
   uv_timer_start(&stop, stop_cb, 1, 1);
   uv_run(&loop, UV_RUN_DEFAULT);

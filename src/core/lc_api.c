@@ -503,8 +503,12 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
       goto fail;
     strategy = made;
   }
-  lc->strategy = strategy;       /* given or made here: the lifecycle destroys it at close */
-  sched_sync(lc->strategy, reg); /* agents that registered before the lifecycle existed */
+  lc->strategy = strategy; /* given or made here: the lifecycle destroys it at close */
+  size_t nagents;
+  agent *const *agents = agent_registry_agents(reg, &nagents);
+  err = sched_sync(lc->strategy, agents, nagents); /* agents registered before the lifecycle */
+  if (err)
+    goto fail;
   lc->reg = reg;
   lc->st = st;
   if (publisher) {

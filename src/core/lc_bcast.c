@@ -275,8 +275,10 @@ void lc_bcast_expand(lifecycle *lc, lc_cmd *p) {
   }
   f.caps = caps;
   f.ncaps = nc;
-  int err =
-      sched_bcast_start(lc->loop, lc->reg, &f, COMMAND_MAX_CHILDREN, bcast_planned, p, &p->bc.job);
+  size_t nagents;
+  agent *const *agents = agent_registry_agents(lc->reg, &nagents);
+  int err = sched_bcast_start(lc->loop, agents, nagents, &f, COMMAND_MAX_CHILDREN, bcast_planned, p,
+                              &p->bc.job);
   free(caps);
   if (err) {
     lc_finish(p, COMMAND_FAILED, "out of memory planning the broadcast");

@@ -201,7 +201,7 @@ void lc_pump(lifecycle *lc) {
                         .max_agent_load = lc->cfg.max_agent_load,
                         .strategy = c->strategy};
     agent *a = NULL;
-    int err = sched_pick(lc->strategy, lc->reg, &rq, &a);
+    int err = sched_pick(lc->strategy, &rq, &a);
     if (err == SM_EINVAL) { /* a strategy this build does not know (an older record) */
       lc_finish(k, COMMAND_FAILED, "unknown strategy");
       continue;

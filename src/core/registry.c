@@ -500,6 +500,11 @@ agent *agent_registry_at(const agent_registry *reg, size_t i) {
   return i < reg->len ? reg->items[i] : NULL;
 }
 
+agent *const *agent_registry_agents(const agent_registry *reg, size_t *n) {
+  *n = reg->len;
+  return reg->items;
+}
+
 size_t agent_registry_foreach(agent_registry *reg, const agent_filter *f,
                               int (*fn)(void *ud, agent *a), void *ud) {
   size_t n = 0;

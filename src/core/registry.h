@@ -90,6 +90,11 @@ size_t agent_registry_count(const agent_registry *reg);
 /* The i-th agent of the dense array (0 <= i < count); order changes when agents leave. */
 agent *agent_registry_at(const agent_registry *reg, size_t i);
 
+/* Every agent, as the registry's own dense array of *n entries (any order). Valid until the
+ * registry next changes; for handing the fleet to placement (sched_sync, sched_bcast_start),
+ * which copies what it keeps. */
+agent *const *agent_registry_agents(const agent_registry *reg, size_t *n);
+
 /* Calls fn for each agent passing the filter; stops early when fn returns non-zero. Returns the
  * number of agents visited that matched. */
 size_t agent_registry_foreach(agent_registry *reg, const agent_filter *f,

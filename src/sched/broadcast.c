@@ -32,7 +32,7 @@ struct sched_bcast_job {
   int err;
   /* snapshot, built a step per loop turn */
   uv_idle_t *idle; /* own allocation: freed in its close callback */
-  agent **ptrs;    /* the registry's agents when the broadcast started */
+  agent **ptrs;    /* the agents when the broadcast started (copy of the caller's array) */
   size_t nptrs, next;
   sm_map dead;      /* agents gone before they were copied (key: the pointer's bytes) */
   void **dead_keys; /* the cells holding those keys (freed with the job) */
@@ -55,7 +55,7 @@ struct sched_bcast_job {
 
 #define NONE ((size_t)-1)
 
-static int ar_put(bc_arena *a, const char *s, size_t *off) {
+SM_MUST_CHECK static int ar_put(bc_arena *a, const char *s, size_t *off) {
   size_t l = strlen(s) + 1;
   if (a->len + l > a->cap) {
     size_t nc = a->cap ? a->cap : 65536;
@@ -97,7 +97,7 @@ void sched_bcast_plan_free(sched_bcast_plan *p) {
   free(p);
 }
 
-static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
+SM_MUST_CHECK static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
   j->status_mask = f ? f->status_mask : 0;
   j->max_load = f ? f->max_load : -1;
   j->fver_off = NONE;
@@ -122,7 +122,7 @@ static int copy_filter(sched_bcast_job *j, const agent_filter *f) {
 }
 
 /* Copies one agent: only what the filter looks at. */
-static int copy_agent(sched_bcast_job *j, const agent *a) {
+SM_MUST_CHECK static int copy_agent(sched_bcast_job *j, const agent *a) {
   bc_agent *b = &j->agents[j->n];
   b->gen = a->generation;
   b->status = (unsigned)a->status;
@@ -254,6 +254,10 @@ static void fail_now(sched_bcast_job *j, int err) {
 
 static void snap_step(uv_idle_t *h) {
   sched_bcast_job *j = h->data;
+  if (j->err) { /* a departure could not be recorded: the snapshot cannot be trusted */
+    fail_now(j, j->err);
+    return;
+  }
   size_t end =
       j->next + SCHED_BCAST_SNAP_STEP < j->nptrs ? j->next + SCHED_BCAST_SNAP_STEP : j->nptrs;
   for (size_t i = j->next; i < end; i++) {
@@ -278,8 +282,8 @@ static void snap_step(uv_idle_t *h) {
   j->queued = 1;
 }
 
-int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *f, size_t max,
-                      sched_bcast_cb cb, void *ud, sched_bcast_job **out) {
+int sched_bcast_start(uv_loop_t *loop, agent *const *agents, size_t n, const agent_filter *f,
+                      size_t max, sched_bcast_cb cb, void *ud, sched_bcast_job **out) {
   sched_bcast_job *j = sm_calloc(1, sizeof(*j));
   if (j == NULL)
     return SM_ENOMEM;
@@ -288,7 +292,6 @@ int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *
   j->ud = ud;
   j->max = max;
   sm_map_init(&j->dead, 0);
-  size_t n = agent_registry_count(reg);
   j->nptrs = n;
   j->ptrs = sm_malloc((n ? n : 1) * sizeof(*j->ptrs));
   j->agents = sm_calloc(n ? n : 1, sizeof(*j->agents));
@@ -302,8 +305,8 @@ int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *
     job_free(j);
     return err;
   }
-  for (size_t i = 0; i < n; i++)
-    j->ptrs[i] = agent_registry_at(reg, i);
+  if (n)
+    memcpy(j->ptrs, agents, n * sizeof(*j->ptrs));
   uv_idle_init(loop, j->idle);
   j->idle->data = j;
   uv_idle_start(j->idle, snap_step);
@@ -312,23 +315,28 @@ int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *
 }
 
 void sched_bcast_agent_gone(sched_bcast_job *j, const agent *a) {
-  if (j == NULL || j->cancelled || j->queued || j->next >= j->nptrs)
+  if (j == NULL || j->cancelled || j->queued || j->next >= j->nptrs || j->err)
     return;
   if (j->ndead == j->cdead) {
     size_t nc = j->cdead ? j->cdead * 2 : 16;
     void **n = sm_realloc(j->dead_keys, nc * sizeof(*n));
-    if (n == NULL)
+    if (n == NULL) {
+      j->err = SM_ENOMEM; /* the next step fails the job */
       return;
+    }
     j->dead_keys = n;
     j->cdead = nc;
   }
   /* each key lives in its own cell: the map keeps pointers to key bytes */
   agent **cell = sm_malloc(sizeof(*cell));
-  if (cell == NULL)
+  if (cell == NULL) {
+    j->err = SM_ENOMEM;
     return;
+  }
   *cell = (agent *)a;
   if (sm_map_put(&j->dead, (const char *)cell, sizeof(*cell), cell) != 0) {
     free(cell);
+    j->err = SM_ENOMEM;
     return;
   }
   j->dead_keys[j->ndead++] = cell;

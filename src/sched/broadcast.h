@@ -5,16 +5,16 @@
  * objects), SCHED_BCAST_SNAP_STEP agents per loop turn so the loop keeps serving meanwhile; an
  * agent that leaves before it was copied is reported through sched_bcast_agent_gone and
  * skipped. The uv work queue then matches the filter over that snapshot and generates the child
- * command ids. The
- * callback then runs on the loop with the plan; the caller must check each entry against the
- * live registry (agent_handle generation) before using it, since agents may have left or
- * re-registered while the plan was computed.
+ * command ids. The callback then runs on the loop with the plan; the caller must check each entry
+ * against the live registry (agent_handle generation) before using it, since agents may have left
+ * or re-registered while the plan was computed.
  */
 #ifndef SM_SCHED_BROADCAST_H
 #define SM_SCHED_BROADCAST_H
 
+#include "model/agent.h"
 #include "model/command.h"
-#include "core/registry.h"
+#include "util/err.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -39,14 +39,18 @@ typedef struct sched_bcast_job sched_bcast_job;
  * code with plan NULL. Never runs inside sched_bcast_start, never after sched_bcast_cancel. */
 typedef void (*sched_bcast_cb)(void *ud, int err, sched_bcast_plan *plan);
 
-/* Snapshots reg's agents and plans the agents matching f (agent_filter_match semantics), at most
- * max of them, on the work queue. Returns 0 with *out (for sched_bcast_cancel), SM_ENOMEM or
- * SM_EIO. */
-int sched_bcast_start(uv_loop_t *loop, agent_registry *reg, const agent_filter *f, size_t max,
-                      sched_bcast_cb cb, void *ud, sched_bcast_job **out);
+/* Snapshots the n agents of agents (the array is copied; the agents must stay readable until
+ * they leave, reported by sched_bcast_agent_gone) and plans the agents matching f
+ * (agent_filter_match semantics), at most max of them, on the work queue. Returns 0 with *out
+ * (for sched_bcast_cancel; cb then runs exactly once, unless cancelled), or SM_ENOMEM (cb never
+ * runs, nothing is left allocated). */
+SM_MUST_CHECK int sched_bcast_start(uv_loop_t *loop, agent *const *agents, size_t n,
+                                    const agent_filter *f, size_t max, sched_bcast_cb cb, void *ud,
+                                    sched_bcast_job **out);
 
 /* Agent a is leaving the registry (call from the registry's on_unregister, while a is still
- * readable): a job still copying skips it. */
+ * readable): a job still copying skips it. When even that record cannot be allocated, the job
+ * fails (cb with SM_ENOMEM) rather than read a freed agent. */
 void sched_bcast_agent_gone(sched_bcast_job *job, const agent *a);
 
 /* The callback will not run; the job frees itself once the work queue is done with it. */

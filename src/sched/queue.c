@@ -1,41 +1,11 @@
-/* queue.c - the waiting queue: two indexed binary heaps over the same items (priority, age). */
+/* queue.c - the waiting queue: two indexed heaps (util/heap.h) over the same items, one in
+ * priority order, one in age order (see queue.h). */
 #include "sched/queue.h"
 
-#include "util/alloc.h"
-#include "util/err.h"
 #include "util/timeutil.h"
 
+#include <assert.h>
 #include <stdlib.h>
-
-void sched_queue_init(sched_queue *q, size_t limit) {
-  q->heap = NULL;
-  q->aheap = NULL;
-  q->len = 0;
-  q->cap = 0;
-  q->limit = limit;
-  q->aging_ms = SCHED_AGING_DEFAULT_MS;
-  q->aged = 0;
-}
-
-void sched_queue_set_aging(sched_queue *q, int64_t aging_ms) {
-  q->aging_ms = aging_ms;
-}
-
-void sched_queue_finish(sched_queue *q) {
-  free(q->heap);
-  free(q->aheap);
-  q->heap = q->aheap = NULL;
-  q->len = q->cap = 0;
-}
-
-void sched_item_init(sched_item *it, int priority, int64_t deadline, uint64_t seq) {
-  it->priority = priority;
-  it->deadline = deadline;
-  it->seq = seq;
-  it->since_ms = 0;
-  it->idx = SCHED_NOT_QUEUED;
-  it->aidx = SCHED_NOT_QUEUED;
-}
 
 int sched_item_before(const sched_item *a, const sched_item *b) {
   if (a->priority != b->priority)
@@ -48,85 +18,76 @@ int sched_item_before(const sched_item *a, const sched_item *b) {
   return a->seq < b->seq;
 }
 
-static int older(const sched_item *a, const sched_item *b) {
+static int prio_less(const void *a, const void *b, void *ud) {
+  (void)ud;
+  return sched_item_before(a, b);
+}
+
+static int age_less(const void *x, const void *y, void *ud) {
+  (void)ud;
+  const sched_item *a = x, *b = y;
   if (a->since_ms != b->since_ms)
     return a->since_ms < b->since_ms;
   return a->seq < b->seq;
 }
 
-/* One heap routine for both orders: `age` selects the array, the index field and the order. */
-static void place(sched_queue *q, int age, size_t i, sched_item *it) {
-  if (age) {
-    q->aheap[i] = it;
-    it->aidx = i;
-  } else {
-    q->heap[i] = it;
-    it->idx = i;
-  }
+static void prio_moved(void *e, size_t i, void *ud) {
+  (void)ud;
+  ((sched_item *)e)->idx = i == SM_HEAP_NONE ? SCHED_NOT_QUEUED : i;
 }
 
-static int before(int age, const sched_item *a, const sched_item *b) {
-  return age ? older(a, b) : sched_item_before(a, b);
+static void age_moved(void *e, size_t i, void *ud) {
+  (void)ud;
+  ((sched_item *)e)->aidx = i == SM_HEAP_NONE ? SCHED_NOT_QUEUED : i;
 }
 
-static void sift_up(sched_queue *q, int age, size_t i) {
-  sched_item **h = age ? q->aheap : q->heap;
-  sched_item *it = h[i];
-  while (i > 0) {
-    size_t parent = (i - 1) / 2;
-    if (!before(age, it, h[parent]))
-      break;
-    place(q, age, i, h[parent]);
-    i = parent;
-  }
-  place(q, age, i, it);
+void sched_queue_init(sched_queue *q, size_t limit) {
+  sm_heap_init(&q->heap, prio_less, prio_moved, NULL, 0);
+  sm_heap_init(&q->aheap, age_less, age_moved, NULL, 0);
+  q->limit = limit;
+  q->aging_ms = SCHED_AGING_DEFAULT_MS;
+  q->aged = 0;
 }
 
-static void sift_down(sched_queue *q, int age, size_t i) {
-  sched_item **h = age ? q->aheap : q->heap;
-  sched_item *it = h[i];
-  for (;;) {
-    size_t l = 2 * i + 1, best = i;
-    const sched_item *bi = it;
-    if (l < q->len && before(age, h[l], bi))
-      best = l, bi = h[l];
-    if (l + 1 < q->len && before(age, h[l + 1], bi))
-      best = l + 1;
-    if (best == i)
-      break;
-    place(q, age, i, h[best]);
-    i = best;
-  }
-  place(q, age, i, it);
+void sched_queue_set_aging(sched_queue *q, int64_t aging_ms) {
+  q->aging_ms = aging_ms;
 }
 
-static int insert(sched_queue *q, sched_item *it) {
+void sched_queue_finish(sched_queue *q) {
+  sm_heap_finish(&q->heap);
+  sm_heap_finish(&q->aheap);
+}
+
+void sched_item_init(sched_item *it, int priority, int64_t deadline, uint64_t seq) {
+  it->priority = priority;
+  it->deadline = deadline;
+  it->seq = seq;
+  it->since_ms = 0;
+  it->idx = SCHED_NOT_QUEUED;
+  it->aidx = SCHED_NOT_QUEUED;
+}
+
+SM_MUST_CHECK static int insert(sched_queue *q, sched_item *it) {
   if (it->idx != SCHED_NOT_QUEUED)
     return SM_EEXIST;
-  if (q->len == q->cap) {
-    size_t ncap = q->cap ? q->cap * 2 : 64;
-    sched_item **n = sm_realloc(q->heap, ncap * sizeof(*n));
-    if (n == NULL)
-      return SM_ENOMEM;
-    q->heap = n;
-    n = sm_realloc(q->aheap, ncap * sizeof(*n));
-    if (n == NULL)
-      return SM_ENOMEM; /* heap keeps its larger size; cap grows on the next try */
-    q->aheap = n;
-    q->cap = ncap;
-  }
+  assert(it->aidx == SCHED_NOT_QUEUED);
+  /* room in both heaps first: the two pushes below then cannot fail, so an item is in both or
+   * in neither */
+  if (sm_heap_reserve(&q->heap, 1) != 0 || sm_heap_reserve(&q->aheap, 1) != 0)
+    return SM_ENOMEM;
   if (it->since_ms == 0)
     it->since_ms = sm_now_ms();
-  size_t i = q->len++;
-  place(q, 0, i, it);
-  place(q, 1, i, it);
-  sift_up(q, 0, it->idx);
-  sift_up(q, 1, it->aidx);
+  int err = sm_heap_push(&q->heap, it);
+  assert(err == 0);
+  err = sm_heap_push(&q->aheap, it);
+  assert(err == 0);
+  (void)err;
+  assert(sm_heap_len(&q->heap) == sm_heap_len(&q->aheap));
   return 0;
 }
 
 int sched_queue_push(sched_queue *q, sched_item *it) {
-  if (q->len >= q->limit)
+  if (sched_queue_len(q) >= q->limit)
     return SM_ELIMIT;
   return insert(q, it);
 }
@@ -136,50 +97,37 @@ int sched_queue_requeue(sched_queue *q, sched_item *it) {
 }
 
 sched_item *sched_queue_peek_at(const sched_queue *q, int64_t now_ms) {
-  if (q->len == 0)
+  if (sched_queue_len(q) == 0)
     return NULL;
-  sched_item *old = q->aheap[0];
+  sched_item *old = sm_heap_top(&q->aheap);
   if (q->aging_ms > 0 && now_ms - old->since_ms >= q->aging_ms)
     return old;
-  return q->heap[0];
+  return sm_heap_top(&q->heap);
 }
 
 sched_item *sched_queue_peek(const sched_queue *q) {
   return sched_queue_peek_at(q, sm_now_ms());
 }
 
-/* Removes position i of one heap, moving the last item into it. */
-static void heap_del(sched_queue *q, int age, size_t i, size_t newlen) {
-  sched_item **h = age ? q->aheap : q->heap;
-  sched_item *last = h[newlen];
-  if (i < newlen) {
-    place(q, age, i, last);
-    if (i > 0 && before(age, last, h[(i - 1) / 2]))
-      sift_up(q, age, i);
-    else
-      sift_down(q, age, i);
-  }
-}
-
 int sched_queue_remove(sched_queue *q, sched_item *it) {
   size_t i = it->idx, ai = it->aidx;
-  if (i == SCHED_NOT_QUEUED || i >= q->len || q->heap[i] != it)
+  if (i == SCHED_NOT_QUEUED || i >= sm_heap_len(&q->heap) || sm_heap_at(&q->heap, i) != it)
     return 0;
-  it->idx = SCHED_NOT_QUEUED;
-  it->aidx = SCHED_NOT_QUEUED;
-  size_t n = --q->len;
-  /* sift routines bound themselves by q->len, already the new length */
-  heap_del(q, 0, i, n);
-  heap_del(q, 1, ai, n);
+  assert(ai < sm_heap_len(&q->aheap) && sm_heap_at(&q->aheap, ai) == it);
+  sm_heap_remove(&q->heap, i);
+  sm_heap_remove(&q->aheap, ai);
+  assert(it->idx == SCHED_NOT_QUEUED && it->aidx == SCHED_NOT_QUEUED);
   return 1;
 }
 
 sched_item *sched_queue_pop_at(sched_queue *q, int64_t now_ms) {
   sched_item *it = sched_queue_peek_at(q, now_ms);
   if (it) {
-    if (q->len && it == q->aheap[0] && it != q->heap[0])
+    if (it == sm_heap_top(&q->aheap) && it != sm_heap_top(&q->heap))
       q->aged++;
-    sched_queue_remove(q, it);
+    int removed = sched_queue_remove(q, it);
+    assert(removed);
+    (void)removed;
   }
   return it;
 }
@@ -189,5 +137,5 @@ sched_item *sched_queue_pop(sched_queue *q) {
 }
 
 size_t sched_queue_len(const sched_queue *q) {
-  return q->len;
+  return sm_heap_len(&q->heap);
 }

@@ -1,15 +1,19 @@
-/* queue.h - the waiting queue: a bounded binary heap of commands waiting for an agent.
+/* queue.h - the waiting queue: a bounded priority queue of commands waiting for an agent.
  *
  * Order: priority (0..9, higher first), then deadline (earliest first, none last), then arrival
  * (seq, lowest first). Aging keeps low priority from starving: a second heap orders the same
  * items by the time they first entered the queue, and an item that has waited aging_ms or more
  * goes out before the priority order (oldest first). With a steady stream of high-priority work a
  * priority-0 command therefore waits at most about aging_ms plus the time to place the items
- * that aged before it. Items are intrusive (a sched_item embedded in the caller's record), so
- * push, pop and removal of any item are O(log n) without allocation per item.
+ * that aged before it. Items are intrusive (a sched_item embedded in the caller's record) and
+ * both orders are indexed heaps (util/heap.h), so push, pop and removal of any item are
+ * O(log n) without allocation per item. The queue never owns its items. Loop thread only.
  */
 #ifndef SM_SCHED_QUEUE_H
 #define SM_SCHED_QUEUE_H
+
+#include "util/err.h"
+#include "util/heap.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -28,13 +32,11 @@ typedef struct sched_item {
 } sched_item;
 
 typedef struct sched_queue {
-  sched_item **heap;  /* priority order; heap[0] is the head */
-  sched_item **aheap; /* age order (since_ms, seq); aheap[0] is the oldest */
-  size_t len;         /* items queued */
-  size_t cap;         /* allocated slots (of both heaps) */
-  size_t limit;       /* admission bound (COMMAND_QUEUE_SIZE) for sched_queue_push */
-  int64_t aging_ms;   /* an item waiting this long goes before the priority order; <= 0: never */
-  uint64_t aged;      /* items that left through aging (counter) */
+  sm_heap heap;     /* priority order; its top is the head */
+  sm_heap aheap;    /* age order (since_ms, seq); its top is the oldest */
+  size_t limit;     /* admission bound (COMMAND_QUEUE_SIZE) for sched_queue_push */
+  int64_t aging_ms; /* an item waiting this long goes before the priority order; <= 0: never */
+  uint64_t aged;    /* items that left through aging (counter) */
 } sched_queue;
 
 /* Initializes an empty queue admitting at most limit items through sched_queue_push, with the
@@ -44,7 +46,8 @@ void sched_queue_init(sched_queue *q, size_t limit);
 /* Sets the aging threshold in ms (<= 0 turns aging off). */
 void sched_queue_set_aging(sched_queue *q, int64_t aging_ms);
 
-/* Frees the heap arrays (not the items). */
+/* Frees the heap arrays (not the items; those still queued keep stale positions and must be
+ * re-initialised before another push). */
 void sched_queue_finish(sched_queue *q);
 
 /* Marks an item as outside any queue (call once before its first push); since_ms is 0 (set to
@@ -52,13 +55,13 @@ void sched_queue_finish(sched_queue *q);
 void sched_item_init(sched_item *it, int priority, int64_t deadline, uint64_t seq);
 
 /* Adds a new item. Returns 0, SM_ELIMIT when len >= limit, SM_EEXIST when it is already queued,
- * or SM_ENOMEM. */
-int sched_queue_push(sched_queue *q, sched_item *it);
+ * or SM_ENOMEM; on error the queue and the item are unchanged. */
+SM_MUST_CHECK int sched_queue_push(sched_queue *q, sched_item *it);
 
 /* Adds an item that was already admitted once (a retry, a recovered command): the limit does
  * not apply, since refusing it would lose an accepted command. Returns 0, SM_EEXIST or
- * SM_ENOMEM. */
-int sched_queue_requeue(sched_queue *q, sched_item *it);
+ * SM_ENOMEM (queue and item unchanged). */
+SM_MUST_CHECK int sched_queue_requeue(sched_queue *q, sched_item *it);
 
 /* The item the next pop at time now_ms (unix ms) returns, without removing it, or NULL. */
 sched_item *sched_queue_peek_at(const sched_queue *q, int64_t now_ms);

@@ -110,64 +110,65 @@ static void test_least_loaded(void) {
   T_EQ_INT(sched_set_create(&loop, &sc, &s), 0);
   sched_request rq = {.max_agent_load = 0.8};
   agent *out = NULL;
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT); /* nobody */
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_ENOENT); /* nobody */
   agent *a = attach(reg, "a", "scan_type=nmap", "2");
   agent *b = attach(reg, "b", "os=linux", "1");
-  sched_sync(s, reg);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  agent *all[2] = {a, b};
+  T_EQ_INT(sched_sync(s, all, 2), 0);
+  T_EQ_INT(sched_pick(s, &rq, &out), 0);
   T_ASSERT(out == a || out == b);
   /* least loaded: a has one of two slots in use (load 0.5), b none */
   a->assigned = 1;
   upd(s, a);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(s, &rq, &out), 0);
   T_ASSERT(out == b);
   /* capabilities: only a */
   sm_kv cap = {"scan_type", "nmap"};
   rq.caps = &cap;
   rq.ncaps = 1;
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(s, &rq, &out), 0);
   T_ASSERT(out == a);
   a->assigned = 2; /* at max_concurrent */
   upd(s, a);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_EAGAIN);
   sm_kv nocap = {"scan_type", "masscan"};
   rq.caps = &nocap;
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_ENOENT);
   rq.caps = NULL;
   rq.ncaps = 0;
   /* MAX_AGENT_LOAD: b at 0.9 cpu is not eligible, a is full */
   agent_heartbeat hb = {.cpu_usage = 90};
   agent_registry_heartbeat(reg, b, &hb);
   upd(s, b);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_EAGAIN);
   hb.cpu_usage = 10;
   agent_registry_heartbeat(reg, b, &hb);
   upd(s, b);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(s, &rq, &out), 0);
   T_ASSERT(out == b);
   /* maintenance and error are skipped */
   agent_registry_touch(reg, b, AGENT_MAINTENANCE, NULL, 0);
   upd(s, b);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_EAGAIN);
   agent_registry_touch(reg, b, AGENT_ERROR, NULL, 0);
   upd(s, b);
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_EAGAIN);
   agent_registry_touch(reg, b, AGENT_BUSY, NULL, 0);
   upd(s, b);
   /* explicit agent */
   rq.agent_id = "a";
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EAGAIN);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_EAGAIN);
   rq.agent_id = "ghost";
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_ENOENT);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_ENOENT);
   rq.agent_id = "b";
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(s, &rq, &out), 0);
   T_ASSERT(out == b);
   /* an unknown per-command strategy */
   rq.agent_id = NULL;
   rq.strategy = "fastest";
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), SM_EINVAL);
+  T_EQ_INT(sched_pick(s, &rq, &out), SM_EINVAL);
   rq.strategy = "round_robin";
-  T_EQ_INT(sched_pick(s, reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(s, &rq, &out), 0);
   sched_strategy_destroy(s);
   agent_registry_destroy(reg);
   uv_run(&loop, UV_RUN_DEFAULT);

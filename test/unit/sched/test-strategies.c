@@ -1,6 +1,9 @@
 /* test-strategies.c - property tests of the strategies over random agent sets and command
  * streams (seeded, deterministic), and of broadcast planning off the loop. */
 #include "core/registry.h"
+#include "model/command.h"
+#include "sched/policy.h"
+#include "sched/adaptive.h"
 #include "sched/balancer.h"
 #include "sched/broadcast.h"
 #include "sched/queue.h"
@@ -69,6 +72,15 @@ static void world_init(world *w, const char *dflt) {
   agent_registry_events ev = {
       .on_register = ev_reg, .on_unregister = ev_unreg, .on_update = ev_upd, .ud = w->s};
   agent_registry_set_events(w->reg, &ev);
+}
+
+/* The registry's agents as an array (sched/ takes arrays, not the registry). */
+static agent *const *agents_of(world *w) {
+  static agent *buf[4096];
+  size_t n = agent_registry_count(w->reg);
+  for (size_t i = 0; i < n; i++)
+    buf[i] = agent_registry_at(w->reg, i);
+  return buf;
 }
 
 static void world_finish(world *w) {
@@ -174,7 +186,7 @@ static void test_constraints(void) {
           }
         }
         agent *out = NULL;
-        int err = sched_pick(w.s, w.reg, &rq, &out);
+        int err = sched_pick(w.s, &rq, &out);
         if (err == 0) {
           T_ASSERT(sched_agent_matches(out, &rq));
           T_ASSERT(out->assigned < out->max_concurrent);
@@ -190,6 +202,7 @@ static void test_constraints(void) {
         if (err != 0)
           T_ASSERT(!any_avail);
       }
+      sched_lb_check(sched_set_balancer(w.s)); /* the index invariants hold after every step */
     }
     world_finish(&w);
   }
@@ -217,7 +230,7 @@ static void test_round_robin_even(void) {
         rq.ncaps = 1;
       }
       agent *out;
-      T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+      T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
       int idx = atoi(out->id + 2);
       (withcap ? served_cap : served)[idx]++;
       assign(&w, out, 1);
@@ -248,7 +261,7 @@ static void test_round_robin_even(void) {
   for (int c = 0; c < 1000; c++) {
     sched_request rq = {.max_agent_load = 0.8};
     agent *out;
-    T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+    T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
     served[atoi(out->id + 2)]++;
     int mx = 0, mn = 1 << 30;
     for (int i = 0; i < 17; i++) {
@@ -274,7 +287,7 @@ static void test_weighted_proportions(void) {
   for (int c = 0; c < m; c++) {
     sched_request rq = {.max_agent_load = 0.8};
     agent *out;
-    T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+    T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
     served[atoi(out->id + 2)]++;
   }
   for (int i = 0; i < 5; i++)
@@ -296,13 +309,13 @@ static void test_adaptive(void) {
     for (int i = 0; i < 4; i++)
       sched_report_result(w.s, ag[i], t[i], i == 3 ? r % 2 : 1);
   /* off the loop: the weights change only once the work queue's result is applied */
-  T_EQ_INT(sched_lb_recompute(lb), 0);
-  T_EQ_INT(sched_lb_recompute(lb), SM_EAGAIN);
-  T_ASSERT(sched_lb_adaptive_weight(lb, ag[2]) == 1.0);
+  T_EQ_INT(sched_adaptive_recompute(lb), 0);
+  T_EQ_INT(sched_adaptive_recompute(lb), SM_EAGAIN);
+  T_ASSERT(sched_adaptive_weight(lb, ag[2]) == 1.0);
   uv_run(&w.loop, UV_RUN_DEFAULT);
   double wt[4], sum = 0;
   for (int i = 0; i < 4; i++)
-    sum += wt[i] = sched_lb_adaptive_weight(lb, ag[i]);
+    sum += wt[i] = sched_adaptive_weight(lb, ag[i]);
   T_ASSERT(wt[0] > wt[1] && wt[1] > wt[2]);
   T_ASSERT(wt[3] < wt[0]); /* failing costs weight */
   int served[4] = {0};
@@ -310,7 +323,7 @@ static void test_adaptive(void) {
   for (int c = 0; c < m; c++) {
     sched_request rq = {.max_agent_load = 0.8};
     agent *out;
-    T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+    T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
     served[atoi(out->id + 2)]++;
   }
   for (int i = 0; i < 4; i++)
@@ -320,12 +333,12 @@ static void test_adaptive(void) {
   T_ASSERT(fabs((double)served[0] / served[2] - 4.0) < 0.2);
   /* a stale plan entry (the agent re-registered meanwhile) is skipped, not applied */
   sched_report_result(w.s, ag[2], 0.01, 1);
-  T_EQ_INT(sched_lb_recompute(lb), 0);
-  double before = sched_lb_adaptive_weight(lb, ag[2]);
+  T_EQ_INT(sched_adaptive_recompute(lb), 0);
+  double before = sched_adaptive_weight(lb, ag[2]);
   agent *again = join(&w, 2, "", 1000, 1, ""); /* new stream, new generation */
   T_ASSERT(again == ag[2]);
   uv_run(&w.loop, UV_RUN_DEFAULT);
-  T_ASSERT(sched_lb_adaptive_weight(lb, ag[2]) == before);
+  T_ASSERT(sched_adaptive_weight(lb, ag[2]) == before);
   world_finish(&w);
 }
 
@@ -341,23 +354,23 @@ static void test_locality(void) {
   sched_request rq = {.max_agent_load = 0.8, .params = &tp, .nparams = 1};
   agent *out;
   for (int rep = 0; rep < 5; rep++) { /* stable preference */
-    T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+    T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
     T_ASSERT(out == a24);
   }
   assign(&w, a24, 1); /* full: the wider segment next */
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == c16);
   assign(&w, c16, 1); /* both full: anyone */
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == b24 || out == any || out == v6);
   tp.value = "10.0.1.0/25"; /* a CIDR target inside 10.0.1.0/24 */
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == b24);
   tp.value = "fd00::1234";
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == v6);
   tp.value = "not-an-ip"; /* falls back to any eligible agent */
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   char n[64];
   T_EQ_INT(sched_cidr_normalize("10.1.2.3/8", n), 0);
   T_EQ_STR(n, "10.0.0.0/8");
@@ -373,21 +386,23 @@ static void test_capability_match(void) {
   sm_kv cap = {"scan_type", "nmap"};
   sched_request rq = {.max_agent_load = 0.8, .caps = &cap, .ncaps = 1};
   agent *out;
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == spec); /* tightest fit first */
   assign(&w, spec, 4);
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == gen);
   sm_kv gpu = {"gpu", "*"};
   rq.caps = &gpu;
-  T_EQ_INT(sched_pick(w.s, w.reg, &rq, &out), 0);
+  T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
   T_ASSERT(out == gen);
   T_ASSERT(sched_lb_pools(sched_set_balancer(w.s)) >= 2);
   agent *cands[4];
   rq.caps = &cap;
   assign(&w, spec, -4);
   sched_request cr = {.max_agent_load = 0.8, .caps = &cap, .ncaps = 1};
-  T_EQ_INT(sched_lb_candidates(sched_set_balancer(w.s), &cr, SCHED_ORD_FIT, cands, 4), 2);
+  T_EQ_INT(sched_lb_candidates(sched_set_balancer(w.s), &cr, sched_policy_find("capability_match"),
+                               cands, 4),
+           2);
   T_ASSERT(cands[0] == spec && cands[1] == gen);
   world_finish(&w);
 }
@@ -451,7 +466,9 @@ static void test_broadcast_plan(void) {
   agent_filter f = {.caps = &cap, .ncaps = 1, .max_load = -1, .status_mask = 1u << AGENT_IDLE};
   plan_res r = {0};
   sched_bcast_job *job;
-  T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 1000, plan_cb, &r, &job), 0);
+  T_EQ_INT(sched_bcast_start(&w.loop, agents_of(&w), agent_registry_count(w.reg), &f, 1000, plan_cb,
+                             &r, &job),
+           0);
   T_EQ_INT(r.called, 0); /* never inside the call */
   uv_run(&w.loop, UV_RUN_DEFAULT);
   T_EQ_INT(r.called, 1);
@@ -467,18 +484,24 @@ static void test_broadcast_plan(void) {
   sched_bcast_plan_free(r.plan);
   /* the max, and a cancelled job never calls back */
   plan_res r2 = {0};
-  T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 7, plan_cb, &r2, &job), 0);
+  T_EQ_INT(sched_bcast_start(&w.loop, agents_of(&w), agent_registry_count(w.reg), &f, 7, plan_cb,
+                             &r2, &job),
+           0);
   uv_run(&w.loop, UV_RUN_DEFAULT);
   T_EQ_INT(r2.plan->n, 7);
   sched_bcast_plan_free(r2.plan);
   plan_res r3 = {0};
-  T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 7, plan_cb, &r3, &job), 0);
+  T_EQ_INT(sched_bcast_start(&w.loop, agents_of(&w), agent_registry_count(w.reg), &f, 7, plan_cb,
+                             &r3, &job),
+           0);
   sched_bcast_cancel(job);
   uv_run(&w.loop, UV_RUN_DEFAULT);
   T_EQ_INT(r3.called, 0);
   /* an agent leaving while the snapshot is being copied is skipped (not read after free) */
   plan_res r5 = {0};
-  T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 1000, plan_cb, &r5, &job), 0);
+  T_EQ_INT(sched_bcast_start(&w.loop, agents_of(&w), agent_registry_count(w.reg), &f, 1000, plan_cb,
+                             &r5, &job),
+           0);
   agent *gone = agent_registry_find(w.reg, "ag3", 3);
   sched_bcast_agent_gone(job, gone);
   agent_registry_detach(w.reg, gone, &w.links[3], SM_ECLOSED);
@@ -491,13 +514,48 @@ static void test_broadcast_plan(void) {
   /* a bad min_version */
   f.min_version = "not.a.version";
   plan_res r4 = {0};
-  T_EQ_INT(sched_bcast_start(&w.loop, w.reg, &f, 7, plan_cb, &r4, &job), 0);
+  T_EQ_INT(sched_bcast_start(&w.loop, agents_of(&w), agent_registry_count(w.reg), &f, 7, plan_cb,
+                             &r4, &job),
+           0);
   uv_run(&w.loop, UV_RUN_DEFAULT);
   T_EQ_INT(r4.err, SM_EINVAL);
   world_finish(&w);
 }
 
+/* Every strategy the command model accepts (model/command.h) has a strategy file here, and
+ * every strategy here is one the command model accepts. */
+static void test_names_agree(void) {
+  const char *const *cmd = command_strategy_names();
+  const char *const *ours = sched_strategy_names();
+  size_t ncmd = 0, nours = 0;
+  for (; cmd[ncmd]; ncmd++) {
+    const sched_policy *p = sched_policy_find(cmd[ncmd]);
+    T_ASSERT(p != NULL);
+    T_EQ_STR(p->name, cmd[ncmd]);
+    T_ASSERT(sched_strategy_known(cmd[ncmd]));
+  }
+  for (; ours[nours]; nours++) {
+    T_ASSERT(command_strategy_known(ours[nours]));
+    T_ASSERT(sched_policy_find(ours[nours]) != NULL);
+  }
+  T_EQ_INT(ncmd, nours);
+  /* and each can be the default of a set, and picks through it */
+  for (size_t i = 0; i < nours; i++) {
+    world w;
+    world_init(&w, ours[i]);
+    agent *a = join(&w, 0, "", 1, 1, "10.0.0.0/24");
+    sched_request rq = {.max_agent_load = 0.8};
+    agent *out = NULL;
+    T_EQ_INT(sched_pick(w.s, &rq, &out), 0);
+    T_ASSERT(out == a);
+    world_finish(&w);
+  }
+  T_ASSERT(!sched_strategy_known("") && !sched_strategy_known(NULL));
+  T_ASSERT(!sched_strategy_known("random"));
+}
+
 int main(void) {
+  T_RUN(test_names_agree);
   T_RUN(test_constraints);
   T_RUN(test_round_robin_even);
   T_RUN(test_weighted_proportions);
