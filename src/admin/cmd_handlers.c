@@ -17,7 +17,7 @@
  * {"error":{...},"results":[...]} whose results hold {"id","status"} for the elements accepted and
  * {"error":{...}} for the others, so a client can retry with the same key.
  */
-#include "admin/handlers.h"
+#include "admin/cmd_handlers.h"
 
 #include "admin/api.h"
 #include "admin/json.h"

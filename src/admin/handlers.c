@@ -2,6 +2,9 @@
  * cmd_handlers.c. */
 #include "admin/handlers.h"
 
+#include "admin/cmd_handlers.h"
+#include "admin/metrics_handler.h"
+
 #include "admin/api.h"
 #include "admin/json.h"
 #include "admin/openapi.h"

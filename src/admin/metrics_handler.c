@@ -1,6 +1,6 @@
 /* metrics_handler.c - GET /api/metrics: the collector's figures as JSON for the dashboard, the
  * same numbers /metrics on METRICS_ADDR exposes to Prometheus (metrics/collector.h renders). */
-#include "admin/handlers.h"
+#include "admin/metrics_handler.h"
 
 #include "admin/api.h"
 #include "metrics/collector.h"
