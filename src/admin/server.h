@@ -1,6 +1,7 @@
-/* server.h - the admin HTTP/1.1 listener on ADMIN_API_ADDR: connections, keep-alive and
- * pipelining, limits and timeouts, the route table of handlers.c, a request log line per
- * request. Everything runs on the manager's loop.
+/* server.h - the admin HTTP/1.1 listener on ADMIN_API_ADDR: the route table of handlers.c behind
+ * the security guard (auth.h), served by the one HTTP server (http/server.h: connections,
+ * keep-alive and pipelining, limits and timeouts, TLS, a request log line per request).
+ * Everything runs on the manager's loop.
  */
 #ifndef SM_ADMIN_SERVER_H
 #define SM_ADMIN_SERVER_H
@@ -16,10 +17,10 @@
 struct admin_server;
 
 /* The listener's settings, filled by app/ (ADMIN_API_ADDR, ADMIN_* limits, ADMIN_TLS_*). The
- * strings are read during admin_server_create only, except addr (kept for log lines: it must
- * outlive the server). */
+ * strings are read during admin_server_create only. */
 typedef struct admin_server_config {
-  const char *addr;               /* ADMIN_API_ADDR as given, for log lines */
+  const char *addr;               /* ADMIN_API_ADDR as given, for log lines (when it names
+                                     host and port; else "host:port" is logged) */
   const char *host;               /* the address to bind ("0.0.0.0", "::1", ...) */
   int port;                       /* 0: any free port */
   size_t max_connections;         /* ADMIN_MAX_CONNECTIONS; beyond it a 503 and close */
