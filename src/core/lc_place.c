@@ -188,7 +188,8 @@ void lc_pump(lifecycle *lc) {
     lc_cmd *k = (lc_cmd *)((char *)it - offsetof(lc_cmd, qi));
     sm_command *c = k->c;
     if (c->deadline > 0 && c->deadline <= now) {
-      lc->ev->due(k); /* its deadline: expired before it started */
+      assert(k->st == LS_QUEUED); /* so the due event reads it as the deadline */
+      lc->ev->due(k);             /* its deadline: expired before it started */
       continue;
     }
     sched_request rq = {.id = c->id,
