@@ -1,6 +1,6 @@
-/* lc_api.c - the command lifecycle (see lifecycle.h): creation and close, submissions,
- * cancels, the loop tick with its deferred answers, and the command records with their final
- * transitions. The other responsibilities live in lc_*.c (see lifecycle-int.h). */
+/* lc_api.c - the command lifecycle's public face (see lifecycle.h), the top floor: creation,
+ * start and close, submissions, cancels and the pass-throughs to the store. The state machine
+ * is lc_machine.c; the other floors are listed in lifecycle-int.h. */
 #include "core/lifecycle-int.h"
 
 #include "util/alloc.h"
@@ -10,7 +10,6 @@
 
 #include <assert.h>
 #include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,212 +19,6 @@ typedef struct lc_submit {
   lifecycle_submit_cb cb;
   void *ud;
 } lc_submit;
-
-int lc_retryable(int err) {
-  return err == SM_EUNAVAIL || err == SM_ETIMEDOUT || err == SM_ECLOSED || err == SM_EAGAIN ||
-         err == SM_ELIMIT || err == SM_EIO || err == SM_ECANCELED;
-}
-
-int64_t lc_timeout_ms(const lifecycle *lc, const sm_command *c) {
-  double t = c->timeout_seconds > 0 ? (double)c->timeout_seconds : lc->cfg.command_timeout_s;
-  return (int64_t)((t + lc->cfg.timeout_grace_s) * 1000.0);
-}
-
-/* ---- answers ------------------------------------------------------------------------------ */
-
-lc_answer *lc_answer_new(lifecycle *lc, lifecycle_cmd_cb cb, void *ud) {
-  lc_answer *a = sm_calloc(1, sizeof(*a));
-  if (a == NULL)
-    return NULL;
-  sm_list_init(&a->node);
-  a->lc = lc;
-  a->cb = cb;
-  a->ud = ud;
-  return a;
-}
-
-/* Calls the answer's callback now (from a loop event) and frees it. */
-void lc_answer_run(lc_answer *a, int err, const sm_command *c) {
-  assert(!sm_list_linked(&a->node));
-  if (a->cb)
-    a->cb(a->ud, err, c);
-  command_free(a->cmd);
-  free(a);
-}
-
-/* Answers on the next loop turn (or, closing, before the lifecycle is freed, with
- * SM_ECANCELED). Cannot fail: the record is copied when memory allows, else cmd is NULL. */
-void lc_answer_defer(lifecycle *lc, lc_answer *a, int err, const sm_command *c) {
-  if (a == NULL)
-    return;
-  a->err = err;
-  a->cmd = c ? command_clone(c) : NULL;
-  sm_list_push_back(&lc->tick.answers, &a->node);
-  lc_tick_schedule(lc);
-}
-
-static void answers_run(lifecycle *lc, int cancel) {
-  sm_list *n;
-  while ((n = sm_list_pop_front(&lc->tick.answers)) != NULL) {
-    lc_answer *a = SM_LIST_ENTRY(n, lc_answer, node);
-    if (cancel)
-      lc_answer_run(a, SM_ECANCELED, NULL);
-    else
-      lc_answer_run(a, a->err, a->cmd);
-  }
-}
-
-/* ---- the tick ----------------------------------------------------------------------------- */
-
-size_t lc_waiting(const lifecycle *lc) {
-  return sched_queue_len(&lc->place.q) + lc->place.nparked + lc->place.creating;
-}
-
-int lifecycle_accepting(const lifecycle *lc) {
-  return !lc->cl.closing && lc->store_up && !lc->maintenance && lc_waiting(lc) < lc->cfg.queue_size;
-}
-
-void lc_report_accepting(lifecycle *lc) {
-  int now = lifecycle_accepting(lc);
-  if (now != lc->accepting_reported) {
-    lc->accepting_reported = now;
-    sm_log_info("lifecycle", now ? "accepting commands" : "not accepting commands",
-                SM_LB("store_up", lc->store_up), SM_LB("maintenance", lc->maintenance),
-                SM_LI("waiting", lc_waiting(lc)));
-    if (lc->cfg.on_accepting)
-      lc->cfg.on_accepting(lc->cfg.hook_ud, now);
-  }
-}
-
-static void tick_cb(uv_idle_t *h) {
-  lifecycle *lc = h->data;
-  uv_idle_stop(h);
-  lc->tick.active = 0;
-  if (lc->cl.closing)
-    return;
-  answers_run(lc, 0);
-  if (lc->wr.now) {
-    lc->wr.now = 0;
-    lc_run_retries(lc);
-  }
-  if (!sm_list_empty(&lc->bc.stepping))
-    lc_bcast_step(lc);
-  if (sched_queue_len(&lc->place.q))
-    lc_pump(lc);
-  lc_report_accepting(lc);
-}
-
-void lc_tick_schedule(lifecycle *lc) {
-  if (lc->tick.active || lc->cl.closing)
-    return;
-  lc->tick.active = 1;
-  uv_idle_start(&lc->tick.idle, tick_cb);
-}
-
-/* ---- command records ---------------------------------------------------------------------- */
-
-lc_cmd *lc_cmd_track(lifecycle *lc, sm_command *c) {
-  /* one timer heap slot per tracked command, so that setting its timer cannot fail later */
-  if (lc_timers_reserve(lc, lc->cmds.len + 1) != 0)
-    return NULL;
-  lc_cmd *k = sm_calloc(1, sizeof(*k));
-  if (k == NULL)
-    return NULL;
-  k->lc = lc;
-  k->c = c;
-  k->chain = c->status;
-  k->tm.idx = SM_HEAP_NONE;
-  sm_list_init(&k->wait);
-  sm_list_init(&k->ag.node);
-  sm_list_init(&k->wr.fifo);
-  sm_list_init(&k->wr.retry);
-  sm_list_init(&k->bc.step);
-  sm_list_init(&k->bc.planning);
-  sched_item_init(&k->qi, c->priority, c->deadline, ++lc->seq);
-  k->qi.since_ms = c->created_at; /* aging counts from acceptance, also after a restart */
-  if (sm_map_put(&lc->cmds, c->id, strlen(c->id), k) != 0) {
-    free(k);
-    return NULL;
-  }
-  return k;
-}
-
-/* Frees k; writes still queued answer SM_ECANCELED. */
-static void cmd_free(lifecycle *lc, lc_cmd *k) {
-  assert(!k->wr.writing && k->bc.lookups == 0);
-  assert(lc->cl.closing || (k->tm.idx == SM_HEAP_NONE && k->ag.g == NULL));
-  lc_bcast_release(lc, k);
-  if (sm_map_get(&lc->cmds, k->c->id, strlen(k->c->id)) == k)
-    sm_map_del(&lc->cmds, k->c->id, strlen(k->c->id));
-  lc_writes_drop(lc, k);
-  command_free(k->c);
-  free(k);
-}
-
-/* While closing: frees k once no store callback refers to it any more. */
-void lc_closing_release(lifecycle *lc, lc_cmd *k) {
-  if (!k->wr.writing && k->bc.lookups == 0)
-    cmd_free(lc, k);
-}
-
-void lc_maybe_free_cmd(lifecycle *lc, lc_cmd *k) {
-  if (k->st == LS_FINAL && sm_list_empty(&k->wr.fifo) && !k->wr.writing &&
-      !sm_list_linked(&k->wr.retry) && k->bc.lookups == 0 && k->bc.job == NULL &&
-      k->bc.plan == NULL && !sm_list_linked(&k->bc.step))
-    cmd_free(lc, k);
-}
-
-/* ---- transitions -------------------------------------------------------------------------- */
-
-/* Makes k final with status s and writes it with its result to the outbox; a (or NULL) is
- * answered once that write is done. */
-void lc_finish_with(lc_cmd *k, command_status s, const char *error, lc_answer *a) {
-  lifecycle *lc = k->lc;
-  sm_command *c = k->c;
-  int64_t now = sm_now_ms();
-  lc_detach_all(lc, k);
-  if (s == COMMAND_EXPIRED && c->status == COMMAND_RUNNING)
-    s = COMMAND_FAILED; /* running -> expired is not a valid transition */
-  c->status = s;
-  c->completed_at = now;
-  if (error != NULL && !c->result.present &&
-      command_set_result(c, command_status_name(s), NULL, 0, error, now) != 0)
-    sm_log_error("lifecycle", "result out of memory", SM_LS("command_id", c->id));
-  k->st = LS_FINAL;
-  lc->stats.finished[s]++;
-  if (lc->cfg.on_finished) {
-    int64_t from = c->started_at ? c->started_at : c->dispatched_at;
-    lc->cfg.on_finished(lc->cfg.hook_ud, c, from ? (double)(now - from) / 1000.0 : 0.0);
-  }
-  sm_log_debug("lifecycle", "command finished", SM_LS("command_id", c->id),
-               SM_LS("status", command_status_name(s)));
-  lc_write_push(k, 0, 1, a);
-  if (c->parent_id)
-    lc_child_finished(lc, k);
-  lc_tick_schedule(lc); /* an agent slot may be free; k is freed once its writes are done */
-}
-
-void lc_finish(lc_cmd *k, command_status s, const char *error) {
-  lc_finish_with(k, s, error, NULL);
-}
-
-/* Back to queued after the agent went away, or failed when retries are used up. */
-void lc_requeue_or_fail(lifecycle *lc, lc_cmd *k, const char *why) {
-  if (k->c->attempts > lc->cfg.max_retries) {
-    char msg[256];
-    snprintf(msg, sizeof(msg), "agent lost: %s", why);
-    lc_finish(k, COMMAND_FAILED, msg);
-    return;
-  }
-  lc_detach_all(lc, k);
-  k->c->status = COMMAND_QUEUED;
-  k->c->started_at = 0;
-  lc->stats.retries++;
-  sm_log_info("lifecycle", "command re-queued", SM_LS("command_id", k->c->id), SM_LS("reason", why),
-              SM_LI("attempts", k->c->attempts));
-  lc_write_push(k, 0, 0, NULL);
-  lc_enqueue(lc, k);
-}
 
 /* ---- submissions -------------------------------------------------------------------------- */
 
@@ -462,6 +255,34 @@ void lifecycle_get_stats(const lifecycle *lc, lifecycle_stats *out) {
 
 /* ---- create, start, close ----------------------------------------------------------------- */
 
+/* ev->drained: closing, the handles closed and every store operation answered. Callbacks still
+ * owed run first, with SM_ECANCELED; then the lifecycle is freed and `closed` runs. */
+static void drained(lifecycle *lc) {
+  lc_answers_flush(lc, 1);
+  lc_recover_cancel(lc);
+  lc_timers_finish(lc);
+  lc_place_finish(lc);
+  sm_map_finish(&lc->cmds);
+  lc_outbox_finish(lc);
+  free(lc->rec.cursor);
+  free(lc->instance);
+  free(lc->result_queue);
+  sched_strategy_destroy(lc->strategy);
+  void (*closed)(void *) = lc->cl.closed;
+  void *cud = lc->cl.ud;
+  free(lc);
+  if (closed)
+    closed(cud);
+}
+
+/* Set once at create: how the mechanisms report upward (see lifecycle-int.h). */
+static const lc_events events = {.turn = lc_on_turn,
+                                 .due = lc_on_due,
+                                 .failed = lc_on_failed,
+                                 .children_done = lc_on_children_done,
+                                 .final_in_store = lc_on_final_in_store,
+                                 .drained = drained};
+
 int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registry *reg, store *st,
                      const lifecycle_publisher *publisher, sched_strategy *strategy,
                      lifecycle **out) {
@@ -515,6 +336,7 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
     lc->ob.pub = *publisher;
     lc->ob.has_pub = 1;
   }
+  lc->ev = &events;
   command_idgen_init(&lc->idgen);
   sm_map_init(&lc->cmds, 0);
   lc_place_init(lc);
@@ -524,12 +346,8 @@ int lifecycle_create(uv_loop_t *loop, const lifecycle_config *cfg, agent_registr
   sm_list_init(&lc->bc.stepping);
   sm_list_init(&lc->bc.planning);
   sm_list_init(&lc->tick.answers);
-  lc->wr.retry_ms = LC_RETRY_MIN_MS;
   lc->store_up = store_is_up(st);
   lc->accepting_reported = -1;
-  uv_idle_init(loop, &lc->tick.idle);
-  uv_timer_init(loop, &lc->wr.timer);
-  lc->tick.idle.data = lc->wr.timer.data = lc;
   lc->cl.handles_open = 4; /* tick, timers, retry, sweep */
   lc_listen_registry(lc);
   store_set_state_cb(st, lc_store_state, lc);
@@ -552,28 +370,6 @@ int lifecycle_start(lifecycle *lc) {
   lc_outbox_start(lc);
   lc_tick_schedule(lc);
   return 0;
-}
-
-/* Frees the lifecycle once closing, its handles closed and every store operation answered;
- * callbacks still owed run first, with SM_ECANCELED. */
-void lc_maybe_free_lc(lifecycle *lc) {
-  if (!lc->cl.closing || lc->cl.handles_open > 0 || lc->cl.ops_pending > 0)
-    return;
-  answers_run(lc, 1);
-  lc_recover_cancel(lc);
-  lc_timers_finish(lc);
-  lc_place_finish(lc);
-  sm_map_finish(&lc->cmds);
-  lc_outbox_finish(lc);
-  free(lc->rec.cursor);
-  free(lc->instance);
-  free(lc->result_queue);
-  sched_strategy_destroy(lc->strategy);
-  void (*closed)(void *) = lc->cl.closed;
-  void *cud = lc->cl.ud;
-  free(lc);
-  if (closed)
-    closed(cud);
 }
 
 static void handle_closed(uv_handle_t *h) {
@@ -602,7 +398,7 @@ void lifecycle_close(lifecycle *lc, void (*closed)(void *ud), void *ud) {
       continue;
     lc_cmd *k = lc->cmds.slots[i].value;
     lc_place_close(lc, k);
-    lc_bcast_release(lc, k);
+    lc_cmd_release_bcast(k);
     if (sm_list_linked(&k->wr.retry))
       sm_list_remove(&k->wr.retry);
     sm_list_push_back(&doomed, &k->wait);

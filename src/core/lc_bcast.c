@@ -6,7 +6,10 @@
  * turn (LC_BCAST_STEP entries) so tens of thousands of children never stall it: first every
  * entry is checked against the live registry (an agent that left or re-registered since the
  * snapshot is skipped) and recorded as a child id, then the parent is written with its
- * children, then the children are created and queued. */
+ * children, then the children are created and queued.
+ *
+ * What ends a parent is reported upward: ev->children_done once every child is accounted for,
+ * ev->failed when the broadcast cannot be planned or matches no agent. */
 #include "core/lifecycle-int.h"
 
 #include "util/alloc.h"
@@ -21,7 +24,8 @@
 
 #define LC_BCAST_STEP 256 /* broadcast children created per loop turn */
 
-/* Finishes the parent once every child is accounted for. Returns 1 when it did. */
+/* Once every child is accounted for: sets the parent's result and reports ev->children_done.
+ * Returns 1 when it did. */
 int lc_parent_aggregate(lc_cmd *p) {
   if (p->st != LS_PARENT || p->bc.lookups > 0 || p->bc.done < p->bc.total)
     return 0;
@@ -51,7 +55,7 @@ int lc_parent_aggregate(lc_cmd *p) {
   if (command_set_result(p->c, command_status_name(s), data, nd, *err ? err : NULL, sm_now_ms()) !=
       0)
     sm_log_error("lifecycle", "result out of memory", SM_LS("command_id", p->c->id));
-  lc_finish(p, s, NULL);
+  p->lc->ev->children_done(p, s);
   return 1;
 }
 
@@ -77,19 +81,6 @@ void lc_child_running(lifecycle *lc, lc_cmd *child) {
   lc_write_push(p, 0, 0, NULL);
 }
 
-/* k lets go of its broadcast work (freed, or the lifecycle closing). */
-void lc_bcast_release(lifecycle *lc, lc_cmd *k) {
-  (void)lc;
-  if (sm_list_linked(&k->bc.planning))
-    sm_list_remove(&k->bc.planning);
-  if (sm_list_linked(&k->bc.step))
-    sm_list_remove(&k->bc.step);
-  sched_bcast_cancel(k->bc.job); /* its callback must not run afterwards */
-  k->bc.job = NULL;
-  sched_bcast_plan_free(k->bc.plan);
-  k->bc.plan = NULL;
-}
-
 void lc_bcast_agent_gone(lifecycle *lc, const agent *a) {
   SM_LIST_FOREACH(it, &lc->bc.planning) {
     lc_cmd *p = SM_LIST_ENTRY(it, lc_cmd, bc.planning);
@@ -108,9 +99,8 @@ static void bcast_planned(void *ud, int err, sched_bcast_plan *plan) {
     return;
   }
   if (err) {
-    lc_finish(p, COMMAND_FAILED,
-              err == SM_EINVAL ? "filter: min_version is not a semantic version"
-                               : "broadcast planning failed");
+    lc->ev->failed(p, err == SM_EINVAL ? "filter: min_version is not a semantic version"
+                                       : "broadcast planning failed");
     return;
   }
   sm_log_info("lifecycle", "broadcast planned", SM_LS("command_id", p->c->id),
@@ -125,7 +115,7 @@ static void bcast_planned(void *ud, int err, sched_bcast_plan *plan) {
   if (plan->n && p->c->children == NULL) {
     sched_bcast_plan_free(plan);
     p->bc.plan = NULL;
-    lc_finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
+    lc->ev->failed(p, "out of memory planning the broadcast");
     return;
   }
   sm_list_push_back(&lc->bc.stepping, &p->bc.step);
@@ -205,7 +195,7 @@ void lc_bcast_step(lifecycle *lc) {
       if (bcast_validate(lc, p)) {
         if (p->c->nchildren == 0) {
           done = 1;
-          lc_finish(p, COMMAND_FAILED, "no agent matches the broadcast filter");
+          lc->ev->failed(p, "no agent matches the broadcast filter");
         } else {
           /* the parent (with its children's ids) is written first: a crash in between leaves
            * children that recovery counts as missing rather than a parent that would
@@ -248,7 +238,7 @@ void lc_bcast_expand(lifecycle *lc, lc_cmd *p) {
   agent_filter f = {.max_load = -1};
   sm_kv *caps = sm_calloc(c->ncapabilities + c->nfilter + 1, sizeof(*caps));
   if (caps == NULL) {
-    lc_finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
+    lc->ev->failed(p, "out of memory planning the broadcast");
     return;
   }
   size_t nc = 0;
@@ -281,7 +271,7 @@ void lc_bcast_expand(lifecycle *lc, lc_cmd *p) {
                               &p->bc.job);
   free(caps);
   if (err) {
-    lc_finish(p, COMMAND_FAILED, "out of memory planning the broadcast");
+    lc->ev->failed(p, "out of memory planning the broadcast");
     return;
   }
   sm_list_push_front(&lc->bc.planning, &p->bc.planning);

@@ -1,6 +1,7 @@
-/* lc_place.c - placement: the waiting queue, the parked list, the per-agent lists, the pump that
- * gives waiting commands to agents, and the registry's events (agents coming and going, their
- * results). */
+/* lc_place.c - placement: the waiting queue, the parked list, the per-agent lists, and the pump
+ * that gives waiting commands to agents. A command the pump finds past its deadline is reported
+ * as ev->due, one it cannot place at all as ev->failed; the registry's events reach it through
+ * the state machine (lc_machine.c). */
 #include "core/lifecycle-int.h"
 
 #include "util/alloc.h"
@@ -187,7 +188,8 @@ void lc_pump(lifecycle *lc) {
     lc_cmd *k = (lc_cmd *)((char *)it - offsetof(lc_cmd, qi));
     sm_command *c = k->c;
     if (c->deadline > 0 && c->deadline <= now) {
-      lc_finish(k, COMMAND_EXPIRED, "deadline passed before the command started");
+      assert(k->st == LS_QUEUED); /* so the due event reads it as the deadline */
+      lc->ev->due(k);             /* its deadline: expired before it started */
       continue;
     }
     sched_request rq = {.id = c->id,
@@ -203,7 +205,7 @@ void lc_pump(lifecycle *lc) {
     agent *a = NULL;
     int err = sched_pick(lc->strategy, &rq, &a);
     if (err == SM_EINVAL) { /* a strategy this build does not know (an older record) */
-      lc_finish(k, COMMAND_FAILED, "unknown strategy");
+      lc->ev->failed(k, "unknown strategy");
       continue;
     }
     if (err == 0) {
@@ -243,152 +245,35 @@ void lc_pump(lifecycle *lc) {
     lc_tick_schedule(lc);
 }
 
-/* ---- registry events ---------------------------------------------------------------------- */
+/* ---- agents coming and going ------------------------------------------------------------- */
 
-static void ev_register(void *ud, agent *a, int replaced) {
-  lifecycle *lc = ud;
-  if (!lc->cl.closing) {
-    lc_agent *g = sm_map_get(&lc->place.agents, a->id, a->id_len);
-    if (g != NULL)
-      SM_LIST_FOREACH(it, &g->cmds) {
-        /* the registry reset `assigned` for the new stream: count what it still holds */
-        lc_cmd *k = SM_LIST_ENTRY(it, lc_cmd, ag.node);
-        k->ag.counted = 0;
-        lc_count_on(k, a);
-      }
-    sched_notify(lc->strategy, a, SCHED_EV_REGISTER);
-    /* a new agent may take parked commands */
-    sm_list todo, *n;
-    sm_list_init(&todo);
-    sm_list_splice_back(&todo, &lc->place.parked);
-    while ((n = sm_list_pop_front(&todo)) != NULL) {
-      lc_cmd *k = SM_LIST_ENTRY(n, lc_cmd, wait);
-      assert(k->st == LS_PARKED && lc->place.nparked > 0);
-      lc->place.nparked--;
-      k->st = LS_QUEUED;
-      if (sched_queue_requeue(&lc->place.q, &k->qi) != 0)
-        park(lc, k); /* the queue could not grow: stays parked for the next registration */
+/* The per-agent list of id, or NULL when no command is on it. */
+lc_agent *lc_place_agent(lifecycle *lc, const char *id, size_t len) {
+  return sm_map_get(&lc->place.agents, id, len);
+}
+
+/* Agent a (re-)registered: what it still holds counts on it again, and the parked commands go
+ * back to the queue (a new agent may take them). */
+void lc_place_agent_back(lifecycle *lc, agent *a) {
+  lc_agent *g = lc_place_agent(lc, a->id, a->id_len);
+  if (g != NULL)
+    SM_LIST_FOREACH(it, &g->cmds) {
+      /* the registry reset `assigned` for the new stream: count what it still holds */
+      lc_cmd *k = SM_LIST_ENTRY(it, lc_cmd, ag.node);
+      k->ag.counted = 0;
+      lc_count_on(k, a);
     }
-    lc_tick_schedule(lc);
+  sched_notify(lc->strategy, a, SCHED_EV_REGISTER);
+  sm_list todo, *n;
+  sm_list_init(&todo);
+  sm_list_splice_back(&todo, &lc->place.parked);
+  while ((n = sm_list_pop_front(&todo)) != NULL) {
+    lc_cmd *k = SM_LIST_ENTRY(n, lc_cmd, wait);
+    assert(k->st == LS_PARKED && lc->place.nparked > 0);
+    lc->place.nparked--;
+    k->st = LS_QUEUED;
+    if (sched_queue_requeue(&lc->place.q, &k->qi) != 0)
+      park(lc, k); /* the queue could not grow: stays parked for the next registration */
   }
-  if (lc->cfg.agent_events.on_register)
-    lc->cfg.agent_events.on_register(lc->cfg.agent_events.ud, a, replaced);
-}
-
-static const char *loss_reason(int reason) {
-  switch (reason) {
-  case SM_ECLOSED:
-    return "disconnected";
-  case SM_ETIMEDOUT:
-    return "no message within AGENT_TIMEOUT";
-  case SM_ECANCELED:
-    return "manager shutting down";
-  default:
-    return sm_strerror(reason);
-  }
-}
-
-static void ev_unregister(void *ud, agent *a, int reason) {
-  lifecycle *lc = ud;
-  if (!lc->cl.closing) {
-    lc_agent *g = sm_map_get(&lc->place.agents, a->id, a->id_len);
-    if (g != NULL) {
-      /* k may leave the list, and the last one frees g: count down instead of walking to g */
-      size_t n = g->n;
-      sm_list *it = g->cmds.next;
-      while (n-- > 0) {
-        lc_cmd *k = SM_LIST_ENTRY(it, lc_cmd, ag.node);
-        it = it->next;
-        if (k->st == LS_ONAGENT)
-          lc_requeue_or_fail(lc, k, loss_reason(reason));
-        else
-          k->ag.counted = 0; /* held: waits for the agent to come back */
-      }
-    }
-    sched_notify(lc->strategy, a, SCHED_EV_UNREGISTER);
-    lc_bcast_agent_gone(lc, a); /* a broadcast still copying skips it */
-  }
-  if (lc->cfg.agent_events.on_unregister)
-    lc->cfg.agent_events.on_unregister(lc->cfg.agent_events.ud, a, reason);
-}
-
-static void ev_update(void *ud, agent *a) {
-  lifecycle *lc = ud;
-  if (!lc->cl.closing)
-    sched_notify(lc->strategy, a, SCHED_EV_UPDATE);
-  if (!lc->cl.closing && sched_queue_len(&lc->place.q))
-    lc_tick_schedule(lc); /* the agent's load may have dropped */
-  if (lc->cfg.agent_events.on_update)
-    lc->cfg.agent_events.on_update(lc->cfg.agent_events.ud, a);
-}
-
-static void handle_result(lifecycle *lc, agent *a, const agent_result *r) {
-  if (r->command_id == NULL)
-    return;
-  lc_cmd *k = sm_map_get(&lc->cmds, r->command_id, strlen(r->command_id));
-  if (k == NULL || (k->st != LS_ONAGENT && k->st != LS_HELD) || k->c->agent_id == NULL ||
-      strcmp(k->c->agent_id, a->id) != 0) {
-    sm_log_debug("lifecycle", "result for a command not running here",
-                 SM_LS("command_id", r->command_id), SM_LS("agent_id", a->id));
-    return;
-  }
-  const char *s = r->status ? r->status : "";
-  int progress = strcmp(s, "accepted") == 0 || strcmp(s, "running") == 0;
-  command_status fin;
-  if (strcmp(s, "completed") == 0)
-    fin = COMMAND_COMPLETED;
-  else if (strcmp(s, "failed") == 0 || strcmp(s, "rejected") == 0)
-    fin = COMMAND_FAILED;
-  else if (strcmp(s, "cancelled") == 0)
-    fin = COMMAND_CANCELLED;
-  else if (!progress) {
-    sm_log_warn("lifecycle", "unknown result status", SM_LS("command_id", r->command_id),
-                SM_LS("status", s));
-    return;
-  }
-  if (k->st == LS_HELD) {
-    /* adopted: the agent still had it after our restart */
-    lc->place.held--;
-    k->st = LS_ONAGENT;
-    lc->place.inflight++;
-    lc_count_on(k, a);
-    lc_th_set(lc, k, sm_now_ms() + lc_timeout_ms(lc, k->c));
-  }
-  if (progress) {
-    if (k->c->status == COMMAND_DISPATCHED) {
-      k->c->status = COMMAND_RUNNING;
-      k->c->started_at = sm_now_ms();
-      lc_write_push(k, 0, 0, NULL);
-      if (k->c->parent_id)
-        lc_child_running(lc, k);
-    }
-    return;
-  }
-  int64_t from = k->c->started_at ? k->c->started_at : k->c->dispatched_at;
-  if (from > 0) /* feeds the adaptive strategy: how long and how well this agent ran it */
-    sched_report_result(lc->strategy, a, (double)(sm_now_ms() - from) / 1000.0,
-                        fin == COMMAND_COMPLETED);
-  int64_t at = r->completed_at > 0 ? r->completed_at * 1000 : sm_now_ms();
-  if (command_set_result(k->c, s, r->data, r->ndata, r->error && *r->error ? r->error : NULL, at) !=
-      0)
-    sm_log_error("lifecycle", "result out of memory", SM_LS("command_id", k->c->id));
-  lc_finish(k, fin, NULL);
-}
-
-static void ev_result(void *ud, agent *a, const agent_result *r) {
-  lifecycle *lc = ud;
-  if (!lc->cl.closing)
-    handle_result(lc, a, r);
-  if (lc->cfg.agent_events.on_result)
-    lc->cfg.agent_events.on_result(lc->cfg.agent_events.ud, a, r);
-}
-
-/* Installs the lifecycle as the registry's listener (it forwards to cfg.agent_events). */
-void lc_listen_registry(lifecycle *lc) {
-  agent_registry_events ev = {.on_register = ev_register,
-                              .on_unregister = ev_unregister,
-                              .on_update = ev_update,
-                              .on_result = ev_result,
-                              .ud = lc};
-  agent_registry_set_events(lc->reg, &ev);
+  lc_tick_schedule(lc);
 }

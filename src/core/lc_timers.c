@@ -1,12 +1,43 @@
-/* lc_timers.c - one timer for every deadline, execution timeout and reconnect grace: a heap of
- * the commands' due times (util/heap.h), the timer armed for the earliest. */
+/* lc_timers.c - the lifecycle's clocks, the ground floor (it calls no other lc_*.c file; what
+ * comes due is reported through lc->ev, see lifecycle-int.h):
+ *
+ * - the tick: one uv_idle that gathers the work of a loop turn (lc_tick_schedule, reported as
+ *   ev->turn);
+ * - the due times: one timer for every deadline, execution timeout and reconnect grace, a heap
+ *   of the commands' due times (util/heap.h) with the timer armed for the earliest (reported
+ *   per command as ev->due);
+ * - the store-retry pacer: one timer with a doubling pause (or a short one when the store was
+ *   only busy); when it fires, the retries run on that loop turn (lc->wr.now). */
 #include "core/lifecycle-int.h"
 
 #include "util/log.h"
 #include "util/timeutil.h"
 
 #include <assert.h>
-#include <stdio.h>
+
+/* A store that refuses for being busy (its bounded queue of pending requests is full) is
+ * working: its requests complete within milliseconds, so waiting writes are retried shortly,
+ * without growing the outage backoff. */
+#define LC_RETRY_BUSY_MS 10
+
+/* ---- the tick ----------------------------------------------------------------------------- */
+
+static void tick_cb(uv_idle_t *h) {
+  lifecycle *lc = h->data;
+  uv_idle_stop(h);
+  lc->tick.active = 0;
+  if (!lc->cl.closing)
+    lc->ev->turn(lc);
+}
+
+void lc_tick_schedule(lifecycle *lc) {
+  if (lc->tick.active || lc->cl.closing)
+    return;
+  lc->tick.active = 1;
+  uv_idle_start(&lc->tick.idle, tick_cb);
+}
+
+/* ---- due times ---------------------------------------------------------------------------- */
 
 static int due_less(const void *a, const void *b, void *ud) {
   (void)ud;
@@ -19,11 +50,15 @@ static void due_moved(void *e, size_t i, void *ud) {
 }
 
 static void due_cb(uv_timer_t *t);
+static void retry_timer_cb(uv_timer_t *t);
 
 void lc_timers_init(lifecycle *lc) {
   sm_heap_init(&lc->tm.heap, due_less, due_moved, lc, 0);
+  uv_idle_init(lc->loop, &lc->tick.idle);
   uv_timer_init(lc->loop, &lc->tm.timer);
-  lc->tm.timer.data = lc;
+  uv_timer_init(lc->loop, &lc->wr.timer);
+  lc->tick.idle.data = lc->tm.timer.data = lc->wr.timer.data = lc;
+  lc->wr.retry_ms = LC_RETRY_MIN_MS;
 }
 
 void lc_timers_finish(lifecycle *lc) {
@@ -82,32 +117,48 @@ static void due_cb(uv_timer_t *t) {
   lc_cmd *k;
   while ((k = sm_heap_top(&lc->tm.heap)) != NULL && k->tm.due <= now) {
     lc_th_remove(lc, k);
-    switch (k->st) {
-    case LS_QUEUED:
-    case LS_PARKED:
-      lc_finish(k, COMMAND_EXPIRED, "deadline passed before the command started");
-      break;
-    case LS_HELD:
-      lc_requeue_or_fail(lc, k, "agent did not report after the manager restarted");
-      break;
-    case LS_ONAGENT: {
-      agent *a = agent_handle_get(lc->reg, &k->ag.ah);
-      if (a != NULL) {
-        sm_kv p = {"command_id", k->c->id};
-        agent_command ac = {.id = k->c->id, .type = "cancel", .params = &p, .nparams = 1};
-        if (agent_send(a, &ac) != 0) /* the command is timed out either way */
-          sm_log_debug("lifecycle", "cancel not sent to the agent", SM_LS("command_id", k->c->id));
-        sched_report_result(lc->strategy, a, (double)lc_timeout_ms(lc, k->c) / 1000.0, 0);
-      }
-      char msg[96];
-      snprintf(msg, sizeof(msg), "no result within %lld s",
-               (long long)(lc_timeout_ms(lc, k->c) / 1000));
-      lc_finish(k, COMMAND_TIMED_OUT, msg);
-      break;
-    }
-    default:
-      break;
-    }
+    lc->ev->due(k);
   }
   arm(lc);
+}
+
+/* ---- the store-retry pacer ---------------------------------------------------------------- */
+
+static void retry_timer_cb(uv_timer_t *t) {
+  lifecycle *lc = t->data;
+  lc->wr.armed = 0;
+  lc->wr.now = 1;
+  lc_tick_schedule(lc);
+}
+
+/* Retries after the pause, which doubles up to store_retry_max_s (the store is away). */
+void lc_retry_arm(lifecycle *lc) {
+  if (lc->wr.armed || lc->cl.closing)
+    return;
+  lc->wr.armed = 1;
+  uv_timer_start(&lc->wr.timer, retry_timer_cb, lc->wr.retry_ms, 0);
+  uint64_t max = (uint64_t)(lc->cfg.store_retry_max_s * 1000.0);
+  lc->wr.retry_ms = lc->wr.retry_ms * 2 > max ? max : lc->wr.retry_ms * 2;
+}
+
+/* Retries shortly: the store refused for being busy, or a retry pass stopped at its batch. */
+void lc_retry_arm_busy(lifecycle *lc) {
+  if (lc->wr.armed || lc->cl.closing)
+    return;
+  lc->wr.armed = 1;
+  uv_timer_start(&lc->wr.timer, retry_timer_cb, LC_RETRY_BUSY_MS, 0);
+}
+
+/* The store answered: the next pause starts short again. */
+void lc_retry_calm(lifecycle *lc) {
+  lc->wr.retry_ms = LC_RETRY_MIN_MS;
+}
+
+/* The store came back: retry on the next loop turn, with the pause reset. */
+void lc_retry_now(lifecycle *lc) {
+  lc->wr.retry_ms = LC_RETRY_MIN_MS;
+  uv_timer_stop(&lc->wr.timer);
+  lc->wr.armed = 0;
+  lc->wr.now = 1;
+  lc_tick_schedule(lc);
 }

@@ -1,6 +1,7 @@
 /* lc_write.c - the store writes of each command: a FIFO of snapshots, one at the store at a
  * time, each a compare-and-set on the status the previous one left; writes refused because the
- * store is away or busy wait on a retry list paced by one timer. */
+ * store is away or busy wait on a retry list paced by the retry pacer (lc_timers.c). A written
+ * final status with its outbox entry is handed to the outbox (lc_outbox.c) for publishing. */
 #include "core/lifecycle-int.h"
 
 #include "util/alloc.h"
@@ -11,10 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A store that refuses for being busy (its bounded queue of pending requests is full) is
- * working: its requests complete within milliseconds, so waiting writes are retried shortly,
- * without growing the outage backoff. */
-#define LC_RETRY_BUSY_MS 10
 /* Writes issued per retry pass: a pass stops at the first refusal anyway, and this keeps one
  * pass from holding the loop when a large backlog waits. */
 #define LC_RETRY_BATCH 2000
@@ -26,61 +23,18 @@ static lc_write *fifo_head(lc_cmd *k) {
   return n ? SM_LIST_ENTRY(n, lc_write, node) : NULL;
 }
 
-static void write_free(lc_write *w) {
-  command_free(w->snap);
-  free(w->outbox);
-  free(w);
-}
-
-/* Frees every write of k; their answers are deferred with SM_ECANCELED (k goes away: closing,
- * or final with nothing left to write). */
-void lc_writes_drop(lifecycle *lc, lc_cmd *k) {
-  sm_list *n;
-  while ((n = sm_list_pop_front(&k->wr.fifo)) != NULL) {
-    lc_write *w = SM_LIST_ENTRY(n, lc_write, node);
-    if (w->answer)
-      lc_answer_defer(lc, w->answer, SM_ECANCELED, NULL);
-    write_free(w);
-    assert(lc->wr.pending > 0);
-    lc->wr.pending--;
-  }
-  if (sm_list_linked(&k->wr.retry))
-    sm_list_remove(&k->wr.retry);
-}
-
 /* ---- retries ------------------------------------------------------------------------------ */
-
-static void retry_timer_cb(uv_timer_t *t) {
-  lifecycle *lc = t->data;
-  lc->wr.armed = 0;
-  lc_run_retries(lc);
-}
-
-void lc_retry_arm(lifecycle *lc) {
-  if (lc->wr.armed || lc->cl.closing)
-    return;
-  lc->wr.armed = 1;
-  uv_timer_start(&lc->wr.timer, retry_timer_cb, lc->wr.retry_ms, 0);
-  uint64_t max = (uint64_t)(lc->cfg.store_retry_max_s * 1000.0);
-  lc->wr.retry_ms = lc->wr.retry_ms * 2 > max ? max : lc->wr.retry_ms * 2;
-}
-
-static void retry_arm_busy(lifecycle *lc) {
-  if (lc->wr.armed || lc->cl.closing)
-    return;
-  lc->wr.armed = 1;
-  uv_timer_start(&lc->wr.timer, retry_timer_cb, LC_RETRY_BUSY_MS, 0);
-}
 
 static void stall(lifecycle *lc, lc_cmd *k, int err) {
   if (!sm_list_linked(&k->wr.retry))
     sm_list_push_front(&lc->wr.retry, &k->wr.retry);
   if (err == SM_ELIMIT || err == SM_EAGAIN)
-    retry_arm_busy(lc);
+    lc_retry_arm_busy(lc);
   else
     lc_retry_arm(lc);
 }
 
+/* Issues the stalled writes again, in the order they stalled, until the store refuses one. */
 void lc_run_retries(lifecycle *lc) {
   if (lc->cl.closing)
     return;
@@ -91,7 +45,7 @@ void lc_run_retries(lifecycle *lc) {
   sm_list *n;
   while ((n = sm_list_first(&todo)) != NULL) {
     if (issued == LC_RETRY_BATCH) {
-      retry_arm_busy(lc); /* the rest on the next pass, soon */
+      lc_retry_arm_busy(lc); /* the rest on the next pass, soon */
       break;
     }
     lc_cmd *k = SM_LIST_ENTRY(n, lc_cmd, wr.retry);
@@ -106,32 +60,6 @@ void lc_run_retries(lifecycle *lc) {
   }
   /* what this pass did not reach goes back behind the few stalled during it */
   sm_list_splice_back(&lc->wr.retry, &todo);
-  if (lc->rec.retry) {
-    lc->rec.retry = 0;
-    lc_recover_page(lc);
-  }
-  if (lc->ob.retry) {
-    lc->ob.retry = 0;
-    lifecycle_outbox_replay(lc);
-  }
-  if (sm_list_empty(&lc->wr.retry) && !lc->rec.retry && !lc->ob.retry)
-    lc->wr.retry_ms = LC_RETRY_MIN_MS;
-}
-
-/* The store's state listener. */
-void lc_store_state(void *ud, int up) {
-  lifecycle *lc = ud;
-  lc->store_up = up;
-  sm_log_info("lifecycle", up ? "store up" : "store down", SM_LS("store", store_name(lc->st)));
-  if (up && !lc->cl.closing) {
-    lc->wr.retry_ms = LC_RETRY_MIN_MS;
-    uv_timer_stop(&lc->wr.timer);
-    lc->wr.armed = 0;
-    lc->wr.now = 1;
-  }
-  lc_tick_schedule(lc);
-  if (lc->cfg.on_store_state)
-    lc->cfg.on_store_state(lc->cfg.hook_ud, up);
 }
 
 /* ---- the FIFO ----------------------------------------------------------------------------- */
@@ -149,19 +77,15 @@ static void head_done(lifecycle *lc, lc_cmd *k, int err, const sm_command *store
                  w->snap->correlation_id);
     w->outbox = NULL;
   }
-  write_free(w);
+  lc_write_free(w);
 }
 
-/* Finalizes k locally when the store shows another writer already made it final. */
+/* The store shows another writer already made k final: the queued writes are done (answered
+ * SM_ESTATE) and the state machine hears of it. */
 static void adopt_final(lifecycle *lc, lc_cmd *k, const sm_command *stored) {
   while (!sm_list_empty(&k->wr.fifo))
     head_done(lc, k, SM_ESTATE, stored);
-  if (k->st != LS_FINAL) {
-    lc_detach_all(lc, k);
-    k->st = LS_FINAL;
-    if (k->c->parent_id)
-      lc_child_finished(lc, k);
-  }
+  lc->ev->final_in_store(k);
 }
 
 static void write_failed(lifecycle *lc, lc_cmd *k, int err, const sm_command *stored) {
@@ -205,7 +129,7 @@ static void write_cb(void *ud, int err, const sm_command *cmd, int existed) {
     return;
   }
   if (err == 0) {
-    lc->wr.retry_ms = LC_RETRY_MIN_MS;
+    lc_retry_calm(lc);
     head_done(lc, k, 0, cmd);
     wq_issue(k);
   } else {

@@ -1,15 +1,21 @@
 /* lifecycle-int.h - the lifecycle's internal structures, shared by the files that implement
  * lifecycle.h and by nothing else (never include it outside src/core/).
  *
- *   lc_api.c      create / start / close, submit, cancel, the loop tick and deferred answers,
- *                 command records and the final transitions
- *   lc_place.c    placement: waiting queue, parked list, per-agent lists, the pump, registry
- *                 events and agent results
- *   lc_write.c    the per-command FIFO of store writes, store retries, the store's state
- *   lc_outbox.c   publishing results, outbox removal, replay and sweep
- *   lc_bcast.c    broadcast planning, children and the parent's aggregate
- *   lc_recover.c  restart recovery
- *   lc_timers.c   the heap of due times (deadline, execution timeout, reconnect grace)
+ * The files stand on floors; a file calls only files on the floors below it:
+ *
+ *   8  lc_api.c      the public API: create / start / close, submit, cancel, pass-throughs
+ *   7  lc_machine.c  the state machine: finish, re-queue or fail, and the reactions to the
+ *                    mechanisms' events (lc_events), the registry, the store's state, the tick
+ *   6  lc_recover.c  restart recovery
+ *   5  lc_bcast.c    broadcast planning, children and the parent's aggregate
+ *   4  lc_place.c    placement: waiting queue, parked list, per-agent lists, the pump
+ *   3  lc_write.c    the per-command FIFO of store writes and their retries
+ *   2  lc_outbox.c   publishing results, outbox removal, replay and sweep
+ *   1  lc_cmd.c      the records: command tracking and freeing, answers, close bookkeeping
+ *   0  lc_timers.c   the clocks: the loop tick, the heap of due times, the store-retry pacer
+ *
+ * What a lower floor must tell the state machine goes up through lc->ev (struct lc_events, set
+ * once by lc_api.c at create), the way a libuv handle calls its owner's callback.
  *
  * Each tracked command is an lc_cmd holding the authoritative in-memory record and a FIFO of
  * store writes (snapshots of the record, each a compare-and-set on the status the previous write
@@ -120,8 +126,32 @@ typedef struct lc_pub {
   int failed;
 } lc_pub;
 
+/* The events the mechanisms report upward, each named by what happened; lc_machine.c (lc_api.c
+ * for drained) decides what follows. They are called from the loop, never while a mechanism's
+ * own list is half updated, and may themselves call down into any mechanism. */
+typedef struct lc_events {
+  /* The loop turn that lc_tick_schedule asked for (lc_timers.c). */
+  void (*turn)(lifecycle *lc);
+  /* k's due time came (lc_timers.c; lc_place.c for a deadline found passed by the pump): by
+   * k->st its deadline, its execution timeout or its reconnect grace. k is off the heap. */
+  void (*due)(lc_cmd *k);
+  /* A mechanism cannot carry k further (lc_place.c: unknown strategy; lc_bcast.c: the
+   * broadcast could not be planned or matched no agent). */
+  void (*failed)(lc_cmd *k, const char *why);
+  /* Every child of broadcast parent p is accounted for; s aggregates them and p's result is
+   * set (lc_bcast.c). */
+  void (*children_done)(lc_cmd *p, command_status s);
+  /* A write found k already final in the store, made so by another writer; k's queued writes
+   * are done (lc_write.c). */
+  void (*final_in_store)(lc_cmd *k);
+  /* The lifecycle is closing, its handles are closed and no store operation is pending: it
+   * may be freed (lc_cmd.c). */
+  void (*drained)(lifecycle *lc);
+} lc_events;
+
 struct lifecycle {
   uv_loop_t *loop;
+  const lc_events *ev;
   lifecycle_config cfg;
   char *instance;
   char *result_queue;
@@ -143,7 +173,7 @@ struct lifecycle {
     size_t inflight, held;
     sm_map agents; /* agent id -> lc_agent */
   } place;
-  struct { /* lc_api.c: the per-turn idle handle */
+  struct { /* lc_timers.c: the per-turn idle handle; lc_cmd.c: the deferred answers */
     uv_idle_t idle;
     int active;
     sm_list answers; /* lc_answer.node, deferred to the next turn */
@@ -152,7 +182,7 @@ struct lifecycle {
     sm_heap heap; /* lc_cmd by tm.due */
     uv_timer_t timer;
   } tm;
-  struct {         /* lc_write.c */
+  struct { /* lc_write.c; the retry pacer's fields (retry_ms, armed, now, timer): lc_timers.c */
     sm_list retry; /* lc_cmd.wr.retry: commands whose head write waits for a retry */
     uint64_t retry_ms;
     int armed;
@@ -193,24 +223,32 @@ struct lifecycle {
   } cl;
 };
 
-/* lc_api.c */
-void lc_tick_schedule(lifecycle *lc);
-lc_answer *lc_answer_new(lifecycle *lc, lifecycle_cmd_cb cb, void *ud);
-void lc_answer_defer(lifecycle *lc, lc_answer *a, int err, const sm_command *c);
-void lc_answer_run(lc_answer *a, int err, const sm_command *c);
-int lc_retryable(int err);
-int64_t lc_timeout_ms(const lifecycle *lc, const sm_command *c);
-lc_cmd *lc_cmd_track(lifecycle *lc, sm_command *c);
-void lc_maybe_free_cmd(lifecycle *lc, lc_cmd *k);
-void lc_closing_release(lifecycle *lc, lc_cmd *k);
-void lc_maybe_free_lc(lifecycle *lc);
+/* lc_machine.c (floor 7) */
 void lc_finish_with(lc_cmd *k, command_status s, const char *error, lc_answer *a);
 void lc_finish(lc_cmd *k, command_status s, const char *error);
 void lc_requeue_or_fail(lifecycle *lc, lc_cmd *k, const char *why);
-void lc_report_accepting(lifecycle *lc);
 size_t lc_waiting(const lifecycle *lc);
+void lc_listen_registry(lifecycle *lc);
+void lc_store_state(void *ud, int up);
+void lc_on_turn(lifecycle *lc);
+void lc_on_due(lc_cmd *k);
+void lc_on_failed(lc_cmd *k, const char *why);
+void lc_on_children_done(lc_cmd *p, command_status s);
+void lc_on_final_in_store(lc_cmd *k);
 
-/* lc_place.c */
+/* lc_recover.c (floor 6) */
+void lc_recover_page(lifecycle *lc);
+void lc_recover_cancel(lifecycle *lc);
+
+/* lc_bcast.c (floor 5) */
+void lc_bcast_expand(lifecycle *lc, lc_cmd *p);
+void lc_bcast_step(lifecycle *lc);
+int lc_parent_aggregate(lc_cmd *p);
+void lc_child_finished(lifecycle *lc, lc_cmd *child);
+void lc_child_running(lifecycle *lc, lc_cmd *child);
+void lc_bcast_agent_gone(lifecycle *lc, const agent *a);
+
+/* lc_place.c (floor 4) */
 void lc_place_init(lifecycle *lc);
 void lc_place_finish(lifecycle *lc);
 void lc_enqueue(lifecycle *lc, lc_cmd *k);
@@ -218,17 +256,15 @@ void lc_detach_all(lifecycle *lc, lc_cmd *k);
 void lc_bind_agent(lifecycle *lc, lc_cmd *k, const char *agent_id, agent *a);
 void lc_count_on(lc_cmd *k, agent *a);
 void lc_pump(lifecycle *lc);
-void lc_listen_registry(lifecycle *lc);
 void lc_place_close(lifecycle *lc, lc_cmd *k);
+lc_agent *lc_place_agent(lifecycle *lc, const char *id, size_t len);
+void lc_place_agent_back(lifecycle *lc, agent *a);
 
-/* lc_write.c */
+/* lc_write.c (floor 3) */
 void lc_write_push(lc_cmd *k, int create, int with_outbox, lc_answer *a);
-void lc_writes_drop(lifecycle *lc, lc_cmd *k);
-void lc_retry_arm(lifecycle *lc);
 void lc_run_retries(lifecycle *lc);
-void lc_store_state(void *ud, int up);
 
-/* lc_outbox.c */
+/* lc_outbox.c (floor 2) */
 void lc_outbox_init(lifecycle *lc);
 void lc_pub_start(lifecycle *lc, const char *id, char *payload, size_t len, const char *reply_to,
                   const char *corr);
@@ -236,24 +272,30 @@ void lc_outbox_start(lifecycle *lc);
 void lc_outbox_close(lifecycle *lc);
 void lc_outbox_finish(lifecycle *lc);
 
-/* lc_bcast.c */
-void lc_bcast_expand(lifecycle *lc, lc_cmd *p);
-void lc_bcast_step(lifecycle *lc);
-int lc_parent_aggregate(lc_cmd *p);
-void lc_child_finished(lifecycle *lc, lc_cmd *child);
-void lc_child_running(lifecycle *lc, lc_cmd *child);
-void lc_bcast_release(lifecycle *lc, lc_cmd *k);
-void lc_bcast_agent_gone(lifecycle *lc, const agent *a);
+/* lc_cmd.c (floor 1) */
+int lc_retryable(int err);
+int64_t lc_timeout_ms(const lifecycle *lc, const sm_command *c);
+lc_answer *lc_answer_new(lifecycle *lc, lifecycle_cmd_cb cb, void *ud);
+void lc_answer_defer(lifecycle *lc, lc_answer *a, int err, const sm_command *c);
+void lc_answer_run(lc_answer *a, int err, const sm_command *c);
+void lc_answers_flush(lifecycle *lc, int cancel);
+lc_cmd *lc_cmd_track(lifecycle *lc, sm_command *c);
+void lc_cmd_release_bcast(lc_cmd *k);
+void lc_write_free(lc_write *w);
+void lc_maybe_free_cmd(lifecycle *lc, lc_cmd *k);
+void lc_closing_release(lifecycle *lc, lc_cmd *k);
+void lc_maybe_free_lc(lifecycle *lc);
 
-/* lc_recover.c */
-void lc_recover_page(lifecycle *lc);
-void lc_recover_cancel(lifecycle *lc);
-
-/* lc_timers.c */
+/* lc_timers.c (floor 0) */
+void lc_tick_schedule(lifecycle *lc);
 void lc_timers_init(lifecycle *lc);
 void lc_timers_finish(lifecycle *lc);
 SM_MUST_CHECK int lc_timers_reserve(lifecycle *lc, size_t n);
 void lc_th_set(lifecycle *lc, lc_cmd *k, int64_t due);
 void lc_th_remove(lifecycle *lc, lc_cmd *k);
+void lc_retry_arm(lifecycle *lc);
+void lc_retry_arm_busy(lifecycle *lc);
+void lc_retry_calm(lifecycle *lc);
+void lc_retry_now(lifecycle *lc);
 
 #endif
