@@ -24,6 +24,7 @@
  * A second signal exits at once.
  */
 #include "app/manager.h"
+#include "net/tcp.h"
 
 #include "admin/server.h"
 #include "app/agent_mirror.h"
@@ -362,7 +363,7 @@ static grpc_server_config grpc_config_of(const sm_settings *s) {
 static int admin_config_of(const sm_settings *s, char *host, admin_server_config *out) {
   int port = 0;
   const char *addr = s->admin_addr ? s->admin_addr : ":8080";
-  int err = sm_addr_split(addr, host, &port);
+  int err = net_addr_split(addr, host, &port);
   if (err)
     return err;
   *out = (admin_server_config){

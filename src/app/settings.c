@@ -2,6 +2,8 @@
  * from the variable: GRPC_SERVER_ADDR -> --grpc-server-addr), its type, range and default. */
 #include "app/settings.h"
 
+#include "net/tcp.h"
+
 #include "util/alloc.h"
 #include "util/err.h"
 #include "util/timeutil.h"
@@ -197,7 +199,7 @@ static int apply(sm_settings *s, const setting *t, const char *v, char *why, siz
     if (t->kind == K_ADDR) {
       char host[256];
       int port;
-      if (sm_addr_split(v, host, &port)) {
+      if (net_addr_split(v, host, &port)) {
         snprintf(why, wsize, "'%s' is not host:port", v);
         return SM_EINVAL;
       }
@@ -397,41 +399,4 @@ void sm_settings_finish(sm_settings *s) {
   }
   free(s->instance_id);
   s->instance_id = NULL;
-}
-
-int sm_addr_split(const char *addr, char host[256], int *port) {
-  const char *colon;
-  const char *h;
-  size_t hlen;
-  if (addr[0] == '[') {
-    const char *close = strchr(addr, ']');
-    if (close == NULL || close[1] != ':')
-      return SM_EADDR;
-    h = addr + 1;
-    hlen = (size_t)(close - h);
-    colon = close + 1;
-  } else {
-    colon = strrchr(addr, ':');
-    if (colon == NULL)
-      return SM_EADDR;
-    h = addr;
-    hlen = (size_t)(colon - addr);
-    if (memchr(h, ':', hlen) != NULL) /* bare IPv6 needs brackets */
-      return SM_EADDR;
-  }
-  if (hlen >= 256)
-    return SM_EADDR;
-  char *end;
-  errno = 0;
-  long p = strtol(colon + 1, &end, 10);
-  if (colon[1] == '\0' || *end != '\0' || errno || p < 0 || p > 65535)
-    return SM_EADDR;
-  if (hlen == 0) {
-    strcpy(host, "0.0.0.0");
-  } else {
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-  }
-  *port = (int)p;
-  return 0;
 }

@@ -91,8 +91,4 @@ SM_MUST_CHECK int sm_settings_load(sm_settings *s, int argc, char **argv);
 /* Frees the strings of s. */
 void sm_settings_finish(sm_settings *s);
 
-/* Parses "host:port", ":port", "[v6]:port" into a host ("0.0.0.0" for empty) and a port.
- * Returns 0 or SM_EADDR. host must hold 256 bytes. */
-SM_MUST_CHECK int sm_addr_split(const char *addr, char host[256], int *port);
-
 #endif

@@ -10,25 +10,14 @@
 #include "store/store.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/tcp.h"
+#include "fake-link.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <uv.h>
-
-static int fake_send(void *link, const agent_command *cmd) {
-  (void)link, (void)cmd;
-  return 0;
-}
-static void fake_end(void *link, int reason, const char *message) {
-  (void)link, (void)reason, (void)message;
-}
-static const char *fake_peer(void *link) {
-  (void)link;
-  return "127.0.0.1:1";
-}
-static const agent_link_ops fake_ops = {"fake", fake_send, fake_end, fake_peer};
 
 typedef struct app {
   struct admin_server *admin;
@@ -117,7 +106,7 @@ int main(int argc, char **argv) {
   char host[256];
   int port = 0;
   const char *addr = s.admin_addr ? s.admin_addr : ":8080";
-  int err = sm_addr_split(addr, host, &port);
+  int err = net_addr_split(addr, host, &port);
   admin_server_config cfg = {
       .addr = addr,
       .host = host,

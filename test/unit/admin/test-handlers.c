@@ -8,22 +8,10 @@
 #include "core/registry.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "fake-link.h"
 
 #include <cjson/cJSON.h>
 #include <uv.h>
-
-static int fake_send(void *link, const agent_command *cmd) {
-  (void)link, (void)cmd;
-  return 0;
-}
-static void fake_end(void *link, int reason, const char *message) {
-  (void)link, (void)reason, (void)message;
-}
-static const char *fake_peer(void *link) {
-  (void)link;
-  return "127.0.0.1:4242";
-}
-static const agent_link_ops fake_ops = {"fake", fake_send, fake_end, fake_peer};
 
 static http_request *last_req;
 static int grab(void *ud, http_request *req) {
@@ -129,7 +117,7 @@ static void test_agent_json(void) {
   T_EQ_STR(str(j, "status"), "idle");
   T_EQ_STR(str(j, "segment"), "10.0.0.0/24");
   T_EQ_STR(str(j, "instance"), "mgr-1");
-  T_EQ_STR(str(j, "peer"), "127.0.0.1:4242");
+  T_EQ_STR(str(j, "peer"), "127.0.0.1:1");
   T_EQ_STR(str(j, "protocol"), "fake");
   T_EQ_INT(num(j, "max_concurrent"), 4);
   T_EQ_INT(num(j, "active_commands"), 0);

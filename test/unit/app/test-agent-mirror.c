@@ -9,23 +9,11 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timeutil.h"
+#include "fake-link.h"
 
 #include <string.h>
 #include <unistd.h>
 #include <uv.h>
-
-static int fake_send(void *link, const agent_command *cmd) {
-  (void)link, (void)cmd;
-  return 0;
-}
-static void fake_end(void *link, int reason, const char *message) {
-  (void)link, (void)reason, (void)message;
-}
-static const char *fake_peer(void *link) {
-  (void)link;
-  return "127.0.0.1:1";
-}
-static const agent_link_ops fake_ops = {"fake", fake_send, fake_end, fake_peer};
 
 static uv_loop_t loop;
 static store *st;

@@ -2,6 +2,7 @@
 #include "t.h"
 #include "app/settings.h"
 #include "util/err.h"
+#include "net/tcp.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -107,15 +108,15 @@ static void test_bad(void) {
 static void test_addr(void) {
   char host[256];
   int port;
-  T_EQ_INT(sm_addr_split(":50051", host, &port), 0);
+  T_EQ_INT(net_addr_split(":50051", host, &port), 0);
   T_EQ_STR(host, "0.0.0.0");
   T_EQ_INT(port, 50051);
-  T_EQ_INT(sm_addr_split("[::1]:80", host, &port), 0);
+  T_EQ_INT(net_addr_split("[::1]:80", host, &port), 0);
   T_EQ_STR(host, "::1");
-  T_EQ_INT(sm_addr_split("localhost:0", host, &port), 0);
-  T_EQ_INT(sm_addr_split("::1:80", host, &port), SM_EADDR);
-  T_EQ_INT(sm_addr_split("host:", host, &port), SM_EADDR);
-  T_EQ_INT(sm_addr_split("host:99999", host, &port), SM_EADDR);
+  T_EQ_INT(net_addr_split("localhost:0", host, &port), 0);
+  T_EQ_INT(net_addr_split("::1:80", host, &port), SM_EADDR);
+  T_EQ_INT(net_addr_split("host:", host, &port), SM_EADDR);
+  T_EQ_INT(net_addr_split("host:99999", host, &port), SM_EADDR);
 }
 
 int main(void) {

@@ -11,28 +11,13 @@
 #include "t.h"
 #include "util/alloc.h"
 #include "util/err.h"
+#include "fake-link.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define NTH_MAX 10000 /* an operation needs far fewer allocations than this */
-
-static int fake_send(void *link, const agent_command *cmd) {
-  (void)link;
-  (void)cmd;
-  return 0;
-}
-static void fake_end(void *link, int reason, const char *message) {
-  (void)link;
-  (void)reason;
-  (void)message;
-}
-static const char *fake_peer(void *link) {
-  (void)link;
-  return "test";
-}
-static const agent_link_ops fake_ops = {"test", fake_send, fake_end, fake_peer};
 
 typedef struct world {
   uv_loop_t loop;

@@ -4,6 +4,7 @@
 #include "sched/strategy.h"
 #include "t.h"
 #include "util/err.h"
+#include "fake-link.h"
 
 #include <stdlib.h>
 
@@ -67,22 +68,6 @@ static void test_random_remove(void) {
 }
 
 /* ---- placement ---- */
-
-static int fake_send(void *link, const agent_command *cmd) {
-  (void)link;
-  (void)cmd;
-  return 0;
-}
-static void fake_end(void *link, int reason, const char *message) {
-  (void)link;
-  (void)reason;
-  (void)message;
-}
-static const char *fake_peer(void *link) {
-  (void)link;
-  return "test";
-}
-static const agent_link_ops fake_ops = {"test", fake_send, fake_end, fake_peer};
 
 static agent *attach(agent_registry *reg, const char *id, const char *caps, const char *maxc) {
   sm_kv meta[2] = {{"capabilities", caps}, {"max_concurrent", maxc}};

@@ -10,6 +10,7 @@
 #include "sched/strategy.h"
 #include "t.h"
 #include "util/err.h"
+#include "fake-link.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,22 +27,6 @@ static uint32_t rnd(void) {
 static int rndn(int n) {
   return (int)(rnd() % (uint32_t)n);
 }
-
-static int fake_send(void *link, const agent_command *cmd) {
-  (void)link;
-  (void)cmd;
-  return 0;
-}
-static void fake_end(void *link, int reason, const char *message) {
-  (void)link;
-  (void)reason;
-  (void)message;
-}
-static const char *fake_peer(void *link) {
-  (void)link;
-  return "test";
-}
-static const agent_link_ops fake_ops = {"test", fake_send, fake_end, fake_peer};
 
 /* The registry forwards its events to the strategy set, as the lifecycle does. */
 static void ev_reg(void *ud, agent *a, int replaced) {
