@@ -23,10 +23,22 @@ MANAGER_BIN = os.path.join(BUILD, "src", "sirius-manager")
 AGENT_BIN = os.path.join(BUILD, "src", "sirius-agent")
 
 
+_ports_handed_out = set()
+
+
 def free_port():
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on now, and never one this test run handed out before:
+    the kernel may give a port that was just bound and closed again, and two listeners of one
+    manager would then collide (seen: gRPC and admin both on the same port, the admin bind
+    failing with "address already in use")."""
+    for _ in range(1000):
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port")
 
 
 def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
