@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 static uint64_t rng = 88172645463325252ULL;
@@ -176,22 +177,42 @@ static void bench_select(size_t samples) {
 
 /* ---- loop lag ----------------------------------------------------------------------------- */
 
+/* Lateness of a 1 ms timer, and the loop thread's CPU time between two ticks: on this shared
+ * machine a late tick is either a long loop turn (CPU used) or the thread being preempted (no
+ * CPU used), and the second figure tells them apart. */
 typedef struct lagmeter {
   uv_timer_t t;
-  uint64_t last;
-  uint64_t *lag;
+  uint64_t last, last_cpu;
+  uint64_t *lag, *cpu;
   size_t n, cap;
   int on;
 } lagmeter;
 
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
 static void lag_tick(uv_timer_t *t) {
   lagmeter *m = t->data;
-  uint64_t now = uv_hrtime();
+  uint64_t now = uv_hrtime(), cpu = thread_cpu_ns();
   if (m->on && m->last && m->n < m->cap) {
     uint64_t d = now - m->last;
+    m->cpu[m->n] = cpu - m->last_cpu;
     m->lag[m->n++] = d > 1000000 ? d - 1000000 : 0;
   }
   m->last = now;
+  m->last_cpu = cpu;
+}
+
+/* Starts a phase: samples from here on, and the first one measured from now (not from the last
+ * tick of the previous phase, which would count the setup in between as a loop turn). */
+static void lag_phase(lagmeter *m) {
+  uv_update_time(m->t.loop);
+  uv_timer_again(&m->t);
+  m->n = 0;
+  m->last = 0;
 }
 
 static void lag_report(const char *what, lagmeter *m) {
@@ -200,8 +221,11 @@ static void lag_report(const char *what, lagmeter *m) {
     return;
   }
   qsort(m->lag, m->n, sizeof(*m->lag), ucmp);
+  qsort(m->cpu, m->n, sizeof(*m->cpu), ucmp);
   printf("%-44s samples %6zu  p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms\n", what, m->n,
          m->lag[m->n / 2] / 1e6, m->lag[m->n * 99 / 100] / 1e6, m->lag[m->n - 1] / 1e6);
+  printf("%-44s loop CPU between ticks:  p99 %7.3f ms  max %7.3f ms\n", "",
+         m->cpu[m->n * 99 / 100] / 1e6, m->cpu[m->n - 1] / 1e6);
 }
 
 typedef struct plan_state {
@@ -257,6 +281,9 @@ static void bench_lag(size_t n) {
   agent_registry *reg = make_agents(&loop, n, NULL);
   lagmeter m = {.cap = 200000};
   m.lag = malloc(m.cap * sizeof(*m.lag));
+  m.cpu = malloc(m.cap * sizeof(*m.cpu));
+  if (m.lag == NULL || m.cpu == NULL)
+    exit(1);
   uv_timer_init(&loop, &m.t);
   m.t.data = &m;
   uv_timer_start(&m.t, lag_tick, 1, 1);
@@ -266,13 +293,14 @@ static void bench_lag(size_t n) {
   uv_timer_init(&loop, &stop);
   plan_state ps = {.loop = &loop, .m = &m, .done = 1};
   stop.data = &ps;
+  lag_phase(&m);
   uv_timer_start(&stop, stop_cb, 300, 0);
   uv_run(&loop, UV_RUN_DEFAULT);
   char what[96];
   snprintf(what, sizeof(what), "idle loop (%zu agents)", n);
   lag_report(what, &m);
   /* planning: snapshot on the loop, match on the work queue */
-  m.n = 0;
+  lag_phase(&m);
   ps.done = 0;
   sm_kv cap = {"os", "linux"};
   agent_filter f = {.caps = &cap, .ncaps = 1, .max_load = -1, .min_version = "1.0"};
@@ -314,7 +342,7 @@ static void bench_lag(size_t n) {
   char err[128];
   if (command_parse_text(body, strlen(body), &cmd, err, sizeof(err)) != 0)
     exit(1);
-  m.n = 0;
+  lag_phase(&m);
   sent_total = 0;
   ls.want = ps.matched;
   t0 = uv_hrtime();
@@ -340,6 +368,7 @@ static void bench_lag(size_t n) {
   store_close(st, NULL, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   free(m.lag);
+  free(m.cpu);
 }
 
 int main(int argc, char **argv) {

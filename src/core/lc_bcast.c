@@ -2,8 +2,9 @@
  * parent's final status aggregates its children's.
  *
  * Broadcasts are planned off the loop (sched/broadcast.h): the registry is snapshotted, the work
- * queue matches the filter and makes the child ids, and the loop applies the plan a step per
- * turn (LC_BCAST_STEP entries) so tens of thousands of children never stall it: first every
+ * queue matches the filter and makes the child ids, and the loop applies the plan a slice per
+ * turn (bounded by count and by loop time, see LC_BCAST_BUDGET_NS) so tens of thousands of
+ * children never stall it: first every
  * entry is checked against the live registry (an agent that left or re-registered since the
  * snapshot is skipped) and recorded as a child id, then the parent is written with its
  * children, then the children are created and queued.
@@ -22,7 +23,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LC_BCAST_STEP 256 /* broadcast children created per loop turn */
+#include <uv.h>
+
+/* A loop turn applies at most LC_BCAST_STEP plan entries per parent and spends at most
+ * LC_BCAST_BUDGET_NS on all parents together (the clock is read every LC_BCAST_CHECK entries),
+ * so a large broadcast, or a loop slowed by a busy machine, never holds the loop for long; the
+ * rest waits for the next turn. Placement (lc_pump) has its own budget in the same turn. */
+#define LC_BCAST_STEP 256
+#define LC_BCAST_BUDGET_NS 1000000ULL
+#define LC_BCAST_CHECK 16
+
+typedef struct bcast_budget {
+  uint64_t t0;
+  size_t n; /* entries applied this turn */
+} bcast_budget;
+
+/* Whether this turn's budget is spent (counted one entry at a time). */
+static int budget_spent(bcast_budget *b) {
+  b->n++;
+  return (b->n % LC_BCAST_CHECK) == 0 && uv_hrtime() - b->t0 > LC_BCAST_BUDGET_NS;
+}
 
 /* Once every child is accounted for: sets the parent's result and reports ev->children_done.
  * Returns 1 when it did. */
@@ -122,12 +142,16 @@ static void bcast_planned(void *ud, int err, sched_bcast_plan *plan) {
   lc_tick_schedule(lc);
 }
 
-/* Validates plan entries into the parent's children; returns 1 when all are done. */
-static int bcast_validate(lifecycle *lc, lc_cmd *p) {
+/* Validates plan entries into the parent's children, a slice per call; returns 1 when all are
+ * done. */
+static int bcast_validate(lifecycle *lc, lc_cmd *p, bcast_budget *b) {
   sched_bcast_plan *pl = p->bc.plan;
   sm_command *c = p->c;
   size_t end = p->bc.next + LC_BCAST_STEP < pl->n ? p->bc.next + LC_BCAST_STEP : pl->n;
-  for (size_t i = p->bc.next; i < end; i++) {
+  size_t i;
+  for (i = p->bc.next; i < end; i++) {
+    if (budget_spent(b)) /* entry i waits for the next turn */
+      break;
     const char *id = pl->agent_id[i];
     agent *a = agent_registry_find(lc->reg, id, strlen(id));
     if (a == NULL || a->generation != pl->generation[i] || a->link_ops == NULL)
@@ -141,8 +165,8 @@ static int bcast_validate(lifecycle *lc, lc_cmd *p) {
     memcpy(pl->child_id[c->nchildren], pl->child_id[i], sizeof(pl->child_id[i]));
     c->children[c->nchildren++] = cid;
   }
-  p->bc.next = end;
-  return end == pl->n;
+  p->bc.next = i;
+  return i == pl->n;
 }
 
 /* Creates and queues one child for plan entry i. */
@@ -184,15 +208,33 @@ lost:
   }
 }
 
-/* One step of every broadcast being applied. */
+/* Creates the children of a slice of plan entries; returns 1 when all are created. */
+static int bcast_children(lifecycle *lc, lc_cmd *p, bcast_budget *b) {
+  int64_t now = sm_now_ms();
+  size_t n = p->bc.plan->n;
+  size_t end = p->bc.next + LC_BCAST_STEP < n ? p->bc.next + LC_BCAST_STEP : n;
+  size_t i;
+  for (i = p->bc.next; i < end; i++) {
+    if (budget_spent(b))
+      break;
+    bcast_child(lc, p, i, now);
+  }
+  p->bc.next = i;
+  return i == n;
+}
+
+/* One slice of every broadcast being applied, within one turn's budget. */
 void lc_bcast_step(lifecycle *lc) {
+  bcast_budget b = {.t0 = uv_hrtime()};
   SM_LIST_FOREACH_SAFE(it, tmp, &lc->bc.stepping) {
     lc_cmd *p = SM_LIST_ENTRY(it, lc_cmd, bc.step);
     int done = 0;
+    if (b.n >= LC_BCAST_CHECK && uv_hrtime() - b.t0 > LC_BCAST_BUDGET_NS)
+      break;                 /* the rest on the next turn */
     if (p->st == LS_FINAL) { /* cancelled meanwhile: children not yet created never will be */
       done = 1;
     } else if (p->st != LS_PARENT) {
-      if (bcast_validate(lc, p)) {
+      if (bcast_validate(lc, p, &b)) {
         if (p->c->nchildren == 0) {
           done = 1;
           lc->ev->failed(p, "no agent matches the broadcast filter");
@@ -210,14 +252,12 @@ void lc_bcast_step(lifecycle *lc) {
           lc_write_push(p, 0, 0, NULL);
         }
       }
+    } else if (p->chain == COMMAND_QUEUED) {
+      /* the parent's write could not be queued (out of memory): no child is created before
+       * it is, or a restart would find a queued parent and broadcast again */
+      lc_write_push(p, 0, 0, NULL);
     } else {
-      int64_t now = sm_now_ms();
-      size_t end =
-          p->bc.next + LC_BCAST_STEP < p->bc.plan->n ? p->bc.next + LC_BCAST_STEP : p->bc.plan->n;
-      for (size_t i = p->bc.next; i < end; i++)
-        bcast_child(lc, p, i, now);
-      p->bc.next = end;
-      done = end == p->bc.plan->n;
+      done = bcast_children(lc, p, &b);
       lc_parent_aggregate(p);
     }
     if (done) {
