@@ -14,7 +14,7 @@
 
 int lc_retryable(int err) {
   return err == SM_EUNAVAIL || err == SM_ETIMEDOUT || err == SM_ECLOSED || err == SM_EAGAIN ||
-         err == SM_ELIMIT || err == SM_EIO || err == SM_ECANCELED;
+         err == SM_ELIMIT || err == SM_EIO || err == SM_ECANCELED || err == SM_ENOMEM;
 }
 
 int64_t lc_timeout_ms(const lifecycle *lc, const sm_command *c) {
