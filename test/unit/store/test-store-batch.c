@@ -149,18 +149,23 @@ static void on_state(void *ud, int up) {
   *(int *)ud = up;
 }
 
-static store *open_store(size_t batch_max, double timeout_s) {
+static store *open_store_d(size_t batch_max, double timeout_s, unsigned delay_ms) {
   store *s = NULL;
   store_valkey_config cfg = {.host = "127.0.0.1",
                              .port = redis.port,
                              .prefix = "b:",
                              .batch_max = batch_max,
-                             .request_timeout_s = timeout_s};
+                             .request_timeout_s = timeout_s,
+                             .batch_delay_ms = delay_ms};
   T_EQ_INT(store_valkey_create(loop, &cfg, &s), 0);
   up_flag = 0;
   store_set_state_cb(s, on_state, &up_flag);
   run_until(&up_flag, 1);
   return s;
+}
+
+static store *open_store(size_t batch_max, double timeout_s) {
+  return open_store_d(batch_max, timeout_s, 0);
 }
 
 static int closed;
@@ -331,6 +336,29 @@ static void test_flood_bound(void) {
   close_store(s);
 }
 
+/* VALKEY_BATCH_DELAY_MS: records of several loop turns within the window share one call. */
+static void test_delay_window(void) {
+  store *s = open_store_d(0, 0, 50);
+  create_many(s, "dwarm", 1, R);
+  long long e0 = script_calls();
+  for (int i = 0; i < 3; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "delay-%d", i);
+    sm_command *c = mk(id, 7000 + i);
+    memset(&R[i], 0, sizeof(R[i]));
+    T_EQ_INT(store_cmd_create(s, c, cmd_cb, &R[i]), 0);
+    command_free(c);
+    for (int k = 0; k < 5; k++) /* other loop turns pass; the batch waits */
+      uv_run(loop, UV_RUN_NOWAIT);
+  }
+  T_EQ_INT(total_done(R, 3), 0);
+  run_until_total_impl(R, 3);
+  for (int i = 0; i < 3; i++)
+    T_EQ_INT(R[i].err, 0);
+  T_EQ_INT(script_calls() - e0, 1);
+  close_store(s);
+}
+
 static void test_close_gathered(void) {
   store *s = open_store(0, 0);
   res r[8];
@@ -496,6 +524,7 @@ int main(void) {
   T_RUN(test_one_call_per_turn);
   T_RUN(test_mixed_results);
   T_RUN(test_flood_bound);
+  T_RUN(test_delay_window);
   T_RUN(test_close_gathered);
   T_RUN(test_alloc_fail);
   T_RUN(test_failed_batch);
