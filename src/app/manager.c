@@ -430,6 +430,8 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
         .port = s->valkey_port,
         .password = s->valkey_password,
         .db = s->valkey_db,
+        .batch_max = s->valkey_batch_max,
+        .batch_delay_ms = (unsigned)s->valkey_batch_delay_ms,
     };
     err = store_valkey_create(m->loop, &vc, &m->store);
   } else {

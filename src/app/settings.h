@@ -30,13 +30,15 @@ typedef struct sm_settings {
   char *tls_client_ca_file;     /* TLS_CLIENT_CA_FILE: mutual TLS when set */
   char *agent_auth_tokens_file; /* AGENT_AUTH_TOKENS_FILE */
   /* store and broker */
-  char *valkey_host;        /* VALKEY_HOST; NULL: in-process store */
-  int valkey_port;          /* VALKEY_PORT, 6379 */
-  char *valkey_password;    /* VALKEY_PASSWORD */
-  int valkey_db;            /* VALKEY_DB, 0 */
-  char *rabbitmq_url;       /* RABBITMQ_URL; NULL: no AMQP */
-  char *amqp_command_queue; /* AMQP_COMMAND_QUEUE, "agent-commands" */
-  char *amqp_result_queue;  /* AMQP_RESULT_QUEUE, "agent-results" */
+  char *valkey_host;         /* VALKEY_HOST; NULL: in-process store */
+  int valkey_port;           /* VALKEY_PORT, 6379 */
+  char *valkey_password;     /* VALKEY_PASSWORD */
+  int valkey_db;             /* VALKEY_DB, 0 */
+  size_t valkey_batch_max;   /* VALKEY_BATCH_MAX: records per group-commit call, 256 */
+  int valkey_batch_delay_ms; /* VALKEY_BATCH_DELAY_MS: batch window, 0 (end of loop turn) */
+  char *rabbitmq_url;        /* RABBITMQ_URL; NULL: no AMQP */
+  char *amqp_command_queue;  /* AMQP_COMMAND_QUEUE, "agent-commands" */
+  char *amqp_result_queue;   /* AMQP_RESULT_QUEUE, "agent-results" */
   /* logging and identity */
   enum sm_log_level log_level;   /* SIRIUS_LOG_LEVEL */
   enum sm_log_format log_format; /* SIRIUS_LOG_FORMAT */

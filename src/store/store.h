@@ -117,7 +117,10 @@ typedef struct store_valkey_config {
   const char *prefix;       /* key prefix, "sm:" when NULL */
   double connect_timeout_s; /* 0: 5 s */
   double request_timeout_s; /* 0: 5 s */
-  size_t max_pending;       /* requests in flight; 0: 10000 */
+  size_t max_pending;       /* requests in flight, and records gathered or in flight; 0: 10000 */
+  size_t batch_max;         /* VALKEY_BATCH_MAX: records per group-commit call; 0: 256 */
+  unsigned batch_delay_ms;  /* VALKEY_BATCH_DELAY_MS: wait after a batch's first record; 0: send
+                               it at the end of the loop turn */
 } store_valkey_config;
 
 typedef struct store_mem_config {

@@ -1,9 +1,18 @@
-/* store_valkey.c - the store on Valkey/Redis (key layout: docs/store.md).
+/* store_valkey.c - the store on Valkey/Redis (key layout and guarantees: docs/store.md).
  *
  * Each operation that touches more than one key is one Lua script, so it is atomic on the
  * server (idempotent create, compare-and-set update with its index moves and outbox entry).
  * Scripts run with EVALSHA; a NOSCRIPT answer (a restarted server forgot them) resends the
  * same request once with EVAL and the script text.
+ *
+ * Group commit: the hot-path writes (cmd_create, cmd_update, outbox_remove) are not sent one by
+ * one. They are gathered into a batch and sent as ONE call of the `apply` script, which applies
+ * the records in order, each with its own semantics, and returns one result per record. A batch
+ * goes out just before the loop blocks for I/O (a uv_prepare handle: everything the loop turn
+ * produced), after batch_delay_ms when set, or at once when it holds batch_max records. A record
+ * is reported only from its batch's reply, so none is acknowledged before the script ran; when
+ * the call fails, every record of the batch gets the error. Any other operation first sends the
+ * gathered batch, so operations reach the server in the order they were asked for.
  */
 #include "store/store.h"
 #include "store/valkey.h"
@@ -12,58 +21,73 @@
 #include "util/err.h"
 #include "util/hex.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum script_id {
-  S_CREATE,
-  S_UPDATE,
-  S_LIST,
-  S_OB_ADD,
-  S_OB_LIST,
-  S_OB_DEL,
-  S_AG_PUT,
-  S_AG_DEL,
-  S_AG_LIST,
-  S_COUNT
-};
+enum script_id { S_APPLY, S_LIST, S_OB_ADD, S_OB_LIST, S_AG_PUT, S_AG_DEL, S_AG_LIST, S_COUNT };
+
+/* apply: ARGV[1] prefix, ARGV[2] now (ms), then records, each a tag and its fields:
+ *   c id json member status active('1'|'') agent type idem  create, idempotent on id and idem
+ *   u id json expected status final('1'|'') agent ob('1'|'') payload  compare-and-set update
+ *   d id                                                       outbox removal
+ * Returns two elements per record: a code and a stored record ('' when there is none to report):
+ * c: 0 created, 1 existed + the stored record; u: 0 done, -1 absent, -2 other status + the
+ * stored record; d: 0. The success cases return '' because the caller holds the record it sent. */
+static const char apply_script[] =
+    "local p=ARGV[1] local now=ARGV[2] local out={} local i=3 local n=#ARGV\n"
+    "local function put(code,j) out[#out+1]=code out[#out+1]=j or '' end\n"
+    "local function create(id,j,m,s,act,a,ty,ik)\n"
+    " if ik~='' then local ex=redis.call('GET',p..'idem:'..ik)\n"
+    "  if ex then local sj=redis.call('HGET',p..'cmd:'..ex,'j') if sj then return put(1,sj) end "
+    "end end\n"
+    " local k=p..'cmd:'..id\n"
+    " local sj=redis.call('HGET',k,'j') if sj then return put(1,sj) end\n"
+    " redis.call('HSET',k,'s',s,'a',a,'m',m,'j',j)\n"
+    " redis.call('ZADD',p..'cmds:all',0,m)\n"
+    " redis.call('ZADD',p..'cmds:status:'..s,0,m)\n"
+    " if act=='1' then redis.call('ZADD',p..'cmds:active',0,m) end\n"
+    " if a~='' then redis.call('ZADD',p..'cmds:agent:'..a,0,m) end\n"
+    " redis.call('ZADD',p..'cmds:type:'..ty,0,m)\n"
+    " if ik~='' then redis.call('SET',p..'idem:'..ik,id) end\n"
+    " put(0)\n"
+    "end\n"
+    "local function update(id,j,exp,s,fin,a,ob,pl)\n"
+    " local k=p..'cmd:'..id\n"
+    " local cur=redis.call('HMGET',k,'s','a','m','j')\n"
+    " if not cur[1] then return put(-1) end\n"
+    " if cur[1]~=exp then return put(-2,cur[4]) end\n"
+    " local m=cur[3]\n"
+    " redis.call('HSET',k,'s',s,'a',a,'j',j)\n"
+    " if cur[1]~=s then\n"
+    "  redis.call('ZREM',p..'cmds:status:'..cur[1],m)\n"
+    "  redis.call('ZADD',p..'cmds:status:'..s,0,m)\n"
+    "  if fin=='1' then redis.call('ZREM',p..'cmds:active',m) end\n"
+    " end\n"
+    " if cur[2]~=a then\n"
+    "  if cur[2]~='' then redis.call('ZREM',p..'cmds:agent:'..cur[2],m) end\n"
+    "  if a~='' then redis.call('ZADD',p..'cmds:agent:'..a,0,m) end\n"
+    " end\n"
+    " if ob=='1' then redis.call('HSET',p..'outbox',id,pl)\n"
+    "  redis.call('ZADD',p..'outbox:q','NX',now,id) end\n"
+    " put(0)\n"
+    "end\n"
+    "while i<=n do local t=ARGV[i]\n"
+    " if t=='c' then create(ARGV[i+1],ARGV[i+2],ARGV[i+3],ARGV[i+4],ARGV[i+5],ARGV[i+6],"
+    "ARGV[i+7],ARGV[i+8]) i=i+9\n"
+    " elseif t=='u' then update(ARGV[i+1],ARGV[i+2],ARGV[i+3],ARGV[i+4],ARGV[i+5],ARGV[i+6],"
+    "ARGV[i+7],ARGV[i+8]) i=i+9\n"
+    " elseif t=='d' then redis.call('HDEL',p..'outbox',ARGV[i+1])\n"
+    "  redis.call('ZREM',p..'outbox:q',ARGV[i+1]) put(0) i=i+2\n"
+    " else return redis.error_reply('apply: bad record tag') end\n"
+    "end\n"
+    "return out\n";
 
 static const char *const scripts[S_COUNT] = {
-    [S_CREATE] = "local p=ARGV[1]\n"
-                 "if ARGV[9]~='' then local ex=redis.call('GET',p..'idem:'..ARGV[9])\n"
-                 " if ex then local j=redis.call('HGET',p..'cmd:'..ex,'j') if j then return {1,j} "
-                 "end end end\n"
-                 "local k=p..'cmd:'..ARGV[2]\n"
-                 "local j=redis.call('HGET',k,'j') if j then return {1,j} end\n"
-                 "redis.call('HSET',k,'s',ARGV[5],'a',ARGV[7],'m',ARGV[4],'j',ARGV[3])\n"
-                 "redis.call('ZADD',p..'cmds:all',0,ARGV[4])\n"
-                 "redis.call('ZADD',p..'cmds:status:'..ARGV[5],0,ARGV[4])\n"
-                 "if ARGV[6]=='1' then redis.call('ZADD',p..'cmds:active',0,ARGV[4]) end\n"
-                 "if ARGV[7]~='' then redis.call('ZADD',p..'cmds:agent:'..ARGV[7],0,ARGV[4]) end\n"
-                 "redis.call('ZADD',p..'cmds:type:'..ARGV[8],0,ARGV[4])\n"
-                 "if ARGV[9]~='' then redis.call('SET',p..'idem:'..ARGV[9],ARGV[2]) end\n"
-                 "return {0,ARGV[3]}\n",
-    [S_UPDATE] = "local p=ARGV[1] local k=p..'cmd:'..ARGV[2]\n"
-                 "local cur=redis.call('HMGET',k,'s','a','m','j')\n"
-                 "if not cur[1] then return {-1} end\n"
-                 "if cur[1]~=ARGV[4] then return {-2,cur[4]} end\n"
-                 "local m=cur[3]\n"
-                 "redis.call('HSET',k,'s',ARGV[5],'a',ARGV[7],'j',ARGV[3])\n"
-                 "if cur[1]~=ARGV[5] then\n"
-                 " redis.call('ZREM',p..'cmds:status:'..cur[1],m)\n"
-                 " redis.call('ZADD',p..'cmds:status:'..ARGV[5],0,m)\n"
-                 " if ARGV[6]=='1' then redis.call('ZREM',p..'cmds:active',m) end\n"
-                 "end\n"
-                 "if cur[2]~=ARGV[7] then\n"
-                 " if cur[2]~='' then redis.call('ZREM',p..'cmds:agent:'..cur[2],m) end\n"
-                 " if ARGV[7]~='' then redis.call('ZADD',p..'cmds:agent:'..ARGV[7],0,m) end\n"
-                 "end\n"
-                 "if ARGV[8]=='1' then redis.call('HSET',p..'outbox',ARGV[2],ARGV[9])\n"
-                 " redis.call('ZADD',p..'outbox:q','NX',ARGV[10],ARGV[2]) end\n"
-                 "return {0,ARGV[3]}\n",
+    [S_APPLY] = apply_script,
     [S_LIST] = "local p=ARGV[1]\n"
                "local ms=redis.call('ZRANGEBYLEX',p..ARGV[2],ARGV[3],'+','LIMIT',0,"
                "tonumber(ARGV[4]))\n"
@@ -81,8 +105,6 @@ static const char *const scripts[S_COUNT] = {
                   " if v then out[#out+1]=id out[#out+1]=v\n"
                   " else redis.call('ZREM',p..'outbox:q',id) end end\n"
                   "return out\n",
-    [S_OB_DEL] = "redis.call('HDEL',ARGV[1]..'outbox',ARGV[2])\n"
-                 "redis.call('ZREM',ARGV[1]..'outbox:q',ARGV[2]) return 0\n",
     [S_AG_PUT] = "local k=ARGV[1]..'agent:'..ARGV[2]\n"
                  "redis.call('HSET',k,'i',ARGV[3],'d',ARGV[4],'e',ARGV[6])\n"
                  "redis.call('PEXPIRE',k,ARGV[5])\n"
@@ -104,12 +126,26 @@ static const char *const scripts[S_COUNT] = {
 };
 
 #define MAX_ARGS 14
+#define REC_MAX_ARGS 8 /* fields of a record after its tag */
+
+typedef struct batch batch;
 
 typedef struct vstore {
   store base;
+  uv_loop_t *loop;
   sm_valkey *vk;
   char *prefix;
   char sha[S_COUNT][41];
+  size_t batch_max;     /* records per apply call */
+  uint64_t delay_ms;    /* 0: send before the loop blocks */
+  size_t max_records;   /* records gathered or in flight (SM_ELIMIT beyond) */
+  size_t records;       /* now gathered or in flight */
+  batch *cur;           /* the batch being gathered; NULL: none */
+  uv_prepare_t prepare; /* sends cur before the loop polls (active while cur is due) */
+  uv_timer_t delay;     /* batch_delay_ms after cur's first record */
+  batch *failed;        /* batches that could not be sent, reported from the report timer */
+  uv_timer_t report;    /* 0 ms: runs their callbacks on the next turn */
+  int closes_left;      /* handles and the adapter still closing */
   void (*closed)(void *ud);
   void *closed_ud;
 } vstore;
@@ -187,16 +223,20 @@ static int op_script_head(vop *o) {
 }
 
 static void on_op_reply(void *ud, int err, const sm_valkey_reply *r);
+static void batch_flush_now(vstore *s);
 
 static int op_send(vop *o) {
   return sm_valkey_command(o->s->vk, o->argc, (const char *const *)o->argv, o->lens, on_op_reply,
                            o);
 }
 
-/* Sends o, or frees it and returns the error. */
+/* Sends o, or frees it and returns the error. The gathered batch goes first, so that the
+ * server sees the operations in the order they were asked for. */
 static int op_start(vop *o, int err) {
-  if (!err)
+  if (!err) {
+    batch_flush_now(o->s);
     err = op_send(o);
+  }
   if (err)
     op_free(o);
   return err;
@@ -276,30 +316,12 @@ static void finish_agents(vop *o, int err, const sm_valkey_reply *r) {
   free(recs);
 }
 
+/* cmd_get: a plain HGET of the record. */
 static void finish_cmd(vop *o, int err, const sm_valkey_reply *r) {
   sm_command *c = NULL;
-  int existed = 0;
-  if (!err && r != NULL) {
-    if (o->script == S_COUNT) { /* plain HGET */
-      err = reply_cmd(r, &c);
-    } else if (sm_valkey_reply_type(r) == SM_VK_ARRAY && sm_valkey_reply_count(r) >= 1) {
-      long long code = sm_valkey_reply_int(sm_valkey_reply_elem(r, 0));
-      if (code == -1)
-        err = SM_ENOENT;
-      else if (code == -2)
-        err = SM_ESTATE;
-      else if (o->script == S_CREATE)
-        existed = code == 1;
-      if (sm_valkey_reply_count(r) >= 2) {
-        int e = reply_cmd(sm_valkey_reply_elem(r, 1), &c);
-        if (e && !err)
-          err = e;
-      }
-    } else {
-      err = SM_EPROTO;
-    }
-  }
-  o->cb.cmd(o->ud, err, c, existed);
+  if (!err && r != NULL)
+    err = reply_cmd(r, &c);
+  o->cb.cmd(o->ud, err, c, 0);
   command_free(c);
 }
 
@@ -345,30 +367,309 @@ static void on_op_reply(void *ud, int err, const sm_valkey_reply *r) {
   op_free(o);
 }
 
+/* ---- group commit ------------------------------------------------------------------------- */
+
+enum rec_kind { R_CREATE, R_UPDATE, R_OB_DEL };
+
+/* One gathered write: its callback and its fields (one allocation, the fields in data[]). */
+typedef struct brec {
+  enum rec_kind kind;
+  union {
+    store_cmd_cb cmd;
+    store_done_cb done;
+  } cb;
+  void *ud;
+  int argc;
+  const char *argv[REC_MAX_ARGS];
+  size_t lens[REC_MAX_ARGS];
+  char data[];
+} brec;
+
+/* A batch: gathered in vstore.cur, then owned by its apply request until the reply. */
+struct batch {
+  vstore *s;
+  size_t n;
+  brec **recs;       /* batch_max slots */
+  const char **argv; /* the apply call, built when sent (kept for the NOSCRIPT resend) */
+  size_t *lens;
+  int argc;
+  int retried;
+  int err;     /* on vstore.failed: the error every record gets */
+  batch *next; /* on vstore.failed */
+  char now[24];
+};
+
+static const char *const rec_tags[] = {[R_CREATE] = "c", [R_UPDATE] = "u", [R_OB_DEL] = "d"};
+
+/* A record with copies of fields f[0..n) (NULL: ""). */
+static brec *rec_new(enum rec_kind kind, void *ud, int n, const char *const *f,
+                     const size_t *flen) {
+  assert(n <= REC_MAX_ARGS);
+  size_t total = 0;
+  for (int i = 0; i < n; i++)
+    total += flen[i] + 1;
+  brec *r = sm_malloc(sizeof(*r) + total);
+  if (r == NULL)
+    return NULL;
+  r->kind = kind;
+  r->ud = ud;
+  r->argc = n;
+  char *p = r->data;
+  for (int i = 0; i < n; i++) {
+    if (flen[i])
+      memcpy(p, f[i], flen[i]);
+    p[flen[i]] = '\0';
+    r->argv[i] = p;
+    r->lens[i] = flen[i];
+    p += flen[i] + 1;
+  }
+  return r;
+}
+
+static void batch_free(batch *b) {
+  if (b == NULL)
+    return;
+  for (size_t i = 0; i < b->n; i++)
+    free(b->recs[i]);
+  free(b->recs);
+  free(b->argv);
+  free(b->lens);
+  free(b);
+}
+
+/* Runs record i's callback with its result (err, or the code and stored record of the reply). */
+static void rec_finish(vstore *s, brec *r, int err, const sm_valkey_reply *code,
+                       const sm_valkey_reply *stored) {
+  assert(s->records > 0);
+  s->records--;
+  if (r->kind == R_OB_DEL) {
+    r->cb.done(r->ud, err);
+    return;
+  }
+  sm_command *c = NULL;
+  int existed = 0;
+  if (!err) {
+    long long v =
+        code && sm_valkey_reply_type(code) == SM_VK_INTEGER ? sm_valkey_reply_int(code) : -100;
+    if (v == 0) /* written: the record is the one we sent */
+      err = command_deserialize(r->argv[1], r->lens[1], &c);
+    else if (v == 1 && r->kind == R_CREATE)
+      existed = 1, err = reply_cmd(stored, &c);
+    else if (v == -1 && r->kind == R_UPDATE)
+      err = SM_ENOENT;
+    else if (v == -2 && r->kind == R_UPDATE) {
+      int e = reply_cmd(stored, &c);
+      err = e == SM_ENOMEM ? e : SM_ESTATE;
+    } else
+      err = SM_EPROTO;
+    if (err && err != SM_ESTATE) {
+      command_free(c);
+      c = NULL;
+      existed = 0;
+    }
+  }
+  r->cb.cmd(r->ud, err, c, existed);
+  command_free(c);
+}
+
+/* Every record of b gets err (or its own result from r); then b is freed. The store may be
+ * closed by a callback meanwhile: the remaining records still get their results. */
+static void batch_finish(batch *b, int err, const sm_valkey_reply *r) {
+  if (!err && (sm_valkey_reply_type(r) != SM_VK_ARRAY || sm_valkey_reply_count(r) != 2 * b->n))
+    err = SM_EPROTO;
+  for (size_t i = 0; i < b->n; i++)
+    rec_finish(b->s, b->recs[i], err, err ? NULL : sm_valkey_reply_elem(r, 2 * i),
+               err ? NULL : sm_valkey_reply_elem(r, 2 * i + 1));
+  batch_free(b);
+}
+
+static void on_batch_reply(void *ud, int err, const sm_valkey_reply *r) {
+  batch *b = ud;
+  if (err == SM_ENOENT && r != NULL && !b->retried) {
+    /* NOSCRIPT: the script did not run; send its text once */
+    b->retried = 1;
+    b->argv[0] = "EVAL";
+    b->lens[0] = 4;
+    b->argv[1] = scripts[S_APPLY];
+    b->lens[1] = strlen(scripts[S_APPLY]);
+    err = sm_valkey_command(b->s->vk, b->argc, b->argv, b->lens, on_batch_reply, b);
+    if (!err)
+      return;
+  }
+  batch_finish(b, err, err ? NULL : r);
+}
+
+/* Builds b's apply call and sends it. On error b is unchanged (still gathered). */
+static int batch_send(batch *b) {
+  vstore *s = b->s;
+  size_t argc = 5;
+  for (size_t i = 0; i < b->n; i++)
+    argc += 1 + (size_t)b->recs[i]->argc;
+  if (argc > INT32_MAX)
+    return SM_ETOOBIG;
+  const char **argv = sm_malloc(argc * sizeof(*argv));
+  size_t *lens = sm_malloc(argc * sizeof(*lens));
+  if (argv == NULL || lens == NULL) {
+    free(argv);
+    free(lens);
+    return SM_ENOMEM;
+  }
+  int nl = snprintf(b->now, sizeof(b->now), "%" PRId64, command_now_ms());
+  size_t k = 0;
+  argv[k] = "EVALSHA", lens[k++] = 7;
+  argv[k] = s->sha[S_APPLY], lens[k++] = 40;
+  argv[k] = "0", lens[k++] = 1;
+  argv[k] = s->prefix, lens[k++] = strlen(s->prefix);
+  argv[k] = b->now, lens[k++] = (size_t)nl;
+  for (size_t i = 0; i < b->n; i++) {
+    const brec *r = b->recs[i];
+    argv[k] = rec_tags[r->kind], lens[k++] = 1;
+    for (int j = 0; j < r->argc; j++)
+      argv[k] = r->argv[j], lens[k++] = r->lens[j];
+  }
+  assert(k == argc);
+  free(b->argv);
+  free(b->lens);
+  b->argv = argv;
+  b->lens = lens;
+  b->argc = (int)argc;
+  return sm_valkey_command(s->vk, b->argc, b->argv, b->lens, on_batch_reply, b);
+}
+
+static void batch_disarm(vstore *s) {
+  uv_prepare_stop(&s->prepare);
+  uv_timer_stop(&s->delay);
+}
+
+/* Sends the gathered batch. Returns 0 (sent, or nothing to send) or the error (the batch stays
+ * gathered). */
+static int batch_flush(vstore *s) {
+  batch *b = s->cur;
+  if (b == NULL)
+    return 0;
+  int err = batch_send(b);
+  if (err)
+    return err;
+  s->cur = NULL;
+  batch_disarm(s);
+  return 0;
+}
+
+static void on_prepare(uv_prepare_t *h);
+
+static void batch_due(vstore *s) {
+  uv_prepare_start(&s->prepare, on_prepare);
+}
+
+/* Sends the gathered batch now if it can; a failure is left to the prepare handle, which
+ * reports it on the next turn (never inside the caller's call). */
+static void batch_flush_now(vstore *s) {
+  if (s->cur != NULL && batch_flush(s) != 0)
+    batch_due(s);
+}
+
+/* Reports the batches that could not be sent. */
+static void on_report(uv_timer_t *t) {
+  vstore *s = t->data;
+  batch *b;
+  while ((b = s->failed) != NULL) {
+    s->failed = b->next;
+    batch_finish(b, b->err, NULL);
+  }
+}
+
+/* Just before the loop polls: send what this turn gathered. SM_ELIMIT (the adapter has its
+ * bound of requests in flight) waits for a later turn (their replies wake the loop); any other
+ * failure fails every record of the batch. The callbacks run from a 0 ms timer, not here: work
+ * they start from inside the prepare phase would not keep the coming poll from blocking. */
+static void on_prepare(uv_prepare_t *h) {
+  vstore *s = h->data;
+  int err = batch_flush(s);
+  if (err == 0 || err == SM_ELIMIT)
+    return;
+  batch *b = s->cur;
+  s->cur = NULL;
+  batch_disarm(s);
+  b->err = err;
+  b->next = s->failed;
+  s->failed = b;
+  uv_timer_start(&s->report, on_report, 0, 0);
+}
+
+static void on_delay(uv_timer_t *t) {
+  batch_due(t->data);
+}
+
+/* Takes r into the gathered batch (r is freed on error; no callback then). */
+static int gather(vstore *s, brec *r) {
+  int err = 0;
+  if (s->cur != NULL && s->cur->n >= s->batch_max)
+    err = batch_flush(s); /* full, and an earlier send failed */
+  if (!err && s->cur == NULL) {
+    batch *b = sm_calloc(1, sizeof(*b));
+    brec **recs = b ? sm_malloc(s->batch_max * sizeof(*recs)) : NULL;
+    if (recs == NULL) {
+      free(b);
+      err = SM_ENOMEM;
+    } else {
+      b->s = s;
+      b->recs = recs;
+      s->cur = b;
+    }
+  }
+  if (err) {
+    free(r);
+    return err;
+  }
+  batch *b = s->cur;
+  b->recs[b->n++] = r;
+  s->records++;
+  if (b->n == 1) {
+    if (s->delay_ms == 0)
+      batch_due(s);
+    else
+      uv_timer_start(&s->delay, on_delay, s->delay_ms, 0);
+  }
+  if (b->n >= s->batch_max && batch_flush(s) != 0)
+    batch_due(s); /* the failure is reported from the prepare handle */
+  return 0;
+}
+
+/* The checks every gathered write makes before it allocates. */
+static int gather_check(vstore *s) {
+  if (!sm_valkey_is_up(s->vk))
+    return SM_EUNAVAIL;
+  if (s->records >= s->max_records)
+    return SM_ELIMIT;
+  return 0;
+}
+
 /* ---- operations --------------------------------------------------------------------------- */
 
 static int v_cmd_create(store *st, const sm_command *c, store_cmd_cb cb, void *ud) {
   vstore *s = (vstore *)st;
   char member[STORE_MAX_CURSOR + 1];
   int err = store_sort_key(c, member, sizeof(member));
-  if (err)
+  if (err || (err = gather_check(s)) != 0)
     return err;
   size_t len;
   char *json = command_serialize(c, &len);
   if (json == NULL)
     return SM_ENOMEM;
-  vop *o = op_new(s, O_CMD, S_CREATE, ud);
-  if (o == NULL) {
-    free(json);
-    return SM_ENOMEM;
-  }
-  o->cb.cmd = cb;
-  err = op_script_head(o) | op_str(o, c->id) | op_arg(o, json, len) | op_str(o, member) |
-        op_str(o, command_status_name(c->status)) |
-        op_str(o, command_status_is_final(c->status) ? "" : "1") | op_str(o, command_agent(c)) |
-        op_str(o, c->type) | op_str(o, c->idempotency_key);
+  const char *status = command_status_name(c->status);
+  const char *active = command_status_is_final(c->status) ? "" : "1";
+  const char *ag = command_agent(c) ? command_agent(c) : "";
+  const char *idem = c->idempotency_key ? c->idempotency_key : "";
+  const char *f[8] = {c->id, json, member, status, active, ag, c->type, idem};
+  size_t fl[8];
+  for (int i = 0; i < 8; i++)
+    fl[i] = i == 1 ? len : strlen(f[i]);
+  brec *r = rec_new(R_CREATE, ud, 8, f, fl);
   free(json);
-  return op_start(o, err ? SM_ENOMEM : 0);
+  if (r == NULL)
+    return SM_ENOMEM;
+  r->cb.cmd = cb;
+  return gather(s, r);
 }
 
 static int v_cmd_get(store *st, const char *id, store_cmd_cb cb, void *ud) {
@@ -394,24 +695,32 @@ static int v_cmd_get(store *st, const char *id, store_cmd_cb cb, void *ud) {
 static int v_cmd_update(store *st, const sm_command *c, command_status expected,
                         const char *outbox_payload, size_t outbox_len, store_cmd_cb cb, void *ud) {
   vstore *s = (vstore *)st;
+  int err = gather_check(s);
+  if (err)
+    return err;
   size_t len;
   char *json = command_serialize(c, &len);
   if (json == NULL)
     return SM_ENOMEM;
-  vop *o = op_new(s, O_CMD, S_UPDATE, ud);
-  if (o == NULL) {
-    free(json);
-    return SM_ENOMEM;
-  }
-  o->cb.cmd = cb;
-  int err = op_script_head(o) | op_str(o, c->id) | op_arg(o, json, len) |
-            op_str(o, command_status_name(expected)) | op_str(o, command_status_name(c->status)) |
-            op_str(o, command_status_is_final(c->status) ? "1" : "") | op_str(o, command_agent(c)) |
-            op_str(o, outbox_payload ? "1" : "") |
-            op_arg(o, outbox_payload ? outbox_payload : "", outbox_payload ? outbox_len : 0) |
-            op_int(o, command_now_ms());
+  const char *ag = command_agent(c) ? command_agent(c) : "";
+  const char *f[8] = {c->id,
+                      json,
+                      command_status_name(expected),
+                      command_status_name(c->status),
+                      command_status_is_final(c->status) ? "1" : "",
+                      ag,
+                      outbox_payload ? "1" : "",
+                      outbox_payload ? outbox_payload : ""};
+  size_t fl[8];
+  for (int i = 0; i < 7; i++)
+    fl[i] = i == 1 ? len : strlen(f[i]);
+  fl[7] = outbox_payload ? outbox_len : 0;
+  brec *r = rec_new(R_UPDATE, ud, 8, f, fl);
   free(json);
-  return op_start(o, err ? SM_ENOMEM : 0);
+  if (r == NULL)
+    return SM_ENOMEM;
+  r->cb.cmd = cb;
+  return gather(s, r);
 }
 
 static int v_cmd_list(store *st, const store_filter *f, const char *cursor, size_t limit,
@@ -472,12 +781,16 @@ static int v_outbox_list(store *st, size_t limit, store_outbox_cb cb, void *ud) 
 }
 
 static int v_outbox_remove(store *st, const char *id, store_done_cb cb, void *ud) {
-  vop *o = op_new((vstore *)st, O_DONE, S_OB_DEL, ud);
-  if (o == NULL)
+  vstore *s = (vstore *)st;
+  int err = gather_check(s);
+  if (err)
+    return err;
+  size_t len = strlen(id);
+  brec *r = rec_new(R_OB_DEL, ud, 1, &id, &len);
+  if (r == NULL)
     return SM_ENOMEM;
-  o->cb.done = cb;
-  int err = op_script_head(o) | op_str(o, id);
-  return op_start(o, err ? SM_ENOMEM : 0);
+  r->cb.done = cb;
+  return gather(s, r);
 }
 
 static int v_agent_put(store *st, const char *id, const char *instance, const char *data,
@@ -514,8 +827,9 @@ static int v_is_up(const store *st) {
   return sm_valkey_is_up(((const vstore *)st)->vk);
 }
 
-static void v_closed(void *ud) {
-  vstore *s = ud;
+static void v_part_closed(vstore *s) {
+  if (--s->closes_left > 0)
+    return;
   void (*closed)(void *) = s->closed;
   void *cud = s->closed_ud;
   free(s->prefix);
@@ -524,10 +838,29 @@ static void v_closed(void *ud) {
     closed(cud);
 }
 
+static void v_closed(void *ud) {
+  v_part_closed(ud);
+}
+
+static void v_handle_closed(uv_handle_t *h) {
+  v_part_closed(h->data);
+}
+
 static void v_close(store *st, void (*closed)(void *ud), void *ud) {
   vstore *s = (vstore *)st;
   s->closed = closed;
   s->closed_ud = ud;
+  s->closes_left = 4;
+  /* a gathered batch was never sent: nothing of it was written */
+  batch *b = s->cur;
+  s->cur = NULL;
+  batch_disarm(s);
+  if (b != NULL)
+    batch_finish(b, SM_ECANCELED, NULL);
+  on_report(&s->report);
+  uv_close((uv_handle_t *)&s->report, v_handle_closed);
+  uv_close((uv_handle_t *)&s->prepare, v_handle_closed);
+  uv_close((uv_handle_t *)&s->delay, v_handle_closed);
   sm_valkey_close(s->vk, v_closed, s);
 }
 
@@ -560,6 +893,10 @@ int store_valkey_create(uv_loop_t *loop, const store_valkey_config *cfg, store *
   if (s == NULL)
     return SM_ENOMEM;
   s->base.ops = &valkey_ops;
+  s->loop = loop;
+  s->batch_max = cfg->batch_max ? cfg->batch_max : 256;
+  s->delay_ms = cfg->batch_delay_ms;
+  s->max_records = cfg->max_pending ? cfg->max_pending : 10000;
   s->prefix = sm_strdup(cfg->prefix ? cfg->prefix : "sm:");
   if (s->prefix == NULL) {
     free(s);
@@ -587,6 +924,12 @@ int store_valkey_create(uv_loop_t *loop, const store_valkey_config *cfg, store *
     free(s);
     return err;
   }
+  uv_prepare_init(loop, &s->prepare);
+  uv_timer_init(loop, &s->delay);
+  uv_timer_init(loop, &s->report);
+  s->report.data = s;
+  s->prepare.data = s;
+  s->delay.data = s;
   *out = &s->base;
   return 0;
 }
