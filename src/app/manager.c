@@ -52,7 +52,7 @@
 
 static void close_all(sm_manager *m);
 
-#define AGENT_RECORD_TTL_S 30  /* agent records in the store outlive a dead manager this long */
+#define AGENT_RECORD_TTL_S 30 /* agent records in the store outlive a dead manager this long */
 
 /* Work that a graceful shutdown waits for: commands running on agents and store writes not yet
  * acknowledged. Agent streams themselves are ended, not waited for. */
@@ -450,7 +450,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
         .command_queue = s->amqp_command_queue,
         .result_queue = s->amqp_result_queue,
         /* the result window plus dead-letter copies (at most one per held delivery) */
-        .max_unconfirmed = s->amqp_publish_window + s->amqp_prefetch,
+        .max_unconfirmed = s->amqp_pub_window + s->amqp_prefetch,
     };
     err = mq_conn_create(m->loop, &mo, &m->mq);
     if (err) {
@@ -460,7 +460,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     err = mq_conn_on_state(m->mq, on_mq_state, m);
     if (err)
       return err;
-    err = mq_publisher_create(m->mq, s->amqp_publish_window, &m->publisher);
+    err = mq_publisher_create(m->mq, s->amqp_pub_window, &m->publisher);
     if (err)
       return err;
     lifecycle_mq_publisher(m->publisher, &lp);
@@ -511,8 +511,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     return err;
 
   if (m->mq) {
-    err = cmd_intake_create(m->loop, m->mq, m->lifecycle, (uint16_t)s->amqp_prefetch,
-                            &m->intake);
+    err = cmd_intake_create(m->loop, m->mq, m->lifecycle, (uint16_t)s->amqp_prefetch, &m->intake);
     if (err == 0)
       err = cmd_intake_start(m->intake);
     if (err == 0)

@@ -82,7 +82,7 @@ static const setting table[] = {
      "durable result queue", NULL},
     {"AMQP_PREFETCH", K_SIZE, OFF(amqp_prefetch), "256", 1, 65535,
      "intake deliveries held unacked (basic.qos)", NULL},
-    {"AMQP_PUBLISH_WINDOW", K_SIZE, OFF(amqp_publish_window), "4096", 1, 1000000,
+    {"AMQP_PUBLISH_WINDOW", K_SIZE, OFF(amqp_pub_window), "4096", 1, 1000000,
      "result publishes awaiting a confirm", NULL},
     {"SIRIUS_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn, error", NULL},
     {"SIRIUS_LOG_FORMAT", K_FORMAT, OFF(log_format), "json", 0, 0, "json or console", NULL},

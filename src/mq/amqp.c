@@ -122,12 +122,12 @@ struct mq_conn {
   char *ob;                          /* output: encoded frames; [ob_off, ob_len) unsent */
   size_t ob_off, ob_len, ob_cap;
   uint32_t frame_max; /* negotiated frame size (MQ_FRAME_MAX until tuned) */
-  int lib_owns_fd;                   /* the socket's fd now belongs to rabbitmq-c (closed by it) */
-  int drop_err;                      /* reason for a deferred drop; 0 none */
-  unsigned attempt;                  /* consecutive failed attempts, for the backoff */
-  uint64_t rng;                      /* xorshift state for jitter */
-  uint64_t gen;                      /* generation: +1 on every UP */
-  unsigned hb;                       /* negotiated heartbeat, seconds; 0: none */
+  int lib_owns_fd;    /* the socket's fd now belongs to rabbitmq-c (closed by it) */
+  int drop_err;       /* reason for a deferred drop; 0 none */
+  unsigned attempt;   /* consecutive failed attempts, for the backoff */
+  uint64_t rng;       /* xorshift state for jitter */
+  uint64_t gen;       /* generation: +1 on every UP */
+  unsigned hb;        /* negotiated heartbeat, seconds; 0: none */
   uint64_t last_recv_ms, last_send_ms;
   int setup_pending; /* -ok replies the setup still waits for */
 
@@ -523,8 +523,8 @@ static void mq_dtrack_add(mq_conn *c, uint64_t tag) {
   if (c->d_untracked)
     return;
   if (tag != c->d_next) {
-    sm_log_warn("amqp", "delivery tags not contiguous: acks go one by one",
-                SM_LI("tag", tag), SM_LI("expected", c->d_next));
+    sm_log_warn("amqp", "delivery tags not contiguous: acks go one by one", SM_LI("tag", tag),
+                SM_LI("expected", c->d_next));
     c->d_untracked = 1;
     return;
   }
@@ -548,10 +548,13 @@ static void mq_dtrack_add(mq_conn *c, uint64_t tag) {
   c->d_next++;
 }
 
-/* State of a tracked tag, or -1 when tracking is off or the tag is outside the window. */
+/* State of a tag: below the window it was settled, beyond it never delivered (both refused);
+ * -1 when tracking is off. */
 static int mq_dtrack_state(const mq_conn *c, uint64_t tag) {
-  if (c->d_untracked || tag < c->d_low || tag >= c->d_next)
+  if (c->d_untracked)
     return -1;
+  if (tag < c->d_low || tag >= c->d_next)
+    return MQ_D_SETTLED;
   return c->dring[tag & (c->dcap - 1)];
 }
 
@@ -1343,8 +1346,14 @@ static int mq_handshake_begin(mq_conn *c) {
   c->hs = MQ_HS_START;
   c->hb = 0;
   c->frame_max = MQ_FRAME_MAX;
-  static const char header[8] = {'A', 'M', 'Q', 'P', 0, AMQP_PROTOCOL_VERSION_MAJOR,
-                                 AMQP_PROTOCOL_VERSION_MINOR, AMQP_PROTOCOL_VERSION_REVISION};
+  static const char header[8] = {'A',
+                                 'M',
+                                 'Q',
+                                 'P',
+                                 0,
+                                 AMQP_PROTOCOL_VERSION_MAJOR,
+                                 AMQP_PROTOCOL_VERSION_MINOR,
+                                 AMQP_PROTOCOL_VERSION_REVISION};
   int err = mq_out_reserve(c, sizeof header);
   if (err)
     return err;
