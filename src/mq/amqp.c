@@ -1109,10 +1109,7 @@ static int mq_input_pending(mq_conn *c) {
 
 /* Start of the turn after frames were queued: what the library holds is read, the queued acks
  * become frames, and the turn's frames leave in one send(). */
-static void mq_on_flush(uv_idle_t *h) {
-  mq_conn *c = h->data;
-  c->flush_armed = 0;
-  uv_idle_stop(&c->flush);
+static void mq_flush_now(mq_conn *c) {
   for (int i = 0; i < 4 && mq_input_pending(c); i++)
     mq_drain(c);
   if (c->phase != MQ_HANDSHAKE && c->phase != MQ_SETUP && c->phase != MQ_UP)
@@ -1125,6 +1122,13 @@ static void mq_on_flush(uv_idle_t *h) {
   mq_out_write(c);
 }
 
+static void mq_on_flush(uv_idle_t *h) {
+  mq_conn *c = h->data;
+  c->flush_armed = 0;
+  uv_idle_stop(&c->flush);
+  mq_flush_now(c);
+}
+
 static void mq_on_io(uv_poll_t *h, int status, int events) {
   mq_conn *c = h->data;
   if (status < 0) {
@@ -1135,8 +1139,10 @@ static void mq_on_io(uv_poll_t *h, int status, int events) {
     c->last_recv_ms = uv_now(c->loop);
     mq_drain(c);
   }
-  if ((events & UV_WRITABLE) && c->sock && c->want_write && !c->flush_armed)
-    mq_out_write(c);
+  /* Room again: what queued meanwhile (acks included) leaves now; no idle flush is armed while
+   * the socket is full. */
+  if ((events & UV_WRITABLE) && c->sock && c->want_write)
+    mq_flush_now(c);
 }
 
 /* ---- connecting --------------------------------------------------------------------------- */

@@ -13,7 +13,9 @@
  *     also when the broker confirms with multiple=1;
  *   - a body larger than a frame is split and arrives intact; allocation failure in a publish
  *     queues nothing and runs no callback; destroy with publishes of the current turn still
- *     buffered runs each callback once with SM_ECANCELED.
+ *     buffered runs each callback once with SM_ECANCELED;
+ *   - a frozen broker (full socket): the loop keeps turning, the output waits for writability and
+ *     every publish is confirmed once the broker runs again.
  */
 #include "mq/amqp.h"
 #include "mq/intake.h"
@@ -22,6 +24,7 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -326,6 +329,43 @@ static void test_destroy_with_buffered_publishes(void) {
   T_EQ_INT(pub_total(), 50);
 }
 
+static void test_full_socket(void) {
+  /* A frozen broker stops reading: the output waits for writability instead of blocking the
+   * loop, and every publish is confirmed once the broker runs again. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/rabbit.pid", getenv("SM_RABBITMQ_DIR"));
+  FILE *f = fopen(path, "r");
+  int pid = 0;
+  if (f) {
+    if (fscanf(f, "%d", &pid) != 1)
+      pid = 0;
+    fclose(f);
+  }
+  T_ASSERT(pid > 0);
+  consumer k;
+  consumer_open(&k, "b-full", 4);
+  size_t len = 32768;
+  char *body = calloc(1, len);
+  memset(pub_calls, 0, sizeof pub_calls);
+  T_EQ_INT(kill(pid, SIGSTOP), 0);
+  for (int i = 0; i < 1000; i++) /* 32 MB: more than the socket buffers hold */
+    T_EQ_INT(
+        mq_conn_publish(k.c, "b-res", (mq_slice){body, len}, NULL, on_pub, (void *)(intptr_t)i), 0);
+  uint64_t t0 = uv_now(&loop);
+  run_for(0.5); /* the loop keeps turning */
+  T_ASSERT(uv_now(&loop) - t0 < 2000);
+  T_EQ_INT(pub_total(), 0);
+  kill(pid, SIGCONT);
+  want_pub = 1000;
+  T_ASSERT(run_until(p_pub, NULL, 60));
+  for (int i = 0; i < 1000; i++) {
+    T_EQ_INT(pub_calls[i], 1);
+    T_EQ_INT(pub_status[i], 0);
+  }
+  free(body);
+  consumer_close(&k);
+}
+
 int main(void) {
   const char *port = getenv("SM_RABBITMQ_PORT");
   if (!port) {
@@ -341,6 +381,7 @@ int main(void) {
   T_RUN(test_publish_turn_batched);
   T_RUN(test_large_body_and_alloc_fail);
   T_RUN(test_destroy_with_buffered_publishes);
+  T_RUN(test_full_socket);
   T_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
   T_EQ_INT(uv_loop_close(&loop), 0);
   return t_done();
