@@ -52,9 +52,7 @@
 
 static void close_all(sm_manager *m);
 
-#define MQ_PREFETCH 256        /* unacked intake deliveries (bounds kept messages) */
-#define MQ_PUBLISH_WINDOW 4096 /* result publishes awaiting a confirm (the adapter's maximum) */
-#define AGENT_RECORD_TTL_S 30  /* agent records in the store outlive a dead manager this long */
+#define AGENT_RECORD_TTL_S 30 /* agent records in the store outlive a dead manager this long */
 
 /* Work that a graceful shutdown waits for: commands running on agents and store writes not yet
  * acknowledged. Agent streams themselves are ended, not waited for. */
@@ -453,6 +451,8 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
         .url = s->rabbitmq_url,
         .command_queue = s->amqp_command_queue,
         .result_queue = s->amqp_result_queue,
+        /* the result window plus dead-letter copies (at most one per held delivery) */
+        .max_unconfirmed = s->amqp_pub_window + s->amqp_prefetch,
     };
     err = mq_conn_create(m->loop, &mo, &m->mq);
     if (err) {
@@ -462,7 +462,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     err = mq_conn_on_state(m->mq, on_mq_state, m);
     if (err)
       return err;
-    err = mq_publisher_create(m->mq, MQ_PUBLISH_WINDOW, &m->publisher);
+    err = mq_publisher_create(m->mq, s->amqp_pub_window, &m->publisher);
     if (err)
       return err;
     lifecycle_mq_publisher(m->publisher, &lp);
@@ -513,7 +513,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     return err;
 
   if (m->mq) {
-    err = cmd_intake_create(m->loop, m->mq, m->lifecycle, MQ_PREFETCH, &m->intake);
+    err = cmd_intake_create(m->loop, m->mq, m->lifecycle, (uint16_t)s->amqp_prefetch, &m->intake);
     if (err == 0)
       err = cmd_intake_start(m->intake);
     if (err == 0)

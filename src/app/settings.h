@@ -39,6 +39,8 @@ typedef struct sm_settings {
   char *rabbitmq_url;        /* RABBITMQ_URL; NULL: no AMQP */
   char *amqp_command_queue;  /* AMQP_COMMAND_QUEUE, "agent-commands" */
   char *amqp_result_queue;   /* AMQP_RESULT_QUEUE, "agent-results" */
+  size_t amqp_prefetch;      /* AMQP_PREFETCH, 256 */
+  size_t amqp_pub_window;    /* AMQP_PUBLISH_WINDOW, 4096 */
   /* logging and identity */
   enum sm_log_level log_level;   /* SIRIUS_LOG_LEVEL */
   enum sm_log_format log_format; /* SIRIUS_LOG_FORMAT */

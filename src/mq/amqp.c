@@ -10,11 +10,21 @@
  * heartbeat periods without any byte from it.
  *
  * Frames are read with amqp_simple_wait_frame_noblock and a zero timeout until the library has
- * nothing decoded, buffered or readable, so the loop never waits on the socket. rabbitmq-c may
- * read and enqueue frames inside a send (amqp_basic_publish checks the socket), so the end-of-turn
- * hook also drains what the library holds. Writes are gathered: the first send of a loop turn
- * sets TCP_CORK and a uv_prepare handle (which runs just before the loop blocks for I/O) removes
- * it, so each turn's frames leave in as few segments as possible.
+ * nothing decoded, buffered or readable, so the loop never waits on the socket.
+ *
+ * Writes never go through rabbitmq-c (whose sends are one syscall per frame and wait on a full
+ * socket): every frame is encoded (amqp_encode_method / amqp_encode_properties) into one output
+ * buffer, and a uv_idle handle armed by the first frame of a loop turn writes the buffer with
+ * one send() at the start of the next turn (an armed idle handle keeps the loop from blocking,
+ * so nothing waits). A full socket keeps the rest buffered and waits for writability. rabbitmq-c
+ * is told heartbeat 0 so that it never writes on its own; the heartbeat timer here does both
+ * directions.
+ *
+ * Acks of channel-1 deliveries are queued, not written: the flush turns the acks of one turn
+ * into one basic.ack with multiple=1 for the longest run of settled deliveries from the lowest
+ * unsettled one, and individual acks for the rest (a multiple ack never covers a delivery that
+ * was not acked or nacked by the caller). Nacks are written at once. Publish confirms are kept
+ * in a ring indexed by delivery tag, so a confirm (multiple or not) costs O(tags it covers).
  */
 #include "mq/amqp.h"
 
@@ -60,13 +70,16 @@ enum mq_hs_step { MQ_HS_START = 0, MQ_HS_TUNE, MQ_HS_OPEN_OK };
 
 enum mq_content_kind { MQ_CONTENT_NONE = 0, MQ_CONTENT_DELIVER, MQ_CONTENT_RETURN };
 
-/* A publish awaiting its confirm; completed (callback, then free) exactly once. */
+/* A publish awaiting its confirm, in the ring slot of its delivery tag; completed (callback)
+ * exactly once. */
 typedef struct mq_pending {
-  sm_list node;     /* on mq_conn.pending, in delivery tag order */
-  uint64_t tag;     /* delivery tag on the publish channel */
   mq_publish_cb cb; /* may be NULL */
   void *ud;
+  int live; /* awaiting its confirm */
 } mq_pending;
+
+/* State of a channel-1 delivery in the ack ring. */
+enum { MQ_D_SETTLED = 0, MQ_D_UNSETTLED, MQ_D_ACK_QUEUED };
 
 /* One TCP attempt's poll handle; freed in its own close callback so it never outlives nothing. */
 typedef struct mq_sock {
@@ -103,21 +116,37 @@ struct mq_conn {
   uv_timer_t deadline_timer;         /* bounds resolve + connect + setup */
   uv_timer_t hb_timer;               /* heartbeats and dead-peer detection */
   uv_timer_t depth_timer;            /* queue depth polls */
-  uv_prepare_t flush;                /* end of loop turn: uncork, drain what the library holds */
-  int corked;                        /* TCP_CORK set during this loop turn */
-  int lib_owns_fd;                   /* the socket's fd now belongs to rabbitmq-c (closed by it) */
-  int drop_err;                      /* reason for a deferred drop; 0 none */
-  unsigned attempt;                  /* consecutive failed attempts, for the backoff */
-  uint64_t rng;                      /* xorshift state for jitter */
-  uint64_t gen;                      /* generation: +1 on every UP */
-  unsigned hb;                       /* negotiated heartbeat, seconds; 0: none */
+  uv_idle_t flush;                   /* armed by the first frame of a turn: acks, then write */
+  int flush_armed;                   /* flush handle started */
+  int want_write;                    /* socket full: waiting for UV_WRITABLE */
+  char *ob;                          /* output: encoded frames; [ob_off, ob_len) unsent */
+  size_t ob_off, ob_len, ob_cap;
+  uint32_t frame_max; /* negotiated frame size (MQ_FRAME_MAX until tuned) */
+  int lib_owns_fd;    /* the socket's fd now belongs to rabbitmq-c (closed by it) */
+  int drop_err;       /* reason for a deferred drop; 0 none */
+  unsigned attempt;   /* consecutive failed attempts, for the backoff */
+  uint64_t rng;       /* xorshift state for jitter */
+  uint64_t gen;       /* generation: +1 on every UP */
+  unsigned hb;        /* negotiated heartbeat, seconds; 0: none */
   uint64_t last_recv_ms, last_send_ms;
   int setup_pending; /* -ok replies the setup still waits for */
 
-  /* publishing (channel 2, confirms) */
-  uint64_t next_tag;
-  sm_list pending; /* mq_pending.node, oldest (lowest tag) first */
+  /* publishing (channel 2, confirms): a ring over the tags [p_low, next_tag] */
+  uint64_t next_tag; /* last tag used */
+  uint64_t p_low;    /* lowest tag that may still await its confirm */
+  mq_pending *pring; /* slot of tag t: pring[t & (pcap - 1)] */
+  size_t pcap;       /* power of two; 0 until the first publish */
   size_t n_pending;
+
+  /* deliveries of channel 1, for coalesced acks: a ring over the tags [d_low, d_next) */
+  uint8_t *dring; /* MQ_D_* of tag t: dring[t & (dcap - 1)] */
+  size_t dcap;
+  uint64_t d_low, d_next;
+  size_t acks_queued; /* MQ_D_ACK_QUEUED entries */
+  uint64_t ack_max;   /* highest queued ack */
+  int d_untracked;    /* tracking failed this connection (tag gap, no memory): acks go singly */
+
+  mq_conn_stats stats;
 
   /* consuming (channel 1) */
   char *consume_queue;
@@ -213,39 +242,187 @@ static void mq_drop(mq_conn *c, int err);
 static void mq_drain(mq_conn *c);
 static void mq_schedule_retry(mq_conn *c);
 static void mq_start_attempt(mq_conn *c);
-static void mq_on_flush(uv_prepare_t *p);
+static void mq_on_flush(uv_idle_t *h);
 static void mq_on_retry_timer(uv_timer_t *t);
+static void mq_on_io(uv_poll_t *h, int status, int events);
 
-/* ---- sending ---------------------------------------------------------------------------- */
+/* ---- sending: frames are encoded into c->ob and written once per loop turn ----------------- */
 
-/* Gathers this loop turn's frames: the prepare handle removes the cork before the loop blocks. */
-static void mq_cork(mq_conn *c) {
-  if (c->corked || !c->sock)
-    return;
-  int on = 1;
-  if (setsockopt(c->sock->fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0) {
-    c->corked = 1;
-    uv_prepare_start(&c->flush, mq_on_flush);
-  }
+static void mq_put16(unsigned char *p, uint16_t v) {
+  p[0] = (unsigned char)(v >> 8);
+  p[1] = (unsigned char)v;
 }
 
-static void mq_uncork(mq_conn *c) {
-  if (!c->corked)
+static void mq_put32(unsigned char *p, uint32_t v) {
+  mq_put16(p, (uint16_t)(v >> 16));
+  mq_put16(p + 2, (uint16_t)v);
+}
+
+static void mq_put64(unsigned char *p, uint64_t v) {
+  mq_put32(p, (uint32_t)(v >> 32));
+  mq_put32(p + 4, (uint32_t)v);
+}
+
+/* Makes room for n more bytes at ob + ob_len (moving the unsent bytes to the front first). */
+static int mq_out_reserve(mq_conn *c, size_t n) {
+  if (c->ob_cap - c->ob_len >= n)
+    return 0;
+  if (c->ob_off) {
+    memmove(c->ob, c->ob + c->ob_off, c->ob_len - c->ob_off);
+    c->ob_len -= c->ob_off;
+    c->ob_off = 0;
+    if (c->ob_cap - c->ob_len >= n)
+      return 0;
+  }
+  size_t cap = c->ob_cap ? c->ob_cap : 16384;
+  while (cap - c->ob_len < n)
+    cap *= 2;
+  char *b = sm_realloc(c->ob, cap);
+  if (!b)
+    return SM_ENOMEM;
+  c->ob = b;
+  c->ob_cap = cap;
+  return 0;
+}
+
+/* Arms the end-of-turn write (unless a full socket already waits for writability). */
+static void mq_out_kick(mq_conn *c) {
+  if (c->flush_armed || c->want_write)
     return;
-  c->corked = 0;
-  if (c->sock) {
-    int off = 0;
-    (void)setsockopt(c->sock->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+  c->flush_armed = 1;
+  uv_idle_start(&c->flush, mq_on_flush);
+}
+
+static void mq_out_put_head(unsigned char *f, uint8_t type, uint16_t ch, uint32_t size) {
+  f[0] = type;
+  mq_put16(f + 1, ch);
+  mq_put32(f + 3, size);
+}
+
+/* Appends one method frame. */
+static int mq_out_method(mq_conn *c, uint16_t ch, amqp_method_number_t id, void *decoded) {
+  size_t room = 1024;
+  for (;;) {
+    int err = mq_out_reserve(c, room + 12);
+    if (err)
+      return err;
+    unsigned char *f = (unsigned char *)c->ob + c->ob_len;
+    amqp_bytes_t enc = {.len = room, .bytes = f + 11};
+    int n = amqp_encode_method(id, decoded, enc);
+    if (n >= 0) {
+      if ((size_t)n + 4 > c->frame_max - 8)
+        return SM_EPROTO;
+      mq_out_put_head(f, AMQP_FRAME_METHOD, ch, (uint32_t)n + 4);
+      mq_put32(f + 7, id);
+      f[11 + n] = AMQP_FRAME_END;
+      c->ob_len += 12 + (size_t)n;
+      mq_out_kick(c);
+      return 0;
+    }
+    if (room >= c->frame_max)
+      return SM_EPROTO; /* does not fit in a frame */
+    room = c->frame_max;
   }
 }
 
 static int mq_send_method(mq_conn *c, uint16_t ch, amqp_method_number_t id, void *decoded) {
-  mq_cork(c);
-  int r = amqp_send_method(c->st, ch, id, decoded);
-  if (r != AMQP_STATUS_OK)
-    return mq_err_from_amqp(r) ? mq_err_from_amqp(r) : SM_EIO;
-  c->last_send_ms = uv_now(c->loop);
-  return 0;
+  return mq_out_method(c, ch, id, decoded);
+}
+
+/* Appends basic.publish, its content header and body frames, all or nothing. */
+static int mq_out_publish(mq_conn *c, const char *queue, const amqp_basic_properties_t *bp,
+                          mq_slice body) {
+  size_t mark = c->ob_len - c->ob_off; /* unsent bytes before this message (survives moves) */
+  amqp_basic_publish_t m = {.ticket = 0,
+                            .exchange = amqp_empty_bytes,
+                            .routing_key = amqp_cstring_bytes(queue),
+                            .mandatory = 0,
+                            .immediate = 0};
+  int err = mq_out_method(c, MQ_CH_PUBLISH, AMQP_BASIC_PUBLISH_METHOD, &m);
+  size_t room = 1024;
+  while (!err) {
+    err = mq_out_reserve(c, room + 20);
+    if (err)
+      break;
+    unsigned char *f = (unsigned char *)c->ob + c->ob_len;
+    amqp_bytes_t enc = {.len = room, .bytes = f + 19};
+    int n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)bp, enc);
+    if (n >= 0) {
+      if ((size_t)n + 12 > c->frame_max - 8) {
+        err = SM_EPROTO;
+        break;
+      }
+      mq_out_put_head(f, AMQP_FRAME_HEADER, MQ_CH_PUBLISH, (uint32_t)n + 12);
+      mq_put16(f + 7, AMQP_BASIC_CLASS);
+      mq_put16(f + 9, 0); /* weight */
+      mq_put64(f + 11, body.len);
+      f[19 + n] = AMQP_FRAME_END;
+      c->ob_len += 20 + (size_t)n;
+      break;
+    }
+    if (room >= c->frame_max)
+      err = SM_EPROTO;
+    room = c->frame_max;
+  }
+  if (!err && body.len) {
+    size_t chunk = c->frame_max - 8;
+    size_t frames = (body.len + chunk - 1) / chunk;
+    err = mq_out_reserve(c, body.len + 8 * frames);
+    for (size_t off = 0; !err && off < body.len; off += chunk) {
+      size_t k = body.len - off < chunk ? body.len - off : chunk;
+      unsigned char *f = (unsigned char *)c->ob + c->ob_len;
+      mq_out_put_head(f, AMQP_FRAME_BODY, MQ_CH_PUBLISH, (uint32_t)k);
+      memcpy(f + 7, body.base + off, k);
+      f[7 + k] = AMQP_FRAME_END;
+      c->ob_len += 8 + k;
+    }
+  }
+  if (err)
+    c->ob_len = c->ob_off + mark; /* never a partial message on the wire */
+  return err;
+}
+
+/* Writes what is buffered; a full socket waits for UV_WRITABLE. */
+static void mq_out_write(mq_conn *c) {
+  if (!c->sock || !c->st || c->ob_off == c->ob_len)
+    return;
+  while (c->ob_off < c->ob_len) {
+    ssize_t n = send(c->sock->fd, c->ob + c->ob_off, c->ob_len - c->ob_off, MSG_NOSIGNAL);
+    if (n > 0) {
+      c->ob_off += (size_t)n;
+      c->stats.writes++;
+      c->last_send_ms = uv_now(c->loop);
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (!c->want_write) {
+        c->want_write = 1;
+        uv_poll_start(&c->sock->poll, UV_READABLE | UV_WRITABLE, mq_on_io);
+      }
+      return;
+    }
+    mq_drop(c, n < 0 ? sm_err_from_errno(errno) : SM_EIO);
+    return;
+  }
+  c->ob_off = c->ob_len = 0;
+  if (c->ob_cap > (1u << 20)) { /* a large message passed: do not keep its buffer */
+    free(c->ob);
+    c->ob = NULL;
+    c->ob_cap = 0;
+  }
+  if (c->want_write) {
+    c->want_write = 0;
+    uv_poll_start(&c->sock->poll, UV_READABLE, mq_on_io);
+  }
+}
+
+static void mq_out_reset(mq_conn *c) {
+  c->ob_off = c->ob_len = 0;
+  c->want_write = 0;
+  c->flush_armed = 0;
+  uv_idle_stop(&c->flush);
 }
 
 /* Drops the connection from the next loop turn: API calls must not run callbacks themselves. */
@@ -256,50 +433,173 @@ static void mq_defer_drop(mq_conn *c, int err) {
   uv_timer_start(&c->retry_timer, mq_on_retry_timer, 0, 0);
 }
 
-/* ---- pending publishes -------------------------------------------------------------------- */
+/* ---- pending publishes: a ring of slots indexed by delivery tag ---------------------------- */
 
-/* Detaches every pending publish and completes each with status. */
-/* Completes (callback, then free) every publish of the detached list `done`. The list is
- * detached first so that a callback publishing again cannot see or touch it. */
-static void mq_complete_list(sm_list *done, int status) {
-  sm_list *it;
-  while ((it = sm_list_pop_front(done)) != NULL) {
-    mq_pending *p = SM_LIST_ENTRY(it, mq_pending, node);
-    if (p->cb)
-      p->cb(status, p->ud);
-    free(p);
-  }
+/* Makes the ring hold the tags [p_low, p_low + span). */
+static int mq_pring_fit(mq_conn *c, uint64_t span) {
+  if (span <= c->pcap)
+    return 0;
+  size_t cap = c->pcap ? c->pcap : 64;
+  while (cap < span)
+    cap *= 2;
+  mq_pending *r = sm_calloc(cap, sizeof *r);
+  if (!r)
+    return SM_ENOMEM;
+  for (uint64_t t = c->p_low; t <= c->next_tag; t++)
+    r[t & (cap - 1)] = c->pring[t & (c->pcap - 1)];
+  free(c->pring);
+  c->pring = r;
+  c->pcap = cap;
+  return 0;
 }
 
-/* Detaches every pending publish and completes each with status. */
+static void mq_plow_advance(mq_conn *c) {
+  while (c->p_low <= c->next_tag && !c->pring[c->p_low & (c->pcap - 1)].live)
+    c->p_low++;
+}
+
+/* Completes every pending publish with status. A callback may publish again only on a new
+ * connection (this one is gone), and may destroy the adapter (whose own pass completes the
+ * rest: each slot is cleared before its callback runs). */
 static void mq_fail_pending(mq_conn *c, int status) {
-  sm_list done;
-  sm_list_init(&done);
-  sm_list_splice_back(&done, &c->pending);
-  c->n_pending = 0;
-  mq_complete_list(&done, status);
+  for (uint64_t t = c->p_low; c->n_pending && t <= c->next_tag; t++) {
+    mq_pending *s = &c->pring[t & (c->pcap - 1)];
+    if (!s->live)
+      continue;
+    mq_publish_cb cb = s->cb;
+    void *ud = s->ud;
+    s->live = 0;
+    c->n_pending--;
+    if (cb)
+      cb(status, ud);
+  }
+  assert(c->n_pending == 0);
+  c->p_low = c->next_tag + 1;
 }
 
+/* basic.ack / basic.nack from the broker: completes the tag, or with multiple every pending tag
+ * up to it, visiting only the tags between the oldest pending one and `tag`. */
 static void mq_confirm(mq_conn *c, uint64_t tag, int multiple, int status) {
-  sm_list done;
-  sm_list_init(&done);
-  SM_LIST_FOREACH_SAFE(it, tmp, &c->pending) {
-    mq_pending *p = SM_LIST_ENTRY(it, mq_pending, node);
-    if (multiple ? p->tag > tag : p->tag != tag) {
-      if (multiple)
-        break; /* tags ascend: nothing later is covered */
+  c->stats.confirms++;
+  uint64_t gen = c->gen;
+  int any = 0;
+  uint64_t t = multiple ? c->p_low : tag;
+  if (tag > c->next_tag || c->pcap == 0)
+    t = tag + 1; /* not ours */
+  for (; t <= tag; t++) {
+    mq_pending *s = &c->pring[t & (c->pcap - 1)]; /* re-read: a callback may grow the ring */
+    if (t < c->p_low || !s->live)
       continue;
-    }
-    assert(c->n_pending > 0);
-    sm_list_remove(&p->node);
-    sm_list_push_back(&done, &p->node);
+    mq_publish_cb cb = s->cb;
+    void *ud = s->ud;
+    s->live = 0;
     c->n_pending--;
-    if (!multiple)
-      break;
+    any = 1;
+    if (cb)
+      cb(status, ud);
+    if (c->destroyed || c->gen != gen || c->phase != MQ_UP)
+      return; /* the rest was completed by the drop or destroy */
   }
-  if (sm_list_empty(&done))
+  if (!any && !multiple)
     sm_log_warn("amqp", "confirm for unknown delivery tag", SM_LI("tag", tag));
-  mq_complete_list(&done, status);
+  if (c->pcap)
+    mq_plow_advance(c);
+}
+
+/* ---- deliveries of channel 1: settled states for coalesced acks -------------------------- */
+
+static void mq_dtrack_reset(mq_conn *c) {
+  c->d_low = c->d_next = 1;
+  c->acks_queued = 0;
+  c->ack_max = 0;
+  c->d_untracked = 0;
+  if (c->dring)
+    memset(c->dring, 0, c->dcap);
+}
+
+/* Records a new delivery as unsettled. On a tag gap or no memory the connection falls back to
+ * single acks, which are always right. */
+static void mq_dtrack_add(mq_conn *c, uint64_t tag) {
+  if (c->d_untracked)
+    return;
+  if (tag != c->d_next) {
+    sm_log_warn("amqp", "delivery tags not contiguous: acks go one by one", SM_LI("tag", tag),
+                SM_LI("expected", c->d_next));
+    c->d_untracked = 1;
+    return;
+  }
+  uint64_t span = c->d_next + 1 - c->d_low;
+  if (span > c->dcap) {
+    size_t cap = c->dcap ? c->dcap : 256;
+    while (cap < span)
+      cap *= 2;
+    uint8_t *r = sm_calloc(cap, 1);
+    if (!r) {
+      c->d_untracked = 1;
+      return;
+    }
+    for (uint64_t t = c->d_low; t < c->d_next; t++)
+      r[t & (cap - 1)] = c->dring[t & (c->dcap - 1)];
+    free(c->dring);
+    c->dring = r;
+    c->dcap = cap;
+  }
+  c->dring[tag & (c->dcap - 1)] = MQ_D_UNSETTLED;
+  c->d_next++;
+}
+
+/* State of a tag: below the window it was settled, beyond it never delivered (both refused);
+ * -1 when tracking is off. */
+static int mq_dtrack_state(const mq_conn *c, uint64_t tag) {
+  if (c->d_untracked)
+    return -1;
+  if (tag < c->d_low || tag >= c->d_next)
+    return MQ_D_SETTLED;
+  return c->dring[tag & (c->dcap - 1)];
+}
+
+static void mq_dlow_advance(mq_conn *c) {
+  while (c->d_low < c->d_next && c->dring[c->d_low & (c->dcap - 1)] == MQ_D_SETTLED)
+    c->d_low++;
+}
+
+static int mq_out_ack(mq_conn *c, uint64_t tag, int multiple) {
+  amqp_basic_ack_t a = {.delivery_tag = tag, .multiple = multiple ? 1 : 0};
+  int err = mq_out_method(c, MQ_CH_CONSUME, AMQP_BASIC_ACK_METHOD, &a);
+  if (!err) {
+    c->stats.acks_sent++;
+    c->stats.acks_multiple += multiple ? 1 : 0;
+  }
+  return err;
+}
+
+/* Writes the queued acks: one multiple ack for the run of settled tags from the lowest
+ * unsettled one, single acks after the first tag still unsettled. */
+static int mq_emit_acks(mq_conn *c) {
+  if (!c->acks_queued)
+    return 0;
+  uint64_t t = c->d_low, top = 0;
+  size_t n = 0;
+  for (; t < c->d_next && c->dring[t & (c->dcap - 1)] != MQ_D_UNSETTLED; t++) {
+    if (c->dring[t & (c->dcap - 1)] == MQ_D_ACK_QUEUED) {
+      c->dring[t & (c->dcap - 1)] = MQ_D_SETTLED;
+      top = t;
+      n++;
+    }
+  }
+  int err = n ? mq_out_ack(c, top, n > 1) : 0;
+  c->stats.deliveries_acked += n;
+  c->acks_queued -= n;
+  for (; !err && c->acks_queued && t <= c->ack_max; t++) {
+    if (c->dring[t & (c->dcap - 1)] == MQ_D_ACK_QUEUED) {
+      c->dring[t & (c->dcap - 1)] = MQ_D_SETTLED;
+      c->acks_queued--;
+      c->stats.deliveries_acked++;
+      err = mq_out_ack(c, t, 0);
+    }
+  }
+  mq_dlow_advance(c);
+  return err;
 }
 
 /* ---- incoming content --------------------------------------------------------------------- */
@@ -333,8 +633,8 @@ static void mq_content_complete(mq_conn *c) {
     } else {
       /* No consumer hook: hand it back to the broker for another consumer. */
       sm_log_warn("amqp", "delivery without consumer, requeued", SM_LI("tag", m.delivery_tag));
-      if (c->phase == MQ_UP)
-        (void)amqp_basic_nack(c->st, MQ_CH_CONSUME, m.delivery_tag, 0, 1);
+      if (mq_conn_nack(c, m.generation, m.delivery_tag, 1) != 0)
+        sm_log_debug("amqp", "nack not sent", SM_LI("tag", m.delivery_tag));
     }
   } else if (kind == MQ_CONTENT_RETURN) {
     sm_log_warn("amqp", "message returned by broker", SM_LI("bytes", (long long)c->in.size));
@@ -499,8 +799,8 @@ static void mq_on_sock_closed(uv_handle_t *h) {
 
 /* Closes the socket and the library state; fd ownership moves to rabbitmq-c once logged in. */
 static void mq_teardown_socket(mq_conn *c) {
-  mq_uncork(c);
-  uv_prepare_stop(&c->flush);
+  mq_out_reset(c);
+  mq_dtrack_reset(c); /* queued acks die with the connection: the broker redelivers */
   if (c->sock) {
     uv_poll_stop(&c->sock->poll);
     c->sock->poll.data = c->sock;
@@ -586,12 +886,15 @@ static void mq_on_hb_timer(uv_timer_t *t) {
     memset(&f, 0, sizeof f);
     f.frame_type = AMQP_FRAME_HEARTBEAT;
     f.channel = 0;
-    mq_cork(c);
-    int r = amqp_send_frame(c->st, &f);
-    if (r != AMQP_STATUS_OK) {
-      mq_drop(c, mq_err_from_amqp(r));
+    if (mq_out_reserve(c, 8) != 0) {
+      mq_drop(c, SM_ENOMEM);
       return;
     }
+    unsigned char *h = (unsigned char *)c->ob + c->ob_len;
+    mq_out_put_head(h, AMQP_FRAME_HEARTBEAT, 0, 0);
+    h[7] = AMQP_FRAME_END;
+    c->ob_len += 8;
+    mq_out_kick(c);
     c->last_send_ms = now;
   }
   mq_drain(c);
@@ -603,6 +906,7 @@ static void mq_become_up(mq_conn *c) {
   c->gen++;
   c->attempt = 0;
   c->depth_ch_open = 1;
+  mq_dtrack_reset(c);
   c->last_recv_ms = c->last_send_ms = uv_now(c->loop);
   sm_log_info("amqp", "connected", SM_LS("host", c->info.host), SM_LI("port", c->info.port),
               SM_LI("heartbeat_s", c->hb), SM_LI("generation", c->gen));
@@ -716,6 +1020,8 @@ static void mq_on_method(mq_conn *c, uint16_t ch, amqp_method_t *m) {
     return;
   case AMQP_BASIC_DELIVER_METHOD: {
     amqp_basic_deliver_t *d = m->decoded;
+    if (ch == MQ_CH_CONSUME)
+      mq_dtrack_add(c, d->delivery_tag);
     mq_content_begin(c, MQ_CONTENT_DELIVER, ch, d->delivery_tag, d->redelivered, d->routing_key);
     return;
   }
@@ -801,12 +1107,26 @@ static int mq_input_pending(mq_conn *c) {
   return c->st && (amqp_frames_enqueued(c->st) || amqp_data_in_buffer(c->st));
 }
 
-static void mq_on_flush(uv_prepare_t *p) {
-  mq_conn *c = p->data;
+/* Start of the turn after frames were queued: what the library holds is read, the queued acks
+ * become frames, and the turn's frames leave in one send(). */
+static void mq_flush_now(mq_conn *c) {
   for (int i = 0; i < 4 && mq_input_pending(c); i++)
     mq_drain(c);
-  mq_uncork(c);
-  uv_prepare_stop(&c->flush);
+  if (c->phase != MQ_HANDSHAKE && c->phase != MQ_SETUP && c->phase != MQ_UP)
+    return;
+  int err = mq_emit_acks(c);
+  if (err) {
+    mq_drop(c, err); /* acks not written: the broker redelivers, never an early ack */
+    return;
+  }
+  mq_out_write(c);
+}
+
+static void mq_on_flush(uv_idle_t *h) {
+  mq_conn *c = h->data;
+  c->flush_armed = 0;
+  uv_idle_stop(&c->flush);
+  mq_flush_now(c);
 }
 
 static void mq_on_io(uv_poll_t *h, int status, int events) {
@@ -819,6 +1139,10 @@ static void mq_on_io(uv_poll_t *h, int status, int events) {
     c->last_recv_ms = uv_now(c->loop);
     mq_drain(c);
   }
+  /* Room again: what queued meanwhile (acks included) leaves now; no idle flush is armed while
+   * the socket is full. */
+  if ((events & UV_WRITABLE) && c->sock && c->want_write)
+    mq_flush_now(c);
 }
 
 /* ---- connecting --------------------------------------------------------------------------- */
@@ -852,7 +1176,9 @@ static int mq_send_setup(mq_conn *c) {
       return err;
   }
   c->setup_pending = 3 + 1 + 3;
+  assert(c->n_pending == 0);
   c->next_tag = 0;
+  c->p_low = 1;
   return 0;
 }
 
@@ -943,7 +1269,8 @@ static int mq_on_conn_tune(mq_conn *c, const amqp_connection_tune_t *t) {
   uint16_t hb = c->heartbeat_req > UINT16_MAX ? UINT16_MAX : (uint16_t)c->heartbeat_req;
   if (t->heartbeat != 0 && t->heartbeat < hb)
     hb = t->heartbeat;
-  int r = amqp_tune_connection(c->st, channel_max, (int)frame_max, hb);
+  /* Heartbeat 0 for the library: it must never write on its own (see the top of this file). */
+  int r = amqp_tune_connection(c->st, channel_max, (int)frame_max, 0);
   if (r != AMQP_STATUS_OK)
     return mq_err_from_amqp(r);
   amqp_connection_tune_ok_t ok = {
@@ -952,6 +1279,7 @@ static int mq_on_conn_tune(mq_conn *c, const amqp_connection_tune_t *t) {
   if (err)
     return err;
   c->hb = hb;
+  c->frame_max = frame_max;
   amqp_connection_open_t op = {
       .virtual_host = amqp_cstring_bytes(c->info.vhost),
       .capabilities = amqp_empty_bytes,
@@ -1023,11 +1351,21 @@ static int mq_handshake_begin(mq_conn *c) {
   c->lib_owns_fd = 1;
   c->hs = MQ_HS_START;
   c->hb = 0;
-  mq_cork(c);
-  int r = amqp_send_header(c->st);
-  if (r != AMQP_STATUS_OK)
-    return mq_err_from_amqp(r) ? mq_err_from_amqp(r) : SM_EIO;
-  c->last_send_ms = uv_now(c->loop);
+  c->frame_max = MQ_FRAME_MAX;
+  static const char header[8] = {'A',
+                                 'M',
+                                 'Q',
+                                 'P',
+                                 0,
+                                 AMQP_PROTOCOL_VERSION_MAJOR,
+                                 AMQP_PROTOCOL_VERSION_MINOR,
+                                 AMQP_PROTOCOL_VERSION_REVISION};
+  int err = mq_out_reserve(c, sizeof header);
+  if (err)
+    return err;
+  memcpy(c->ob + c->ob_len, header, sizeof header);
+  c->ob_len += sizeof header;
+  mq_out_kick(c);
   return 0;
 }
 
@@ -1178,6 +1516,9 @@ static void mq_maybe_free(mq_conn *c) {
   if (!c->destroyed || c->open_handles > 0 || c->gai_busy)
     return;
   empty_amqp_pool(&c->in.pool);
+  free(c->ob);
+  free(c->pring);
+  free(c->dring);
   free(c->url_buf);
   free(c->cmd_q);
   free(c->dlq);
@@ -1230,14 +1571,16 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
   if (!c->rng)
     c->rng = 1;
   init_amqp_pool(&c->in.pool, 4096);
-  sm_list_init(&c->pending);
+  c->frame_max = MQ_FRAME_MAX;
+  c->p_low = 1;
+  c->d_low = c->d_next = 1;
 
   uv_timer_t *timers[4] = {&c->retry_timer, &c->deadline_timer, &c->hb_timer, &c->depth_timer};
   for (int i = 0; i < 4; i++) {
     uv_timer_init(loop, timers[i]);
     timers[i]->data = c;
   }
-  uv_prepare_init(loop, &c->flush);
+  uv_idle_init(loop, &c->flush);
   c->flush.data = c;
   c->open_handles = 5;
   c->phase = MQ_IDLE;
@@ -1261,8 +1604,10 @@ void mq_conn_destroy(mq_conn *c) {
     memset(&cl, 0, sizeof cl);
     cl.reply_code = AMQP_REPLY_SUCCESS;
     cl.reply_text = amqp_cstring_bytes("shutdown");
-    mq_uncork(c);
-    (void)amqp_send_method(c->st, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl);
+    /* The queued acks are of durable work: write them before the close, in one send. */
+    if ((c->phase != MQ_UP || mq_emit_acks(c) == 0) &&
+        mq_out_method(c, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl) == 0 && c->sock)
+      (void)send(c->sock->fd, c->ob + c->ob_off, c->ob_len - c->ob_off, MSG_NOSIGNAL);
   }
   c->destroyed = 1;
   if (c->phase == MQ_RESOLVING && c->gai_busy)
@@ -1344,8 +1689,7 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
     return SM_ECLOSED;
   if (c->n_pending >= c->max_unconfirmed)
     return SM_ELIMIT;
-  mq_pending *p = sm_calloc(1, sizeof *p);
-  if (!p)
+  if (mq_pring_fit(c, c->next_tag + 2 - c->p_low) != 0)
     return SM_ENOMEM;
   amqp_basic_properties_t bp;
   memset(&bp, 0, sizeof bp);
@@ -1375,10 +1719,8 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
     if (props->n_headers) {
       if (props->n_headers > 16) {
         entries = sm_calloc(props->n_headers, sizeof *entries);
-        if (!entries) {
-          free(p);
+        if (!entries)
           return SM_ENOMEM;
-        }
       }
       for (size_t i = 0; i < props->n_headers; i++) {
         entries[i].key = mq_bytes_of(props->headers[i].key);
@@ -1390,21 +1732,18 @@ int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body, const mq_props
       bp.headers.entries = entries;
     }
   }
-  mq_cork(c);
-  int r = amqp_basic_publish(c->st, MQ_CH_PUBLISH, amqp_empty_bytes, amqp_cstring_bytes(queue), 0,
-                             0, &bp, mq_bytes_of(body));
+  int err = mq_out_publish(c, queue, &bp, body);
   if (entries != stack_entries)
     free(entries);
-  if (r != AMQP_STATUS_OK) {
-    free(p);
-    mq_defer_drop(c, mq_err_from_amqp(r));
-    return SM_EIO;
-  }
-  c->last_send_ms = uv_now(c->loop);
-  p->tag = ++c->next_tag;
+  if (err)
+    return err == SM_ENOMEM ? SM_ENOMEM : SM_EINVAL; /* nothing was queued */
+  uint64_t tag = ++c->next_tag;
+  mq_pending *p = &c->pring[tag & (c->pcap - 1)];
+  assert(!p->live);
   p->cb = cb;
   p->ud = ud;
-  sm_list_push_back(&c->pending, &p->node);
+  p->live = 1;
+  c->stats.publishes++;
   c->n_pending++;
   return 0;
 }
@@ -1461,14 +1800,37 @@ static int mq_ack_common(mq_conn *c, uint64_t gen, uint64_t tag, int ack, int re
     return SM_EINVAL;
   if (c->phase != MQ_UP || gen != c->gen || c->drop_err)
     return SM_ECLOSED;
-  mq_cork(c);
-  int r = ack ? amqp_basic_ack(c->st, MQ_CH_CONSUME, tag, 0)
-              : amqp_basic_nack(c->st, MQ_CH_CONSUME, tag, 0, requeue ? 1 : 0);
-  if (r != AMQP_STATUS_OK) {
-    mq_defer_drop(c, mq_err_from_amqp(r));
+  int st = mq_dtrack_state(c, tag);
+  if (st == MQ_D_SETTLED || st == MQ_D_ACK_QUEUED)
+    return SM_ENOENT; /* settled twice: the broker would close the channel */
+  if (st == MQ_D_UNSETTLED && ack) {
+    /* Queued: the flush at the end of the turn coalesces the turn's acks. */
+    c->dring[tag & (c->dcap - 1)] = MQ_D_ACK_QUEUED;
+    c->acks_queued++;
+    if (tag > c->ack_max)
+      c->ack_max = tag;
+    mq_out_kick(c);
+    return 0;
+  }
+  int err;
+  if (ack) {
+    err = mq_out_ack(c, tag, 0); /* not tracked (tracking off): a single ack is always right */
+    if (!err)
+      c->stats.deliveries_acked++;
+  } else {
+    amqp_basic_nack_t n = {.delivery_tag = tag, .multiple = 0, .requeue = requeue ? 1 : 0};
+    err = mq_out_method(c, MQ_CH_CONSUME, AMQP_BASIC_NACK_METHOD, &n);
+    if (!err)
+      c->stats.nacks_sent++;
+  }
+  if (err) {
+    mq_defer_drop(c, err);
     return SM_EIO;
   }
-  c->last_send_ms = uv_now(c->loop);
+  if (st == MQ_D_UNSETTLED) {
+    c->dring[tag & (c->dcap - 1)] = MQ_D_SETTLED;
+    mq_dlow_advance(c);
+  }
   return 0;
 }
 
@@ -1478,4 +1840,8 @@ int mq_conn_ack(mq_conn *c, uint64_t gen, uint64_t tag) {
 
 int mq_conn_nack(mq_conn *c, uint64_t gen, uint64_t tag, int requeue) {
   return mq_ack_common(c, gen, tag, 0, requeue);
+}
+
+void mq_conn_get_stats(const mq_conn *c, mq_conn_stats *out) {
+  *out = c->stats;
 }

@@ -12,6 +12,10 @@
  * asynchronously). A broker that accepts TCP but never answers costs one deadline
  * (connect_timeout_s), after which the attempt fails with SM_ETIMEDOUT and is retried.
  *
+ * Output is batched: the frames of one loop turn (publishes, acks, nacks, heartbeats) are encoded
+ * into one buffer and leave in one send() at the start of the next turn; the acks of one turn are
+ * coalesced into basic.ack with multiple=1 where that covers exactly the acked deliveries.
+ *
  * Callbacks never run inside the call that caused them; they run from loop events.
  */
 #ifndef SM_MQ_AMQP_H
@@ -124,10 +128,12 @@ SM_MUST_CHECK int mq_conn_queue_depth(const mq_conn *c, uint64_t *messages);
 const char *mq_conn_command_queue(const mq_conn *c);
 const char *mq_conn_result_queue(const mq_conn *c);
 
-/* Publishes body to the default exchange with routing key `queue`, on the confirm channel.
- * cb (may be NULL) runs exactly once, later, with the outcome. Returns 0 (cb will run),
- * SM_ECLOSED when not connected, SM_ELIMIT when max_unconfirmed publishes are pending,
- * SM_EINVAL, or SM_EIO when the send failed (cb will not run; the connection is dropped). */
+/* Publishes body to the default exchange with routing key `queue`, on the confirm channel: the
+ * frames are queued and written with the rest of the loop turn's output. cb (may be NULL) runs
+ * exactly once, later, with the outcome (a write failure drops the connection: SM_ECLOSED).
+ * Returns 0 (cb will run), SM_ECLOSED when not connected, SM_ELIMIT when max_unconfirmed
+ * publishes are pending, SM_EINVAL (also: properties too large for a frame) or SM_ENOMEM; on
+ * an error nothing was queued and cb will not run. */
 SM_MUST_CHECK int mq_conn_publish(mq_conn *c, const char *queue, mq_slice body,
                                   const mq_props *props, mq_publish_cb cb, void *ud);
 
@@ -142,9 +148,25 @@ SM_MUST_CHECK int mq_conn_consume(mq_conn *c, const char *queue, uint16_t prefet
 /* Cancels the consumer (basic.cancel): no new deliveries; unacked ones stay unacked. */
 SM_MUST_CHECK int mq_conn_consume_stop(mq_conn *c);
 
-/* Acks / nacks a delivery of generation gen. Returns 0, SM_ECLOSED when gen is not the current
- * connection (the broker redelivers it anyway), or SM_EIO. */
+/* Acks / nacks a delivery of generation gen. An ack is queued and written at the end of the
+ * loop turn: the turn's acks that form a run from the lowest unsettled delivery go as one
+ * basic.ack with multiple=1, the others singly (a multiple ack never covers a delivery that was
+ * not acked or nacked). A nack is written at once, singly. Returns 0, SM_ECLOSED when gen is not
+ * the current connection (the broker redelivers it anyway), SM_ENOENT when the delivery is
+ * already settled, or SM_EIO (the connection is dropped). */
 SM_MUST_CHECK int mq_conn_ack(mq_conn *c, uint64_t gen, uint64_t tag);
 SM_MUST_CHECK int mq_conn_nack(mq_conn *c, uint64_t gen, uint64_t tag, int requeue);
+
+/* Counters since creation (all connections). */
+typedef struct mq_conn_stats {
+  uint64_t writes;           /* send() calls that wrote bytes */
+  uint64_t publishes;        /* basic.publish queued */
+  uint64_t confirms;         /* basic.ack / basic.nack frames received on the publish channel */
+  uint64_t acks_sent;        /* basic.ack frames written on the consume channel */
+  uint64_t acks_multiple;    /* of which with multiple=1 */
+  uint64_t deliveries_acked; /* deliveries those acks settled */
+  uint64_t nacks_sent;       /* basic.nack frames written */
+} mq_conn_stats;
+void mq_conn_get_stats(const mq_conn *c, mq_conn_stats *out);
 
 #endif
