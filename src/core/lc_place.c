@@ -264,10 +264,10 @@ void lc_place_agent_back(lifecycle *lc, agent *a) {
       lc_count_on(k, a);
     }
   sched_notify(lc->strategy, a, SCHED_EV_REGISTER);
-  sm_list todo, *n;
-  sm_list_init(&todo);
-  sm_list_splice_back(&todo, &lc->place.parked);
-  while ((n = sm_list_pop_front(&todo)) != NULL) {
+  sm_list parked, *n;
+  sm_list_init(&parked);
+  sm_list_splice_back(&parked, &lc->place.parked);
+  while ((n = sm_list_pop_front(&parked)) != NULL) {
     lc_cmd *k = SM_LIST_ENTRY(n, lc_cmd, wait);
     assert(k->st == LS_PARKED && lc->place.nparked > 0);
     lc->place.nparked--;

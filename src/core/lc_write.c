@@ -38,12 +38,12 @@ static void stall(lifecycle *lc, lc_cmd *k, int err) {
 void lc_run_retries(lifecycle *lc) {
   if (lc->cl.closing)
     return;
-  sm_list todo;
-  sm_list_init(&todo);
-  sm_list_splice_back(&todo, &lc->wr.retry);
+  sm_list due;
+  sm_list_init(&due);
+  sm_list_splice_back(&due, &lc->wr.retry);
   size_t issued = 0;
   sm_list *n;
-  while ((n = sm_list_first(&todo)) != NULL) {
+  while ((n = sm_list_first(&due)) != NULL) {
     if (issued == LC_RETRY_BATCH) {
       lc_retry_arm_busy(lc); /* the rest on the next pass, soon */
       break;
@@ -59,7 +59,7 @@ void lc_run_retries(lifecycle *lc) {
       break; /* stall() armed the timer; the rest waits with k */
   }
   /* what this pass did not reach goes back behind the few stalled during it */
-  sm_list_splice_back(&lc->wr.retry, &todo);
+  sm_list_splice_back(&lc->wr.retry, &due);
 }
 
 /* ---- the FIFO ----------------------------------------------------------------------------- */

@@ -545,6 +545,21 @@ static int add_str(cJSON *obj, const char *name, const char *s) {
                                                                                         : SM_ENOMEM;
 }
 
+/* The "children" array of child ids. Returns 0 or SM_ENOMEM. */
+static int add_children(cJSON *o, const sm_command *c) {
+  cJSON *ch = cJSON_AddArrayToObject(o, "children");
+  if (ch == NULL)
+    return SM_ENOMEM;
+  for (size_t i = 0; i < c->nchildren; i++) {
+    cJSON *s = cJSON_CreateString(c->children[i]);
+    if (s == NULL || !cJSON_AddItemToArray(ch, s)) {
+      cJSON_Delete(s);
+      return SM_ENOMEM;
+    }
+  }
+  return 0;
+}
+
 cJSON *command_to_json(const sm_command *c) {
   cJSON *o = cJSON_CreateObject();
   if (o == NULL)
@@ -584,17 +599,7 @@ cJSON *command_to_json(const sm_command *c) {
     rc |= (cJSON_AddNullToObject(o, "result") ? 0 : SM_ENOMEM);
   }
   if (c->broadcast || c->nchildren) {
-    cJSON *ch = cJSON_AddArrayToObject(o, "children");
-    for (size_t i = 0; ch && i < c->nchildren; i++) {
-      cJSON *s = cJSON_CreateString(c->children[i]);
-      if (s == NULL || !cJSON_AddItemToArray(ch, s)) {
-        cJSON_Delete(s);
-        rc |= SM_ENOMEM;
-        break;
-      }
-    }
-    if (ch == NULL)
-      rc |= SM_ENOMEM;
+    rc |= add_children(o, c);
   }
   if (c->parent_id)
     rc |= add_str(o, "parent_id", c->parent_id);
@@ -644,17 +649,7 @@ char *command_serialize(const sm_command *c, size_t *len) {
             : SM_ENOMEM;
   }
   if (c->nchildren) {
-    cJSON *ch = cJSON_AddArrayToObject(o, "children");
-    for (size_t i = 0; ch && i < c->nchildren; i++) {
-      cJSON *s = cJSON_CreateString(c->children[i]);
-      if (s == NULL || !cJSON_AddItemToArray(ch, s)) {
-        cJSON_Delete(s);
-        rc |= SM_ENOMEM;
-        break;
-      }
-    }
-    if (ch == NULL)
-      rc |= SM_ENOMEM;
+    rc |= add_children(o, c);
   }
   char *text = rc ? NULL : cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
