@@ -736,6 +736,7 @@ static void h_status(void *ud, http_request *req, http_response *res) {
         {"published", (double)st.published},
         {"publish_failures", (double)st.publish_failures},
         {"store_retries", (double)st.store_retries},
+        {"store_writes_merged", (double)st.writes_merged},
         {"pending_writes", (double)st.pending_writes},
     };
     for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)

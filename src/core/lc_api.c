@@ -22,27 +22,24 @@ typedef struct lc_submit {
 
 /* ---- submissions -------------------------------------------------------------------------- */
 
+/* The store's answer to a submission: on success (cmd NULL: the record is s->cmd) the command
+ * is tracked and the submitter answered before it is queued, so that the record it is answered
+ * with is the one accepted. */
 static void submit_created(void *ud, int err, const sm_command *cmd, int existed) {
   lc_submit *s = ud;
   lifecycle *lc = s->lc;
   assert(lc->cl.ops_pending > 0 && lc->place.creating > 0);
   lc->cl.ops_pending--;
   lc->place.creating--;
-  if (err == 0 && !existed && !lc->cl.closing &&
-      sm_map_get(&lc->cmds, s->cmd->id, strlen(s->cmd->id)) == NULL) {
-    lc_cmd *k = lc_cmd_track(lc, s->cmd);
-    if (k != NULL) {
+  lc_cmd *k = NULL;
+  if (err == 0 && !existed) {
+    if (!lc->cl.closing && sm_map_get(&lc->cmds, s->cmd->id, strlen(s->cmd->id)) == NULL &&
+        (k = lc_cmd_track(lc, s->cmd)) != NULL) {
       s->cmd = NULL;
       lc->stats.received++;
-      if (lc->cfg.on_received)
-        lc->cfg.on_received(lc->cfg.hook_ud, k->c);
-      if (k->c->broadcast)
-        lc_bcast_expand(lc, k);
-      else
-        lc_enqueue(lc, k);
-    } else {
+    } else if (!lc->cl.closing) {
       sm_log_error("lifecycle", "command stored but not tracked (recovered at restart)",
-                   SM_LS("command_id", cmd->id));
+                   SM_LS("command_id", s->cmd->id));
     }
   } else if (err == 0 && existed) {
     lc->stats.duplicates++;
@@ -51,7 +48,15 @@ static void submit_created(void *ud, int err, const sm_command *cmd, int existed
     lc->stats.refused_unavail++;
   }
   if (s->cb)
-    s->cb(s->ud, err, cmd, existed);
+    s->cb(s->ud, err, cmd != NULL ? cmd : (k != NULL ? k->c : s->cmd), existed);
+  if (k != NULL) {
+    if (lc->cfg.on_received)
+      lc->cfg.on_received(lc->cfg.hook_ud, k->c);
+    if (k->c->broadcast)
+      lc_bcast_expand(lc, k);
+    else
+      lc_enqueue(lc, k);
+  }
   command_free(s->cmd);
   free(s);
   if (lc->cl.closing)
@@ -183,17 +188,19 @@ static void cancel_store_cb(void *ud, int err, const sm_command *cmd, int existe
         a->stage = 1;
         err = store_cmd_update(lc->st, n, from, payload, payload ? strlen(payload) : 0,
                                cancel_store_cb, a);
-        if (err == 0)
-          lc->cl.ops_pending++;
         free(payload);
-        command_free(n);
-        if (err == 0)
+        if (err == 0) {
+          lc->cl.ops_pending++;
+          a->cmd = n; /* the record written: the store answers success without one */
           return;
+        }
+        command_free(n);
       } else {
         err = SM_ENOMEM;
       }
     }
   } else if (a->stage == 1 && err == 0 && lc->ob.has_pub) {
+    cmd = a->cmd;
     cJSON *j = command_to_json(cmd);
     char *payload = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
@@ -202,7 +209,7 @@ static void cancel_store_cb(void *ud, int err, const sm_command *cmd, int existe
   }
   if (lc_retryable(err))
     err = SM_EUNAVAIL;
-  lc_answer_run(a, err, cmd);
+  lc_answer_run(a, err, cmd != NULL || err ? cmd : a->cmd);
 }
 
 int lifecycle_cancel(lifecycle *lc, const char *id, lifecycle_cmd_cb cb, void *ud) {

@@ -59,6 +59,12 @@ static void recover_one(lifecycle *lc, const sm_command *src) {
     }
     k->st = LS_PARENT;
     k->bc.total = c->nchildren;
+    if (c->nchildren_planned > c->nchildren) {
+      /* planned children the crash left uncreated never ran: counted as failed */
+      k->bc.total = c->nchildren_planned;
+      k->bc.done = c->nchildren_planned - c->nchildren;
+      k->bc.counts[COMMAND_FAILED] = k->bc.done;
+    }
     for (size_t i = 0; i < c->nchildren; i++) {
       if (store_cmd_get(lc->st, c->children[i], child_lookup_cb, k) == 0) {
         lc->cl.ops_pending++;

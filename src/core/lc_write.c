@@ -71,7 +71,7 @@ static void head_done(lifecycle *lc, lc_cmd *k, int err, const sm_command *store
   assert(lc->wr.pending > 0);
   lc->wr.pending--;
   if (w->answer)
-    lc_answer_run(w->answer, err, stored ? stored : w->snap);
+    lc_answer_run(w->answer, err, stored ? stored : k->c);
   if (err == 0 && w->outbox) {
     lc_pub_start(lc, w->snap->id, w->outbox, w->outbox_len, w->snap->reply_to,
                  w->snap->correlation_id);
@@ -154,13 +154,21 @@ static void wq_issue(lc_cmd *k) {
   write_failed(lc, k, err, NULL);
 }
 
+static lc_write *push_new(lifecycle *lc, lc_cmd *k, lc_write *w) {
+  sm_list_push_back(&k->wr.fifo, &w->node);
+  lc->wr.pending++;
+  return w;
+}
+
 /* Appends a write of k's current record (with the result JSON for the outbox when with_outbox
  * and a publisher is set). a (or NULL) is answered once the write is done; when the write cannot
  * be made (out of memory) it is answered with SM_ENOMEM on the next loop turn. */
 void lc_write_push(lc_cmd *k, int create, int with_outbox, lc_answer *a) {
   lifecycle *lc = k->lc;
   lc_write *w = sm_calloc(1, sizeof(*w));
-  if (w == NULL || (w->snap = command_clone(k->c)) == NULL) {
+  /* an update writes only the lifecycle fields: its snapshot copies only those */
+  if (w == NULL ||
+      (w->snap = create ? command_clone(k->c) : command_clone_state(k->c)) == NULL) {
     free(w);
     sm_log_error("lifecycle", "store write out of memory", SM_LS("command_id", k->c->id));
     if (a != NULL)
@@ -171,6 +179,25 @@ void lc_write_push(lc_cmd *k, int create, int with_outbox, lc_answer *a) {
   w->expected = k->chain;
   k->chain = w->snap->status;
   w->answer = a;
+  /* A write not yet at the store takes this one's place (dispatched then running then final
+   * of a fast command: one write): the store never showed the skipped state, and the newer
+   * record carries every field the older one would have written. The merged write keeps the
+   * older one's compare-and-set status. Writes that answer someone stay as they are. */
+  sm_list *tn = sm_list_last(&k->wr.fifo);
+  lc_write *t = tn ? SM_LIST_ENTRY(tn, lc_write, node) : NULL;
+  if (t != NULL && !create && !t->create && t->answer == NULL && t->outbox == NULL &&
+      !(k->wr.writing && tn == sm_list_first(&k->wr.fifo)) &&
+      command_transition_allowed(t->expected, w->snap->status)) {
+    command_free(t->snap);
+    t->snap = w->snap;
+    t->answer = a;
+    w->snap = NULL;
+    free(w);
+    w = t;
+    lc->stats.writes_merged++;
+  } else {
+    w = push_new(lc, k, w);
+  }
   if (with_outbox && lc->ob.has_pub) {
     cJSON *j = command_to_json(k->c);
     w->outbox = j ? cJSON_PrintUnformatted(j) : NULL;
@@ -180,7 +207,5 @@ void lc_write_push(lc_cmd *k, int create, int with_outbox, lc_answer *a) {
     else
       w->outbox_len = strlen(w->outbox);
   }
-  sm_list_push_back(&k->wr.fifo, &w->node);
-  lc->wr.pending++;
   wq_issue(k);
 }

@@ -64,6 +64,7 @@ typedef struct lifecycle_stats {
   uint64_t published;                      /* results confirmed by the broker */
   uint64_t publish_failures;               /* publishes refused or not confirmed */
   uint64_t store_retries;                  /* store writes retried after an outage */
+  uint64_t writes_merged; /* store writes folded into a later one before they were sent */
   size_t waiting;                          /* commands queued or parked here */
   size_t parked;                           /* of which no connected agent could take */
   size_t inflight;                         /* dispatched or running on agents */

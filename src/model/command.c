@@ -149,6 +149,10 @@ static void result_clear(command_result *r) {
   memset(r, 0, sizeof(*r));
 }
 
+void command_result_clear(command_result *r) {
+  result_clear(r);
+}
+
 void command_free(sm_command *c) {
   if (c == NULL)
     return;
@@ -161,7 +165,7 @@ void command_free(sm_command *c) {
   kvs_free(c->filter, c->nfilter);
   free(c->agent_id);
   result_clear(&c->result);
-  for (size_t i = 0; i < c->nchildren; i++)
+  for (size_t i = 0; c->children != NULL && i < c->nchildren; i++)
     free(c->children[i]);
   free(c->children);
   free(c->parent_id);
@@ -269,12 +273,43 @@ sm_command *command_clone(const sm_command *c) {
   if (!err && c->result.present)
     err = command_set_result(n, c->result.status, c->result.data, c->result.ndata, c->result.error,
                              c->result.completed_at);
-  for (size_t i = 0; !err && i < c->nchildren; i++)
+  for (size_t i = 0; !err && c->children != NULL && i < c->nchildren; i++)
     err = command_add_child(n, c->children[i]);
   if (err) {
     command_free(n);
     return NULL;
   }
+  if (c->children == NULL)
+    n->nchildren = c->nchildren; /* a state snapshot's count */
+  return n;
+}
+
+sm_command *command_clone_state(const sm_command *c) {
+  sm_command *n = command_new();
+  if (n == NULL)
+    return NULL;
+  n->status = c->status;
+  n->attempts = c->attempts;
+  n->priority = c->priority;
+  n->broadcast = c->broadcast;
+  n->source = c->source;
+  n->created_at = c->created_at;
+  n->dispatched_at = c->dispatched_at;
+  n->started_at = c->started_at;
+  n->completed_at = c->completed_at;
+  int err = dup_str(&n->id, c->id) | dup_str(&n->type, c->type) |
+            dup_str(&n->target_agent, c->target_agent) | dup_str(&n->agent_id, c->agent_id) |
+            dup_str(&n->parent_id, c->parent_id) | dup_str(&n->reply_to, c->reply_to) |
+            dup_str(&n->correlation_id, c->correlation_id);
+  if (!err && c->result.present)
+    err = command_set_result(n, c->result.status, c->result.data, c->result.ndata, c->result.error,
+                             c->result.completed_at);
+  if (err) {
+    command_free(n);
+    return NULL;
+  }
+  n->nchildren = c->nchildren; /* the count only: children stays NULL */
+  n->nchildren_planned = c->nchildren_planned;
   return n;
 }
 
@@ -550,7 +585,7 @@ static int add_children(cJSON *o, const sm_command *c) {
   cJSON *ch = cJSON_AddArrayToObject(o, "children");
   if (ch == NULL)
     return SM_ENOMEM;
-  for (size_t i = 0; i < c->nchildren; i++) {
+  for (size_t i = 0; c->children != NULL && i < c->nchildren; i++) {
     cJSON *s = cJSON_CreateString(c->children[i]);
     if (s == NULL || !cJSON_AddItemToArray(ch, s)) {
       cJSON_Delete(s);
@@ -624,6 +659,22 @@ static int add_opt(cJSON *o, const char *k, const char *s) {
   return s == NULL ? 0 : (cJSON_AddStringToObject(o, k, s) ? 0 : SM_ENOMEM);
 }
 
+static int result_fields(cJSON *r, const command_result *res) {
+  return add_opt(r, "status", res->status) | add_map(r, "data", res->data, res->ndata) |
+         add_opt(r, "error", res->error) | add_int(r, "at", res->completed_at);
+}
+
+char *command_result_serialize(const command_result *r, size_t *len) {
+  cJSON *o = cJSON_CreateObject();
+  if (o == NULL)
+    return NULL;
+  char *text = result_fields(o, r) ? NULL : cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (text != NULL && len != NULL)
+    *len = strlen(text);
+  return text;
+}
+
 char *command_serialize(const sm_command *c, size_t *len) {
   cJSON *o = cJSON_CreateObject();
   if (o == NULL)
@@ -643,12 +694,9 @@ char *command_serialize(const sm_command *c, size_t *len) {
            add_opt(o, "instance", c->instance);
   if (c->result.present) {
     cJSON *r = cJSON_AddObjectToObject(o, "result");
-    rc |= r ? (add_opt(r, "status", c->result.status) |
-               add_map(r, "data", c->result.data, c->result.ndata) |
-               add_opt(r, "error", c->result.error) | add_int(r, "at", c->result.completed_at))
-            : SM_ENOMEM;
+    rc |= r ? result_fields(r, &c->result) : SM_ENOMEM;
   }
-  if (c->nchildren) {
+  if (c->nchildren && c->children != NULL) {
     rc |= add_children(o, c);
   }
   char *text = rc ? NULL : cJSON_PrintUnformatted(o);
@@ -701,6 +749,30 @@ static int read_map(const cJSON *o, const char *k, sm_kv **dst, size_t *n) {
   *dst = kv;
   *n = i;
   return 0;
+}
+
+/* Reads a result's store form into res (cleared first); on failure res is cleared. */
+static int read_result(const cJSON *r, command_result *res) {
+  result_clear(res);
+  res->present = 1;
+  res->completed_at = read_int(r, "at");
+  int rc = read_str(r, "status", &res->status);
+  if (!rc)
+    rc = read_str(r, "error", &res->error);
+  if (!rc)
+    rc = read_map(r, "data", &res->data, &res->ndata);
+  if (rc)
+    result_clear(res);
+  return rc;
+}
+
+int command_result_deserialize(const char *text, size_t len, command_result *out) {
+  cJSON *o = cJSON_ParseWithLength(text, len);
+  if (o == NULL)
+    return SM_EPARSE;
+  int rc = cJSON_IsObject(o) ? read_result(o, out) : SM_EPARSE;
+  cJSON_Delete(o);
+  return rc;
 }
 
 int command_deserialize(const char *text, size_t len, sm_command **out) {
@@ -758,15 +830,8 @@ int command_deserialize(const char *text, size_t len, sm_command **out) {
     c->source = read_int(o, "src") == COMMAND_SRC_AMQP ? COMMAND_SRC_AMQP : COMMAND_SRC_REST;
   }
   const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "result");
-  if (!rc && cJSON_IsObject(r)) {
-    c->result.present = 1;
-    c->result.completed_at = read_int(r, "at");
-    rc = read_str(r, "status", &c->result.status);
-    if (!rc)
-      rc = read_str(r, "error", &c->result.error);
-    if (!rc)
-      rc = read_map(r, "data", &c->result.data, &c->result.ndata);
-  }
+  if (!rc && cJSON_IsObject(r))
+    rc = read_result(r, &c->result);
   const cJSON *ch = cJSON_GetObjectItemCaseSensitive(o, "children");
   if (!rc && cJSON_IsArray(ch)) {
     const cJSON *it;

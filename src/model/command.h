@@ -80,9 +80,12 @@ typedef struct sm_command {
   int64_t started_at;
   int64_t completed_at;
   command_result result;
-  char **children; /* broadcast: child command ids (owned) */
+  char **children; /* broadcast: child command ids (owned); NULL with nchildren > 0 in a state
+                      snapshot (command_clone_state): the count only */
   size_t nchildren;
-  char *parent_id; /* broadcast child: the parent's id */
+  size_t nchildren_planned; /* broadcast parent read from the store: the children it was
+                               dispatched to (children lists the ones created; 0: unknown) */
+  char *parent_id;          /* broadcast child: the parent's id */
   /* intake */
   char *reply_to;        /* AMQP reply_to of the intake message */
   char *correlation_id;  /* AMQP correlation_id */
@@ -114,6 +117,13 @@ void command_free(sm_command *c);
 /* A deep copy, or NULL when out of memory. */
 sm_command *command_clone(const sm_command *c);
 
+/* A state snapshot: a copy of what a store update writes (store.h) and what a write's
+ * bookkeeping reads: id, type, target_agent, agent_id, parent_id, reply_to, correlation_id, the
+ * status, attempts, priority, broadcast, source, times and result. children stays NULL while
+ * nchildren keeps the count (a broadcast parent's children ids are not copied: they are stored
+ * by the children's own creation). NULL when out of memory. */
+sm_command *command_clone_state(const sm_command *c);
+
 /* The placement strategies a command may name (docs/settings.md LOAD_BALANCING_STRATEGY), NULL-
  * terminated; sched/ has one strategy for each (its tests check that they agree). */
 const char *const *command_strategy_names(void);
@@ -141,6 +151,14 @@ char *command_serialize(const sm_command *c, size_t *len);
 /* Reads the store form. Returns 0, SM_EPARSE (not a command record) or SM_ENOMEM. */
 int command_deserialize(const char *text, size_t len, sm_command **out);
 
+/* The store form of a result alone (the `result` member of command_serialize). Returns a
+ * malloc'ed NUL-terminated string (length in *len when not NULL) or NULL when out of memory. */
+char *command_result_serialize(const command_result *r, size_t *len);
+
+/* Reads a result's store form into *out (cleared first; present set). Returns 0, SM_EPARSE or
+ * SM_ENOMEM (then *out is cleared). */
+int command_result_deserialize(const char *text, size_t len, command_result *out);
+
 /* "queued", "dispatched", ...; "unknown" outside the enum. */
 const char *command_status_name(command_status s);
 
@@ -158,6 +176,9 @@ int command_transition_allowed(command_status from, command_status to);
 /* Sets the result (deep copies; replaces an earlier one). Returns 0 or SM_ENOMEM. */
 int command_set_result(sm_command *c, const char *status, const sm_kv *data, size_t ndata,
                        const char *error, int64_t completed_at_ms);
+
+/* Frees what r owns and zeroes it. */
+void command_result_clear(command_result *r);
 
 /* Replaces a string field (*field) by a copy of s (NULL clears). Returns 0 or SM_ENOMEM. */
 int command_set_str(char **field, const char *s);

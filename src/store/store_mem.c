@@ -303,7 +303,17 @@ static int mem_cmd_create(store *s, const sm_command *c, store_cmd_cb cb, void *
     sm_map_del(&m->cmds, e->c->id, strlen(e->c->id));
     goto fail;
   }
-  if ((err = push_cmd(m, cb, ud, 0, e->c, 0)) != 0) {
+  /* a broadcast child joins its parent's children list (as the Valkey form appends it) */
+  mem_cmd *par = c->parent_id ? sm_map_get(&m->cmds, c->parent_id, strlen(c->parent_id)) : NULL;
+  if (par != NULL && (par->c->children != NULL || par->c->nchildren == 0) &&
+      (err = command_add_child(par->c, c->id)) != 0) {
+    entry_drop(m, e);
+    return err;
+  }
+  if ((err = push_cmd(m, cb, ud, 0, NULL, 0)) != 0) {
+    if (par != NULL && par->c->nchildren > 0 &&
+        strcmp(par->c->children[par->c->nchildren - 1], c->id) == 0)
+      free(par->c->children[--par->c->nchildren]);
     entry_drop(m, e);
     return err;
   }
@@ -332,36 +342,43 @@ static int mem_cmd_update(store *s, const sm_command *c, command_status expected
     return push_cmd(m, cb, ud, SM_ENOENT, NULL, 0);
   if (e->c->status != expected)
     return push_cmd(m, cb, ud, SM_ESTATE, e->c, 0);
-  sm_command *n = command_clone(c);
-  if (n == NULL)
-    return SM_ENOMEM;
-  /* identity and index fields stay as created */
-  n->created_at = e->c->created_at;
-  if (command_set_str(&n->idempotency_key, e->c->idempotency_key) != 0) {
-    command_free(n);
-    return SM_ENOMEM;
-  }
+  /* only the lifecycle fields change (as in the Valkey form); everything that can fail is
+   * made before the record is touched */
+  char *aid = NULL;
+  command_result res = {0};
   comp *k = comp_new(m, C_CMD, ud);
-  if (k == NULL || (k->cmd = command_clone(n)) == NULL) {
+  int err = k ? 0 : SM_ENOMEM;
+  if (!err && c->agent_id != NULL && (aid = sm_strdup(c->agent_id)) == NULL)
+    err = SM_ENOMEM;
+  if (!err && c->result.present) {
+    sm_command tmp = {0};
+    err = command_set_result(&tmp, c->result.status, c->result.data, c->result.ndata,
+                             c->result.error, c->result.completed_at);
+    res = tmp.result; /* tmp owns nothing else */
+  }
+  if (!err && outbox_payload != NULL)
+    err = ob_put(m, c->id, outbox_payload, outbox_len);
+  if (err) {
     free(k);
-    command_free(n);
-    return SM_ENOMEM;
+    free(aid);
+    command_result_clear(&res);
+    return err;
   }
-  if (outbox_payload != NULL) {
-    int err = ob_put(m, c->id, outbox_payload, outbox_len);
-    if (err) {
-      comp_free(k);
-      command_free(n);
-      return err;
-    }
+  sm_command *t = e->c;
+  t->status = c->status;
+  t->attempts = c->attempts;
+  t->dispatched_at = c->dispatched_at;
+  t->started_at = c->started_at;
+  t->completed_at = c->completed_at;
+  free(t->agent_id);
+  t->agent_id = aid;
+  if (res.present) {
+    command_result_clear(&t->result);
+    t->result = res;
   }
-  /* the maps point at the record's own id/key strings: swap them to the new record's */
-  sm_map_replace(&m->cmds, n->id, strlen(n->id), e);
-  if (n->idempotency_key &&
-      sm_map_get(&m->idem, n->idempotency_key, strlen(n->idempotency_key)) == e)
-    sm_map_replace(&m->idem, n->idempotency_key, strlen(n->idempotency_key), e);
-  command_free(e->c);
-  e->c = n;
+  size_t planned = c->nchildren > c->nchildren_planned ? c->nchildren : c->nchildren_planned;
+  if (planned > t->nchildren_planned)
+    t->nchildren_planned = planned;
   k->cb.cmd = cb;
   comp_push(m, k);
   return 0;

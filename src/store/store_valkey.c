@@ -28,24 +28,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum script_id { S_APPLY, S_LIST, S_OB_ADD, S_OB_LIST, S_AG_PUT, S_AG_DEL, S_AG_LIST, S_COUNT };
+enum script_id { S_APPLY, S_GET, S_LIST, S_OB_ADD, S_OB_LIST, S_AG_PUT, S_AG_DEL, S_AG_LIST, S_COUNT };
+
+/* A command's record, for the scripts that report one (p is the key prefix): '' when absent,
+ * else {j, s, g, l, r, kids} - the creation JSON, the status, and the fields the updates wrote
+ * ('' when never written), and the children's ids when any child was created (else {}). */
+#define REC_LUA                                                                                    \
+  "local function rec(id)\n"                                                                       \
+  " local v=redis.call('HMGET',p..'cmd:'..id,'j','s','g','l','r','k')\n"                           \
+  " if not v[1] then return '' end\n"                                                              \
+  " local kids={}\n"                                                                               \
+  " if v[6] then kids=redis.call('LRANGE',p..'kids:'..id,0,-1) end\n"                              \
+  " return {v[1],v[2] or '',v[3] or '',v[4] or '',v[5] or '',kids}\n"                              \
+  "end\n"
 
 /* apply: ARGV[1] prefix, ARGV[2] now (ms), then records, each a tag and its fields:
- *   c id json member status active('1'|'') agent type idem  create, idempotent on id and idem
- *   u id json expected status final('1'|'') agent ob('1'|'') payload  compare-and-set update
- *   d id                                                       outbox removal
+ *   c id json member status active('1'|'') agent type idem parent   create, idempotent on id/idem
+ *   u id expected status final('1'|'') agent g l r ob('1'|'') payload compare-and-set update
+ *   d id                                                            outbox removal
+ * A create writes the whole record once (j) and, for a broadcast child, appends its id to the
+ * parent's children list. An update writes only the lifecycle fields: s (status), a (index
+ * agent), g (dispatched agent), l ("attempts,dispatched,started,completed,children" integers)
+ * and r (the result, only when there is one); the creation JSON is never rewritten.
  * Returns two elements per record: a code and a stored record ('' when there is none to report):
  * c: 0 created, 1 existed + the stored record; u: 0 done, -1 absent, -2 other status + the
  * stored record; d: 0. The success cases return '' because the caller holds the record it sent. */
 static const char apply_script[] =
-    "local p=ARGV[1] local now=ARGV[2] local out={} local i=3 local n=#ARGV\n"
+    "local p=ARGV[1] local now=ARGV[2] local out={} local i=3 local n=#ARGV\n" REC_LUA
     "local function put(code,j) out[#out+1]=code out[#out+1]=j or '' end\n"
-    "local function create(id,j,m,s,act,a,ty,ik)\n"
+    "local function create(id,j,m,s,act,a,ty,ik,par)\n"
     " if ik~='' then local ex=redis.call('GET',p..'idem:'..ik)\n"
-    "  if ex then local sj=redis.call('HGET',p..'cmd:'..ex,'j') if sj then return put(1,sj) end "
-    "end end\n"
+    "  if ex then local r=rec(ex) if r~='' then return put(1,r) end end end\n"
     " local k=p..'cmd:'..id\n"
-    " local sj=redis.call('HGET',k,'j') if sj then return put(1,sj) end\n"
+    " if redis.call('HEXISTS',k,'j')==1 then return put(1,rec(id)) end\n"
     " redis.call('HSET',k,'s',s,'a',a,'m',m,'j',j)\n"
     " redis.call('ZADD',p..'cmds:all',0,m)\n"
     " redis.call('ZADD',p..'cmds:status:'..s,0,m)\n"
@@ -53,15 +68,18 @@ static const char apply_script[] =
     " if a~='' then redis.call('ZADD',p..'cmds:agent:'..a,0,m) end\n"
     " redis.call('ZADD',p..'cmds:type:'..ty,0,m)\n"
     " if ik~='' then redis.call('SET',p..'idem:'..ik,id) end\n"
+    " if par~='' then redis.call('RPUSH',p..'kids:'..par,id)\n"
+    "  redis.call('HSET',p..'cmd:'..par,'k','1') end\n"
     " put(0)\n"
     "end\n"
-    "local function update(id,j,exp,s,fin,a,ob,pl)\n"
+    "local function update(id,exp,s,fin,a,g,l,r,ob,pl)\n"
     " local k=p..'cmd:'..id\n"
-    " local cur=redis.call('HMGET',k,'s','a','m','j')\n"
+    " local cur=redis.call('HMGET',k,'s','a','m')\n"
     " if not cur[1] then return put(-1) end\n"
-    " if cur[1]~=exp then return put(-2,cur[4]) end\n"
+    " if cur[1]~=exp then return put(-2,rec(id)) end\n"
     " local m=cur[3]\n"
-    " redis.call('HSET',k,'s',s,'a',a,'j',j)\n"
+    " if r~='' then redis.call('HSET',k,'s',s,'a',a,'g',g,'l',l,'r',r)\n"
+    " else redis.call('HSET',k,'s',s,'a',a,'g',g,'l',l) end\n"
     " if cur[1]~=s then\n"
     "  redis.call('ZREM',p..'cmds:status:'..cur[1],m)\n"
     "  redis.call('ZADD',p..'cmds:status:'..s,0,m)\n"
@@ -77,9 +95,9 @@ static const char apply_script[] =
     "end\n"
     "while i<=n do local t=ARGV[i]\n"
     " if t=='c' then create(ARGV[i+1],ARGV[i+2],ARGV[i+3],ARGV[i+4],ARGV[i+5],ARGV[i+6],"
-    "ARGV[i+7],ARGV[i+8]) i=i+9\n"
+    "ARGV[i+7],ARGV[i+8],ARGV[i+9]) i=i+10\n"
     " elseif t=='u' then update(ARGV[i+1],ARGV[i+2],ARGV[i+3],ARGV[i+4],ARGV[i+5],ARGV[i+6],"
-    "ARGV[i+7],ARGV[i+8]) i=i+9\n"
+    "ARGV[i+7],ARGV[i+8],ARGV[i+9],ARGV[i+10]) i=i+11\n"
     " elseif t=='d' then redis.call('HDEL',p..'outbox',ARGV[i+1])\n"
     "  redis.call('ZREM',p..'outbox:q',ARGV[i+1]) put(0) i=i+2\n"
     " else return redis.error_reply('apply: bad record tag') end\n"
@@ -88,13 +106,13 @@ static const char apply_script[] =
 
 static const char *const scripts[S_COUNT] = {
     [S_APPLY] = apply_script,
-    [S_LIST] = "local p=ARGV[1]\n"
+    [S_GET] = "local p=ARGV[1]\n" REC_LUA "return rec(ARGV[2])\n",
+    [S_LIST] = "local p=ARGV[1]\n" REC_LUA
                "local ms=redis.call('ZRANGEBYLEX',p..ARGV[2],ARGV[3],'+','LIMIT',0,"
                "tonumber(ARGV[4]))\n"
                "local out={}\n"
                "for i,m in ipairs(ms) do local id=string.sub(m,15)\n"
-               " local j=redis.call('HGET',p..'cmd:'..id,'j')\n"
-               " out[#out+1]=m out[#out+1]=j or '' end\n"
+               " out[#out+1]=m out[#out+1]=rec(id) end\n"
                "return out\n",
     [S_OB_ADD] = "redis.call('HSET',ARGV[1]..'outbox',ARGV[2],ARGV[3])\n"
                  "redis.call('ZADD',ARGV[1]..'outbox:q','NX',ARGV[4],ARGV[2]) return 0\n",
@@ -126,7 +144,7 @@ static const char *const scripts[S_COUNT] = {
 };
 
 #define MAX_ARGS 14
-#define REC_MAX_ARGS 8 /* fields of a record after its tag */
+#define REC_MAX_ARGS 10 /* fields of a record after its tag */
 
 typedef struct batch batch;
 
@@ -242,14 +260,64 @@ static int op_start(vop *o, int err) {
   return err;
 }
 
-/* Deserializes a bulk string reply into a command (NULL reply or empty: none). */
+/* Reads a record as REC_LUA reports it ('' or nil: none) into a new command: the creation
+ * JSON with the lifecycle fields the updates wrote laid over it. Returns 0, SM_ENOENT, SM_EPARSE,
+ * SM_EPROTO or SM_ENOMEM. */
 static int reply_cmd(const sm_valkey_reply *r, sm_command **out) {
-  size_t len = 0;
-  const char *t = r ? sm_valkey_reply_str(r, &len) : NULL;
   *out = NULL;
-  if (t == NULL || len == 0)
-    return SM_ENOENT;
-  return command_deserialize(t, len, out);
+  if (r == NULL || sm_valkey_reply_type(r) != SM_VK_ARRAY)
+    return r == NULL || sm_valkey_reply_type(r) != SM_VK_ERROR ? SM_ENOENT : SM_EPROTO;
+  if (sm_valkey_reply_count(r) != 6)
+    return SM_EPROTO;
+  size_t jl = 0, sl = 0, gl = 0, ll = 0, rl = 0;
+  const char *j = sm_valkey_reply_str(sm_valkey_reply_elem(r, 0), &jl);
+  const char *st = sm_valkey_reply_str(sm_valkey_reply_elem(r, 1), &sl);
+  const char *g = sm_valkey_reply_str(sm_valkey_reply_elem(r, 2), &gl);
+  const char *l = sm_valkey_reply_str(sm_valkey_reply_elem(r, 3), &ll);
+  const char *res = sm_valkey_reply_str(sm_valkey_reply_elem(r, 4), &rl);
+  const sm_valkey_reply *kids = sm_valkey_reply_elem(r, 5);
+  if (j == NULL || st == NULL || g == NULL || l == NULL || res == NULL || kids == NULL)
+    return SM_EPROTO;
+  sm_command *c = NULL;
+  int err = command_deserialize(j, jl, &c);
+  if (err)
+    return err;
+  if (sl > 0 && command_status_parse(st, &c->status) != 0)
+    err = SM_EPARSE;
+  if (!err && ll > 0) { /* written by an update (records older than the field form lack it) */
+    long long attempts, td, ts, tc, planned;
+    if (sscanf(l, "%lld,%lld,%lld,%lld,%lld", &attempts, &td, &ts, &tc, &planned) != 5 ||
+        attempts < 0 || attempts > INT32_MAX || planned < 0)
+      err = SM_EPARSE;
+    else {
+      c->attempts = (int)attempts;
+      c->dispatched_at = td;
+      c->started_at = ts;
+      c->completed_at = tc;
+      c->nchildren_planned = (size_t)planned;
+      err = command_set_str(&c->agent_id, gl > 0 ? g : NULL);
+    }
+  }
+  if (!err && rl > 0)
+    err = command_result_deserialize(res, rl, &c->result);
+  size_t nk = sm_valkey_reply_count(kids);
+  if (!err && nk > 0) { /* the children's ids, as their creations appended them */
+    for (size_t i = 0; i < c->nchildren; i++)
+      free(c->children[i]);
+    free(c->children);
+    c->children = NULL;
+    c->nchildren = 0;
+    for (size_t i = 0; !err && i < nk; i++) {
+      const char *id = sm_valkey_reply_str(sm_valkey_reply_elem(kids, i), NULL);
+      err = id ? command_add_child(c, id) : SM_EPROTO;
+    }
+  }
+  if (err) {
+    command_free(c);
+    return err;
+  }
+  *out = c;
+  return 0;
 }
 
 static void finish_list(vop *o, int err, const sm_valkey_reply *r) {
@@ -451,8 +519,8 @@ static void rec_finish(vstore *s, brec *r, int err, const sm_valkey_reply *code,
   if (!err) {
     long long v =
         code && sm_valkey_reply_type(code) == SM_VK_INTEGER ? sm_valkey_reply_int(code) : -100;
-    if (v == 0) /* written: the record is the one we sent */
-      err = command_deserialize(r->argv[1], r->lens[1], &c);
+    if (v == 0) /* written: the caller holds the record it sent */
+      err = 0;
     else if (v == 1 && r->kind == R_CREATE)
       existed = 1, err = reply_cmd(stored, &c);
     else if (v == -1 && r->kind == R_UPDATE)
@@ -660,11 +728,12 @@ static int v_cmd_create(store *st, const sm_command *c, store_cmd_cb cb, void *u
   const char *active = command_status_is_final(c->status) ? "" : "1";
   const char *ag = command_agent(c) ? command_agent(c) : "";
   const char *idem = c->idempotency_key ? c->idempotency_key : "";
-  const char *f[8] = {c->id, json, member, status, active, ag, c->type, idem};
-  size_t fl[8];
-  for (int i = 0; i < 8; i++)
+  const char *par = c->parent_id ? c->parent_id : "";
+  const char *f[9] = {c->id, json, member, status, active, ag, c->type, idem, par};
+  size_t fl[9];
+  for (int i = 0; i < 9; i++)
     fl[i] = i == 1 ? len : strlen(f[i]);
-  brec *r = rec_new(R_CREATE, ud, 8, f, fl);
+  brec *r = rec_new(R_CREATE, ud, 9, f, fl);
   free(json);
   if (r == NULL)
     return SM_ENOMEM;
@@ -673,22 +742,11 @@ static int v_cmd_create(store *st, const sm_command *c, store_cmd_cb cb, void *u
 }
 
 static int v_cmd_get(store *st, const char *id, store_cmd_cb cb, void *ud) {
-  vstore *s = (vstore *)st;
-  vop *o = op_new(s, O_CMD, S_COUNT, ud);
+  vop *o = op_new((vstore *)st, O_CMD, S_GET, ud);
   if (o == NULL)
     return SM_ENOMEM;
   o->cb.cmd = cb;
-  o->retried = 1;
-  size_t plen = strlen(s->prefix), ilen = strlen(id);
-  char *key = sm_malloc(plen + 4 + ilen + 1);
-  int err = key ? 0 : SM_ENOMEM;
-  if (key) {
-    memcpy(key, s->prefix, plen);
-    memcpy(key + plen, "cmd:", 4);
-    memcpy(key + plen + 4, id, ilen + 1);
-    err = op_str(o, "HGET") | op_str(o, key) | op_str(o, "j");
-    free(key);
-  }
+  int err = op_script_head(o) | op_str(o, id);
   return op_start(o, err ? SM_ENOMEM : 0);
 }
 
@@ -698,25 +756,33 @@ static int v_cmd_update(store *st, const sm_command *c, command_status expected,
   int err = gather_check(s);
   if (err)
     return err;
-  size_t len;
-  char *json = command_serialize(c, &len);
-  if (json == NULL)
+  char l[112];
+  int ll = snprintf(l, sizeof(l), "%d,%" PRId64 ",%" PRId64 ",%" PRId64 ",%zu", c->attempts,
+                    c->dispatched_at, c->started_at, c->completed_at,
+                    c->nchildren > c->nchildren_planned ? c->nchildren : c->nchildren_planned);
+  size_t rlen = 0;
+  char *res = NULL;
+  if (c->result.present && (res = command_result_serialize(&c->result, &rlen)) == NULL)
     return SM_ENOMEM;
   const char *ag = command_agent(c) ? command_agent(c) : "";
-  const char *f[8] = {c->id,
-                      json,
-                      command_status_name(expected),
-                      command_status_name(c->status),
-                      command_status_is_final(c->status) ? "1" : "",
-                      ag,
-                      outbox_payload ? "1" : "",
-                      outbox_payload ? outbox_payload : ""};
-  size_t fl[8];
-  for (int i = 0; i < 7; i++)
-    fl[i] = i == 1 ? len : strlen(f[i]);
-  fl[7] = outbox_payload ? outbox_len : 0;
-  brec *r = rec_new(R_UPDATE, ud, 8, f, fl);
-  free(json);
+  const char *f[10] = {c->id,
+                       command_status_name(expected),
+                       command_status_name(c->status),
+                       command_status_is_final(c->status) ? "1" : "",
+                       ag,
+                       c->agent_id ? c->agent_id : "",
+                       l,
+                       res ? res : "",
+                       outbox_payload ? "1" : "",
+                       outbox_payload ? outbox_payload : ""};
+  size_t fl[10];
+  for (int i = 0; i < 10; i++)
+    fl[i] = strlen(f[i]);
+  fl[6] = (size_t)ll;
+  fl[7] = rlen;
+  fl[9] = outbox_payload ? outbox_len : 0;
+  brec *r = rec_new(R_UPDATE, ud, 10, f, fl);
+  free(res);
   if (r == NULL)
     return SM_ENOMEM;
   r->cb.cmd = cb;

@@ -794,7 +794,9 @@ static void test_store_outage(void) {
   fx_spin_ms(&f, 150); /* several retry rounds */
   lifecycle_stats s;
   lifecycle_get_stats(f.lc, &s);
-  T_ASSERT(s.pending_writes == 2);
+  /* running and completed, neither sent yet: one write carries both (and the started time) */
+  T_EQ_INT(s.pending_writes, 1);
+  T_EQ_INT(s.writes_merged, 1);
   T_ASSERT(s.store_retries > 0);
   DOWN(f.st) = 0;
   T_EQ_INT(status_of(&f, id), COMMAND_DISPATCHED); /* nothing written yet */
@@ -978,7 +980,9 @@ static void test_broadcast_close_mid_slicing(void) {
   WAIT(&f, rec != 0);
   T_EQ_INT(rec, 1);
   WAIT_STATUS(&f, "big", COMMAND_DISPATCHED);
-  size_t nchildren = f.got->nchildren;
+  /* the children created before the close are listed; the planned count covers the rest */
+  size_t nchildren = f.got->nchildren_planned > f.got->nchildren ? f.got->nchildren_planned
+                                                                 : f.got->nchildren;
   T_ASSERT(nchildren == BIG_N || before < BIG_N);
   /* complete whatever each agent was sent (held children are adopted by the report) */
   for (int i = 0; i < BIG_N; i++)
@@ -1025,8 +1029,12 @@ static void test_broadcast_alloc_fail_slicing(void) {
     size_t counted = 0;
     for (size_t i = 0; i < f.got->result.ndata; i++)
       counted += (size_t)strtoul(f.got->result.data[i].value, NULL, 10);
-    T_EQ_INT(counted, f.got->nchildren);
-    T_ASSERT(f.got->nchildren <= BIG_N);
+    /* the store lists the children created; its planned count covers the ones that could not
+     * be (counted as failed) */
+    size_t planned = f.got->nchildren_planned > f.got->nchildren ? f.got->nchildren_planned
+                                                                 : f.got->nchildren;
+    T_EQ_INT(counted, planned);
+    T_ASSERT(planned <= BIG_N);
     for (int i = 0; i < BIG_N; i++)
       T_ASSERT(big[i].nsent <= 1); /* no child created twice */
     /* the lifecycle still works: a command for an agent now free is sent and completes */

@@ -123,7 +123,8 @@ static int create(const sm_command *c) {
   T_EQ_INT(r.done, 0); /* never inside the call */
   wait_done(&r);
   T_EQ_INT(r.err, 0);
-  T_ASSERT(r.cmd != NULL);
+  /* a new record: the caller holds what it sent; an existing one: the stored record */
+  T_ASSERT(r.existed ? r.cmd != NULL : r.cmd == NULL);
   int existed = r.existed;
   res_clear(&r);
   return existed;
@@ -197,7 +198,14 @@ static void test_update_cas(void) {
   c->attempts = 1;
   c->dispatched_at = 3100;
   T_EQ_INT(update(c, COMMAND_QUEUED, NULL, &r), 0);
+  T_ASSERT(r.cmd == NULL); /* written: the caller holds the record */
+  res_clear(&r);
+  T_EQ_INT(store_cmd_get(S, "u-1", cmd_cb, &r), 0);
+  wait_done(&r);
   T_EQ_STR(r.cmd->agent_id, "agent-7");
+  T_EQ_INT(r.cmd->status, COMMAND_DISPATCHED);
+  T_EQ_INT(r.cmd->attempts, 1);
+  T_EQ_INT(r.cmd->dispatched_at, 3100);
   res_clear(&r);
 
   /* a stale writer that still believes it is queued loses */
@@ -247,6 +255,86 @@ static void test_update_cas(void) {
   wait_done(&r);
   T_EQ_INT(r.err, 0);
   res_clear(&r);
+}
+
+/* An update writes the lifecycle fields only: what was submitted stays as created, even when
+ * the writer holds a state snapshot without it; a broadcast child joins its parent's children
+ * list when it is created, and the parent's planned count survives its own updates. */
+static void test_fields_and_children(void) {
+  sm_command *p = mk("par-1", "scan", NULL, 5000);
+  sm_kv prm = {"target", "10.0.0.0/24"};
+  p->params = calloc(1, sizeof(sm_kv));
+  p->params[0].key = strdup(prm.key);
+  p->params[0].value = strdup(prm.value);
+  p->nparams = 1;
+  p->broadcast = 1;
+  command_set_str(&p->reply_to, "replies");
+  T_EQ_INT(create(p), 0);
+  /* dispatched to three planned children: the snapshot carries the count only */
+  command_add_child(p, "par-1.a");
+  command_add_child(p, "par-1.b");
+  command_add_child(p, "par-1.c");
+  p->status = COMMAND_DISPATCHED;
+  p->dispatched_at = 5100;
+  sm_command *snap = command_clone_state(p);
+  T_ASSERT(snap != NULL && snap->children == NULL && snap->nchildren == 3);
+  T_ASSERT(snap->nparams == 0);
+  res r = {0};
+  T_EQ_INT(update(snap, COMMAND_QUEUED, NULL, &r), 0);
+  res_clear(&r);
+  command_free(snap);
+  /* two of the three children are created (a crash took the third) */
+  for (int i = 0; i < 2; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "par-1.%c", 'a' + i);
+    sm_command *ch = mk(id, "scan", NULL, 5200 + i);
+    command_set_str(&ch->parent_id, "par-1");
+    T_EQ_INT(create(ch), 0);
+    T_EQ_INT(create(ch), 1); /* again: not listed twice */
+    command_free(ch);
+  }
+  T_EQ_INT(store_cmd_get(S, "par-1", cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  T_EQ_INT(r.cmd->status, COMMAND_DISPATCHED);
+  T_EQ_INT(r.cmd->dispatched_at, 5100);
+  T_EQ_INT(r.cmd->nparams, 1);
+  T_EQ_STR(r.cmd->params[0].value, "10.0.0.0/24");
+  T_EQ_STR(r.cmd->reply_to, "replies");
+  T_ASSERT(r.cmd->broadcast);
+  T_EQ_INT(r.cmd->nchildren, 2);
+  T_EQ_STR(r.cmd->children[0], "par-1.a");
+  T_EQ_STR(r.cmd->children[1], "par-1.b");
+  T_EQ_INT(r.cmd->nchildren_planned, 3);
+  /* the parent, read back, finishes: its children and planned count stay */
+  sm_command *back = command_clone(r.cmd);
+  res_clear(&r);
+  back->status = COMMAND_COMPLETED;
+  back->completed_at = 5300;
+  T_EQ_INT(command_set_result(back, "completed", NULL, 0, NULL, 5300), 0);
+  T_EQ_INT(update(back, COMMAND_DISPATCHED, NULL, &r), 0);
+  res_clear(&r);
+  command_free(back);
+  T_EQ_INT(store_cmd_get(S, "par-1", cmd_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.cmd->status, COMMAND_COMPLETED);
+  T_EQ_INT(r.cmd->nchildren, 2);
+  T_EQ_INT(r.cmd->nchildren_planned, 3);
+  T_ASSERT(r.cmd->result.present);
+  T_EQ_STR(r.cmd->result.status, "completed");
+  T_EQ_INT(r.cmd->nparams, 1);
+  res_clear(&r);
+  /* a listing reads the same record */
+  store_filter f = {.status_mask = COMMAND_BIT(COMMAND_COMPLETED)};
+  T_EQ_INT(store_cmd_list(S, &f, NULL, 100, list_cb, &r), 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  int seen = 0;
+  for (size_t i = 0; i < r.n; i++)
+    seen += strcmp(r.ids[i], "par-1") == 0;
+  T_EQ_INT(seen, 1);
+  res_clear(&r);
+  command_free(p);
 }
 
 /* Pages through a listing; returns the number of commands seen, checking creation order. */
@@ -640,6 +728,7 @@ int main(int argc, char **argv) {
   T_RUN(test_idempotency);
   T_RUN(test_update_cas);
   T_RUN(test_list);
+  T_RUN(test_fields_and_children);
   T_RUN(test_outbox);
   T_RUN(test_agents);
   T_RUN(test_alloc_fail);
