@@ -43,6 +43,13 @@ static void submit_created(void *ud, int err, const sm_command *cmd, int existed
     }
   } else if (err == 0 && existed) {
     lc->stats.duplicates++;
+    /* Stored by this instance but not tracked: an earlier submission's write ran although its
+     * answer was lost (a timeout), and its client was told 503. The retry that finds it
+     * carries it on, or it would wait for the next restart's recovery. */
+    if (!lc->cl.closing && cmd != NULL && cmd->instance != NULL &&
+        strcmp(cmd->instance, lc->instance) == 0 && lc_recover_adopt(lc, cmd))
+      sm_log_info("lifecycle", "stored command adopted on resubmission",
+                  SM_LS("command_id", cmd->id), SM_LS("status", command_status_name(cmd->status)));
   } else if (err == SM_EUNAVAIL || err == SM_ETIMEDOUT || err == SM_ECLOSED) {
     err = SM_EUNAVAIL;
     lc->stats.refused_unavail++;

@@ -41,21 +41,23 @@ static void child_lookup_cb(void *ud, int err, const sm_command *cmd, int existe
   lc_maybe_free_cmd(lc, p);
 }
 
-static void recover_one(lifecycle *lc, const sm_command *src) {
-  if (sm_map_get(&lc->cmds, src->id, strlen(src->id)) != NULL)
-    return;
+/* Tracks a stored non-final command this lifecycle does not track and carries it on from its
+ * stored status. Returns 1 when it was taken. */
+int lc_recover_adopt(lifecycle *lc, const sm_command *src) {
+  if (sm_map_get(&lc->cmds, src->id, strlen(src->id)) != NULL ||
+      command_status_is_final(src->status))
+    return 0;
   sm_command *c = command_clone(src);
   lc_cmd *k = c ? lc_cmd_track(lc, c) : NULL;
   if (k == NULL) {
     command_free(c);
     sm_log_error("lifecycle", "recovery out of memory", SM_LS("command_id", src->id));
-    return;
+    return 0;
   }
-  lc->rec.n++;
   if (c->broadcast && c->parent_id == NULL) {
     if (c->status == COMMAND_QUEUED) {
       lc_bcast_expand(lc, k);
-      return;
+      return 1;
     }
     k->st = LS_PARENT;
     k->bc.total = c->nchildren;
@@ -75,11 +77,11 @@ static void recover_one(lifecycle *lc, const sm_command *src) {
       }
     }
     lc_parent_aggregate(k);
-    return;
+    return 1;
   }
   if (c->status == COMMAND_QUEUED) {
     lc_enqueue(lc, k);
-    return;
+    return 1;
   }
   k->st = LS_HELD;
   lc->place.held++;
@@ -89,6 +91,7 @@ static void recover_one(lifecycle *lc, const sm_command *src) {
     lc_bind_agent(lc, k, aid, a && a->link_ops ? a : NULL);
   }
   lc_th_set(lc, k, sm_now_ms() + (int64_t)(lc->cfg.reconnect_grace_s * 1000.0));
+  return 1;
 }
 
 static void retry_later(lifecycle *lc) {
@@ -110,7 +113,7 @@ static void recover_listed(void *ud, int err, sm_command *const *cmds, size_t n,
     return;
   }
   for (size_t i = 0; i < n; i++)
-    recover_one(lc, cmds[i]);
+    lc->rec.n += (size_t)lc_recover_adopt(lc, cmds[i]);
   if (next != NULL) {
     char *cursor = sm_strdup(next);
     if (cursor == NULL) { /* the same page again later: the commands taken are skipped */

@@ -238,6 +238,7 @@ void lc_on_final_in_store(lc_cmd *k);
 
 /* lc_recover.c (floor 6) */
 void lc_recover_page(lifecycle *lc);
+int lc_recover_adopt(lifecycle *lc, const sm_command *src);
 void lc_recover_cancel(lifecycle *lc);
 
 /* lc_bcast.c (floor 5) */

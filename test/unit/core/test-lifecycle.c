@@ -21,12 +21,31 @@ typedef struct flaky {
   int down;
   int busy;          /* updates refused with SM_ELIMIT (the adapter's pending bound is full) */
   int busy_refusals; /* how many were refused */
+  int lose_creates;  /* creates written but answered SM_ETIMEDOUT (a reply that never came) */
 } flaky;
 
 #define INNER(s) (((flaky *)(s))->inner)
 #define DOWN(s) (((flaky *)(s))->down)
+typedef struct lost_answer {
+  store_cmd_cb cb;
+  void *ud;
+} lost_answer;
+static void f_lost_cb(void *ud, int err, const sm_command *c, int existed) {
+  (void)err, (void)c, (void)existed;
+  lost_answer *l = ud;
+  l->cb(l->ud, SM_ETIMEDOUT, NULL, 0);
+  free(l);
+}
 static int f_create(store *s, const sm_command *c, store_cmd_cb cb, void *ud) {
-  return DOWN(s) ? SM_EUNAVAIL : store_cmd_create(INNER(s), c, cb, ud);
+  if (DOWN(s))
+    return SM_EUNAVAIL;
+  if (((flaky *)s)->lose_creates) {
+    lost_answer *l = malloc(sizeof(*l));
+    l->cb = cb;
+    l->ud = ud;
+    return store_cmd_create(INNER(s), c, f_lost_cb, l);
+  }
+  return store_cmd_create(INNER(s), c, cb, ud);
 }
 static int f_get(store *s, const char *id, store_cmd_cb cb, void *ud) {
   return DOWN(s) ? SM_EUNAVAIL : store_cmd_get(INNER(s), id, cb, ud);
@@ -772,6 +791,32 @@ static void test_outbox_replay(void) {
   fx_finish(&f);
 }
 
+/* A create that was written but whose answer was lost (a timeout) is answered 503; the client's
+ * retry finds the stored record and the command is carried on, not left queued until a
+ * restart. */
+static void test_lost_create_answer_adopted(void) {
+  fx f;
+  fx_init(&f, 10, 3);
+  flink l;
+  link_attach(&l, f.reg, "a1", "2", NULL);
+  ((flaky *)f.st)->lose_creates = 1;
+  T_EQ_INT(submit(&f, "{\"id\":\"lost-1\",\"type\":\"scan\"}"), SM_EUNAVAIL);
+  fx_spin_ms(&f, 20);
+  T_EQ_INT(l.nsent, 0); /* not tracked: nothing dispatched */
+  ((flaky *)f.st)->lose_creates = 0;
+  T_EQ_INT(submit(&f, "{\"id\":\"lost-1\",\"type\":\"scan\"}"), 0);
+  T_EQ_INT(f.existed, 1);
+  WAIT(&f, l.nsent == 1);
+  link_result(&l, "lost-1", "completed");
+  WAIT_STATUS(&f, "lost-1", COMMAND_COMPLETED);
+  /* a third submission of the finished command is only a duplicate */
+  T_EQ_INT(submit(&f, "{\"id\":\"lost-1\",\"type\":\"scan\"}"), 0);
+  T_EQ_INT(f.existed, 1);
+  fx_spin_ms(&f, 20);
+  T_EQ_INT(l.nsent, 1);
+  fx_finish(&f);
+}
+
 static void test_store_outage(void) {
   fx f;
   fx_init(&f, 10, 3);
@@ -1421,6 +1466,7 @@ int main(void) {
   T_RUN(test_recovery);
   T_RUN(test_outbox_replay);
   T_RUN(test_store_outage);
+  T_RUN(test_lost_create_answer_adopted);
   T_RUN(test_busy_store_retries_are_paced);
   T_RUN(test_broadcast);
   T_RUN(test_broadcast_slices);
