@@ -298,9 +298,11 @@ static void h_submit(void *ud, http_request *req, http_response *res) {
                   "Idempotency-Key: must be 1 to " ADMIN_STR(ADMIN_IDEMPOTENCY_KEY_MAX) " bytes");
     return;
   }
-  cJSON *doc = cJSON_ParseWithLength(req->body ? req->body : "", req->body_len);
-  if (doc == NULL) {
-    respond_error(res, 400, "bad_request", "body: invalid JSON");
+  cJSON *doc = NULL;
+  char why[256];
+  int perr = command_json_parse(req->body ? req->body : "", req->body_len, &doc, why, sizeof(why));
+  if (perr) {
+    respond_error(res, 400, perr == SM_EPARSE ? "bad_request" : "invalid_field", why);
     return;
   }
   int is_array = cJSON_IsArray(doc);

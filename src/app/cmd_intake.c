@@ -5,6 +5,7 @@
 #include "util/err.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/utf8.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -21,7 +22,8 @@ typedef struct pending {
   char *reply_to; /* NULL: none */
   char *correlation_id;
   char *message_id;
-  int in_flight; /* a lifecycle_submit is waiting for its answer */
+  int in_flight;   /* a lifecycle_submit is waiting for its answer */
+  const char *bad; /* why a property is refused (dead-lettered at the first try), or NULL */
 } pending;
 
 /* While paused by a refusal, how often to ask the lifecycle whether it accepts again: its own
@@ -45,6 +47,12 @@ static char *slice_dup(mq_slice s) {
   if (s.len == 0)
     return NULL;
   return sm_strndup(s.base, s.len);
+}
+
+/* Properties are kept as C strings and written back (correlation_id into the JSON of the command,
+ * reply_to as a routing key): a NUL would cut them, invalid UTF-8 break every JSON answer. */
+static int prop_ok(mq_slice s) {
+  return s.len == 0 || (memchr(s.base, '\0', s.len) == NULL && sm_utf8_valid(s.base, s.len));
 }
 
 static void pending_free(pending *p) {
@@ -116,6 +124,10 @@ static void submitted(void *ud, int err, const sm_command *cmd, int existed) {
 static void try_submit(cmd_intake *ci, pending *p) {
   char why[256];
   sm_command *cmd = NULL;
+  if (p->bad != NULL) {
+    dead_letter(ci, p, p->bad);
+    return;
+  }
   int err = command_parse_text(p->body, p->len, &cmd, why, sizeof(why));
   if (err) {
     dead_letter(ci, p, why);
@@ -167,6 +179,12 @@ void cmd_intake_deliver(cmd_intake *ci, const mq_intake_msg *m) {
   }
   memcpy(p->body, m->body.base, p->len);
   p->body[p->len] = '\0';
+  if (!prop_ok(m->props.reply_to))
+    p->bad = "reply_to: must be valid UTF-8 without NUL";
+  else if (!prop_ok(m->props.correlation_id))
+    p->bad = "correlation_id: must be valid UTF-8 without NUL";
+  else if (!prop_ok(m->props.message_id))
+    p->bad = "message_id: must be valid UTF-8 without NUL";
   sm_list_push_back(&ci->held, &p->node);
   ci->stats.held++;
   if (ci->accepting)

@@ -7,6 +7,7 @@
 #include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/utf8.h"
 
 #include "agent.pb-c.h"
 
@@ -75,6 +76,105 @@ static void unpack_done(grpc_agent_service *as, ProtobufCMessage *m, int used_ar
   protobuf_c_message_free_unpacked(m, &as->alloc);
   if (used_arena)
     as->arena_busy = 0;
+}
+
+/* ---- proto3 strings ----
+ *
+ * proto3 says a `string` field holds valid UTF-8, and a conforming parser refuses one that does
+ * not; protobuf-c does not check. protobuf-c also hands strings out as C strings, so a U+0000
+ * would cut them. Everything an agent sends ends up in JSON answers (results, metadata), so a
+ * message is refused whole when a string field, at any depth (map entries included), is not
+ * valid UTF-8 or holds a NUL. The check walks the wire form (which unpack already accepted)
+ * with the message's descriptor, so it names the field. */
+
+#define STRINGS_MAX_DEPTH 8 /* our messages nest 3 deep; deeper data belongs to no string field */
+
+static size_t read_varint(const uint8_t *p, const uint8_t *end, uint64_t *v) {
+  *v = 0;
+  for (size_t i = 0; i < 10 && p + i < end; i++) {
+    *v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+    if ((p[i] & 0x80) == 0)
+      return i + 1;
+  }
+  return 0;
+}
+
+/* 0 when every string field of the message d in data[0..len) is valid; else -1 with the field's
+ * dotted name in path and the problem in *why. */
+static int strings_ok(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                      int depth, char *path, size_t cap, const char **why) {
+  const uint8_t *p = data, *end = data + len;
+  while (p < end) {
+    uint64_t key, n = 0;
+    size_t k = read_varint(p, end, &key);
+    if (k == 0)
+      goto malformed;
+    p += k;
+    switch (key & 7) {
+    case 0:
+      k = read_varint(p, end, &n);
+      if (k == 0)
+        goto malformed;
+      p += k;
+      continue;
+    case 1:
+      n = 8;
+      break;
+    case 5:
+      n = 4;
+      break;
+    case 2:
+      k = read_varint(p, end, &n);
+      if (k == 0)
+        goto malformed;
+      p += k;
+      break;
+    default:
+      goto malformed; /* groups: not in proto3 */
+    }
+    if (n > (uint64_t)(end - p))
+      goto malformed;
+    const ProtobufCFieldDescriptor *f =
+        (key & 7) == 2 && key >> 3 <= UINT32_MAX
+            ? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3))
+            : NULL;
+    if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING) {
+      const char *bad = memchr(p, '\0', n)                   ? "NUL"
+                        : !sm_utf8_valid((const char *)p, n) ? "invalid UTF-8"
+                                                             : NULL;
+      if (bad != NULL) {
+        snprintf(path, cap, "%s", f->name);
+        *why = bad;
+        return -1;
+      }
+    } else if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE && depth < STRINGS_MAX_DEPTH) {
+      char sub[96];
+      if (strings_ok(f->descriptor, p, n, depth + 1, sub, sizeof(sub), why) != 0) {
+        snprintf(path, cap, "%s.%s", f->name, sub);
+        return -1;
+      }
+    }
+    p += n;
+  }
+  return 0;
+malformed:
+  snprintf(path, cap, "%s", "message");
+  *why = "malformed data";
+  return -1;
+}
+
+/* Ends the call with INTERNAL when a string field of m (data[0..len)) is refused. */
+static int check_strings(grpc_call *call, const ProtobufCMessageDescriptor *d, const uint8_t *data,
+                         size_t len) {
+  char path[128], msg[192];
+  const char *why = NULL;
+  if (strings_ok(d, data, len, 0, path, sizeof(path), &why) == 0)
+    return 0;
+  snprintf(msg, sizeof(msg), "%s in field %s of %s", why, path, d->name);
+  sm_log_info("grpc", "agent message refused", SM_LS("peer", grpc_call_peer(call)),
+              SM_LS("reason", msg));
+  grpc_call_finish(call, GRPC_INTERNAL, msg);
+  return -1;
 }
 
 /* ---- the registry's view of the stream ---- */
@@ -202,6 +302,10 @@ static void connect_register(agent_link *l, grpc_call *call, const Scan__AgentMe
                      "message");
     return;
   }
+  if (!sm_utf8_valid(id, strlen(id))) { /* the header is no proto3 string, but ends up in JSON */
+    grpc_call_finish(call, GRPC_INVALID_ARGUMENT, "agent-id header: must be valid UTF-8");
+    return;
+  }
   if (!authorized(l->svc, call, id))
     return;
   agent *a = NULL;
@@ -234,6 +338,10 @@ static void connect_message(grpc_call *call, const uint8_t *data, size_t len) {
       (Scan__AgentMessage *)unpack(as, &scan__agent_message__descriptor, data, len, &arena);
   if (m == NULL) {
     grpc_call_finish(call, GRPC_INTERNAL, "cannot decode scan.AgentMessage");
+    return;
+  }
+  if (check_strings(call, &scan__agent_message__descriptor, data, len) != 0) {
+    unpack_done(as, &m->base, arena);
     return;
   }
   sm_kv buf[16], *meta = NULL;
@@ -310,6 +418,8 @@ static void ping_message(grpc_call *call, const uint8_t *data, size_t len) {
     return;
   }
   unpack_done(as, req, arena);
+  if (check_strings(call, &scan__ping_request__descriptor, data, len) != 0)
+    return;
   Scan__PingResponse resp = SCAN__PING_RESPONSE__INIT;
   resp.message = (char *)"pong";
   resp.timestamp = (int64_t)time(NULL);

@@ -4,6 +4,7 @@
 #include "util/alloc.h"
 #include "util/err.h"
 #include "util/hex.h"
+#include "util/utf8.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -166,7 +167,14 @@ static int json_string(http_buf *b, const char *s) {
   int err = http_buf_append(b, "\"", 1);
   for (; !err && *s; s++) {
     unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') {
+    if (c >= 0x80) { /* a message may quote a request path: any bytes; the body stays UTF-8 */
+      size_t skip = 1, n = sm_utf8_char(s, strnlen(s, 4), &skip);
+      if (n)
+        err = http_buf_append(b, s, n);
+      else
+        err = http_buf_append(b, SM_UTF8_REPLACEMENT, SM_UTF8_REPLACEMENT_LEN);
+      s += (n ? n : skip) - 1;
+    } else if (c == '"' || c == '\\') {
       char esc[2] = {'\\', (char)c};
       err = http_buf_append(b, esc, 2);
     } else if (c < 0x20) {

@@ -6,6 +6,7 @@
 #include "util/alloc.h"
 #include "util/err.h"
 #include "util/map.h"
+#include "util/utf8.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -114,40 +115,12 @@ static int valid_name(const char *s, int colon) {
   return 1;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0 when invalid. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-  if (s[0] < 0x80)
-    return 1;
-  size_t len;
-  unsigned min;
-  unsigned cp;
-  if ((s[0] & 0xE0) == 0xC0) {
-    len = 2, min = 0x80, cp = s[0] & 0x1F;
-  } else if ((s[0] & 0xF0) == 0xE0) {
-    len = 3, min = 0x800, cp = s[0] & 0x0F;
-  } else if ((s[0] & 0xF8) == 0xF0) {
-    len = 4, min = 0x10000, cp = s[0] & 0x07;
-  } else {
-    return 0;
-  }
-  if (len > n)
-    return 0;
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0) != 0x80)
-      return 0;
-    cp = (cp << 6) | (s[i] & 0x3F);
-  }
-  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-    return 0;
-  return len;
-}
-
 /* A label value as stored: at most METRICS_LABEL_VALUE_MAX bytes, valid UTF-8. */
 static void sanitize(const char *v, char out[METRICS_LABEL_VALUE_MAX + 1]) {
   const unsigned char *s = (const unsigned char *)(v ? v : "");
   size_t n = strlen((const char *)s), o = 0;
   for (size_t i = 0; i < n && o < METRICS_LABEL_VALUE_MAX;) {
-    size_t l = utf8_len(s + i, n - i);
+    size_t l = sm_utf8_char((const char *)s + i, n - i, NULL);
     if (l == 0) {
       out[o++] = '?';
       i++;

@@ -4,6 +4,7 @@
 #include "util/alloc.h"
 #include "util/err.h"
 #include "util/timeutil.h"
+#include "util/utf8.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -324,8 +325,146 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    /* a message cut inside a key's character would make the error body invalid UTF-8 */
+    err[sm_utf8_valid_prefix(err, strlen(err))] = '\0';
   }
   return code;
+}
+
+/* ---- strings of a submitted JSON text ----
+ *
+ * cJSON hands out strings as C strings: "\u0000" (or a raw NUL byte) inside one ends it early,
+ * after the text as a whole was accepted ("ec\u0000ho" would run as "ec"). It also copies any
+ * bytes, so invalid UTF-8 would be stored and written back into every listing. The JSON text is
+ * therefore scanned once more after cJSON accepted it: every string literal, key or value, must
+ * be valid UTF-8 without U+0000. The scan follows the nesting to name the field. */
+
+#define SCAN_DEPTH 64 /* frames whose keys name a field; deeper ones are counted only */
+
+typedef struct scan_frame {
+  unsigned char is_array;
+  unsigned char want_key; /* object: the next string is a key */
+  size_t index;           /* array: the element */
+  const char *key;        /* object: the current member's key as written (escapes kept) */
+  size_t keylen;
+} scan_frame;
+
+/* The problem of the string literal s[0..n) (between its quotes), or NULL. */
+static const char *literal_problem(const char *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '\\') {
+      if (i + 6 <= n && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
+        return "must not contain NUL (\\u0000)";
+      i += (i + 1 < n && s[i + 1] == 'u') ? 6 : 2; /* cJSON checked the escape */
+    } else if (ch == 0) {
+      return "must not contain NUL";
+    } else if (ch >= 0x80) {
+      size_t len = sm_utf8_char(s + i, n - i, NULL);
+      if (len == 0)
+        return "must be valid UTF-8";
+      i += len;
+    } else {
+      i++;
+    }
+  }
+  return NULL;
+}
+
+/* Writes the path of the innermost frame: "params.cmd", "element 2: type", "body". */
+static void scan_path(const scan_frame *f, size_t depth, int is_key, char *out, size_t cap) {
+  size_t o = 0;
+  out[0] = '\0';
+  size_t shown = depth < SCAN_DEPTH ? depth : SCAN_DEPTH;
+  /* a key names its object; a value names its member */
+  size_t last = is_key && shown > 0 ? shown - 1 : shown;
+  for (size_t d = 0; d < last && o + 1 < cap; d++) {
+    int n;
+    if (f[d].is_array && d == 0)
+      n = snprintf(out + o, cap - o, "element %zu: ", f[d].index);
+    else if (f[d].is_array)
+      n = snprintf(out + o, cap - o, "[%zu]", f[d].index);
+    else {
+      size_t kl = f[d].keylen > 64 ? 64 : f[d].keylen;
+      while (kl < f[d].keylen && kl > 0 && ((unsigned char)f[d].key[kl] & 0xC0) == 0x80)
+        kl--; /* cut at a character boundary */
+      n = snprintf(out + o, cap - o, "%s%.*s", o == 0 || out[o - 1] == ' ' ? "" : ".", (int)kl,
+                   f[d].key);
+    }
+    if (n < 0)
+      break;
+    o += (size_t)n < cap - o ? (size_t)n : cap - o - 1;
+  }
+  if (o == 0 || out[o - 1] == ' ')
+    snprintf(out + o, cap - o, "%s", "body");
+}
+
+/* Checks every string literal of the JSON text t[0..n) that cJSON accepted. */
+static int check_literals(const char *t, size_t n, char *err, size_t errlen) {
+  scan_frame f[SCAN_DEPTH];
+  size_t depth = 0;
+  for (size_t i = 0; i < n; i++) {
+    scan_frame *top = depth > 0 && depth <= SCAN_DEPTH ? &f[depth - 1] : NULL;
+    switch (t[i]) {
+    case '{':
+    case '[':
+      if (depth < SCAN_DEPTH)
+        f[depth] = (scan_frame){.is_array = t[i] == '[', .want_key = t[i] == '{'};
+      depth++;
+      break;
+    case '}':
+    case ']':
+      if (depth > 0)
+        depth--;
+      break;
+    case ',':
+      if (top && top->is_array)
+        top->index++;
+      else if (top)
+        top->want_key = 1;
+      break;
+    case '"': {
+      size_t start = ++i;
+      while (i < n && t[i] != '"')
+        i += t[i] == '\\' ? 2 : 1;
+      if (i > n)
+        i = n;
+      int is_key = top && !top->is_array && top->want_key;
+      if (is_key) {
+        top->key = t + start;
+        top->keylen = i - start;
+        top->want_key = 0;
+      }
+      const char *why = literal_problem(t + start, i - start);
+      if (why) {
+        char path[160];
+        scan_path(f, depth, is_key, path, sizeof(path));
+        return fail(err, errlen, SM_EINVAL, "%s: %s%s", path, is_key ? "key " : "", why);
+      }
+      break;
+    }
+    default:
+      break;
+    }
+  }
+  return 0;
+}
+
+int command_json_parse(const char *text, size_t len, cJSON **out, char *err, size_t errlen) {
+  *out = NULL;
+  const char *end = NULL;
+  cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  if (j == NULL)
+    return fail(err, errlen, SM_EPARSE, "body: invalid JSON");
+  if (end == NULL || end < text || end > text + len)
+    end = text + len;
+  int rc = check_literals(text, (size_t)(end - text), err, errlen);
+  if (rc) {
+    cJSON_Delete(j);
+    return rc;
+  }
+  *out = j;
+  return 0;
 }
 
 /* Ids travel in URL paths and store keys: visible ASCII without the URL's reserved separators. */
@@ -366,6 +505,8 @@ static int get_string(const cJSON *obj, const char *name, size_t max, int requir
   }
   if (len > max)
     return fail(err, errlen, SM_ETOOBIG, "%s: longer than %zu bytes", name, max);
+  if (!sm_utf8_valid(it->valuestring, len))
+    return fail(err, errlen, SM_EINVAL, "%s: must be valid UTF-8", name);
   *total += len;
   *dst = strdup(it->valuestring);
   return *dst ? 0 : SM_ENOMEM;
@@ -402,6 +543,10 @@ static int get_map(const cJSON *obj, const char *name, sm_kv **dst, size_t *ndst
       rc = fail(err, errlen, SM_ETOOBIG, "%s: key longer than %d bytes", name, COMMAND_MAX_KEY);
       break;
     }
+    if (!sm_utf8_valid(key, strlen(key))) {
+      rc = fail(err, errlen, SM_EINVAL, "%s: key must be valid UTF-8", name);
+      break;
+    }
     for (size_t j = 0; j < i; j++) {
       if (strcmp(kv[j].key, key) == 0) {
         rc = fail(err, errlen, SM_EINVAL, "%s.%s: duplicate key", name, key);
@@ -429,6 +574,10 @@ static int get_map(const cJSON *obj, const char *name, sm_kv **dst, size_t *ndst
     if (vlen > COMMAND_MAX_VALUE) {
       rc = fail(err, errlen, SM_ETOOBIG, "%s.%s: value longer than %d bytes", name, key,
                 COMMAND_MAX_VALUE);
+      break;
+    }
+    if (!sm_utf8_valid(val, vlen)) {
+      rc = fail(err, errlen, SM_EINVAL, "%s.%s: must be valid UTF-8", name, key);
       break;
     }
     *total += strlen(key) + vlen;
@@ -547,10 +696,11 @@ int command_parse_text(const char *text, size_t len, sm_command **out, char *err
   *out = NULL;
   if (len > COMMAND_MAX_TOTAL + 64 * 1024)
     return fail(err, errlen, SM_ETOOBIG, "command: larger than %d bytes", COMMAND_MAX_TOTAL);
-  cJSON *j = cJSON_ParseWithLength(text, len);
-  if (j == NULL)
-    return fail(err, errlen, SM_EPARSE, "body: invalid JSON");
-  int rc = command_parse(j, out, err, errlen);
+  cJSON *j = NULL;
+  int rc = command_json_parse(text, len, &j, err, errlen);
+  if (rc)
+    return rc;
+  rc = command_parse(j, out, err, errlen);
   cJSON_Delete(j);
   return rc;
 }

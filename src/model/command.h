@@ -137,7 +137,15 @@ int command_strategy_known(const char *name);
  * command with status queued and id NULL when none was given. */
 int command_parse(const cJSON *json, sm_command **out, char *err, size_t errlen);
 
-/* command_parse from text (bad JSON gives SM_EPARSE with "body: invalid JSON"). */
+/* Reads a submitted JSON text (REST body, AMQP message) for command_parse. Beyond JSON, every
+ * string in it, key or value, must be valid UTF-8 without NUL (U+0000, as \u0000 or a raw byte):
+ * cJSON's C strings would end at a NUL and invalid UTF-8 would be written back into every JSON
+ * answer. Returns 0 with *out the document (the caller deletes it); SM_EPARSE with
+ * "body: invalid JSON"; or SM_EINVAL with "field: reason" in err, e.g. "type: must not contain
+ * NUL (\u0000)", "params.cmd: must be valid UTF-8", "element 2: type: ..." in an array. */
+int command_json_parse(const char *text, size_t len, cJSON **out, char *err, size_t errlen);
+
+/* command_parse from text read by command_json_parse (its errors, then command_parse's). */
 int command_parse_text(const char *text, size_t len, sm_command **out, char *err, size_t errlen);
 
 /* The API form (docs/api.md): RFC 3339 UTC times, "agent_id" the dispatched or requested

@@ -2,7 +2,9 @@
 #include "util/log.h"
 
 #include "util/err.h"
+#include "util/utf8.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -58,14 +60,28 @@ int sm_log_enabled(enum sm_log_level level) {
 typedef struct line {
   char buf[LOG_LINE_MAX];
   size_t len;
+  size_t limit; /* content stops here; the bytes after it close the line */
+  int full;     /* something did not fit: nothing more is added */
 } line;
 
+/* Adds s whole or not at all, so that a cut never splits an escape or a UTF-8 sequence; after
+ * the first piece that does not fit, adds nothing more (a shorter later piece would leave a gap
+ * in the structure). */
 static void put(line *l, const char *s, size_t n) {
-  size_t room = sizeof(l->buf) - 1 - l->len; /* keep one byte for the newline */
-  if (n > room)
-    n = room;
+  if (l->full)
+    return;
+  if (l->len >= l->limit || n > l->limit - l->len) {
+    l->full = 1;
+    return;
+  }
   memcpy(l->buf + l->len, s, n);
   l->len += n;
+}
+
+/* Adds a closing byte in the room kept after limit. */
+static void put_closing(line *l, char c) {
+  assert(l->len < sizeof(l->buf) - 1);
+  l->buf[l->len++] = c;
 }
 
 static void puts_(line *l, const char *s) {
@@ -83,10 +99,25 @@ static void putf(line *l, const char *fmt, ...) {
     put(l, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-/* JSON string body: quotes, backslashes and control bytes escaped; other bytes as they are. */
+/* JSON string body: quotes, backslashes and control bytes escaped, valid UTF-8 as it is, each
+ * ill-formed subpart replaced by U+FFFD (a path or header from a peer can hold any bytes, and
+ * log shippers refuse lines that are not UTF-8). */
 static void put_json_str(line *l, const char *s) {
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    switch (*p) {
+  size_t len = strlen(s);
+  for (size_t i = 0; i < len && !l->full;) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch >= 0x80) {
+      size_t skip = 1, n = sm_utf8_char(s + i, len - i, &skip);
+      if (n) {
+        put(l, s + i, n);
+        i += n;
+      } else {
+        put(l, SM_UTF8_REPLACEMENT, SM_UTF8_REPLACEMENT_LEN);
+        i += skip;
+      }
+      continue;
+    }
+    switch (ch) {
     case '"':
       puts_(l, "\\\"");
       break;
@@ -103,26 +134,41 @@ static void put_json_str(line *l, const char *s) {
       puts_(l, "\\t");
       break;
     default:
-      if (*p < 0x20 || *p == 0x7f)
-        putf(l, "\\u%04x", *p);
+      if (ch < 0x20 || ch == 0x7f)
+        putf(l, "\\u%04x", ch);
       else
-        put(l, (const char *)p, 1);
+        put(l, s + i, 1);
     }
+    i++;
   }
 }
 
-/* Console values: printable as they are, control bytes escaped so one event stays one line. */
+/* Console values: printable as they are, control bytes and ill-formed UTF-8 escaped as \xNN so
+ * one event stays one line of text. */
 static void put_console_str(line *l, const char *s) {
   int quote = strpbrk(s, " \"=") != NULL || *s == '\0';
+  size_t len = strlen(s);
   if (quote)
     puts_(l, "\"");
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p < 0x20 || *p == 0x7f)
-      putf(l, "\\x%02x", *p);
-    else if (*p == '"' && quote)
-      puts_(l, "\\\"");
-    else
-      put(l, (const char *)p, 1);
+  for (size_t i = 0; i < len;) {
+    unsigned char ch = (unsigned char)s[i];
+    size_t skip = 1, n = ch >= 0x80 ? sm_utf8_char(s + i, len - i, &skip) : 1;
+    if (n > 1) {
+      put(l, s + i, n);
+      i += n;
+    } else if (n == 0) {
+      for (size_t k = 0; k < skip; k++)
+        putf(l, "\\x%02x", (unsigned char)s[i + k]);
+      i += skip;
+    } else {
+      if (ch < 0x20 || ch == 0x7f)
+        putf(l, "\\x%02x", ch);
+      else if (ch == '"' && quote)
+        puts_(l, "\\\"");
+      else
+        put(l, s + i, 1);
+      i++;
+    }
   }
   if (quote)
     puts_(l, "\"");
@@ -135,8 +181,10 @@ static void put_value(line *l, const sm_log_field *f, int json) {
       puts_(l, "null");
     } else if (json) {
       puts_(l, "\"");
+      if (l->full)
+        return;
       put_json_str(l, f->v.s);
-      puts_(l, "\"");
+      put_closing(l, '"'); /* a cut string still ends */
     } else {
       put_console_str(l, f->v.s);
     }
@@ -159,10 +207,31 @@ static void put_value(line *l, const sm_log_field *f, int json) {
   }
 }
 
+/* ,"key":value as a whole: when the key or a value other than a string does not fit, the
+ * member is taken back out so the object stays well-formed; a string value is cut at a
+ * character boundary and closed. Returns 0 while there is room for more. */
+static int put_json_member(line *l, const sm_log_field *f) {
+  size_t mark = l->len;
+  puts_(l, ",\"");
+  put_json_str(l, f->key);
+  puts_(l, "\":");
+  if (!l->full) {
+    size_t vmark = l->len;
+    put_value(l, f, 1);
+    if (l->full && (f->type != SM_LF_STR || f->v.s == NULL || l->len == vmark))
+      l->len = mark;
+  } else {
+    l->len = mark;
+  }
+  return l->full ? -1 : 0;
+}
+
 void sm_log_emit(enum sm_log_level level, const char *component, const char *msg,
                  const sm_log_field *fields, size_t n) {
   line l;
   l.len = 0;
+  l.limit = sizeof(l.buf) - 1; /* room for the newline */
+  l.full = 0;
   struct timeval tv;
   gettimeofday(&tv, NULL);
   struct tm tm;
@@ -173,23 +242,15 @@ void sm_log_emit(enum sm_log_level level, const char *component, const char *msg
   const char *lvl = level_names[level <= SM_LOG_ERROR ? level : SM_LOG_ERROR];
 
   if (log_format == SM_LOG_JSON) {
-    putf(&l, "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":\"", ts, lvl);
-    put_json_str(&l, component);
-    puts_(&l, "\",\"msg\":\"");
-    put_json_str(&l, msg);
-    puts_(&l, "\"");
-    for (size_t i = 0; i < n; i++) {
-      if (fields[i].key == NULL)
-        continue;
-      puts_(&l, ",\"");
-      put_json_str(&l, fields[i].key);
-      puts_(&l, "\":");
-      put_value(&l, &fields[i], 1);
+    l.limit = sizeof(l.buf) - 3; /* room for a cut string's quote, the brace and the newline */
+    putf(&l, "{\"ts\":\"%s\",\"level\":\"%s\"", ts, lvl);
+    const sm_log_field head[] = {SM_LS("component", component), SM_LS("msg", msg)};
+    int room = put_json_member(&l, &head[0]) == 0 && put_json_member(&l, &head[1]) == 0;
+    for (size_t i = 0; room && i < n; i++) {
+      if (fields[i].key != NULL)
+        room = put_json_member(&l, &fields[i]) == 0;
     }
-    /* A cut line still closes its object so that every line parses. */
-    if (l.len > sizeof(l.buf) - 3)
-      l.len = sizeof(l.buf) - 3;
-    puts_(&l, "}");
+    put_closing(&l, '}');
   } else {
     putf(&l, "%s %-5s %s: %s", ts, lvl, component, msg);
     for (size_t i = 0; i < n; i++) {

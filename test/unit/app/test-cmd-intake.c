@@ -247,6 +247,50 @@ static void closed_cb(void *ud) {
   (*(int *)ud)++;
 }
 
+/* Issue 12 #4, #5: a NUL cut the type ("echo\u0000evil" ran as "echo"); invalid UTF-8 was stored
+ * and written back. Both are dead-lettered, never stored, never requeued. */
+static void deliver_raw(const char *body, size_t len, const char *corr, size_t corr_len) {
+  mq_intake_msg m;
+  memset(&m, 0, sizeof(m));
+  m.handle.gen = 1;
+  m.handle.tag = ++tag;
+  m.body.base = body;
+  m.body.len = len;
+  m.props.correlation_id.base = corr;
+  m.props.correlation_id.len = corr_len;
+  cmd_intake_deliver(ci, &m);
+}
+
+static void test_nul_and_utf8(void) {
+  new_intake();
+  static const char nul_esc[] = "{\"type\":\"echo\\u0000evil\"}";
+  deliver_raw(nul_esc, sizeof(nul_esc) - 1, NULL, 0);
+  T_EQ_INT(fs.rejects, 1);
+  T_EQ_STR(fs.reason, "type: must not contain NUL (\\u0000)");
+  static const char nul_raw[] = "{\"type\":\"echo\0evil\"}";
+  deliver_raw(nul_raw, sizeof(nul_raw) - 1, NULL, 0);
+  T_EQ_INT(fs.rejects, 2);
+  T_EQ_STR(fs.reason, "type: must not contain NUL");
+  static const char bad[] = "{\"type\":\"echo\",\"params\":{\"p\":\"\xff\xfe\"}}";
+  deliver_raw(bad, sizeof(bad) - 1, NULL, 0);
+  T_EQ_INT(fs.rejects, 3);
+  T_EQ_STR(fs.reason, "params.p: must be valid UTF-8");
+  static const char ok[] = "{\"type\":\"echo\"}";
+  deliver_raw(ok, sizeof(ok) - 1, "c\xff", 2);
+  T_EQ_INT(fs.rejects, 4);
+  T_EQ_STR(fs.reason, "correlation_id: must be valid UTF-8 without NUL");
+  deliver_raw(ok, sizeof(ok) - 1, "c\0d", 3);
+  T_EQ_INT(fs.rejects, 5);
+  deliver_raw(ok, sizeof(ok) - 1, "c-\xc3\xa9", 4); /* valid: accepted */
+  WAIT(fs.acks == 1);
+  cmd_intake_stats st_;
+  cmd_intake_get_stats(ci, &st_);
+  T_EQ_INT(st_.accepted, 1);
+  T_EQ_INT(st_.rejected, 5);
+  T_EQ_INT(st_.held, 0);
+  end_intake();
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_EQ_INT(uv_loop_init(&loop), 0);
@@ -265,6 +309,7 @@ int main(void) {
   T_EQ_INT(lifecycle_start(lc), 0);
   spin(20);
   T_RUN(test_valid_and_invalid);
+  T_RUN(test_nul_and_utf8);
   T_RUN(test_refusal_pause_resume);
   T_RUN(test_pause_failure);
   T_RUN(test_destroy_in_flight);

@@ -390,6 +390,64 @@ static void test_ping(void) {
   teardown();
 }
 
+/* Issue 12 #5: proto3 strings must be valid UTF-8; an agent's invalid bytes (or a NUL, which
+ * would cut the C string) were stored and written into JSON answers. The message is refused
+ * with INTERNAL naming the field, the stream ends, nothing is stored. */
+static void test_invalid_strings(void) {
+  setup();
+  /* a valid non-ASCII hostname is fine */
+  int32_t ok = connect_with_header("a-u");
+  send_agent_msg(ok, NULL, SCAN__AGENT_STATUS__IDLE, "h\xc3\xb4te", NULL, NULL, 0);
+  T_ASSERT(find("a-u") != NULL);
+  T_EQ_STR(find("a-u")->hostname, "h\xc3\xb4te");
+  /* a result whose data value is not UTF-8 */
+  Scan__CommandResult cr = SCAN__COMMAND_RESULT__INIT;
+  Scan__CommandResult__DataEntry d = SCAN__COMMAND_RESULT__DATA_ENTRY__INIT, *dp = &d;
+  d.key = (char *)"out";
+  d.value = (char *)"\xff\xfe";
+  cr.command_id = (char *)"cmd-u";
+  cr.status = (char *)"completed";
+  cr.n_data = 1;
+  cr.data = &dp;
+  send_agent_msg(ok, NULL, SCAN__AGENT_STATUS__IDLE, NULL, NULL, &cr, 0);
+  h2p_stream *st = h2peer_stream(&F.p, ok);
+  T_EQ_INT(st->grpc_status, GRPC_INTERNAL);
+  T_EQ_STR(st->grpc_message,
+           "invalid UTF-8 in field command_result.data.value of scan.AgentMessage");
+  T_EQ_INT(results, 0);
+  /* metadata on the first message: an overlong encoding */
+  int32_t m = connect_with_header("a-v");
+  send_agent_msg(m, NULL, SCAN__AGENT_STATUS__IDLE, "h\xc0\x80", NULL, NULL, 0);
+  T_EQ_INT(h2peer_stream(&F.p, m)->grpc_status, GRPC_INTERNAL);
+  T_EQ_STR(h2peer_stream(&F.p, m)->grpc_message,
+           "invalid UTF-8 in field metadata.value of scan.AgentMessage");
+  T_ASSERT(find("a-v") == NULL);
+  /* a NUL in agent_id, written by hand: protobuf-c packs C strings */
+  int32_t n = connect_with_header(NULL);
+  static const uint8_t nul[] = {0x0a, 0x03, 'a', 0x00, 'b'};
+  h2peer_send_msg(&F.p, n, nul, sizeof nul, 0);
+  h2peer_pump(&F.p);
+  T_EQ_INT(h2peer_stream(&F.p, n)->grpc_status, GRPC_INTERNAL);
+  T_EQ_STR(h2peer_stream(&F.p, n)->grpc_message, "NUL in field agent_id of scan.AgentMessage");
+  T_ASSERT(find("a") == NULL);
+  /* the agent-id header */
+  int32_t h = connect_with_header("a-\xff");
+  send_agent_msg(h, NULL, SCAN__AGENT_STATUS__IDLE, NULL, NULL, NULL, 0);
+  T_EQ_INT(h2peer_stream(&F.p, h)->grpc_status, GRPC_INVALID_ARGUMENT);
+  /* Ping */
+  Scan__PingRequest req = SCAN__PING_REQUEST__INIT;
+  req.agent_id = (char *)"\xed\xa0\x80"; /* a surrogate */
+  uint8_t buf[64];
+  size_t len = protobuf_c_message_pack(&req.base, buf);
+  int32_t p = h2peer_request(&F.p, "/scan.AgentService/Ping", NULL, 0);
+  h2peer_send_msg(&F.p, p, buf, len, 1);
+  h2peer_pump(&F.p);
+  T_EQ_INT(h2peer_stream(&F.p, p)->grpc_status, GRPC_INTERNAL);
+  T_EQ_INT(agent_registry_count(F.reg), 0); /* a-u left with its stream */
+  T_EQ_INT(registers, 1);
+  teardown();
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_RUN(test_register_via_header);
@@ -402,5 +460,6 @@ int main(void) {
   T_RUN(test_agent_leaves);
   T_RUN(test_registry_ends_streams);
   T_RUN(test_ping);
+  T_RUN(test_invalid_strings);
   return t_done();
 }
