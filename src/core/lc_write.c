@@ -167,8 +167,7 @@ void lc_write_push(lc_cmd *k, int create, int with_outbox, lc_answer *a) {
   lifecycle *lc = k->lc;
   lc_write *w = sm_calloc(1, sizeof(*w));
   /* an update writes only the lifecycle fields: its snapshot copies only those */
-  if (w == NULL ||
-      (w->snap = create ? command_clone(k->c) : command_clone_state(k->c)) == NULL) {
+  if (w == NULL || (w->snap = create ? command_clone(k->c) : command_clone_state(k->c)) == NULL) {
     free(w);
     sm_log_error("lifecycle", "store write out of memory", SM_LS("command_id", k->c->id));
     if (a != NULL)

@@ -65,11 +65,11 @@ typedef struct lifecycle_stats {
   uint64_t publish_failures;               /* publishes refused or not confirmed */
   uint64_t store_retries;                  /* store writes retried after an outage */
   uint64_t writes_merged; /* store writes folded into a later one before they were sent */
-  size_t waiting;                          /* commands queued or parked here */
-  size_t parked;                           /* of which no connected agent could take */
-  size_t inflight;                         /* dispatched or running on agents */
-  size_t held;                             /* recovered, waiting for their agent to come back */
-  size_t pending_writes;                   /* store writes not yet acknowledged */
+  size_t waiting;         /* commands queued or parked here */
+  size_t parked;          /* of which no connected agent could take */
+  size_t inflight;        /* dispatched or running on agents */
+  size_t held;            /* recovered, waiting for their agent to come back */
+  size_t pending_writes;  /* store writes not yet acknowledged */
 } lifecycle_stats;
 
 typedef struct lifecycle_config {

@@ -28,7 +28,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum script_id { S_APPLY, S_GET, S_LIST, S_OB_ADD, S_OB_LIST, S_AG_PUT, S_AG_DEL, S_AG_LIST, S_COUNT };
+enum script_id {
+  S_APPLY,
+  S_GET,
+  S_LIST,
+  S_OB_ADD,
+  S_OB_LIST,
+  S_AG_PUT,
+  S_AG_DEL,
+  S_AG_LIST,
+  S_COUNT
+};
 
 /* A command's record, for the scripts that report one (p is the key prefix): '' when absent,
  * else {j, s, g, l, r, kids} - the creation JSON, the status, and the fields the updates wrote

@@ -183,3 +183,59 @@ def test_no_loss_rabbitmq_restart(run, broker, redis, tmp_path):  # noqa: F811
              what="/ready 200 after the broker is back")
     # Results finished during the outage wait in the outbox and are published now.
     check_all_final(r, redis, ids, timeout=120)
+
+
+def test_no_loss_rest_kill9_mid_batch(run, broker, redis, tmp_path, started):  # noqa: F811
+    """kill -9 while REST arrays are being stored (group commit: every moment of a steady
+    submission stream has a batch at Valkey): every command the manager acknowledged (202)
+    reaches a final status after the restart; unacknowledged ones may or may not exist."""
+    import threading
+    from conftest import http
+    r = run.start("kill9rest")
+    acked, stop = [], threading.Event()
+    lock = threading.Lock()
+
+    def submitter(tag):
+        n = 0
+        while not stop.is_set():
+            body = [{"id": f"kr-{tag}-{n + i:06d}", "type": "sleep", "params": {"seconds": "0.05"}}
+                    for i in range(100)]
+            n += 100
+            try:
+                st, _, ans = http("POST", r.m.admin_url + "/api/commands", body=body, timeout=5)
+            except OSError:
+                continue  # the manager is gone: nothing of this array was acknowledged
+            if st == 202:
+                with lock:
+                    acked.extend(a["id"] for a in ans)
+            elif isinstance(ans, dict) and isinstance(ans.get("results"), list):
+                with lock:
+                    acked.extend(a["id"] for a in ans["results"] if "id" in a)
+
+    threads = [threading.Thread(target=submitter, args=(t,), daemon=True) for t in "ab"]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 2000, timeout=30, what="2000 acknowledged")
+    kill9(r.m)  # mid-stream: arrays are being answered and written at this moment
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    with lock:
+        ids = list(dict.fromkeys(acked))
+    m2 = same_ports_manager(r.m, str(tmp_path), started)
+    m2.start()
+    wait_for(lambda: m2.get("/ready", timeout=1)[0] == 200, timeout=20, what="restarted /ready")
+
+    def unfinished():
+        st = store_statuses(redis, ids)
+        return [i for i in ids if st.get(i) not in FINAL]
+    left = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        left = unfinished()
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, f"{len(left)} of {len(ids)} acknowledged commands not final, e.g. {left[:5]}"
+    finals = r.res.wait_final(ids, timeout=60)  # and each result was published
+    assert all(d["status"] in FINAL for d in finals.values())

@@ -791,6 +791,37 @@ static void test_outbox_replay(void) {
   fx_finish(&f);
 }
 
+/* Replays that race a result's publish and its outbox removal never publish it again: not while
+ * the broker has not confirmed it, not in the turn its confirm arrives (the removal is gathered,
+ * not yet written), and not after the removal. */
+static void test_outbox_replay_races(void) {
+  fx f;
+  fx_init(&f, 10, 3);
+  flink l;
+  link_attach(&l, f.reg, "a1", "1", NULL);
+  T_EQ_INT(submit(&f, "{\"type\":\"scan\"}"), 0);
+  char id[80];
+  snprintf(id, sizeof(id), "%s", f.id);
+  WAIT(&f, l.nsent == 1);
+  link_result(&l, id, "completed");
+  WAIT(&f, f.pub.n == 1); /* published, not confirmed */
+  for (int i = 0; i < 3; i++) {
+    lifecycle_outbox_replay(f.lc);
+    fx_spin_ms(&f, 5);
+  }
+  T_EQ_INT(f.pub.n, 1);
+  T_EQ_INT(outbox_len(&f), 1);
+  fp_confirm_all(&f.pub, 0);
+  lifecycle_outbox_replay(f.lc); /* same turn: the removal is not written yet */
+  fx_spin_ms(&f, 10);
+  T_EQ_INT(f.pub.n, 1);
+  WAIT(&f, outbox_len(&f) == 0);
+  lifecycle_outbox_replay(f.lc);
+  fx_spin_ms(&f, 10);
+  T_EQ_INT(f.pub.n, 1);
+  fx_finish(&f);
+}
+
 /* A create that was written but whose answer was lost (a timeout) is answered 503; the client's
  * retry finds the stored record and the command is carried on, not left queued until a
  * restart. */
@@ -1026,8 +1057,8 @@ static void test_broadcast_close_mid_slicing(void) {
   T_EQ_INT(rec, 1);
   WAIT_STATUS(&f, "big", COMMAND_DISPATCHED);
   /* the children created before the close are listed; the planned count covers the rest */
-  size_t nchildren = f.got->nchildren_planned > f.got->nchildren ? f.got->nchildren_planned
-                                                                 : f.got->nchildren;
+  size_t nchildren =
+      f.got->nchildren_planned > f.got->nchildren ? f.got->nchildren_planned : f.got->nchildren;
   T_ASSERT(nchildren == BIG_N || before < BIG_N);
   /* complete whatever each agent was sent (held children are adopted by the report) */
   for (int i = 0; i < BIG_N; i++)
@@ -1076,8 +1107,8 @@ static void test_broadcast_alloc_fail_slicing(void) {
       counted += (size_t)strtoul(f.got->result.data[i].value, NULL, 10);
     /* the store lists the children created; its planned count covers the ones that could not
      * be (counted as failed) */
-    size_t planned = f.got->nchildren_planned > f.got->nchildren ? f.got->nchildren_planned
-                                                                 : f.got->nchildren;
+    size_t planned =
+        f.got->nchildren_planned > f.got->nchildren ? f.got->nchildren_planned : f.got->nchildren;
     T_EQ_INT(counted, planned);
     T_ASSERT(planned <= BIG_N);
     for (int i = 0; i < BIG_N; i++)
@@ -1467,6 +1498,7 @@ int main(void) {
   T_RUN(test_outbox_replay);
   T_RUN(test_store_outage);
   T_RUN(test_lost_create_answer_adopted);
+  T_RUN(test_outbox_replay_races);
   T_RUN(test_busy_store_retries_are_paced);
   T_RUN(test_broadcast);
   T_RUN(test_broadcast_slices);
