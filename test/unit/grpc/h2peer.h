@@ -59,6 +59,7 @@ typedef struct h2peer {
   uint64_t now;       /* the clock */
   uint64_t timer_due; /* the session's timer; 0: none */
   int goaway_received;
+  uint32_t goaway_error; /* error code of the last GOAWAY */
   int ping_acks; /* PING ACKs the client received */
   int pings;     /* PINGs (not ACK) the client received */
   h2p_stream streams[H2P_STREAMS];
@@ -147,8 +148,10 @@ static int h2p_on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u
     st->headers++;
   if (f->hd.type == NGHTTP2_RST_STREAM && st)
     st->rst_received = 1;
-  if (f->hd.type == NGHTTP2_GOAWAY)
+  if (f->hd.type == NGHTTP2_GOAWAY) {
     p->goaway_received = 1;
+    p->goaway_error = f->goaway.error_code;
+  }
   if (f->hd.type == NGHTTP2_PING) {
     if (f->hd.flags & NGHTTP2_FLAG_ACK)
       p->ping_acks++;

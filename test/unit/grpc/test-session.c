@@ -332,14 +332,34 @@ static void test_bad_messages(void) {
   h2peer_pump(&p);
   T_EQ_INT(h2peer_stream(&p, id)->grpc_status, GRPC_INTERNAL);
 
-  /* unary with two messages: the first is answered, so the call is already over */
+  /* unary with two messages: INTERNAL, the method never sees the request (it answers only once
+   * the request is complete, at END_STREAM) */
   id = h2peer_request(&p, "/test.Echo/Fail", NULL, 0);
   h2peer_send_msg(&p, id, "1", 1, 0);
   h2peer_send_msg(&p, id, "2", 1, 1);
   h2peer_pump(&p);
   st = h2peer_stream(&p, id);
-  T_EQ_INT(st->grpc_status, GRPC_INVALID_ARGUMENT);
-  T_EQ_STR(st->grpc_message, "bad: %C3%BC 100%25%0A");
+  T_EQ_INT(st->grpc_status, GRPC_INTERNAL);
+  T_EQ_STR(st->grpc_message, "more than one request message for a unary method");
+  /* the same when both come in one DATA frame, on a method that answers at once */
+  static const uint8_t two[] = {0, 0, 0, 0, 1, 'a', 0, 0, 0, 0, 1, 'b'};
+  id = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+  h2peer_send_raw(&p, id, two, sizeof(two), 1);
+  h2peer_pump(&p);
+  st = h2peer_stream(&p, id);
+  T_EQ_INT(st->grpc_status, GRPC_INTERNAL);
+  T_EQ_INT(st->nmsgs, 0);
+  /* and a second message begun (a lone byte) is refused as well */
+  id = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+  h2peer_send_raw(&p, id, two, 7, 1);
+  h2peer_pump(&p);
+  T_EQ_INT(h2peer_stream(&p, id)->grpc_status, GRPC_INTERNAL);
+  /* a single message (also an empty one) is still answered */
+  st = unary(&p, "/test.Echo/Unary", "", NULL, 0);
+  T_EQ_INT(st->grpc_status, GRPC_OK);
+  T_EQ_INT(st->nmsgs, 1);
+  T_EQ_INT(st->msg_len[0], 0);
+  T_EQ_INT(grpc_session_buffered(p.srv), 0);
 
   /* truncated: the prefix announces 10 bytes, 3 come, then END_STREAM */
   id = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
