@@ -670,6 +670,9 @@ static void test_alloc_fail_calls(void) {
     reset_cfg();
     cfg.on_call_start = count_start;
     cfg.on_call_end = count_end;
+    grpc_buffer_pool pool = {.max = 1 << 20};
+    cfg.pool = &pool;
+    cfg.max_buffered_per_conn = 512 * 1024;
     starts = ends = 0;
     h2peer p;
     h2peer_init(&p, &cfg);
@@ -681,6 +684,13 @@ static void test_alloc_fail_calls(void) {
     int32_t sid = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
     h2peer_send_msg(&p, sid, "one", 3, 0);
     h2peer_send_msg(&p, sid, "two", 3, 1);
+    /* messages split over DATA frames: reassembled (and for the unary method, held) */
+    static char big[40000];
+    memset(big, 'z', sizeof(big));
+    int32_t bu = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+    h2peer_send_msg(&p, bu, big, sizeof(big), 1);
+    int32_t bs = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
+    h2peer_send_msg(&p, bs, big, sizeof(big), 1);
     h2peer_pump(&p);
     sm_alloc_fail_at(-1, 0);
     h2peer_pump(&p);
@@ -700,13 +710,21 @@ static void test_alloc_fail_calls(void) {
       lost++;
     }
     int started = starts;
+    int bu_status = h2peer_stream(&p, bu)->grpc_status,
+        bs_status = h2peer_stream(&p, bs)->grpc_status;
+    size_t bu_len = h2peer_stream(&p, bu)->nmsgs ? h2peer_stream(&p, bu)->msg_len[0] : 0;
     h2peer_free(&p);
-    /* every started call heard on_close exactly once (during the run or at destroy) */
+    /* every started call heard on_close exactly once (during the run or at destroy), and every
+     * byte a call held went back to the pool */
     T_EQ_INT(closes, started);
+    T_EQ_INT(pool.used, 0);
     if (!injected) {
       T_EQ_INT(us->grpc_status, 0);
       T_EQ_INT(ss->grpc_status, 0);
       T_EQ_INT(ss->nmsgs, 2);
+      T_EQ_INT(bu_status, 0);
+      T_EQ_INT(bu_len, sizeof(big));
+      T_EQ_INT(bs_status, 0);
       break;
     }
   }
