@@ -140,7 +140,7 @@ static const setting table[] = {
      64 * KIB, 4096 * MIB, "partial request data one connection may hold (at least one message)",
      NULL},
     {"GRPC_MAX_BUFFERED_BYTES", K_SIZE, OFF(grpc_max_buffered_bytes), "67108864", 64 * KIB,
-     65536.0 * MIB, "partial request data all agent connections may hold together", NULL},
+     65536 * MIB, "partial request data all agent connections may hold together", NULL},
     {"GRPC_MESSAGE_TIMEOUT", K_SECONDS, OFF(grpc_message_timeout_s), "30", 0.05, 3600,
      "a request message must arrive whole within this of its first byte", NULL},
     {"MAX_CONNECTIONS", K_SIZE, OFF(max_connections), "20000", 1, 10000000,

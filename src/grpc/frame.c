@@ -35,11 +35,10 @@ void grpc_frame_header(uint8_t out[GRPC_FRAME_HEADER_LEN], int compressed, uint3
 /* The reassembly buffer grows with the bytes received, never past the message's size (itself
  * at most max_len, checked before). A large buffer is given back after its message so an idle
  * stream holds no memory. */
-#define FRAME_KEEP_BUF 4096
 #define FRAME_MIN_BUF 1024 /* first allocation for a split message (or its size when smaller) */
 
 void grpc_frame_reader_trim(grpc_frame_reader *r) {
-  if (r->hdr_got == 0 && r->buf_cap > FRAME_KEEP_BUF) {
+  if (r->hdr_got == 0 && r->buf_cap > GRPC_FRAME_KEEP_BUF) {
     free(r->buf);
     r->buf = NULL;
     r->buf_cap = 0;

@@ -19,6 +19,8 @@
 #include <stdint.h>
 
 #define GRPC_FRAME_HEADER_LEN 5
+/* A reassembly buffer this small is kept between messages (larger ones are given back). */
+#define GRPC_FRAME_KEEP_BUF 4096
 
 typedef struct grpc_frame_reader {
   size_t max_len;   /* largest accepted message */

@@ -4,6 +4,7 @@
 
 #include "grpc/agent_auth.h"
 
+#include "grpc/frame.h"
 #include "grpc/services.h"
 #include "grpc/session.h"
 #include "net/tcp.h"
@@ -161,10 +162,12 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   for (int i = 0; i < SVC_COUNT; i++)
     srv->table[i] = &srv->svc[i];
 
-  /* One message of the maximum size must always fit, on a connection and in the pool. */
+  /* One message of the maximum size must always fit, on a connection (next to the small buffers
+   * its other streams keep) and in the pool. */
   size_t per_conn = s->max_buffered_per_conn;
-  if (per_conn && per_conn < s->max_message_bytes)
-    per_conn = s->max_message_bytes;
+  size_t one_message = s->max_message_bytes + (size_t)s->max_streams * GRPC_FRAME_KEEP_BUF;
+  if (per_conn && per_conn < one_message)
+    per_conn = one_message;
   srv->pool.max = s->max_buffered_bytes;
   if (srv->pool.max && srv->pool.max < per_conn)
     srv->pool.max = per_conn;

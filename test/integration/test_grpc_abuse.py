@@ -322,3 +322,18 @@ def test_two_messages_on_unary_ping_are_internal(pb, manager):
         assert c.wait_status(sid) == 0
     finally:
         c.close()
+
+
+def test_bounds_below_one_message_are_raised_to_fit_it(pb, manager_factory):
+    """Bounds set below GRPC_MAX_MESSAGE_BYTES are raised to it (logged): a message of 1 MiB,
+    split over many DATA frames, still arrives with both bounds set to 64 KiB."""
+    m = manager_factory(env={"GRPC_MAX_BUFFERED_BYTES_PER_CONN": "65536",
+                             "GRPC_MAX_BUFFERED_BYTES": "65536",
+                             "GRPC_MAX_MESSAGE_BYTES": str(2 * MIB)})
+    with grpc.insecure_channel(m.grpc_addr) as ch:
+        stub = pb.agent_pb2_grpc.AgentServiceStub(ch)
+        r = stub.Ping(pb.agent_pb2.PingRequest(agent_id="x" * MIB), timeout=10)
+        assert r.message == "pong"
+    ev = [e for e in m.log_events() if "request buffer bounds raised" in (e.get("msg") or "")]
+    fit = 2 * MIB + 16 * 4096  # one message, and 4 KiB for each other stream
+    assert ev and ev[0].get("per_connection") == fit and ev[0].get("total") == fit, ev
