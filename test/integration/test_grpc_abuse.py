@@ -33,6 +33,12 @@ def rss_kib(pid, field="VmRSS"):
     raise AssertionError(f"{field} not in /proc/{pid}/status")
 
 
+def sanitized(pid):
+    """An ASan build keeps freed memory in quarantine: its RSS says nothing about our bounds."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def prefix(length, compressed=0):
     return struct.pack(">BI", compressed, length)
 
@@ -221,8 +227,9 @@ def test_partial_messages_memory_is_bounded(pb, manager_factory):
         assert statuses.count(8) > 0, statuses  # RESOURCE_EXHAUSTED once the pool was full
         assert all(s in (None, 8) for s in statuses), statuses
         bound = base + (limit + 32 * MIB) // 1024
-        assert held < bound, (base, held, bound)
-        assert peak < bound, (base, peak, bound)
+        if not sanitized(pid):
+            assert held < bound, (base, held, bound)
+            assert peak < bound, (base, peak, bound)
     finally:
         for c in clients:
             c.close()
@@ -257,7 +264,8 @@ def test_one_connection_over_its_bound_gets_enhance_your_calm(pb, manager_factor
         assert ping_ok(pb, m)
         held = rss_kib(pid)
         print(f"\nRSS base {base} KiB, after the ENHANCE_YOUR_CALM close {held} KiB")
-        assert held < base + 8 * 1024 + 32 * 1024
+        if not sanitized(pid):
+            assert held < base + 8 * 1024 + 32 * 1024
     finally:
         c.close()
     assert any("ENHANCE_YOUR_CALM" in (e.get("msg") or "") for e in m.log_events())
