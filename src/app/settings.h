@@ -85,6 +85,11 @@ typedef struct sm_settings {
                                           address, 0: off */
   size_t admin_rate_limit_ip_burst;    /* ADMIN_RATE_LIMIT_IP_BURST: bucket size per address */
   size_t admin_rate_limit_max_clients; /* ADMIN_RATE_LIMIT_MAX_CLIENTS: buckets kept (LRU), 10000 */
+
+  /* gRPC request buffering (docs/settings.md) */
+  size_t grpc_max_buffered_per_conn; /* GRPC_MAX_BUFFERED_BYTES_PER_CONN: partial requests, 8 MiB */
+  size_t grpc_max_buffered_bytes;    /* GRPC_MAX_BUFFERED_BYTES: all connections together, 64 MiB */
+  double grpc_message_timeout_s;     /* GRPC_MESSAGE_TIMEOUT: a message completes in this, 30 */
 } sm_settings;
 
 /* Fills s with defaults, then the environment, then argv. Returns 0, 1 when --help or --version

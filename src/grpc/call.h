@@ -20,14 +20,18 @@
 typedef struct grpc_call grpc_call;
 
 typedef struct grpc_method {
-  const char *name;     /* "Connect": the last part of :path */
-  int client_streaming; /* 0: exactly one request message (more, or none, is INTERNAL) */
+  const char *name; /* "Connect": the last part of :path */
+  /* 0: exactly one request message (more, or none, is INTERNAL, answered by the session); the
+   * method gets it once the request has ended (END_STREAM), so it never answers a request that
+   * turns out to be invalid. */
+  int client_streaming;
   /* The request headers were accepted. The handler may finish the call here. */
   void (*on_start)(grpc_call *call);
   /* One complete, uncompressed request message; data is valid during the call only. Not called
    * once the call is finishing. */
   void (*on_message)(grpc_call *call, const uint8_t *data, size_t len);
-  /* The client closed its side (END_STREAM); optional. A unary method gets on_message first. */
+  /* The client closed its side (END_STREAM); optional. A unary method gets on_message first,
+   * right before (and on_half_close only when on_message did not finish the call). */
   void (*on_half_close)(grpc_call *call);
   /* The stream is gone; called exactly once for every started call, and the last callback.
    * reason: 0 when the response was sent in full, SM_ECANCELED when the client reset the

@@ -4,12 +4,14 @@
 #include "util/alloc.h"
 #include "util/err.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 void grpc_frame_reader_init(grpc_frame_reader *r, size_t max_len) {
   memset(r, 0, sizeof(*r));
   r->max_len = max_len;
+  r->buf_limit = SIZE_MAX;
 }
 
 void grpc_frame_reader_finish(grpc_frame_reader *r) {
@@ -30,20 +32,58 @@ void grpc_frame_header(uint8_t out[GRPC_FRAME_HEADER_LEN], int compressed, uint3
   out[4] = (uint8_t)len;
 }
 
-/* The reassembly buffer grows to the message's size, never past max_len (checked before). A
- * large buffer is given back after its message so an idle stream holds no memory. */
-#define FRAME_KEEP_BUF 4096
+/* The reassembly buffer grows with the bytes received, never past the message's size (itself
+ * at most max_len, checked before). A large buffer is given back after its message so an idle
+ * stream holds no memory. */
+#define FRAME_MIN_BUF 1024 /* first allocation for a split message (or its size when smaller) */
+
+void grpc_frame_reader_trim(grpc_frame_reader *r) {
+  if (r->hdr_got == 0 && r->buf_cap > GRPC_FRAME_KEEP_BUF) {
+    free(r->buf);
+    r->buf = NULL;
+    r->buf_cap = 0;
+  }
+}
+
+uint8_t *grpc_frame_reader_detach(grpc_frame_reader *r, const grpc_frame_msg *msg, size_t *cap) {
+  *cap = 0;
+  if (r->buf == NULL || msg->data != r->buf || r->hdr_got != 0)
+    return NULL;
+  uint8_t *b = r->buf;
+  *cap = r->buf_cap;
+  r->buf = NULL;
+  r->buf_cap = 0;
+  return b;
+}
+
+/* Makes room for `want` bytes of the current message: doubles the buffer (so copying stays
+ * linear), but never past the message's length nor buf_limit. */
+static int reserve(grpc_frame_reader *r, size_t want) {
+  if (want <= r->buf_cap)
+    return 0;
+  if (want > r->buf_limit)
+    return SM_ELIMIT;
+  size_t cap = r->buf_cap ? r->buf_cap * 2 : FRAME_MIN_BUF;
+  if (cap < want)
+    cap = want;
+  if (cap > r->msg_len)
+    cap = r->msg_len;
+  if (cap > r->buf_limit)
+    cap = r->buf_limit;
+  uint8_t *nb = sm_realloc(r->buf, cap);
+  if (nb == NULL)
+    return SM_ENOMEM;
+  r->buf = nb;
+  r->buf_cap = cap;
+  return 0;
+}
 
 int grpc_frame_read(grpc_frame_reader *r, const uint8_t *in, size_t len, size_t *used,
                     grpc_frame_msg *msg) {
   size_t off = 0;
 
   /* Release a large buffer from the previous message before reading on. */
-  if (r->hdr_got == 0 && r->buf_cap > FRAME_KEEP_BUF) {
-    free(r->buf);
-    r->buf = NULL;
-    r->buf_cap = 0;
-  }
+  grpc_frame_reader_trim(r);
 
   while (r->hdr_got < GRPC_FRAME_HEADER_LEN) {
     if (off == len) {
@@ -80,16 +120,12 @@ int grpc_frame_read(grpc_frame_reader *r, const uint8_t *in, size_t len, size_t 
     return 1;
   }
 
-  if (r->buf_cap < r->msg_len) {
-    uint8_t *nb = sm_realloc(r->buf, r->msg_len);
-    if (nb == NULL) {
-      *used = off;
-      return SM_ENOMEM;
-    }
-    r->buf = nb;
-    r->buf_cap = r->msg_len;
-  }
   size_t take = avail < need ? avail : need;
+  int err = reserve(r, r->buf_got + take);
+  if (err) {
+    *used = off;
+    return err;
+  }
   if (take) /* memcpy with NULL is undefined even for zero bytes */
     memcpy(r->buf + r->buf_got, in + off, take);
   r->buf_got += take;

@@ -4,6 +4,7 @@
 
 #include "grpc/agent_auth.h"
 
+#include "grpc/frame.h"
 #include "grpc/services.h"
 #include "grpc/session.h"
 #include "net/tcp.h"
@@ -30,6 +31,7 @@ struct grpc_server {
   net_tls_ctx *tls; /* NULL: h2c */
   net_listener *listener;
   grpc_session_config scfg;    /* shared by every session */
+  grpc_buffer_pool pool;       /* request bytes all sessions hold (GRPC_MAX_BUFFERED_BYTES) */
   grpc_service svc[SVC_COUNT]; /* the service table's entries */
   const grpc_service *table[SVC_COUNT];
   grpc_agent_service *agents;
@@ -160,6 +162,19 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   for (int i = 0; i < SVC_COUNT; i++)
     srv->table[i] = &srv->svc[i];
 
+  /* One message of the maximum size must always fit, on a connection (next to the small buffers
+   * its other streams keep) and in the pool. */
+  size_t per_conn = s->max_buffered_per_conn;
+  size_t one_message = s->max_message_bytes + (size_t)s->max_streams * GRPC_FRAME_KEEP_BUF;
+  if (per_conn && per_conn < one_message)
+    per_conn = one_message;
+  srv->pool.max = s->max_buffered_bytes;
+  if (srv->pool.max && srv->pool.max < per_conn)
+    srv->pool.max = per_conn;
+  if (per_conn != s->max_buffered_per_conn || srv->pool.max != s->max_buffered_bytes)
+    sm_log_info("grpc", "request buffer bounds raised to fit one GRPC_MAX_MESSAGE_BYTES message",
+                SM_LI("per_connection", per_conn), SM_LI("total", srv->pool.max));
+
   uint64_t keepalive = to_ms(s->keepalive_s);
   srv->scfg = (grpc_session_config){
       .services = srv->table,
@@ -175,6 +190,9 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
       .idle_ms = to_ms(s->idle_timeout_s),
       .max_output_bytes = s->max_output_bytes,
       .stall_ms = to_ms(s->stall_timeout_s),
+      .max_buffered_per_conn = per_conn,
+      .pool = &srv->pool,
+      .message_timeout_ms = to_ms(s->message_timeout_s),
   };
 
   net_listener_config lc = {

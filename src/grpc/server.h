@@ -34,6 +34,12 @@ typedef struct grpc_server_config {
   double stall_timeout_s;         /* GRPC_STALL_TIMEOUT */
   double first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT */
   size_t max_connections;         /* MAX_CONNECTIONS */
+  /* request buffering: GRPC_MAX_BUFFERED_BYTES_PER_CONN (raised to fit one message of
+   * max_message_bytes), GRPC_MAX_BUFFERED_BYTES (raised to the per-connection bound),
+   * GRPC_MESSAGE_TIMEOUT */
+  size_t max_buffered_per_conn;
+  size_t max_buffered_bytes;
+  double message_timeout_s;
 } grpc_server_config;
 
 /* Creates the agent listener from cfg. Loads the TLS certificate and key when tls_enabled.

@@ -47,12 +47,19 @@ struct grpc_call {
   char *encoding;      /* grpc-encoding when not identity */
   char *meta;          /* custom metadata: "name\0value\0" pairs */
   size_t meta_len;
-  uint64_t timeout_ms; /* grpc-timeout; 0: none */
-  unsigned post : 1, ct_ok : 1, te_ok : 1, timeout_bad : 1, headers_too_big : 1;
+  uint64_t timeout_ms; /* grpc-timeout (when has_timeout) */
+  unsigned post : 1, ct_ok : 1, te_ok : 1, timeout_bad : 1, headers_too_big : 1, has_timeout : 1;
 
   /* request messages */
   grpc_frame_reader reader;
   uint32_t messages;
+  /* A unary method's request message waits here until END_STREAM (a second message must be
+   * refused before the method answers); held is NULL for an empty message. */
+  uint8_t *held;
+  size_t held_len, held_cap;
+  unsigned held_msg : 1;
+  size_t charged;            /* reader.buf_cap + held_cap as counted in the session and pool */
+  uint64_t partial_since_ms; /* first byte of the request message not yet complete; 0: none */
 
   /* state */
   unsigned started : 1;         /* dispatched to the method (on_close is owed) */
@@ -107,6 +114,8 @@ struct grpc_session {
   unsigned creating : 1;  /* inside nghttp2_session_server_new3 */
   uint64_t last_write_ms; /* when the session last produced output */
   unsigned big_dirty : 1; /* a big buffer was written since the last trim */
+  unsigned calm : 1;      /* closing with ENHANCE_YOUR_CALM: request data is no longer read */
+  size_t buffered;        /* request bytes the calls hold (their `charged`) */
 };
 
 #define NV(n, v, flags)                                                                            \
@@ -133,6 +142,78 @@ static void arm(grpc_session *s, uint64_t due) {
   if (s->timer_due_ms == 0 || due < s->timer_due_ms) {
     s->timer_due_ms = due;
     s->io->set_timer(s->io_ud, due);
+  }
+}
+
+/* ---- request buffers ----
+ *
+ * What a call holds of its request (the reader's buffer, a unary method's message) is counted
+ * in the session and in the server's pool, so that peers which send all but the end of large
+ * messages cannot make the manager hold more than the bounds. */
+
+/* Brings the session's and the pool's counts in line with what the call holds now. */
+static void account(grpc_call *c) {
+  grpc_session *s = c->s;
+  grpc_buffer_pool *pool = s->cfg->pool;
+  size_t now = c->reader.buf_cap + c->held_cap;
+  if (now >= c->charged) {
+    size_t d = now - c->charged;
+    s->buffered += d;
+    if (pool)
+      pool->used += d;
+  } else {
+    size_t d = c->charged - now;
+    assert(s->buffered >= d && (pool == NULL || pool->used >= d));
+    s->buffered -= d;
+    if (pool)
+      pool->used -= d;
+  }
+  c->charged = now;
+}
+
+/* Frees whatever the call holds of its request; it reads no more request messages. */
+static void release_request(grpc_call *c) {
+  grpc_frame_reader_finish(&c->reader);
+  free(c->held);
+  c->held = NULL;
+  c->held_cap = c->held_len = 0;
+  c->held_msg = 0;
+  c->partial_since_ms = 0;
+  account(c);
+}
+
+/* Bytes the session may add to its request buffers now; *conn_bound says whether the
+ * connection's bound (rather than the pool's) is the nearer one. */
+static size_t buffer_room(const grpc_session *s, int *conn_bound) {
+  size_t room = SIZE_MAX;
+  size_t mc = s->cfg->max_buffered_per_conn;
+  const grpc_buffer_pool *pool = s->cfg->pool;
+  *conn_bound = 0;
+  if (mc) {
+    room = mc > s->buffered ? mc - s->buffered : 0;
+    *conn_bound = 1;
+  }
+  if (pool && pool->max) {
+    size_t g = pool->max > pool->used ? pool->max - pool->used : 0;
+    if (g < room) {
+      room = g;
+      *conn_bound = 0;
+    }
+  }
+  return room;
+}
+
+/* Starts or stops the clock of an incomplete request message (GRPC_MESSAGE_TIMEOUT). */
+static void track_partial(grpc_call *c) {
+  grpc_session *s = c->s;
+  if (!grpc_frame_reader_partial(&c->reader) && !c->held_msg) {
+    c->partial_since_ms = 0;
+    return;
+  }
+  if (c->partial_since_ms == 0) {
+    c->partial_since_ms = now_ms(s);
+    if (s->cfg->message_timeout_ms)
+      arm(s, c->partial_since_ms + s->cfg->message_timeout_ms);
   }
 }
 
@@ -249,7 +330,7 @@ static void call_end(grpc_call *c, const char *http_status, int status, const ch
     grpc_percent_encode(message, enc, sizeof(enc));
     c->message = sm_strdup(enc); /* without it the status still goes out */
   }
-  grpc_frame_reader_finish(&c->reader); /* no more request messages are read */
+  release_request(c); /* no more request messages are read */
   if (c->s->cfg->on_call_end)
     c->s->cfg->on_call_end(c->s->cfg->observer_ud, grpc_call_path(c), c->method != NULL, c->started,
                            status);
@@ -395,7 +476,7 @@ static void call_free(grpc_call *c, int reason) {
   sm_list_remove(&c->node);
   s->ncalls--;
   free_queue(c);
-  grpc_frame_reader_finish(&c->reader);
+  release_request(c);
   free(c->path);
   free(c->message);
   free(c->encoding);
@@ -476,6 +557,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
     c->te_ok = vlen == 8 && memcmp(value, "trailers", 8) == 0;
   } else if (name_is(name, nlen, "grpc-timeout")) {
     c->timeout_bad = grpc_timeout_parse((const char *)value, vlen, &c->timeout_ms) != 0;
+    c->has_timeout = !c->timeout_bad;
   } else if (name_is(name, nlen, "grpc-encoding")) {
     if (!(vlen == 8 && memcmp(value, "identity", 8) == 0)) {
       free(c->encoding);
@@ -547,10 +629,15 @@ static void call_dispatch(grpc_call *c) {
     call_end(c, "200", GRPC_UNIMPLEMENTED, why);
     return;
   }
+  if (c->has_timeout && c->timeout_ms == 0) {
+    /* "0n" and friends: the deadline has passed already, the method does not run */
+    call_end(c, "200", GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
+    return;
+  }
   c->started = 1;
   if (s->cfg->on_call_start)
     s->cfg->on_call_start(s->cfg->observer_ud, c->path);
-  if (c->timeout_ms) {
+  if (c->has_timeout) {
     c->deadline_ms = now_ms(s) + c->timeout_ms;
     arm(s, c->deadline_ms);
   }
@@ -568,9 +655,25 @@ static void call_half_close(grpc_call *c) {
     grpc_call_finish(c, GRPC_INTERNAL, "request stream ended inside a message");
     return;
   }
-  if (!c->method->client_streaming && c->messages == 0) {
-    grpc_call_finish(c, GRPC_INTERNAL, "missing request message");
-    return;
+  if (!c->method->client_streaming) {
+    if (!c->held_msg) {
+      grpc_call_finish(c, GRPC_INTERNAL, "missing request message");
+      return;
+    }
+    /* The request is complete: the method gets its message now. The buffer leaves the call
+     * first (the method may finish the call, which releases what the call holds). */
+    uint8_t *b = c->held;
+    size_t n = c->held_len;
+    c->held = NULL;
+    c->held_msg = 0;
+    c->partial_since_ms = 0;
+    if (c->method->on_message)
+      c->method->on_message(c, b ? b : (const uint8_t *)"", n);
+    free(b);
+    c->held_cap = 0;
+    account(c);
+    if (c->finishing)
+      return;
   }
   if (c->method->on_half_close)
     c->method->on_half_close(c);
@@ -603,24 +706,103 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
   return 0;
 }
 
+/* The peer holds more request data on this connection than GRPC_MAX_BUFFERED_BYTES_PER_CONN:
+ * nothing it is sending is read any more, what its calls hold is freed, and the connection
+ * ends with GOAWAY ENHANCE_YOUR_CALM (the calls end when it closes). */
+static void calm_down(grpc_session *s) {
+  if (s->calm)
+    return;
+  sm_log_warn("grpc", "peer buffers too much request data, closing with ENHANCE_YOUR_CALM",
+              SM_LS("peer", s->io->peer(s->io_ud)), SM_LI("buffered_bytes", s->buffered),
+              SM_LI("limit", s->cfg->max_buffered_per_conn));
+  s->calm = 1;
+  s->closing = 1;
+  SM_LIST_FOREACH(it, &s->calls) {
+    release_request(SM_LIST_ENTRY(it, grpc_call, node));
+  }
+  (void)nghttp2_session_terminate_session(s->h2, NGHTTP2_ENHANCE_YOUR_CALM);
+  want_flush(s);
+}
+
+/* A bound on request buffers was reached while call c was receiving. */
+static void refuse_buffering(grpc_call *c, int conn_bound) {
+  grpc_session *s = c->s;
+  if (conn_bound) {
+    calm_down(s);
+    return;
+  }
+  grpc_buffer_pool *pool = s->cfg->pool;
+  pool->refused++;
+  uint64_t now = now_ms(s);
+  if (pool->warned_ms == 0 || now - pool->warned_ms >= 10000) { /* one line per 10 s at most */
+    sm_log_warn("grpc", "GRPC_MAX_BUFFERED_BYTES reached, refusing calls with RESOURCE_EXHAUSTED",
+                SM_LI("buffered_bytes", pool->used), SM_LI("limit", pool->max),
+                SM_LI("refused", pool->refused - pool->warned_refused));
+    pool->warned_ms = now;
+    pool->warned_refused = pool->refused;
+  }
+  grpc_call_finish(c, GRPC_RESOURCE_EXHAUSTED,
+                   "server holds too much partial request data; try again later");
+}
+
+/* Keeps a unary method's request message until END_STREAM; 0, or an SM_E* code when a bound or
+ * the memory refuses it (handled here). */
+static int hold_message(grpc_call *c, const grpc_frame_msg *msg) {
+  size_t cap;
+  uint8_t *b = grpc_frame_reader_detach(&c->reader, msg, &cap);
+  if (b == NULL && msg->len > 0) { /* it lay whole in the input: copy it */
+    int conn_bound;
+    if (msg->len > buffer_room(c->s, &conn_bound)) {
+      refuse_buffering(c, conn_bound);
+      return SM_ELIMIT;
+    }
+    b = sm_malloc(msg->len);
+    if (b == NULL) {
+      grpc_call_finish(c, GRPC_RESOURCE_EXHAUSTED, "out of memory for the message");
+      return SM_ENOMEM;
+    }
+    memcpy(b, msg->data, msg->len);
+    cap = msg->len;
+  }
+  c->held = b;
+  c->held_len = msg->len;
+  c->held_cap = cap;
+  c->held_msg = 1;
+  account(c);
+  return 0;
+}
+
 static int on_data_chunk_recv(nghttp2_session *h2, uint8_t flags, int32_t stream_id,
                               const uint8_t *data, size_t len, void *user_data) {
   (void)flags;
-  (void)user_data;
+  grpc_session *s = user_data;
   grpc_call *c = nghttp2_session_get_stream_user_data(h2, stream_id);
   size_t off = 0;
   /* nghttp2 counts the bytes as consumed when we return (automatic WINDOW_UPDATE), also for a
    * call that no longer reads. */
-  while (c != NULL && c->started && !c->finishing && off < len) {
+  while (c != NULL && c->started && !c->finishing && !s->calm && off < len) {
+    if (!c->method->client_streaming && c->messages > 0) {
+      /* any byte after a unary method's message starts a second one */
+      grpc_call_finish(c, GRPC_INTERNAL, "more than one request message for a unary method");
+      break;
+    }
     grpc_frame_msg msg;
     size_t used = 0;
+    int conn_bound;
+    size_t room = buffer_room(s, &conn_bound);
+    c->reader.buf_limit = room > SIZE_MAX - c->reader.buf_cap ? SIZE_MAX : c->reader.buf_cap + room;
     int r = grpc_frame_read(&c->reader, data + off, len - off, &used, &msg);
     off += used;
+    account(c);
+    if (r >= 0)
+      track_partial(c);
     if (r == 0)
       break;
     if (r < 0) {
       char why[128];
-      if (r == SM_ETOOBIG) {
+      if (r == SM_ELIMIT) {
+        refuse_buffering(c, conn_bound);
+      } else if (r == SM_ETOOBIG) {
         snprintf(why, sizeof(why), "received message larger than max (%u vs. %zu)",
                  c->reader.msg_len, c->s->cfg->max_message_bytes);
         grpc_call_finish(c, GRPC_RESOURCE_EXHAUSTED, why);
@@ -643,13 +825,18 @@ static int on_data_chunk_recv(nghttp2_session *h2, uint8_t flags, int32_t stream
       }
       break;
     }
-    if (!c->method->client_streaming && c->messages > 0) {
-      grpc_call_finish(c, GRPC_INTERNAL, "more than one request message for a unary method");
-      break;
-    }
     c->messages++;
+    if (!c->method->client_streaming) {
+      /* the method answers once the request is complete (END_STREAM): see call_half_close */
+      if (hold_message(c, &msg) != 0)
+        break;
+      track_partial(c);
+      continue;
+    }
     if (c->method->on_message)
       c->method->on_message(c, msg.data, msg.len);
+    grpc_frame_reader_trim(&c->reader); /* an idle stream keeps no large buffer */
+    account(c);
   }
   return 0;
 }
@@ -943,6 +1130,15 @@ int grpc_session_timer(grpc_session *s) {
       }
       next_due(&next, c->deadline_ms);
     }
+    if (c->partial_since_ms && cfg->message_timeout_ms) {
+      uint64_t due = c->partial_since_ms + cfg->message_timeout_ms;
+      if (now >= due) {
+        grpc_call_finish(c, GRPC_DEADLINE_EXCEEDED,
+                         "request message not complete within GRPC_MESSAGE_TIMEOUT");
+        continue;
+      }
+      next_due(&next, due);
+    }
     if (c->timer_due_ms) {
       if (now >= c->timer_due_ms) {
         c->timer_due_ms = 0;
@@ -1018,6 +1214,10 @@ void grpc_session_drain(grpc_session *s) {
 
 size_t grpc_session_calls(const grpc_session *s) {
   return s->ncalls;
+}
+
+size_t grpc_session_buffered(const grpc_session *s) {
+  return s->buffered;
 }
 
 void grpc_session_destroy(grpc_session *s, int reason) {

@@ -16,6 +16,16 @@
 
 typedef struct grpc_session grpc_session;
 
+/* Request bytes held by every session of a server (partial messages, and the message of a unary
+ * call until the client half-closes), against GRPC_MAX_BUFFERED_BYTES. Owned by the server. */
+typedef struct grpc_buffer_pool {
+  size_t used;             /* bytes held now */
+  size_t max;              /* 0: no global bound */
+  uint64_t refused;        /* calls refused because the pool was full */
+  uint64_t warned_ms;      /* last warn line (rate-limited) */
+  uint64_t warned_refused; /* `refused` at that line */
+} grpc_buffer_pool;
+
 /* Limits and the service table; shared by every session of a server, must outlive them. */
 typedef struct grpc_session_config {
   const grpc_service *const *services; /* the service table */
@@ -30,6 +40,14 @@ typedef struct grpc_session_config {
   uint64_t idle_ms;              /* close a connection without calls after this; 0: never */
   size_t max_output_bytes;       /* stop producing above this (transport + queued messages) */
   uint64_t stall_ms;             /* close when output stays above the maximum this long */
+  /* Request buffering (see grpc_buffer_pool): a connection holding more than
+   * max_buffered_per_conn bytes is closed with GOAWAY ENHANCE_YOUR_CALM; a call that would take
+   * the pool past its max ends with RESOURCE_EXHAUSTED; a request message (for a unary method:
+   * the request up to END_STREAM) not complete message_timeout_ms after its first byte ends the
+   * call with DEADLINE_EXCEEDED. 0 / NULL: no such bound. */
+  size_t max_buffered_per_conn;
+  grpc_buffer_pool *pool;
+  uint64_t message_timeout_ms;
   /* Optional call observer (metrics): on_call_start when a call to a served method starts;
    * on_call_end when a call ends with a status (known: a served method; started: on_call_start
    * ran for it). Calls reset by the peer end without on_call_end. */
@@ -76,6 +94,9 @@ void grpc_session_drain(grpc_session *s);
 
 /* Open calls. */
 size_t grpc_session_calls(const grpc_session *s);
+
+/* Request bytes this session holds (its share of the pool). */
+size_t grpc_session_buffered(const grpc_session *s);
 
 /* Frees the session; every open call gets on_close(call, reason). NULL is fine. */
 void grpc_session_destroy(grpc_session *s, int reason);

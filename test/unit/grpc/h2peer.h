@@ -35,6 +35,7 @@ typedef struct h2p_stream {
   int closed;          /* stream closed */
   uint32_t close_code; /* error code of the close */
   int rst_received;
+  int client_oom; /* the client's reader failed an (injected) allocation: messages lost */
   grpc_frame_reader reader;
   size_t nmsgs;
   uint8_t *msgs[H2P_MSGS];
@@ -59,8 +60,9 @@ typedef struct h2peer {
   uint64_t now;       /* the clock */
   uint64_t timer_due; /* the session's timer; 0: none */
   int goaway_received;
-  int ping_acks; /* PING ACKs the client received */
-  int pings;     /* PINGs (not ACK) the client received */
+  uint32_t goaway_error; /* error code of the last GOAWAY */
+  int ping_acks;         /* PING ACKs the client received */
+  int pings;             /* PINGs (not ACK) the client received */
   h2p_stream streams[H2P_STREAMS];
   size_t nstreams;
   int reading_stopped; /* the client does not read (stalled peer) */
@@ -147,8 +149,10 @@ static int h2p_on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u
     st->headers++;
   if (f->hd.type == NGHTTP2_RST_STREAM && st)
     st->rst_received = 1;
-  if (f->hd.type == NGHTTP2_GOAWAY)
+  if (f->hd.type == NGHTTP2_GOAWAY) {
     p->goaway_received = 1;
+    p->goaway_error = f->goaway.error_code;
+  }
   if (f->hd.type == NGHTTP2_PING) {
     if (f->hd.flags & NGHTTP2_FLAG_ACK)
       p->ping_acks++;
@@ -167,11 +171,15 @@ static int h2p_on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint
   if (st == NULL)
     return 0;
   size_t off = 0;
-  while (off < len) {
+  while (off < len && !st->client_oom) {
     grpc_frame_msg m;
     size_t used;
     int r = grpc_frame_read(&st->reader, data + off, len - off, &used, &m);
     off += used;
+    if (r == SM_ENOMEM) { /* the test's failure injection hit the client's own reader */
+      st->client_oom = 1;
+      break;
+    }
     T_ASSERT(r >= 0);
     if (r == 0)
       break;

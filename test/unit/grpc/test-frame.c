@@ -246,6 +246,106 @@ static void test_large_buffer_released(void) {
   grpc_frame_reader_finish(&r);
 }
 
+/* A prefix claiming a large message costs nothing until its bytes come; then the buffer grows
+ * with them (at most twice what arrived), never past the claimed length. */
+static void test_buffer_grows_with_data(void) {
+  grpc_frame_reader r;
+  grpc_frame_reader_init(&r, 1 << 20);
+  uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+  const uint32_t len = 1000000;
+  grpc_frame_header(hdr, 0, len);
+  grpc_frame_msg m;
+  size_t used;
+  T_EQ_INT(grpc_frame_read(&r, hdr, sizeof(hdr), &used, &m), 0);
+  T_EQ_INT(r.buf_cap, 0); /* the prefix alone: nothing allocated */
+  T_ASSERT(grpc_frame_reader_partial(&r));
+  static uint8_t body[1000000];
+  for (size_t i = 0; i < sizeof(body); i++)
+    body[i] = (uint8_t)(i * 7);
+  T_EQ_INT(grpc_frame_read(&r, body, 1, &used, &m), 0);
+  T_ASSERT(r.buf_cap > 0 && r.buf_cap <= 1024);
+  size_t got = 1, step = 1;
+  while (got < len) {
+    size_t n = len - got < step ? len - got : step;
+    int rc = grpc_frame_read(&r, body + got, n, &used, &m);
+    T_EQ_INT(used, n);
+    got += n;
+    T_ASSERT(r.buf_cap <= len);
+    T_ASSERT(r.buf_cap <= 2 * got || r.buf_cap <= 1024);
+    if (got < len) {
+      T_EQ_INT(rc, 0);
+    } else {
+      T_EQ_INT(rc, 1);
+      T_EQ_INT(m.len, len);
+      T_ASSERT(memcmp(m.data, body, len) == 0);
+    }
+    step = step * 3 + 1;
+  }
+  T_EQ_INT(r.buf_cap, len);
+  grpc_frame_reader_finish(&r);
+}
+
+/* buf_limit bounds the buffer: input that does not fit is refused with SM_ELIMIT. */
+static void test_buffer_limit(void) {
+  grpc_frame_reader r;
+  grpc_frame_reader_init(&r, 1 << 20);
+  static uint8_t buf[10000], body[9000];
+  memset(body, 'b', sizeof(body));
+  size_t n = frame(buf, 0, body, 9000);
+  r.buf_limit = 5000;
+  grpc_frame_msg m;
+  size_t used;
+  T_EQ_INT(grpc_frame_read(&r, buf, 4005, &used, &m), 0);
+  T_ASSERT(r.buf_cap >= 4000 && r.buf_cap <= 5000);
+  T_EQ_INT(grpc_frame_read(&r, buf + 4005, n - 4005, &used, &m), SM_ELIMIT);
+  T_ASSERT(r.buf_cap <= 5000);
+  grpc_frame_reader_finish(&r);
+
+  /* exactly at the limit passes; a whole message in the input needs no buffer at all */
+  grpc_frame_reader_init(&r, 1 << 20);
+  r.buf_limit = 9000;
+  T_EQ_INT(grpc_frame_read(&r, buf, 100, &used, &m), 0);
+  T_EQ_INT(grpc_frame_read(&r, buf + 100, n - 100, &used, &m), 1);
+  T_EQ_INT(r.buf_cap, 9000);
+  grpc_frame_reader_finish(&r);
+  grpc_frame_reader_init(&r, 1 << 20);
+  r.buf_limit = 0;
+  T_EQ_INT(grpc_frame_read(&r, buf, n, &used, &m), 1);
+  T_EQ_INT(m.len, 9000);
+  T_EQ_INT(r.buf_cap, 0);
+  grpc_frame_reader_finish(&r);
+}
+
+/* The caller may take the buffer of a completed message; trim gives back large ones. */
+static void test_detach_and_trim(void) {
+  grpc_frame_reader r;
+  grpc_frame_reader_init(&r, 1 << 20);
+  static uint8_t buf[20000], body[10000];
+  memset(body, 'c', sizeof(body));
+  size_t n = frame(buf, 0, body, 10000);
+  grpc_frame_msg m;
+  size_t used, cap;
+  T_EQ_INT(grpc_frame_read(&r, buf, n, &used, &m), 1);
+  T_ASSERT(grpc_frame_reader_detach(&r, &m, &cap) == NULL); /* not copied */
+  T_EQ_INT(cap, 0);
+  T_EQ_INT(grpc_frame_read(&r, buf, 50, &used, &m), 0);
+  T_EQ_INT(grpc_frame_read(&r, buf + 50, n - 50, &used, &m), 1);
+  uint8_t *b = grpc_frame_reader_detach(&r, &m, &cap);
+  T_ASSERT(b != NULL && b == m.data && cap >= 10000);
+  T_EQ_INT(r.buf_cap, 0);
+  T_ASSERT(memcmp(b, body, 10000) == 0);
+  free(b);
+  /* trim: a large buffer goes, and never while a message is partly received */
+  T_EQ_INT(grpc_frame_read(&r, buf, 50, &used, &m), 0);
+  size_t before = r.buf_cap;
+  grpc_frame_reader_trim(&r);
+  T_EQ_INT(r.buf_cap, before);
+  T_EQ_INT(grpc_frame_read(&r, buf + 50, n - 50, &used, &m), 1);
+  grpc_frame_reader_trim(&r);
+  T_EQ_INT(r.buf_cap, 0);
+  grpc_frame_reader_finish(&r);
+}
+
 int main(void) {
   T_RUN(test_joined_and_split_every_step);
   T_RUN(test_partial);
@@ -257,5 +357,8 @@ int main(void) {
   T_RUN(test_bad_flag);
   T_RUN(test_zero_length);
   T_RUN(test_large_buffer_released);
+  T_RUN(test_buffer_grows_with_data);
+  T_RUN(test_buffer_limit);
+  T_RUN(test_detach_and_trim);
   return t_done();
 }

@@ -332,14 +332,34 @@ static void test_bad_messages(void) {
   h2peer_pump(&p);
   T_EQ_INT(h2peer_stream(&p, id)->grpc_status, GRPC_INTERNAL);
 
-  /* unary with two messages: the first is answered, so the call is already over */
+  /* unary with two messages: INTERNAL, the method never sees the request (it answers only once
+   * the request is complete, at END_STREAM) */
   id = h2peer_request(&p, "/test.Echo/Fail", NULL, 0);
   h2peer_send_msg(&p, id, "1", 1, 0);
   h2peer_send_msg(&p, id, "2", 1, 1);
   h2peer_pump(&p);
   st = h2peer_stream(&p, id);
-  T_EQ_INT(st->grpc_status, GRPC_INVALID_ARGUMENT);
-  T_EQ_STR(st->grpc_message, "bad: %C3%BC 100%25%0A");
+  T_EQ_INT(st->grpc_status, GRPC_INTERNAL);
+  T_EQ_STR(st->grpc_message, "more than one request message for a unary method");
+  /* the same when both come in one DATA frame, on a method that answers at once */
+  static const uint8_t two[] = {0, 0, 0, 0, 1, 'a', 0, 0, 0, 0, 1, 'b'};
+  id = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+  h2peer_send_raw(&p, id, two, sizeof(two), 1);
+  h2peer_pump(&p);
+  st = h2peer_stream(&p, id);
+  T_EQ_INT(st->grpc_status, GRPC_INTERNAL);
+  T_EQ_INT(st->nmsgs, 0);
+  /* and a second message begun (a lone byte) is refused as well */
+  id = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+  h2peer_send_raw(&p, id, two, 7, 1);
+  h2peer_pump(&p);
+  T_EQ_INT(h2peer_stream(&p, id)->grpc_status, GRPC_INTERNAL);
+  /* a single message (also an empty one) is still answered */
+  st = unary(&p, "/test.Echo/Unary", "", NULL, 0);
+  T_EQ_INT(st->grpc_status, GRPC_OK);
+  T_EQ_INT(st->nmsgs, 1);
+  T_EQ_INT(st->msg_len[0], 0);
+  T_EQ_INT(grpc_session_buffered(p.srv), 0);
 
   /* truncated: the prefix announces 10 bytes, 3 come, then END_STREAM */
   id = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
@@ -650,6 +670,9 @@ static void test_alloc_fail_calls(void) {
     reset_cfg();
     cfg.on_call_start = count_start;
     cfg.on_call_end = count_end;
+    grpc_buffer_pool pool = {.max = 1 << 20};
+    cfg.pool = &pool;
+    cfg.max_buffered_per_conn = 512 * 1024;
     starts = ends = 0;
     h2peer p;
     h2peer_init(&p, &cfg);
@@ -661,6 +684,13 @@ static void test_alloc_fail_calls(void) {
     int32_t sid = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
     h2peer_send_msg(&p, sid, "one", 3, 0);
     h2peer_send_msg(&p, sid, "two", 3, 1);
+    /* messages split over DATA frames: reassembled (and for the unary method, held) */
+    static char big[40000];
+    memset(big, 'z', sizeof(big));
+    int32_t bu = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+    h2peer_send_msg(&p, bu, big, sizeof(big), 1);
+    int32_t bs = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
+    h2peer_send_msg(&p, bs, big, sizeof(big), 1);
     h2peer_pump(&p);
     sm_alloc_fail_at(-1, 0);
     h2peer_pump(&p);
@@ -680,13 +710,21 @@ static void test_alloc_fail_calls(void) {
       lost++;
     }
     int started = starts;
+    int bu_status = h2peer_stream(&p, bu)->grpc_status,
+        bs_status = h2peer_stream(&p, bs)->grpc_status;
+    size_t bu_len = h2peer_stream(&p, bu)->nmsgs ? h2peer_stream(&p, bu)->msg_len[0] : 0;
     h2peer_free(&p);
-    /* every started call heard on_close exactly once (during the run or at destroy) */
+    /* every started call heard on_close exactly once (during the run or at destroy), and every
+     * byte a call held went back to the pool */
     T_EQ_INT(closes, started);
+    T_EQ_INT(pool.used, 0);
     if (!injected) {
       T_EQ_INT(us->grpc_status, 0);
       T_EQ_INT(ss->grpc_status, 0);
       T_EQ_INT(ss->nmsgs, 2);
+      T_EQ_INT(bu_status, 0);
+      T_EQ_INT(bu_len, sizeof(big));
+      T_EQ_INT(bs_status, 0);
       break;
     }
   }
@@ -723,6 +761,203 @@ static void test_destroy_with_pending_output(void) {
   T_EQ_INT(closes, 3);
 }
 
+/* "0n", "0S", ...: the deadline has passed already: DEADLINE_EXCEEDED, the method never runs. */
+static void test_zero_timeout(void) {
+  reset_cfg();
+  h2peer p;
+  h2peer_init(&p, &cfg);
+  static const char *const zeros[] = {"0n", "0u", "0m", "0S", "0M", "0H", "00000000n"};
+  for (size_t i = 0; i < sizeof(zeros) / sizeof(zeros[0]); i++) {
+    const char *t[] = {"grpc-timeout", zeros[i]};
+    h2p_stream *st = unary(&p, "/test.Echo/Unary", "x", t, 1);
+    T_EQ_INT(st->grpc_status, GRPC_DEADLINE_EXCEEDED);
+    T_ASSERT(st->trailers_only);
+    T_EQ_INT(st->nmsgs, 0);
+  }
+  T_EQ_INT(closes, 0); /* not started */
+  /* the shortest non-zero timeout still lets the call run */
+  const char *t1[] = {"grpc-timeout", "1n"};
+  h2p_stream *st = unary(&p, "/test.Echo/Unary", "x", t1, 1);
+  T_EQ_INT(st->grpc_status, GRPC_OK);
+  h2peer_free(&p);
+}
+
+/* Sends `n` body bytes of a message whose prefix claims `claim` bytes, without finishing it. */
+static int32_t partial(h2peer *p, const char *path, uint32_t claim, size_t n) {
+  static uint8_t junk[1 << 20];
+  T_ASSERT(n <= sizeof(junk));
+  int32_t id = h2peer_request(p, path, NULL, 0);
+  uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+  grpc_frame_header(hdr, 0, claim);
+  h2peer_send_raw(p, id, hdr, sizeof(hdr), 0);
+  if (n)
+    h2peer_send_raw(p, id, junk, n, 0);
+  h2peer_pump(p);
+  return id;
+}
+
+/* A partial message costs what arrived of it, not what its prefix claims. */
+static void test_partial_message_costs_what_arrived(void) {
+  reset_cfg();
+  grpc_buffer_pool pool = {0};
+  cfg.pool = &pool;
+  h2peer p;
+  h2peer_init(&p, &cfg);
+  int32_t id = partial(&p, "/test.Echo/Hold", 256 * 1024 - 1, 0);
+  T_EQ_INT(grpc_session_buffered(p.srv), 0);
+  h2peer_send_raw(&p, id, "abcdefghij", 10, 0);
+  h2peer_pump(&p);
+  T_ASSERT(grpc_session_buffered(p.srv) > 0 && grpc_session_buffered(p.srv) <= 1024);
+  T_EQ_INT(pool.used, grpc_session_buffered(p.srv));
+  static uint8_t more[50000];
+  h2peer_send_raw(&p, id, more, sizeof(more), 0);
+  h2peer_pump(&p);
+  T_ASSERT(grpc_session_buffered(p.srv) <= 2 * 50010);
+  T_EQ_INT(h2peer_stream(&p, id)->grpc_status, -1);
+  h2peer_free(&p);
+  T_EQ_INT(pool.used, 0);
+}
+
+/* GRPC_MAX_BUFFERED_BYTES_PER_CONN: a connection whose partial messages go past it is closed with
+ * GOAWAY ENHANCE_YOUR_CALM and what it held is freed at once; other connections are untouched. */
+static void test_per_connection_buffer_limit(void) {
+  reset_cfg();
+  grpc_buffer_pool pool = {.max = 10 << 20};
+  cfg.pool = &pool;
+  cfg.max_buffered_per_conn = 100 * 1024;
+  h2peer good, bad;
+  h2peer_init(&good, &cfg);
+  h2peer_init(&bad, &cfg);
+  int32_t gid = partial(&good, "/test.Echo/Hold", 90 * 1024, 30 * 1024);
+  int32_t a = partial(&bad, "/test.Echo/Hold", 200 * 1024, 60 * 1024);
+  T_ASSERT(!bad.goaway_received);
+  T_ASSERT(pool.used <= 100 * 1024 + 60 * 1024);
+  int c0 = closes;
+  int32_t b = partial(&bad, "/test.Echo/Hold", 200 * 1024, 60 * 1024);
+  T_ASSERT(bad.goaway_received);
+  T_EQ_INT(bad.goaway_error, NGHTTP2_ENHANCE_YOUR_CALM);
+  T_ASSERT(bad.srv_closed);
+  T_EQ_INT(grpc_session_buffered(bad.srv), 0);
+  T_EQ_INT(pool.used, grpc_session_buffered(good.srv));
+  (void)a;
+  (void)b;
+  /* the calls end when the transport closes the connection */
+  grpc_session_destroy(bad.srv, SM_ECLOSED);
+  bad.srv = NULL;
+  T_EQ_INT(closes, c0 + 2);
+  /* the good connection goes on: its message completes */
+  static uint8_t rest[60 * 1024];
+  h2peer_send_raw(&good, gid, rest, sizeof(rest), 0);
+  h2peer_pump(&good);
+  T_EQ_INT(h2peer_stream(&good, gid)->grpc_status, -1);
+  T_ASSERT(pool.used <= 4096); /* complete: its buffer went back */
+  T_ASSERT(!good.goaway_received);
+  h2p_stream *st = unary(&good, "/test.Echo/Unary", "still here", NULL, 0);
+  T_EQ_INT(st->grpc_status, GRPC_OK);
+  h2peer_free(&bad);
+  h2peer_free(&good);
+  T_EQ_INT(pool.used, 0);
+}
+
+/* GRPC_MAX_BUFFERED_BYTES: a call that would take the server past it ends with
+ * RESOURCE_EXHAUSTED; whole messages need no buffer and are still served; the bound holds. */
+static void test_global_buffer_limit(void) {
+  reset_cfg();
+  grpc_buffer_pool pool = {.max = 150 * 1024};
+  cfg.pool = &pool;
+  cfg.max_buffered_per_conn = 120 * 1024;
+  h2peer a, b;
+  h2peer_init(&a, &cfg);
+  h2peer_init(&b, &cfg);
+  int32_t ida = partial(&a, "/test.Echo/Hold", 200 * 1024, 100 * 1024);
+  T_ASSERT(pool.used >= 100 * 1024 && pool.used <= pool.max);
+  int32_t idb = partial(&b, "/test.Echo/Hold", 200 * 1024, 80 * 1024);
+  T_ASSERT(pool.used <= pool.max);
+  h2p_stream *sb = h2peer_stream(&b, idb);
+  T_EQ_INT(sb->grpc_status, GRPC_RESOURCE_EXHAUSTED);
+  T_ASSERT(strstr(sb->grpc_message, "partial request data") != NULL);
+  T_ASSERT(!b.goaway_received); /* the pool, not this connection, is full */
+  T_EQ_INT(pool.refused, 1);
+  T_EQ_INT(grpc_session_buffered(b.srv), 0);
+  /* a whole message in one DATA frame is served meanwhile, on both connections */
+  h2p_stream *st = unary(&b, "/test.Echo/Unary", "ping", NULL, 0);
+  T_EQ_INT(st->grpc_status, GRPC_OK);
+  int32_t sid = h2peer_request(&b, "/test.Echo/Stream", NULL, 0);
+  h2peer_send_msg(&b, sid, "s", 1, 1);
+  h2peer_pump(&b);
+  T_EQ_INT(h2peer_stream(&b, sid)->grpc_status, GRPC_OK);
+  T_EQ_INT(h2peer_stream(&a, ida)->grpc_status, -1);
+  /* once A's message is complete its buffer goes back to the pool, and B may buffer again */
+  static uint8_t rest[100 * 1024];
+  h2peer_send_raw(&a, ida, rest, sizeof(rest), 0);
+  h2peer_pump(&a);
+  T_ASSERT(pool.used <= 4096);
+  idb = partial(&b, "/test.Echo/Hold", 200 * 1024, 80 * 1024);
+  T_EQ_INT(h2peer_stream(&b, idb)->grpc_status, -1);
+  h2peer_free(&a);
+  h2peer_free(&b);
+  T_EQ_INT(pool.used, 0);
+}
+
+/* GRPC_MESSAGE_TIMEOUT: a request message not complete in time ends the call and frees its
+ * buffer; a stream that completes its messages is never timed out. */
+static void test_message_timeout(void) {
+  reset_cfg();
+  grpc_buffer_pool pool = {.max = 1 << 20};
+  cfg.pool = &pool;
+  cfg.message_timeout_ms = 1000;
+  h2peer p;
+  h2peer_init(&p, &cfg);
+  int32_t id = partial(&p, "/test.Echo/Hold", 1000, 10);
+  h2peer_advance(&p, 999);
+  h2p_stream *st = h2peer_stream(&p, id);
+  T_EQ_INT(st->grpc_status, -1);
+  T_ASSERT(pool.used > 0);
+  h2peer_advance(&p, 1);
+  T_EQ_INT(st->grpc_status, GRPC_DEADLINE_EXCEEDED);
+  T_ASSERT(strstr(st->grpc_message, "GRPC_MESSAGE_TIMEOUT") != NULL);
+  T_EQ_INT(pool.used, 0);
+  T_ASSERT(st->closed);
+
+  /* only the prefix came: timed out as well */
+  id = partial(&p, "/test.Echo/Hold", 1000, 0);
+  h2peer_advance(&p, 1000);
+  T_EQ_INT(h2peer_stream(&p, id)->grpc_status, GRPC_DEADLINE_EXCEEDED);
+
+  /* a unary request without END_STREAM is incomplete too (its message is held) */
+  id = h2peer_request(&p, "/test.Echo/Unary", NULL, 0);
+  h2peer_send_msg(&p, id, "held", 4, 0);
+  h2peer_pump(&p);
+  T_ASSERT(pool.used > 0);
+  h2peer_advance(&p, 1000);
+  T_EQ_INT(h2peer_stream(&p, id)->grpc_status, GRPC_DEADLINE_EXCEEDED);
+  T_EQ_INT(pool.used, 0);
+
+  /* a stream sending whole messages, slowly, lives on */
+  id = h2peer_request(&p, "/test.Echo/Stream", NULL, 0);
+  for (int i = 0; i < 5; i++) {
+    h2peer_send_msg(&p, id, "m", 1, 0);
+    h2peer_pump(&p);
+    h2peer_advance(&p, 900);
+  }
+  /* and a message split over time, completed within the timeout, is fine */
+  uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+  grpc_frame_header(hdr, 0, 4);
+  h2peer_send_raw(&p, id, hdr, sizeof(hdr), 0);
+  h2peer_send_raw(&p, id, "ab", 2, 0);
+  h2peer_pump(&p);
+  h2peer_advance(&p, 900);
+  h2peer_send_raw(&p, id, "cd", 2, 0);
+  h2peer_pump(&p);
+  h2peer_advance(&p, 900);
+  st = h2peer_stream(&p, id);
+  T_EQ_INT(st->grpc_status, -1);
+  T_EQ_INT(st->nmsgs, 6);
+  T_EQ_STR((char *)st->msgs[5], "abcd");
+  h2peer_free(&p);
+  T_EQ_INT(pool.used, 0);
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_RUN(test_unary_echo);
@@ -744,5 +979,10 @@ int main(void) {
   T_RUN(test_alloc_fail_create);
   T_RUN(test_alloc_fail_calls);
   T_RUN(test_destroy_with_pending_output);
+  T_RUN(test_zero_timeout);
+  T_RUN(test_partial_message_costs_what_arrived);
+  T_RUN(test_per_connection_buffer_limit);
+  T_RUN(test_global_buffer_limit);
+  T_RUN(test_message_timeout);
   return t_done();
 }
