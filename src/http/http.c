@@ -160,20 +160,61 @@ int http_response_set(http_response *res, int status, const char *content_type, 
   return 0;
 }
 
+/* Length of the well-formed UTF-8 sequence at s (n bytes left), or 0 when s starts an
+ * ill-formed one (stray continuation byte, overlong form, surrogate, above U+10FFFF, cut short):
+ * the table of Unicode 15, 3.9 D92. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  size_t len;
+  unsigned lo = 0x80, hi = 0xBF; /* the bounds of the second byte */
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0)
+      lo = 0xA0; /* overlong */
+    else if (c == 0xED)
+      hi = 0x9F; /* surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0)
+      lo = 0x90; /* overlong */
+    else if (c == 0xF4)
+      hi = 0x8F; /* above U+10FFFF */
+  } else {
+    return 0;
+  }
+  if (n < len || s[1] < lo || s[1] > hi)
+    return 0;
+  for (size_t i = 2; i < len; i++)
+    if (s[i] < 0x80 || s[i] > 0xBF)
+      return 0;
+  return len;
+}
+
 /* Writes s as a JSON string body (quotes and escapes); control characters become spaces since
- * messages are ours and never need them. */
+ * messages are ours and never need them. Messages may quote the client (a request path): bytes
+ * that are not well-formed UTF-8 become U+FFFD, so the body stays valid JSON (RFC 8259 8.1). */
 static int json_string(http_buf *b, const char *s) {
   int err = http_buf_append(b, "\"", 1);
-  for (; !err && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') {
+  size_t n = strlen(s);
+  for (size_t i = 0; !err && i < n;) {
+    unsigned char c = (unsigned char)s[i];
+    size_t len = utf8_seq((const unsigned char *)s + i, n - i);
+    if (len == 0) {
+      err = http_buf_append(b, "\\ufffd", 6);
+      len = 1;
+    } else if (c == '"' || c == '\\') {
       char esc[2] = {'\\', (char)c};
       err = http_buf_append(b, esc, 2);
     } else if (c < 0x20) {
       err = http_buf_append(b, " ", 1);
     } else {
-      err = http_buf_append(b, s, 1);
+      err = http_buf_append(b, s + i, len);
     }
+    i += len;
   }
   return err ? err : http_buf_append(b, "\"", 1);
 }

@@ -75,6 +75,7 @@ typedef struct http_request {
   http_kv *qpairs; /* the parsed query string, in order; repeated keys kept */
   size_t nqpairs;
   const void *user; /* the auth layer's admin_key of the caller (auth.h), or NULL */
+  int admitted;     /* the server's admit hook passed it on its header block (server.h) */
   http_arena arena; /* everything above that is not static */
   http_buf head;    /* storage of target and header lines while parsing */
 } http_request;

@@ -22,7 +22,8 @@ static int on_request(void *ud, http_request *req) {
 
 static http1_parser *mk(sink *s, size_t max_head, size_t max_body) {
   http1_parser *p = NULL;
-  http1_config cfg = {max_head, max_body, on_request, s};
+  http1_config cfg = {
+      .max_header_bytes = max_head, .max_body_bytes = max_body, .on_request = on_request, .ud = s};
   T_EQ_INT(http1_create(&cfg, &p), 0);
   return p;
 }
