@@ -290,6 +290,13 @@ long http1_feed(http1_parser *p, const char *data, size_t len, int *status) {
   if (len == 0 || p->stopped)
     return (long)len;
   llhttp_errno_t e = llhttp_execute(&p->parser, data, len);
+  if (e == HPE_OK && p->req != NULL && p->parser.http_major == 0 && p->parser.http_minor == 9) {
+    /* A request line without a version ("GET /" CRLF) is HTTP/0.9 to llhttp, which then waits
+     * for a header block that such a client never sends: refuse it now (also checked, for
+     * input that goes on, in on_headers_complete). */
+    p->err_status = 400;
+    e = HPE_USER;
+  }
   switch (e) {
   case HPE_OK:
     return (long)len;
