@@ -85,6 +85,11 @@ typedef struct sm_settings {
                                           address, 0: off */
   size_t admin_rate_limit_ip_burst;    /* ADMIN_RATE_LIMIT_IP_BURST: bucket size per address */
   size_t admin_rate_limit_max_clients; /* ADMIN_RATE_LIMIT_MAX_CLIENTS: buckets kept (LRU), 10000 */
+
+  /* admin connection and body bounds (issue 12) */
+  size_t admin_max_buffered_bytes;     /* ADMIN_MAX_BUFFERED_BYTES: all bodies held, 64 MiB */
+  size_t admin_max_connections_per_ip; /* ADMIN_MAX_CONNECTIONS_PER_IP, 0: no limit */
+  double admin_header_timeout_s;       /* ADMIN_HEADER_TIMEOUT: request head in this, 5 */
 } sm_settings;
 
 /* Fills s with defaults, then the environment, then argv. Returns 0, 1 when --help or --version

@@ -29,6 +29,17 @@ int http_buf_append(http_buf *b, const void *data, size_t n) {
   return 0;
 }
 
+int http_buf_reserve(http_buf *b, size_t cap) {
+  if (cap <= b->cap)
+    return 0;
+  char *p = sm_realloc(b->p, cap);
+  if (p == NULL)
+    return SM_ENOMEM;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
 int http_buf_printf(http_buf *b, const char *fmt, ...) {
   char small[256];
   va_list ap;

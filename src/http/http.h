@@ -31,6 +31,8 @@ typedef struct http_buf {
 
 /* Appends n bytes. Returns 0 or SM_ENOMEM. */
 int http_buf_append(http_buf *b, const void *data, size_t n);
+/* Makes the capacity at least cap bytes (exactly cap when it grows). Returns 0 or SM_ENOMEM. */
+int http_buf_reserve(http_buf *b, size_t cap);
 /* Appends printf-formatted text. Returns 0, SM_ENOMEM or SM_EINVAL. */
 int http_buf_printf(http_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Frees the bytes; the buffer is empty afterwards. */

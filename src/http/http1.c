@@ -199,32 +199,45 @@ static int on_chunk_header(llhttp_t *parser) {
   return 0;
 }
 
+/* The budget charge for a body buffer of capacity cap: its bytes up to the body limit (the one
+ * byte beyond, for the NUL the request gets, is not a body byte). */
+static size_t charge_of(const http1_parser *p, size_t cap) {
+  return cap < p->cfg.max_body_bytes ? cap : p->cfg.max_body_bytes;
+}
+
 static int on_body(llhttp_t *parser, const char *at, size_t n) {
   http1_parser *p = self_of(parser);
   if (p->body.len + n > p->cfg.max_body_bytes) {
     p->err_status = 413;
     return HPE_USER;
   }
-  http1_budget *b = p->cfg.budget;
-  if (b && b->max && p->body.len + n > p->body.cap) {
-    /* The buffer is about to grow (http_buf doubles, at least 256 bytes): charge the capacity
-     * it will have, so the bound holds for what is allocated, not just what is used. */
-    size_t cap = p->body.cap ? p->body.cap : 256;
-    while (cap < p->body.len + n)
+  size_t need = p->body.len + n;
+  if (need > p->body.cap) {
+    /* Grow as the bytes arrive (never to a size the client only claims), doubling from 256
+     * bytes, but never past the body limit (+1 for the NUL): the budget is charged what is
+     * allocated, not just what is used. */
+    size_t cap = p->body.cap ? p->body.cap * 2 : 256;
+    while (cap < need)
       cap *= 2;
-    if (cap - p->charged > b->max - b->used) {
+    if (cap > p->cfg.max_body_bytes + 1)
+      cap = p->cfg.max_body_bytes + 1;
+    http1_budget *b = p->cfg.budget;
+    size_t more = charge_of(p, cap) - p->charged;
+    if (b && b->max && (b->used > b->max || more > b->max - b->used)) {
       p->err_status = 503;
       return HPE_USER;
     }
+    if (http_buf_reserve(&p->body, cap)) {
+      p->err_status = 500;
+      return HPE_USER;
+    }
+    if (b)
+      b->used += more;
+    p->charged += more;
   }
-  if (http_buf_append(&p->body, at, n)) {
-    p->err_status = 500;
-    return HPE_USER;
-  }
-  if (b && p->body.cap > p->charged) {
-    b->used += p->body.cap - p->charged;
-    p->charged = p->body.cap;
-  }
+  int err = http_buf_append(&p->body, at, n);
+  assert(err == 0); /* reserved above */
+  (void)err;
   return 0;
 }
 
