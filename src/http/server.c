@@ -765,8 +765,11 @@ int http_server_create(uv_loop_t *loop, const http_server_config *cfg, http_serv
   sm_list_init(&srv->open);
   srv->budget.max = cfg->max_buffered_body_bytes;
   srv->request_timeout_ms = secs_to_ms(cfg->request_timeout_s);
+  /* The header block is part of the request: never more time than the request has. */
   srv->header_timeout_ms =
       cfg->header_timeout_s > 0 ? secs_to_ms(cfg->header_timeout_s) : srv->request_timeout_ms;
+  if (srv->header_timeout_ms > srv->request_timeout_ms)
+    srv->header_timeout_ms = srv->request_timeout_ms;
   srv->idle_timeout_ms = secs_to_ms(cfg->idle_timeout_s);
   srv->defer_timeout_ms =
       cfg->defer_timeout_s > 0 ? secs_to_ms(cfg->defer_timeout_s) : srv->request_timeout_ms;

@@ -55,10 +55,11 @@ typedef struct http_server_config {
   size_t max_header_bytes;         /* request line + headers; beyond: 431 */
   size_t max_body_bytes;           /* request body; beyond: 413 (0: no body allowed) */
   size_t max_buffered_body_bytes;  /* bodies being received, all connections; 0: no bound */
-  double header_timeout_s;  /* header block (and TLS handshake) in this; <= 0: request timeout */
-  double request_timeout_s; /* a request must arrive whole in this */
-  double idle_timeout_s;    /* a keep-alive connection with nothing to do closes after this */
-  double defer_timeout_s;   /* a deferred response must complete in this; <= 0: request timeout */
+  double header_timeout_s;         /* header block (and TLS handshake) in this; <= 0 (or more than
+                                      request_timeout_s): the request timeout */
+  double request_timeout_s;        /* a request must arrive whole in this */
+  double idle_timeout_s;  /* a keep-alive connection with nothing to do closes after this */
+  double defer_timeout_s; /* a deferred response must complete in this; <= 0: request timeout */
   /* 0: a connection whose output backs up (HTTP_PIPELINE_MAX answers or HTTP_OUTPUT_HIGH_WATER
    * bytes unwritten) stops being read until it drains. 1: the request that finds it backed up
    * is answered with "Connection: close" and the input after it is dropped, for listeners whose
