@@ -941,6 +941,54 @@ static void test_alloc_failure_requests(void) {
   server_stop();
 }
 
+/* The same with the admit hook and the body budget: the answer on a head, the budget and the
+ * eviction bookkeeping survive every failed allocation, and the budget is whole afterwards. */
+static void test_alloc_failure_admit(void) {
+  opts o = {.admit = 1, .max_body_bytes = 4096, .max_buffered_body_bytes = 1024};
+  server_start(&o);
+  const char *reqs = "GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                     "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                     "POST /deny HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\nxx";
+  int clean = 0;
+  for (long nth = 0; nth < 500 && !clean; nth++) {
+    client c;
+    unsigned long before = sm_alloc_failures();
+    sm_alloc_fail_at(nth, 0);
+    client_open(&c);
+    client_send(&c, reqs);
+    spin(NULL, NULL, 30);
+    sm_alloc_fail_at(-1, 0);
+    spin(cond_eof, &c, 3000);
+    T_ASSERT(c.eof); /* the 401 (or a failure) ends the connection either way */
+    resp r[4];
+    int n = parse(&c, r, 4);
+    if (sm_alloc_failures() == before) {
+      T_EQ_INT(n, 3);
+      T_EQ_STR(r[1].body, "abc");
+      T_EQ_INT(r[2].status, 401);
+      clean = 1;
+    } else if (n > 0 && r[n - 1].status != 401 && r[n - 1].status != 200) {
+      T_ASSERT(r[n - 1].status >= 500);
+    }
+    client_close(&c);
+    spin(cond_conns, (void *)0L, 3000);
+  }
+  T_ASSERT(clean);
+  /* the budget was given back every time: a body of the whole budget still fits */
+  client c;
+  client_open(&c);
+  static char big[1200];
+  snprintf(big, sizeof(big),
+           "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n%01000d", 0);
+  client_send(&c, big);
+  wait_n(&c, 1, 2000);
+  resp r[1];
+  T_EQ_INT(parse(&c, r, 1), 1);
+  T_EQ_INT(r[0].status, 200);
+  client_close(&c);
+  server_stop();
+}
+
 int main(void) {
   sm_log_configure(getenv("SM_TEST_LOG") ? SM_LOG_DEBUG : SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_EQ_INT(uv_loop_init(&loop), 0);
@@ -961,6 +1009,7 @@ int main(void) {
   T_RUN(test_tls);
   T_RUN(test_alloc_failure_create);
   T_RUN(test_alloc_failure_requests);
+  T_RUN(test_alloc_failure_admit);
   uv_run(&loop, UV_RUN_NOWAIT);
   T_EQ_INT(uv_loop_close(&loop), 0);
   return t_done();
