@@ -21,9 +21,8 @@
  * The connections in H_OPEN are on the server's `open` list in the order they opened: that list
  * is what max_connections counts, where a newcomer looks for a connection to evict (a linear
  * scan: the limit is in the thousands; a scan happens when the server is full, or on each accept
- * with a per-address limit), and
- * what the per-address limit counts. One http1_budget, shared by every connection's parser,
- * bounds the request bodies being received.
+ * with a per-address limit), and what the per-address limit counts. One http1_budget, shared by
+ * every connection's parser, bounds the request bodies being received.
  */
 #include "http/server.h"
 
