@@ -172,30 +172,47 @@ int admin_query_parse(http_request *req, const char *qs) {
   return 0;
 }
 
-void admin_router_dispatch(const admin_router *r, http_request *req, http_response *res) {
-  admin_match m;
-  int err = admin_router_match(r, req->method, req->path, &m);
+/* Looks req up and answers what needs no handler: 401/403/429 from the guard (also before a
+ * 404/405 under /api/), 404, 405. Returns 1 when res is filled, else 0 with *m the match. */
+static int route_or_refuse(const admin_router *r, http_request *req, http_response *res,
+                           admin_match *m) {
+  int err = admin_router_match(r, req->method, req->path, m);
   if (err && r->guard && strncmp(req->path, "/api/", 5) == 0) {
     /* Under /api even a 404 or 405 needs a key first: no one learns the route table without
      * one. (The probes are outside /api and stay public.) */
     const admin_route unknown = {req->method, req->path, NULL, ADMIN_ROLE_VIEWER};
     if (r->guard(r->guard_ud, req, &unknown, res))
-      return;
+      return 1;
   }
   if (err == SM_ENOENT) {
+    /* The path is the client's bytes: http_response_error keeps the body valid UTF-8. */
     char msg[160];
     snprintf(msg, sizeof(msg), "no such resource: %.120s", req->path);
     http_response_error(res, 404, "not_found", msg);
-    return;
+    return 1;
   }
   if (err == SM_EPERM) {
     char msg[160];
-    snprintf(msg, sizeof(msg), "method %s not allowed; allowed: %s", req->method, m.allow);
+    snprintf(msg, sizeof(msg), "method %s not allowed; allowed: %s", req->method, m->allow);
     http_response_error(res, 405, "method_not_allowed", msg);
-    http_response_header(res, "Allow", m.allow);
-    return;
+    http_response_header(res, "Allow", m->allow);
+    return 1;
   }
-  err = admin_match_bind(&m, req);
+  return 0;
+}
+
+int admin_router_admit(const admin_router *r, http_request *req, http_response *res) {
+  admin_match m;
+  if (route_or_refuse(r, req, res, &m))
+    return 1;
+  return r->guard && r->guard(r->guard_ud, req, m.route, res);
+}
+
+void admin_router_dispatch(const admin_router *r, http_request *req, http_response *res) {
+  admin_match m;
+  if (route_or_refuse(r, req, res, &m))
+    return;
+  int err = admin_match_bind(&m, req);
   if (err == 0)
     err = admin_query_parse(req, req->query ? req->query : "");
   if (err == SM_ENOMEM) {
@@ -208,7 +225,8 @@ void admin_router_dispatch(const admin_router *r, http_request *req, http_respon
                                          : "malformed percent-encoding in the URL");
     return;
   }
-  if (r->guard && r->guard(r->guard_ud, req, m.route, res))
+  /* An admitted request passed the guard on its headers already (rate limits count once). */
+  if (r->guard && !req->admitted && r->guard(r->guard_ud, req, m.route, res))
     return;
   m.route->fn(r->ud, req, res);
 }

@@ -78,8 +78,16 @@ SM_MUST_CHECK int admin_match_bind(const admin_match *m, http_request *req);
 
 /* Routes req and runs its handler: 404 for an unknown path, 405 with Allow for a known path
  * and another method, 400 for a malformed path parameter or query string. The guard runs before
- * the handler, and also before a 404/405 under /api/ (as for a viewer route). */
+ * the handler (unless admin_router_admit ran it on the headers: req->admitted), and also before
+ * a 404/405 under /api/ (as for a viewer route). */
 void admin_router_dispatch(const admin_router *r, http_request *req, http_response *res);
+
+/* The server's admit hook (http_server_config.admit) for a request with a body, on its header
+ * block: answers now what needs no body (404, 405, and the guard's 401/403/429), so an upload
+ * nobody may make is refused before it is read. Returns 0 when the body is to be read (the
+ * guard passed: dispatch then skips it for this request, req->admitted), else non-zero with res
+ * filled. */
+int admin_router_admit(const admin_router *r, http_request *req, http_response *res);
 
 /* Parses an application/x-www-form-urlencoded query (qs, NUL-terminated) into req->qpairs in
  * order (repeated keys kept; '+' is a space; "k" alone is k=""). Returns 0, SM_EPARSE (bad

@@ -32,6 +32,12 @@ static void handle(void *ud, http_request *req, http_response *res) {
   admin_router_dispatch(&srv->router, req, res);
 }
 
+/* An upload is routed and authenticated on its headers: refused ones are never read. */
+static int admit(void *ud, http_request *req, http_response *res) {
+  struct admin_server *srv = ud;
+  return admin_router_admit(&srv->router, req, res);
+}
+
 /* The http server's address: ADMIN_API_ADDR as given when it names host and port (so log lines
  * show it as before), else host and port joined. Returns 0 or SM_EINVAL. */
 static int listen_addr(const admin_server_config *cfg, char *out, size_t size) {
@@ -78,8 +84,11 @@ int admin_server_create(uv_loop_t *loop, const admin_server_config *cfg, const a
         .tls_cert_file = cfg->tls_enabled ? cfg->tls_cert_file : NULL,
         .tls_key_file = cfg->tls_enabled ? cfg->tls_key_file : NULL,
         .max_connections = cfg->max_connections,
+        .max_connections_per_addr = cfg->max_connections_per_addr,
         .max_header_bytes = cfg->max_header_bytes,
         .max_body_bytes = cfg->max_body_bytes,
+        .max_buffered_body_bytes = cfg->max_buffered_bytes,
+        .header_timeout_s = cfg->header_timeout_s,
         .request_timeout_s = cfg->request_timeout_s,
         .idle_timeout_s = cfg->idle_timeout_s,
         /* A handler waiting on the store gets as long as a client has to send its request. */
@@ -89,6 +98,7 @@ int admin_server_create(uv_loop_t *loop, const admin_server_config *cfg, const a
         .who = admin_request_who,
         .handle = handle,
         .ud = srv,
+        .admit = admit,
     };
     err = http_server_create(loop, &hc, &srv->http);
   }

@@ -19,19 +19,25 @@ struct admin_server;
 /* The listener's settings, filled by app/ (ADMIN_API_ADDR, ADMIN_* limits, ADMIN_TLS_*). The
  * strings are read during admin_server_create only. */
 typedef struct admin_server_config {
-  const char *addr;               /* ADMIN_API_ADDR as given, for log lines (when it names
-                                     host and port; else "host:port" is logged) */
-  const char *host;               /* the address to bind ("0.0.0.0", "::1", ...) */
-  int port;                       /* 0: any free port */
-  size_t max_connections;         /* ADMIN_MAX_CONNECTIONS; beyond it a 503 and close */
-  size_t max_body_bytes;          /* ADMIN_MAX_BODY_BYTES */
-  size_t max_header_bytes;        /* ADMIN_MAX_HEADER_BYTES */
-  double request_timeout_s;       /* ADMIN_REQUEST_TIMEOUT: whole request, and deferred answers */
-  double idle_timeout_s;          /* ADMIN_IDLE_TIMEOUT: idle keep-alive connection */
-  int tls_enabled;                /* ADMIN_TLS_ENABLED */
-  const char *tls_cert_file;      /* ADMIN_TLS_CERT_FILE */
-  const char *tls_key_file;       /* ADMIN_TLS_KEY_FILE */
-  admin_security_config security; /* keys and rate limits of the router's guard (auth.h) */
+  const char *addr;                /* ADMIN_API_ADDR as given, for log lines (when it names
+                                      host and port; else "host:port" is logged) */
+  const char *host;                /* the address to bind ("0.0.0.0", "::1", ...) */
+  int port;                        /* 0: any free port */
+  size_t max_connections;          /* ADMIN_MAX_CONNECTIONS: beyond it an idle connection is
+                                      closed for the newcomer, else 503 (http/server.h) */
+  size_t max_connections_per_addr; /* ADMIN_MAX_CONNECTIONS_PER_IP; 0: no limit */
+  size_t max_body_bytes;           /* ADMIN_MAX_BODY_BYTES */
+  size_t max_buffered_bytes;       /* ADMIN_MAX_BUFFERED_BYTES: bodies being received, all
+                                      connections; beyond, 503 + Retry-After; 0: no bound */
+  size_t max_header_bytes;         /* ADMIN_MAX_HEADER_BYTES */
+  double header_timeout_s;         /* ADMIN_HEADER_TIMEOUT: request head (and TLS handshake); <= 0:
+                                      the request timeout */
+  double request_timeout_s;        /* ADMIN_REQUEST_TIMEOUT: whole request, and deferred answers */
+  double idle_timeout_s;           /* ADMIN_IDLE_TIMEOUT: idle keep-alive connection */
+  int tls_enabled;                 /* ADMIN_TLS_ENABLED */
+  const char *tls_cert_file;       /* ADMIN_TLS_CERT_FILE */
+  const char *tls_key_file;        /* ADMIN_TLS_KEY_FILE */
+  admin_security_config security;  /* keys and rate limits of the router's guard (auth.h) */
 } admin_server_config;
 
 /* Creates the admin listener from cfg with the routes of handlers.c, which read api (copied;

@@ -150,10 +150,16 @@ static const setting table[] = {
      "graceful shutdown: time for in-flight work", NULL},
     {"ADMIN_MAX_CONNECTIONS", K_SIZE, OFF(admin_max_connections), "1024", 1, 1000000,
      "admin connections at once", NULL},
+    {"ADMIN_MAX_CONNECTIONS_PER_IP", K_SIZE, OFF(admin_max_connections_per_ip), "0", 0, 1000000,
+     "admin connections per client address (0: no limit)", NULL},
     {"ADMIN_MAX_BODY_BYTES", K_SIZE, OFF(admin_max_body_bytes), "4194304", 1, 256 * MIB,
      "largest admin request body", NULL},
+    {"ADMIN_MAX_BUFFERED_BYTES", K_SIZE, OFF(admin_max_buffered_bytes), "67108864", 0, 1e12,
+     "admin request bodies held at once, all connections (0: no bound)", NULL},
     {"ADMIN_MAX_HEADER_BYTES", K_SIZE, OFF(admin_max_header_bytes), "16384", 256, MIB,
      "largest admin request head", NULL},
+    {"ADMIN_HEADER_TIMEOUT", K_SECONDS, OFF(admin_header_timeout_s), "5", 0.05, 3600,
+     "an admin request head (and TLS handshake) must arrive within this", NULL},
     {"ADMIN_REQUEST_TIMEOUT", K_SECONDS, OFF(admin_request_timeout_s), "30", 0.05, 3600,
      "an admin request must arrive whole within this", NULL},
     {"ADMIN_IDLE_TIMEOUT", K_SECONDS, OFF(admin_idle_timeout_s), "60", 0.05, 86400,
@@ -392,6 +398,11 @@ int sm_settings_load(sm_settings *s, int argc, char **argv) {
   }
   if (s->tls_enabled && (s->tls_cert_file == NULL || s->tls_key_file == NULL)) {
     fprintf(stderr, "sirius-manager: TLS_ENABLED: needs TLS_CERT_FILE and TLS_KEY_FILE\n");
+    return SM_EINVAL;
+  }
+  if (s->admin_max_buffered_bytes && s->admin_max_buffered_bytes < s->admin_max_body_bytes) {
+    fprintf(stderr, "sirius-manager: ADMIN_MAX_BUFFERED_BYTES: must be 0 or at least "
+                    "ADMIN_MAX_BODY_BYTES\n");
     return SM_EINVAL;
   }
   if (s->admin_tls_enabled && (s->admin_tls_cert_file == NULL || s->admin_tls_key_file == NULL)) {

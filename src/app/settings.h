@@ -90,6 +90,11 @@ typedef struct sm_settings {
   size_t grpc_max_buffered_per_conn; /* GRPC_MAX_BUFFERED_BYTES_PER_CONN: partial requests, 8 MiB */
   size_t grpc_max_buffered_bytes;    /* GRPC_MAX_BUFFERED_BYTES: all connections together, 64 MiB */
   double grpc_message_timeout_s;     /* GRPC_MESSAGE_TIMEOUT: a message completes in this, 30 */
+
+  /* admin connection and body bounds (issue 12) */
+  size_t admin_max_buffered_bytes;     /* ADMIN_MAX_BUFFERED_BYTES: all bodies held, 64 MiB */
+  size_t admin_max_connections_per_ip; /* ADMIN_MAX_CONNECTIONS_PER_IP, 0: no limit */
+  double admin_header_timeout_s;       /* ADMIN_HEADER_TIMEOUT: request head in this, 5 */
 } sm_settings;
 
 /* Fills s with defaults, then the environment, then argv. Returns 0, 1 when --help or --version

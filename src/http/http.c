@@ -30,6 +30,17 @@ int http_buf_append(http_buf *b, const void *data, size_t n) {
   return 0;
 }
 
+int http_buf_reserve(http_buf *b, size_t cap) {
+  if (cap <= b->cap)
+    return 0;
+  char *p = sm_realloc(b->p, cap);
+  if (p == NULL)
+    return SM_ENOMEM;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
 int http_buf_printf(http_buf *b, const char *fmt, ...) {
   char small[256];
   va_list ap;
@@ -162,26 +173,26 @@ int http_response_set(http_response *res, int status, const char *content_type, 
 }
 
 /* Writes s as a JSON string body (quotes and escapes); control characters become spaces since
- * messages are ours and never need them. */
+ * messages are ours and never need them. Messages may quote the client (a request path): bytes
+ * that are not well-formed UTF-8 become U+FFFD, so the body stays valid JSON (RFC 8259 8.1). */
 static int json_string(http_buf *b, const char *s) {
   int err = http_buf_append(b, "\"", 1);
-  for (; !err && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c >= 0x80) { /* a message may quote a request path: any bytes; the body stays UTF-8 */
-      size_t skip = 1, n = sm_utf8_char(s, strnlen(s, 4), &skip);
-      if (n)
-        err = http_buf_append(b, s, n);
-      else
-        err = http_buf_append(b, SM_UTF8_REPLACEMENT, SM_UTF8_REPLACEMENT_LEN);
-      s += (n ? n : skip) - 1;
+  size_t n = strlen(s);
+  for (size_t i = 0; !err && i < n;) {
+    unsigned char c = (unsigned char)s[i];
+    size_t skip = 1, len = c < 0x80 ? 1 : sm_utf8_char(s + i, n - i, &skip);
+    if (len == 0) {
+      err = http_buf_append(b, "\\ufffd", 6);
+      len = skip;
     } else if (c == '"' || c == '\\') {
       char esc[2] = {'\\', (char)c};
       err = http_buf_append(b, esc, 2);
     } else if (c < 0x20) {
       err = http_buf_append(b, " ", 1);
     } else {
-      err = http_buf_append(b, s, 1);
+      err = http_buf_append(b, s + i, len);
     }
+    i += len;
   }
   return err ? err : http_buf_append(b, "\"", 1);
 }

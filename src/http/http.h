@@ -31,6 +31,8 @@ typedef struct http_buf {
 
 /* Appends n bytes. Returns 0 or SM_ENOMEM. */
 int http_buf_append(http_buf *b, const void *data, size_t n);
+/* Makes the capacity at least cap bytes (exactly cap when it grows). Returns 0 or SM_ENOMEM. */
+int http_buf_reserve(http_buf *b, size_t cap);
 /* Appends printf-formatted text. Returns 0, SM_ENOMEM or SM_EINVAL. */
 int http_buf_printf(http_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Frees the bytes; the buffer is empty afterwards. */
@@ -75,6 +77,7 @@ typedef struct http_request {
   http_kv *qpairs; /* the parsed query string, in order; repeated keys kept */
   size_t nqpairs;
   const void *user; /* the auth layer's admin_key of the caller (auth.h), or NULL */
+  int admitted;     /* the server's admit hook passed it on its header block (server.h) */
   http_arena arena; /* everything above that is not static */
   http_buf head;    /* storage of target and header lines while parsing */
 } http_request;

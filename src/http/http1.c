@@ -8,6 +8,7 @@
 #include "util/alloc.h"
 #include "util/err.h"
 
+#include <assert.h>
 #include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,9 @@ struct http1_parser {
   size_t value_off[HTTP_MAX_HEADERS];
   size_t nheaders; /* header lines completed so far */
   enum hstate hstate;
+  size_t charged;    /* bytes of the budget taken by `body` (its capacity) */
+  int in_headers;    /* the header block of req is not complete yet */
+  int stopped;       /* on_headers answered the request: everything after is discarded */
   int upgrade;       /* Upgrade/CONNECT: the connection ends after this request */
   int want_continue; /* "Expect: 100-continue" with a body still to come */
   uint64_t seq;      /* requests begun */
@@ -51,10 +55,20 @@ static int head_append(http1_parser *p, const char *at, size_t n) {
   return 0;
 }
 
+/* Frees the body being received and gives its bytes back to the budget. */
+static void body_release(http1_parser *p) {
+  if (p->cfg.budget) {
+    assert(p->cfg.budget->used >= p->charged);
+    p->cfg.budget->used -= p->charged;
+  }
+  p->charged = 0;
+  http_buf_finish(&p->body);
+}
+
 static int on_message_begin(llhttp_t *parser) {
   http1_parser *p = self_of(parser);
   http_request_free(p->req);
-  http_buf_finish(&p->body);
+  body_release(p);
   p->req = sm_calloc(1, sizeof(*p->req));
   if (p->req == NULL) {
     p->err_status = 500;
@@ -66,6 +80,7 @@ static int on_message_begin(llhttp_t *parser) {
   p->hstate = H_NONE;
   p->upgrade = 0;
   p->want_continue = 0;
+  p->in_headers = 1;
   p->seq++;
   return 0;
 }
@@ -125,7 +140,15 @@ static int on_headers_complete(llhttp_t *parser) {
   if (err)
     return err;
   http_request *req = p->req;
+  p->in_headers = 0;
   if (req->head.len == 0) { /* no target: cannot happen with a valid request line */
+    p->err_status = 400;
+    return HPE_USER;
+  }
+  if (parser->http_major != 1) {
+    /* "GET /" without a version is HTTP/0.9 to llhttp: no headers, no framing, an answer
+     * without a status line. Nobody speaks it to an API; answering it would let a request
+     * through that bypassed every header check. */
     p->err_status = 400;
     return HPE_USER;
   }
@@ -153,7 +176,33 @@ static int on_headers_complete(llhttp_t *parser) {
   if (expect && strcasecmp(expect, "100-continue") == 0 && req->http_minor >= 1 &&
       ((parser->flags & F_CHUNKED) || parser->content_length > 0))
     p->want_continue = 1;
+  if (p->cfg.on_headers && ((parser->flags & F_CHUNKED) || parser->content_length > 0) &&
+      p->cfg.on_headers(p->cfg.ud, req)) {
+    /* Answered on the headers: the body is never read. */
+    http_request_free(req);
+    p->req = NULL;
+    p->want_continue = 0;
+    p->stopped = 1;
+    return HPE_PAUSED;
+  }
   return 0;
+}
+
+/* A chunk announces its size before its bytes: one that cannot fit is refused now, not after
+ * the client sent (or failed to send) that much. */
+static int on_chunk_header(llhttp_t *parser) {
+  http1_parser *p = self_of(parser);
+  if (parser->content_length > p->cfg.max_body_bytes - p->body.len) {
+    p->err_status = 413;
+    return HPE_USER;
+  }
+  return 0;
+}
+
+/* The budget charge for a body buffer of capacity cap: its bytes up to the body limit (the one
+ * byte beyond, for the NUL the request gets, is not a body byte). */
+static size_t charge_of(const http1_parser *p, size_t cap) {
+  return cap < p->cfg.max_body_bytes ? cap : p->cfg.max_body_bytes;
 }
 
 static int on_body(llhttp_t *parser, const char *at, size_t n) {
@@ -162,10 +211,33 @@ static int on_body(llhttp_t *parser, const char *at, size_t n) {
     p->err_status = 413;
     return HPE_USER;
   }
-  if (http_buf_append(&p->body, at, n)) {
-    p->err_status = 500;
-    return HPE_USER;
+  size_t need = p->body.len + n;
+  if (need > p->body.cap) {
+    /* Grow as the bytes arrive (never to a size the client only claims), doubling from 256
+     * bytes, but never past the body limit (+1 for the NUL): the budget is charged what is
+     * allocated, not just what is used. */
+    size_t cap = p->body.cap ? p->body.cap * 2 : 256;
+    while (cap < need)
+      cap *= 2;
+    if (cap > p->cfg.max_body_bytes + 1)
+      cap = p->cfg.max_body_bytes + 1;
+    http1_budget *b = p->cfg.budget;
+    size_t more = charge_of(p, cap) - p->charged;
+    if (b && b->max && (b->used > b->max || more > b->max - b->used)) {
+      p->err_status = 503;
+      return HPE_USER;
+    }
+    if (http_buf_reserve(&p->body, cap)) {
+      p->err_status = 500;
+      return HPE_USER;
+    }
+    if (b)
+      b->used += more;
+    p->charged += more;
   }
+  int err = http_buf_append(&p->body, at, n);
+  assert(err == 0); /* reserved above */
+  (void)err;
   return 0;
 }
 
@@ -179,6 +251,10 @@ static int on_message_complete(llhttp_t *parser) {
   req->body = p->body.p;
   req->body_len = p->body.len - 1;
   p->body = (http_buf){0};
+  /* From here the body is the request's: it lives while the handler runs, then goes. */
+  if (p->cfg.budget)
+    p->cfg.budget->used -= p->charged;
+  p->charged = 0;
   if (p->upgrade)
     req->keep_alive = 0; /* we speak no other protocol: answer, then close */
   p->req = NULL;
@@ -202,6 +278,7 @@ int http1_create(const http1_config *cfg, http1_parser **out) {
   p->settings.on_header_value = on_header_value;
   p->settings.on_header_value_complete = on_header_value_complete;
   p->settings.on_headers_complete = on_headers_complete;
+  p->settings.on_chunk_header = on_chunk_header;
   p->settings.on_body = on_body;
   p->settings.on_message_complete = on_message_complete;
   llhttp_init(&p->parser, HTTP_REQUEST, &p->settings);
@@ -214,7 +291,7 @@ void http1_destroy(http1_parser *p) {
   if (p == NULL)
     return;
   http_request_free(p->req);
-  http_buf_finish(&p->body);
+  body_release(p);
   free(p);
 }
 
@@ -223,13 +300,22 @@ long http1_feed(http1_parser *p, const char *data, size_t len, int *status) {
     *status = p->failed;
     return SM_EPARSE;
   }
-  if (len == 0)
-    return 0;
+  if (len == 0 || p->stopped)
+    return (long)len;
   llhttp_errno_t e = llhttp_execute(&p->parser, data, len);
+  if (e == HPE_OK && p->req != NULL && p->parser.http_major == 0 && p->parser.http_minor == 9) {
+    /* A request line without a version ("GET /" CRLF) is HTTP/0.9 to llhttp, which then waits
+     * for a header block that such a client never sends: refuse it now (also checked, for
+     * input that goes on, in on_headers_complete). */
+    p->err_status = 400;
+    e = HPE_USER;
+  }
   switch (e) {
   case HPE_OK:
     return (long)len;
   case HPE_PAUSED: {
+    if (p->stopped)
+      return (long)len; /* answered on its headers: the rest is not parsed */
     long used = (long)(llhttp_get_error_pos(&p->parser) - data);
     llhttp_resume(&p->parser);
     return used;
@@ -240,8 +326,10 @@ long http1_feed(http1_parser *p, const char *data, size_t len, int *status) {
   default:
     p->failed = p->err_status ? p->err_status : 400;
     *status = p->failed;
+    body_release(p);
     return p->failed == 431   ? SM_ELIMIT
            : p->failed == 413 ? SM_ETOOBIG
+           : p->failed == 503 ? SM_EUNAVAIL
            : p->failed == 500 ? SM_ENOMEM
                               : SM_EPARSE;
   }
@@ -249,6 +337,10 @@ long http1_feed(http1_parser *p, const char *data, size_t len, int *status) {
 
 uint64_t http1_pending(const http1_parser *p) {
   return p->req ? p->seq : 0;
+}
+
+int http1_in_headers(const http1_parser *p) {
+  return p->req != NULL && p->in_headers;
 }
 
 int http1_take_continue(http1_parser *p) {

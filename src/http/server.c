@@ -17,6 +17,12 @@
  *
  * A connection's states: H_OPEN reads requests; H_DRAIN has queued its final answer and waits for
  * the answers before it (reading held); H_DONE has handed the connection to net_conn_close.
+ *
+ * The connections in H_OPEN are on the server's `open` list in the order they opened: that list
+ * is what max_connections counts, where a newcomer looks for a connection to evict (a linear
+ * scan: the limit is in the thousands; a scan happens when the server is full, or on each accept
+ * with a per-address limit), and what the per-address limit counts. One http1_budget, shared by
+ * every connection's parser, bounds the request bodies being received.
  */
 #include "http/server.h"
 
@@ -29,14 +35,17 @@
 #include "util/log.h"
 
 #include <assert.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define DEFER_RETRY_AFTER "1" /* Retry-After of the 503 of a deferred request timed out */
+#define BUSY_RETRY_AFTER "1"  /* Retry-After of the 503 when the body budget is spent */
+#define FULL_LOG_MS 1000      /* at most one "connection limit reached" line per this */
 
 enum hstate { H_OPEN = 0, H_DRAIN, H_DONE };
-enum tkind { T_NONE = 0, T_IDLE, T_REQUEST, T_WRITE };
+enum tkind { T_NONE = 0, T_IDLE, T_HEADER, T_REQUEST, T_WRITE };
 
 typedef struct hconn hconn;
 
@@ -59,6 +68,11 @@ struct hconn {
   http_server *srv;
   net_conn *c;
   http1_parser *http;
+  sm_list node;               /* the server's `open` list while H_OPEN (oldest first) */
+  uint64_t since;             /* uv_now() ms: opened, then the last time a request was answered */
+  uint64_t served;            /* requests handed to the handler (or answered on their headers) */
+  uint64_t head_due, req_due; /* deadlines of the request being received (tseq) */
+  uint64_t tdue;              /* when the timer is due */
   enum hstate state;
   http_buf stash; /* input not parsed yet because output backed up */
   sm_list slots;  /* hslot.node: unanswered (deferred) requests and answers behind them */
@@ -76,7 +90,13 @@ struct http_server {
   net_tls_ctx *tls_ctx; /* NULL: plain HTTP */
   uv_timer_t defer_timer;
   sm_list timeouts; /* hslot.tnode, earliest deadline first */
-  uint64_t request_timeout_ms, idle_timeout_ms, defer_timeout_ms;
+  uint64_t request_timeout_ms, idle_timeout_ms, defer_timeout_ms, header_timeout_ms;
+  sm_list open; /* hconn.node: the connections in H_OPEN, in the order they opened */
+  size_t nopen;
+  http1_budget budget; /* request bodies being received, across connections */
+  /* The "connection limit reached" line: what happened since it was last written. */
+  uint64_t full_logged_at;
+  size_t evicted, refused, refused_addr;
   int listening;
   int stopping; /* no keep-alive from now on */
   int closing;
@@ -92,6 +112,16 @@ static void conn_input(hconn *hc, const char *data, size_t len);
 
 static uint64_t secs_to_ms(double s) {
   return s <= 0 ? 1 : (uint64_t)(s * 1000.0 + 0.5);
+}
+
+/* Leaves H_OPEN: the connection stops counting toward max_connections (what remains of it is
+ * bounded by the transport's limit) and can no longer be evicted. */
+static void conn_set_state(hconn *hc, enum hstate st) {
+  if (hc->state == H_OPEN && st != H_OPEN && sm_list_linked(&hc->node)) {
+    sm_list_remove(&hc->node);
+    hc->srv->nopen--;
+  }
+  hc->state = st;
 }
 
 /* ---- output ---- */
@@ -112,7 +142,7 @@ static void conn_hold(hconn *hc, int hold) {
 static void conn_abort(hconn *hc, int reason) {
   if (hc->state == H_DONE)
     return;
-  hc->state = H_DONE;
+  conn_set_state(hc, H_DONE);
   net_conn_close(hc->c, reason, 0);
 }
 
@@ -179,7 +209,7 @@ static void conn_queue(hconn *hc, const http_response *res, int keep_alive, cons
 static void conn_drain(hconn *hc) {
   if (hc->state != H_OPEN)
     return;
-  hc->state = H_DRAIN;
+  conn_set_state(hc, H_DRAIN);
   conn_hold(hc, 1);
   http_buf_finish(&hc->stash);
   net_conn_want_flush(hc->c);
@@ -203,6 +233,11 @@ static void conn_fail(hconn *hc, int status) {
     break;
   case 500:
     http_response_error(&res, 500, "internal", "out of memory");
+    break;
+  case 503:
+    http_response_error(&res, 503, "unavailable",
+                        "too many request bodies are being received; retry later");
+    http_response_header(&res, "Retry-After", BUSY_RETRY_AFTER);
     break;
   default:
     http_response_error(&res, 400, "bad_request", "malformed HTTP request");
@@ -379,6 +414,8 @@ static int conn_on_request(void *ud, http_request *req) {
   hconn *hc = ud;
   http_server *srv = hc->srv;
   req->peer = net_conn_peer(hc->c);
+  hc->served++;
+  hc->since = net_conn_now(hc->c);
   int backed_up = srv->cfg.close_when_backed_up && backpressured(hc);
   http_response res;
   http_response_init(&res);
@@ -405,6 +442,29 @@ static int conn_on_request(void *ud, http_request *req) {
   return !srv->cfg.close_when_backed_up && backpressured(hc);
 }
 
+/* A request with a body has its header block: the admit hook may answer it before one byte of
+ * the body is read (an unauthenticated upload costs no memory), and the connection ends. */
+static int conn_on_headers(void *ud, http_request *req) {
+  hconn *hc = ud;
+  http_server *srv = hc->srv;
+  if (srv->cfg.admit == NULL)
+    return 0;
+  req->peer = net_conn_peer(hc->c);
+  http_response res;
+  http_response_init(&res);
+  if (!srv->cfg.admit(srv->cfg.ud, req, &res)) {
+    http_response_finish(&res);
+    req->admitted = 1;
+    return 0;
+  }
+  assert(res.deferred == NULL); /* admit answers at once */
+  hc->served++;
+  conn_queue(hc, &res, 0, req->method, req->path, req->start_ns, request_who(srv, req));
+  http_response_finish(&res);
+  conn_drain(hc);
+  return 1;
+}
+
 static void conn_input(hconn *hc, const char *data, size_t len) {
   int status = 0;
   long used = http1_feed(hc->http, data, len, &status);
@@ -426,37 +486,126 @@ static void conn_input(hconn *hc, const char *data, size_t len) {
 
 /* ---- timers ---- */
 
+/* One timer per connection, for the deadline that applies now:
+ * - T_WRITE: output is waiting (or the final answer): a client that does not read is dropped
+ *   after the request timeout;
+ * - T_REQUEST: a request is arriving: its header block must be complete within the header
+ *   timeout (counted from the connection's open for its first request, so a connection that
+ *   trickles bytes gains nothing) and the whole request within the request timeout; then 408;
+ * - T_HEADER: a connection that never sent a byte closes after the header timeout, in silence;
+ * - T_IDLE: a keep-alive connection between requests closes after the idle timeout;
+ * - none while deferred answers are awaited (the deferred timeout bounds those). */
 static void conn_update_timer(hconn *hc) {
   if (hc->state == H_DONE)
     return;
   http_server *srv = hc->srv;
+  uint64_t now = net_conn_now(hc->c), seq, due;
   enum tkind k;
-  uint64_t seq = 0, ms;
   if (net_conn_output(hc->c) > 0 || (hc->state == H_DRAIN && hc->nslots == 0)) {
-    k = T_WRITE; /* a client that does not read is dropped after the request timeout */
-    ms = srv->request_timeout_ms;
+    k = T_WRITE;
+    due = hc->tkind == k ? hc->tdue : now + srv->request_timeout_ms;
   } else if ((seq = http1_pending(hc->http)) != 0) {
+    if (seq != hc->tseq) {
+      hc->tseq = seq;
+      hc->req_due = now + srv->request_timeout_ms;
+      hc->head_due = (hc->served == 0 ? hc->since : now) + srv->header_timeout_ms;
+    }
     k = T_REQUEST;
-    ms = srv->request_timeout_ms;
+    due = http1_in_headers(hc->http) && hc->head_due < hc->req_due ? hc->head_due : hc->req_due;
   } else if (hc->nslots) {
-    /* Waiting for handlers: the deferred timeout bounds that, not the idle timeout. */
     if (hc->tkind != T_NONE) {
       net_conn_set_timer(hc->c, 0);
       hc->tkind = T_NONE;
     }
     return;
+  } else if (hc->served == 0) {
+    k = T_HEADER;
+    due = hc->since + srv->header_timeout_ms;
   } else {
     k = T_IDLE;
-    ms = srv->idle_timeout_ms;
+    due = hc->tkind == k ? hc->tdue : now + srv->idle_timeout_ms;
   }
-  if (k == hc->tkind && (k != T_REQUEST || seq == hc->tseq))
+  if (k == hc->tkind && due == hc->tdue)
     return;
   hc->tkind = k;
-  hc->tseq = seq;
-  net_conn_set_timer(hc->c, net_conn_now(hc->c) + ms);
+  hc->tdue = due;
+  net_conn_set_timer(hc->c, due > now ? due : now);
 }
 
 /* ---- transport callbacks (net_conn_ops) ---- */
+
+/* ---- the connection limit ---- */
+
+/* Whether two peers ("ip:port", "[v6]:port") share their address. */
+static int same_addr(const char *a, const char *b) {
+  const char *ca = strrchr(a, ':'), *cb = strrchr(b, ':');
+  size_t na = ca ? (size_t)(ca - a) : strlen(a), nb = cb ? (size_t)(cb - b) : strlen(b);
+  return na == nb && memcmp(a, b, na) == 0;
+}
+
+/* The connection to close for a newcomer when the server is full, or NULL: one with nothing
+ * asked or being answered (no request in progress past its header block, no answer queued or
+ * awaited). Those that never completed a request go first, oldest first (idle sockets, slow
+ * headers: what a flood holds); then idle keep-alive connections, longest idle first (their
+ * clients reconnect, as after the idle timeout). A request being received with its headers
+ * admitted, or being answered, is never cut. */
+static hconn *evict_candidate(http_server *srv) {
+  hconn *best = NULL;
+  SM_LIST_FOREACH(n, &srv->open) {
+    hconn *hc = SM_LIST_ENTRY(n, hconn, node);
+    if (hc->nslots || hc->unsent || net_conn_output(hc->c) || hc->stash.len ||
+        (http1_pending(hc->http) && !http1_in_headers(hc->http)))
+      continue;
+    if (best == NULL || (best->served && !hc->served) ||
+        (!best->served == !hc->served && hc->since < best->since))
+      best = hc;
+  }
+  return best;
+}
+
+static void log_full(http_server *srv) {
+  uint64_t now = uv_now(srv->loop);
+  if (srv->full_logged_at != 0 && now - srv->full_logged_at < FULL_LOG_MS)
+    return;
+  sm_log_warn(srv->cfg.log_name, "connection limit reached",
+              SM_LI("max_connections", srv->cfg.max_connections),
+              SM_LI("max_connections_per_addr", srv->cfg.max_connections_per_addr),
+              SM_LI("evicted", srv->evicted), SM_LI("refused", srv->refused),
+              SM_LI("refused_addr", srv->refused_addr));
+  srv->full_logged_at = now;
+  srv->evicted = srv->refused = srv->refused_addr = 0;
+}
+
+/* Makes room for a new connection from peer: 0 when it may open (after closing another, maybe),
+ * else 1 (the caller refuses it). */
+static int admit_connection(http_server *srv, const char *peer) {
+  if (srv->cfg.max_connections_per_addr) {
+    size_t same = 0;
+    SM_LIST_FOREACH(n, &srv->open) {
+      if (same_addr(net_conn_peer(SM_LIST_ENTRY(n, hconn, node)->c), peer))
+        same++;
+    }
+    if (same >= srv->cfg.max_connections_per_addr) {
+      srv->refused_addr++;
+      log_full(srv);
+      return 1;
+    }
+  }
+  if (srv->nopen < srv->cfg.max_connections)
+    return 0;
+  hconn *victim = evict_candidate(srv);
+  if (victim == NULL) {
+    srv->refused++;
+    log_full(srv);
+    return 1;
+  }
+  sm_log_debug(srv->cfg.log_name, "connection evicted to make room",
+               SM_LS("client", net_conn_peer(victim->c)), SM_LI("served", victim->served));
+  srv->evicted++;
+  log_full(srv);
+  conn_abort(victim, SM_ECANCELED);
+  return 0;
+}
 
 static int on_open(net_conn *c) {
   http_server *srv = net_listener_data(net_conn_listener(c));
@@ -468,6 +617,8 @@ static int on_open(net_conn *c) {
       .max_body_bytes = srv->cfg.max_body_bytes,
       .on_request = conn_on_request,
       .ud = hc,
+      .on_headers = conn_on_headers,
+      .budget = &srv->budget,
   };
   int err = http1_create(&pc, &hc->http);
   if (err) {
@@ -476,8 +627,23 @@ static int on_open(net_conn *c) {
   }
   hc->srv = srv;
   hc->c = c;
+  hc->since = net_conn_now(c);
   sm_list_init(&hc->slots);
+  sm_list_init(&hc->node);
   net_conn_set_data(c, hc);
+  if (admit_connection(srv, net_conn_peer(c))) {
+    /* Full of connections in use: this one gets the 503 and goes. */
+    hc->state = H_DRAIN;
+    conn_hold(hc, 1);
+    if (conn_write(hc, srv->busy.p, srv->busy.len) == 0) {
+      hc->unsent++;
+      net_conn_want_flush(c);
+      conn_update_timer(hc);
+    }
+    return 0;
+  }
+  sm_list_push_back(&srv->open, &hc->node);
+  srv->nopen++;
   conn_update_timer(hc);
   return 0;
 }
@@ -506,7 +672,7 @@ static int on_flush(net_conn *c) {
     if (hc->nslots > 0)
       return 0;
     /* The final answer is queued: write it, shut down, linger (net/tcp). */
-    hc->state = H_DONE;
+    conn_set_state(hc, H_DONE);
     return SM_ECLOSED;
   }
   if (!backpressured(hc)) {
@@ -534,7 +700,7 @@ static int on_timer(net_conn *c) {
     conn_update_timer(hc);
     return 0;
   }
-  hc->state = H_DONE;
+  conn_set_state(hc, H_DONE);
   return SM_ETIMEDOUT;
 }
 
@@ -549,7 +715,7 @@ static int on_eof(net_conn *c) {
     conn_drain(hc);
     return 0;
   }
-  hc->state = H_DONE;
+  conn_set_state(hc, H_DONE);
   return SM_ECLOSED;
 }
 
@@ -558,7 +724,7 @@ static void on_close(net_conn *c, int reason) {
   hconn *hc = net_conn_data(c);
   if (hc == NULL)
     return;
-  hc->state = H_DONE;
+  conn_set_state(hc, H_DONE);
   conn_drop_slots(hc);
   http1_destroy(hc->http);
   http_buf_finish(&hc->stash);
@@ -602,7 +768,14 @@ int http_server_create(uv_loop_t *loop, const http_server_config *cfg, http_serv
   srv->cfg.addr = sm_strdup(cfg->addr);
   srv->cfg.log_name = sm_strdup(cfg->log_name ? cfg->log_name : "http");
   sm_list_init(&srv->timeouts);
+  sm_list_init(&srv->open);
+  srv->budget.max = cfg->max_buffered_body_bytes;
   srv->request_timeout_ms = secs_to_ms(cfg->request_timeout_s);
+  /* The header block is part of the request: never more time than the request has. */
+  srv->header_timeout_ms =
+      cfg->header_timeout_s > 0 ? secs_to_ms(cfg->header_timeout_s) : srv->request_timeout_ms;
+  if (srv->header_timeout_ms > srv->request_timeout_ms)
+    srv->header_timeout_ms = srv->request_timeout_ms;
   srv->idle_timeout_ms = secs_to_ms(cfg->idle_timeout_s);
   srv->defer_timeout_ms =
       cfg->defer_timeout_s > 0 ? secs_to_ms(cfg->defer_timeout_s) : srv->request_timeout_ms;
@@ -627,14 +800,19 @@ int http_server_create(uv_loop_t *loop, const http_server_config *cfg, http_serv
     http_response_finish(&busy);
   }
   if (!err) {
-    /* A client that does not read its answers is dropped after the request timeout. */
+    /* A client that does not read its answers is dropped after the request timeout; a TLS
+     * handshake is the first thing a client sends, so it gets the header timeout. The transport
+     * accepts twice max_connections: this layer sees a newcomer and closes an idle connection
+     * for it (or answers 503 itself); the second half covers connections still closing and TLS
+     * handshakes, and beyond it the transport refuses on its own. */
     double t = (double)srv->request_timeout_ms / 1000.0;
+    size_t net_max = cfg->max_connections > SIZE_MAX / 2 ? SIZE_MAX : cfg->max_connections * 2;
     net_listener_config lc = {
         .addr = srv->cfg.addr,
-        .max_connections = cfg->max_connections,
+        .max_connections = net_max,
         .max_output_bytes = HTTP_OUTPUT_HIGH_WATER,
         .stall_timeout_s = t,
-        .handshake_timeout_s = t,
+        .handshake_timeout_s = (double)srv->header_timeout_ms / 1000.0,
         .tls = srv->tls_ctx,
         .ops = &http_conn_ops,
         .ud = srv,
@@ -712,7 +890,7 @@ static void close_now(net_conn *c, void *ud) {
   hconn *hc = net_conn_data(c);
   if (hc != NULL) {
     conn_drop_slots(hc); /* the handlers' late answers are dropped */
-    hc->state = H_DONE;
+    conn_set_state(hc, H_DONE);
   }
   net_conn_close(c, SM_ECANCELED, 0);
 }

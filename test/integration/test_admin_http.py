@@ -213,8 +213,9 @@ def test_body_limit_413(server_factory):
         status, _, body = r.response()
         assert status == 413 and body["error"]["code"] == "payload_too_large"
         assert r.closed()
-    with contextlib.closing(connect(srv)) as s:  # chunked, grows past the limit
-        s.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with contextlib.closing(connect(srv)) as s:  # chunked, grows past the limit (a route that
+        # takes a body: others are refused on their headers, see test_admin_abuse.py)
+        s.sendall(b"POST /api/commands HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                   + b"400\r\n" + b"y" * 1024 + b"\r\n" + b"10\r\n" + b"z" * 16 + b"\r\n")
         assert Reader(s).response()[0] == 413
     with contextlib.closing(connect(srv)) as s:  # within the limit: routed (405 here)
@@ -224,8 +225,8 @@ def test_body_limit_413(server_factory):
 
 def test_expect_100_continue(server_factory):
     srv = server_factory(ADMIN_MAX_BODY_BYTES=1024)
-    with contextlib.closing(connect(srv)) as s:
-        s.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+    with contextlib.closing(connect(srv)) as s:  # a route that takes a body (no lifecycle: 503)
+        s.sendall(b"POST /api/commands HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
                   b"Content-Length: 4\r\n\r\n")
         r = Reader(s)
         while b"\r\n\r\n" not in r.buf:
@@ -233,7 +234,13 @@ def test_expect_100_continue(server_factory):
         assert r.buf.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         r.buf = r.buf[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
         s.sendall(b"abcd")
+        assert r.response()[0] == 503
+    with contextlib.closing(connect(srv)) as s:  # refused on its headers: no 100, the answer
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 4\r\n\r\n")
+        r = Reader(s)
         assert r.response()[0] == 405
+        assert r.closed()
     with contextlib.closing(connect(srv)) as s:  # too large: 413 at once, no 100
         s.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
                   b"Content-Length: 4096\r\n\r\n")
@@ -327,9 +334,12 @@ def test_connection_limit(server_factory):
     srv = server_factory(ADMIN_MAX_CONNECTIONS=2)
     a, b = connect(srv), connect(srv)
     try:
-        for s in (a, b):  # both really admitted
+        for s in (a, b):  # both really admitted, then in use (a body arriving): not evictable
             s.sendall(get("/health"))
             assert Reader(s).response()[0] == 200
+            s.sendall(b"POST /api/commands HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+                      b"\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
         with contextlib.closing(connect(srv)) as c:
             r = Reader(c)
             status, headers, body = r.response()

@@ -69,7 +69,7 @@ static int grab(void *ud, http_request *req) {
 static http_request *make_req(const char *method, const char *target, const char *ctype,
                               const char *body) {
   http1_parser *p = NULL;
-  http1_config cfg = {8192, 65536, grab, NULL};
+  http1_config cfg = {.max_header_bytes = 8192, .max_body_bytes = 65536, .on_request = grab};
   T_EQ_INT(http1_create(&cfg, &p), 0);
   char in[8192];
   size_t blen = body ? strlen(body) : 0;

@@ -23,7 +23,7 @@ static int grab(void *ud, http_request *req) {
 /* Runs one GET through parser + router + handler; returns the parsed JSON body. */
 static cJSON *call(admin_router *r, const char *target, int *status, http_response *res) {
   http1_parser *p = NULL;
-  http1_config cfg = {4096, 1024, grab, NULL};
+  http1_config cfg = {.max_header_bytes = 4096, .max_body_bytes = 1024, .on_request = grab};
   T_EQ_INT(http1_create(&cfg, &p), 0);
   char in[1024];
   snprintf(in, sizeof(in), "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", target);

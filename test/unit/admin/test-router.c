@@ -170,11 +170,84 @@ static void test_guard_and_dispatch(void) {
   http_request_free(req);
 }
 
+static int guard_calls;
+static int counting_guard(void *ud, http_request *req, const admin_route *route,
+                          http_response *res) {
+  guard_calls++;
+  return guard(ud, req, route, res);
+}
+
+static int body_is_valid_json_utf8(const http_response *res) {
+  /* no raw byte >= 0x80 may be ill-formed: our 404 text is ASCII plus \ufffd escapes */
+  for (size_t i = 0; i < res->body_len; i++)
+    if ((unsigned char)res->body[i] >= 0x80)
+      return 0;
+  return memmem(res->body, res->body_len, "\\ufffd", 6) != NULL;
+}
+
+/* admin_router_admit: what needs no body is answered on the head (404, 405, the guard's 401);
+ * a request that passes is marked, and dispatch then does not run the guard again (a rate
+ * limit counts a request once). */
+static void test_admit(void) {
+  admin_router r;
+  admin_router_init(&r, NULL);
+  T_EQ_INT(admin_router_add(&r, "GET", "/health", h_ok, ADMIN_ROLE_PUBLIC), 0);
+  T_EQ_INT(admin_router_add(&r, "POST", "/open", h_ok, ADMIN_ROLE_PUBLIC), 0);
+  T_EQ_INT(admin_router_add(&r, "POST", "/api/x", h_ok, ADMIN_ROLE_OPERATOR), 0);
+  r.guard = counting_guard;
+  http_request *req = req_new();
+  req->method = "POST";
+  struct {
+    const char *path;
+    int stop, status;
+  } cases[] = {
+      {"/api/x", 1, 401},    /* no key: refused before the body */
+      {"/api/nope", 1, 401}, /* unknown under /api: the key first */
+      {"/nope", 1, 404},     {"/health", 1, 405}, {"/open", 0, 0},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    req->path = cases[i].path;
+    http_response res;
+    http_response_init(&res);
+    T_EQ_INT(admin_router_admit(&r, req, &res) != 0, cases[i].stop);
+    if (cases[i].stop)
+      T_EQ_INT(res.status, cases[i].status);
+    http_response_finish(&res);
+  }
+  T_EQ_INT(handled, 1); /* from test_guard_and_dispatch: admit never runs a handler */
+  /* admitted: dispatch skips the guard */
+  guard_calls = 0;
+  req->path = "/api/x";
+  req->admitted = 1;
+  http_response res;
+  http_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 200);
+  T_EQ_INT(guard_calls, 0);
+  http_response_finish(&res);
+  req->admitted = 0;
+  http_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 401);
+  T_EQ_INT(guard_calls, 1);
+  http_response_finish(&res);
+  /* a 404 quoting a path of invalid UTF-8 stays valid JSON */
+  req->method = "GET";
+  req->path = "/nope/\xff\xfe\xc3";
+  http_response_init(&res);
+  admin_router_dispatch(&r, req, &res);
+  T_EQ_INT(res.status, 404);
+  T_ASSERT(body_is_valid_json_utf8(&res));
+  http_response_finish(&res);
+  http_request_free(req);
+}
+
 int main(void) {
   T_RUN(test_match);
   T_RUN(test_add_errors);
   T_RUN(test_bind);
   T_RUN(test_query);
   T_RUN(test_guard_and_dispatch);
+  T_RUN(test_admit);
   return t_done();
 }

@@ -22,7 +22,8 @@ static int on_request(void *ud, http_request *req) {
 
 static http1_parser *mk(sink *s, size_t max_head, size_t max_body) {
   http1_parser *p = NULL;
-  http1_config cfg = {max_head, max_body, on_request, s};
+  http1_config cfg = {
+      .max_header_bytes = max_head, .max_body_bytes = max_body, .on_request = on_request, .ud = s};
   T_EQ_INT(http1_create(&cfg, &p), 0);
   return p;
 }
@@ -174,6 +175,208 @@ static void test_body_limit(void) {
   http1_destroy(p);
 }
 
+/* A chunk size beyond the limit is refused when its size line arrives, before any of its bytes
+ * (it used to wait for them until the request timeout). */
+static void test_chunk_size_limit(void) {
+  const char *sizes[] = {"7fffffffffffffff", "b", "ffffffff"};
+  for (size_t i = 0; i < 3; i++) {
+    sink s = {0};
+    http1_parser *p = mk(&s, 4096, 10);
+    char in[256];
+    int n = snprintf(in, sizeof(in),
+                     "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%s\r\nab", sizes[i]);
+    int st = 0;
+    T_EQ_INT(http1_feed(p, in, (size_t)n, &st), SM_ETOOBIG);
+    T_EQ_INT(st, 413);
+    T_EQ_INT(s.n, 0);
+    http1_destroy(p);
+  }
+  /* Several chunks adding up past the limit: the chunk that would cross it. */
+  sink s = {0};
+  http1_parser *p = mk(&s, 4096, 10);
+  const char in[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n123456\r\n5\r\n";
+  int st = 0;
+  T_EQ_INT(http1_feed(p, in, sizeof(in) - 1, &st), SM_ETOOBIG);
+  http1_destroy(p);
+}
+
+typedef struct gate {
+  sink s;
+  int calls;
+  int refuse; /* refuse every request on its headers */
+} gate;
+
+static int gate_on_request(void *ud, http_request *req) {
+  return on_request(&((gate *)ud)->s, req);
+}
+
+static int gate_on_headers(void *ud, http_request *req) {
+  gate *g = ud;
+  g->calls++;
+  T_ASSERT(req->body == NULL && req->path != NULL);
+  return g->refuse;
+}
+
+/* on_headers: asked once per request with a body, on its header block; refusing ends the
+ * parser with nothing of the body read or buffered. */
+static void test_on_headers(void) {
+  http1_budget budget = {.max = 1 << 20};
+  gate g = {0};
+  http1_config cfg = {.max_header_bytes = 4096,
+                      .max_body_bytes = 1 << 20,
+                      .on_request = gate_on_request,
+                      .ud = &g,
+                      .on_headers = gate_on_headers,
+                      .budget = &budget};
+  http1_parser *p = NULL;
+  T_EQ_INT(http1_create(&cfg, &p), 0);
+  const char ok[] = "GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+  int st = 0;
+  T_EQ_INT(http1_feed(p, ok, sizeof(ok) - 1, &st), sizeof(ok) - 1);
+  T_EQ_INT(g.s.n, 2);
+  T_EQ_INT(g.calls, 1); /* not for the GET without a body */
+  T_EQ_INT(budget.used, 0);
+  g.refuse = 1;
+  const char up[] = "POST /c HTTP/1.1\r\nContent-Length: 900000\r\n\r\nxxxxxxxx";
+  T_EQ_INT(http1_feed(p, up, sizeof(up) - 1, &st), sizeof(up) - 1);
+  T_EQ_INT(g.calls, 2);
+  T_EQ_INT(g.s.n, 2);
+  T_EQ_INT(http1_pending(p), 0);
+  T_EQ_INT(budget.used, 0);
+  T_EQ_INT(http1_feed(p, "more", 4, &st), 4); /* discarded */
+  T_EQ_INT(g.s.n, 2);
+  sink_free(&g.s);
+  http1_destroy(p);
+}
+
+/* The body budget is shared: what one parser holds, another cannot take; it comes back when
+ * the body is handed over, on an error and on destroy. */
+static void test_budget(void) {
+  http1_budget budget = {.max = 4096};
+  sink s = {0};
+  http1_config cfg = {.max_header_bytes = 4096,
+                      .max_body_bytes = 1 << 20,
+                      .on_request = on_request,
+                      .ud = &s,
+                      .budget = &budget};
+  http1_parser *a = NULL, *b = NULL;
+  T_EQ_INT(http1_create(&cfg, &a), 0);
+  T_EQ_INT(http1_create(&cfg, &b), 0);
+  static char body[3500];
+  memset(body, 'x', sizeof(body));
+  const char h[] = "POST / HTTP/1.1\r\nContent-Length: 3000\r\n\r\n";
+  int st = 0;
+  T_EQ_INT(http1_feed(a, h, sizeof(h) - 1, &st), sizeof(h) - 1);
+  T_EQ_INT(http1_feed(a, body, 1000, &st), 1000);
+  T_EQ_INT(budget.used, 1024); /* the capacity held */
+  T_EQ_INT(http1_in_headers(a), 0);
+  T_EQ_INT(http1_feed(b, h, sizeof(h) - 1, &st), sizeof(h) - 1);
+  T_EQ_INT(http1_feed(b, body, 3500, &st), SM_EUNAVAIL); /* a 4096 buffer: no room */
+  T_EQ_INT(st, 503);
+  T_EQ_INT(budget.used, 1024);
+  http1_destroy(b);
+  T_EQ_INT(http1_feed(a, body, 1500, &st), 1500);
+  T_EQ_INT(budget.used, 4096);
+  T_EQ_INT(http1_feed(a, body, 500, &st), 500); /* complete: handed over */
+  T_EQ_INT(s.n, 1);
+  T_EQ_INT(budget.used, 0);
+  T_EQ_INT(http1_feed(a, h, sizeof(h) - 1, &st), sizeof(h) - 1);
+  T_EQ_INT(http1_feed(a, body, 10, &st), 10);
+  T_ASSERT(budget.used > 0);
+  http1_destroy(a); /* half a body: given back */
+  T_EQ_INT(budget.used, 0);
+  sink_free(&s);
+}
+
+/* http1_in_headers: 1 from a request's first byte until its header block is complete. */
+static void test_in_headers(void) {
+  sink s = {0};
+  http1_parser *p = mk(&s, 4096, 100);
+  int st = 0;
+  T_EQ_INT(http1_in_headers(p), 0);
+  T_EQ_INT(http1_feed(p, "GET / HTTP/1.1\r\nHo", 18, &st), 18);
+  T_EQ_INT(http1_in_headers(p), 1);
+  const char rest[] = "st: x\r\nContent-Length: 2\r\n\r\n";
+  T_EQ_INT(http1_feed(p, rest, sizeof(rest) - 1, &st), sizeof(rest) - 1);
+  T_EQ_INT(http1_in_headers(p), 0);
+  T_ASSERT(http1_pending(p) != 0);
+  T_EQ_INT(http1_feed(p, "ab", 2, &st), 2);
+  T_EQ_INT(http1_pending(p), 0);
+  sink_free(&s);
+  http1_destroy(p);
+}
+
+/* Whether s (n bytes) is well-formed UTF-8, decoding code points (independent of http.c). */
+static int valid_utf8(const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned c = s[i], cp, len;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if ((c & 0xE0) == 0xC0)
+      len = 2, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0)
+      len = 3, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0)
+      len = 4, cp = c & 0x07;
+    else
+      return 0;
+    if (i + len > n)
+      return 0;
+    for (unsigned k = 1; k < len; k++) {
+      if ((s[i + k] & 0xC0) != 0x80)
+        return 0;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    unsigned min = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return 0;
+    i += len;
+  }
+  return 1;
+}
+
+/* Error bodies quote what the client sent (a path): they stay valid UTF-8 JSON whatever the
+ * bytes, random ones included; valid multi-byte text passes unchanged. */
+static int body_is(const http_response *res, const char *want) {
+  return res->body_len == strlen(want) && memcmp(res->body, want, res->body_len) == 0;
+}
+
+static void test_error_body_utf8(void) {
+  http_response res;
+  http_response_init(&res);
+  http_response_error(&res, 404, "not_found", "no such resource: /api/agents/\xff\xfe");
+  T_ASSERT(body_is(&res, "{\"error\":{\"code\":\"not_found\",\"message\":"
+                         "\"no such resource: /api/agents/\\ufffd\\ufffd\"}}"));
+  http_response_error(&res, 404, "x", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xc3");
+  T_ASSERT(body_is(&res, "{\"error\":{\"code\":\"x\",\"message\":\"caf\xc3\xa9 \xe2\x82\xac "
+                         "\xf0\x9f\x98\x80 \\ufffd\"}}"));
+  /* overlong, surrogate, above U+10FFFF: each byte replaced */
+  http_response_error(&res, 404, "x", "\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80");
+  T_ASSERT(valid_utf8((const unsigned char *)res.body, res.body_len));
+  T_ASSERT(memchr(res.body, 0xc0, res.body_len) == NULL &&
+           memchr(res.body, 0xed, res.body_len) == NULL &&
+           memchr(res.body, 0xf4, res.body_len) == NULL);
+  srand(12);
+  for (int i = 0; i < 20000; i++) {
+    char msg[64];
+    size_t n = (size_t)(rand() % 63);
+    for (size_t k = 0; k < n; k++) {
+      msg[k] = (char)(rand() % 255 + 1);
+      if (rand() % 3 == 0) /* some plausible UTF-8 lead/continuation mixes */
+        msg[k] = (char)(0x80 | (rand() % 0x80));
+    }
+    msg[n] = '\0';
+    http_response_error(&res, 404, "not_found", msg);
+    T_EQ_INT(res.status, 404);
+    T_ASSERT(valid_utf8((const unsigned char *)res.body, res.body_len));
+    for (size_t k = 0; k < res.body_len; k++)
+      T_ASSERT((unsigned char)res.body[k] >= 0x20); /* no raw control characters */
+  }
+  http_response_finish(&res);
+}
+
 static void test_expect_continue(void) {
   sink s = {0};
   http1_parser *p = mk(&s, 4096, 100);
@@ -201,6 +404,9 @@ static void test_malformed(void) {
       "GET / HTTP/1.1\r\nNo-Colon\r\n\r\n",
       "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
       "\x01\x02\x03\x04",
+      "GET /\r\n\r\n", /* HTTP/0.9: no version, never answered */
+      "GET /\r\n",
+      "GET /index.html\r\nHost: x\r\n\r\n",
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     sink s = {0};
@@ -247,6 +453,11 @@ int main(void) {
   T_RUN(test_header_limit);
   T_RUN(test_too_many_headers);
   T_RUN(test_body_limit);
+  T_RUN(test_chunk_size_limit);
+  T_RUN(test_on_headers);
+  T_RUN(test_budget);
+  T_RUN(test_in_headers);
+  T_RUN(test_error_body_utf8);
   T_RUN(test_expect_continue);
   T_RUN(test_malformed);
   T_RUN(test_response_serialize);

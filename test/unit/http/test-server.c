@@ -29,6 +29,8 @@ static uv_loop_t loop;
 static http_server *srv;
 static http_deferred *pend[MAXP];
 static int handled;
+static int admitted_seen; /* requests the handler saw with req->admitted */
+static int admit_calls;
 static int closed_calls;
 
 /* ---- the handler ---- */
@@ -36,6 +38,7 @@ static int closed_calls;
 static void handle(void *ud, http_request *req, http_response *res) {
   (void)ud;
   handled++;
+  admitted_seen += req->admitted;
   if (strncmp(req->path, "/defer/", 7) == 0) {
     int n = atoi(req->path + 7);
     T_ASSERT(n >= 0 && n < MAXP && pend[n] == NULL);
@@ -55,6 +58,17 @@ static void handle(void *ud, http_request *req, http_response *res) {
   }
   if (http_response_set(res, 200, "text/plain", req->path + 1, strlen(req->path + 1)) != 0)
     http_response_error(res, 500, "internal", "out of memory");
+}
+
+/* The admit hook: "/deny" is refused on its headers (as an upload without a key). */
+static int admit(void *ud, http_request *req, http_response *res) {
+  (void)ud;
+  admit_calls++;
+  T_ASSERT(req->body == NULL && req->peer != NULL);
+  if (strcmp(req->path, "/deny") != 0)
+    return 0;
+  http_response_error(res, 401, "unauthorized", "no key");
+  return 1;
 }
 
 static void complete(int n, int status) {
@@ -99,9 +113,11 @@ static int cond_srv_closed(void *arg) {
 
 typedef struct opts {
   size_t max_connections, max_header_bytes, max_body_bytes;
-  double request_timeout_s, idle_timeout_s, defer_timeout_s;
+  size_t max_connections_per_addr, max_buffered_body_bytes;
+  double request_timeout_s, idle_timeout_s, defer_timeout_s, header_timeout_s;
   const char *cert, *key;
   int close_when_backed_up;
+  int admit;
 } opts;
 
 static void server_start(const opts *o) {
@@ -116,15 +132,21 @@ static void server_start(const opts *o) {
       .idle_timeout_s = o && o->idle_timeout_s ? o->idle_timeout_s : 2,
       .defer_timeout_s = o && o->defer_timeout_s ? o->defer_timeout_s : 2,
       .close_when_backed_up = o ? o->close_when_backed_up : 0,
+      .max_connections_per_addr = o ? o->max_connections_per_addr : 0,
+      .max_buffered_body_bytes = o ? o->max_buffered_body_bytes : 0,
+      .header_timeout_s = o ? o->header_timeout_s : 0,
       .log_name = "test-http",
       .log_requests = 1,
       .handle = handle,
+      .admit = o && o->admit ? admit : NULL,
   };
   T_EQ_INT(http_server_create(&loop, &cfg, &srv), 0);
   T_EQ_INT(http_server_port(srv), -1);
   T_EQ_INT(http_server_listen(srv), 0);
   T_ASSERT(http_server_port(srv) > 0);
   handled = 0;
+  admitted_seen = 0;
+  admit_calls = 0;
   closed_calls = 0;
 }
 
@@ -381,22 +403,244 @@ static void test_limits(void) {
   client_close(&c);
   spin(cond_conns, (void *)0L, 3000);
 
-  client a, b, extra; /* beyond max_connections: 503 with Retry-After, closed */
+  client a, b, extra; /* beyond max_connections, all in use: 503 with Retry-After, closed */
   client_open(&a);
   client_open(&b);
   spin(cond_conns, (void *)2L, 2000);
+  client_send(&a, "GET /defer/1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  client_send(&b, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nabc");
+  spin(NULL, NULL, 40);
   client_open(&extra);
   spin(cond_eof, &extra, 3000);
   T_EQ_INT(parse(&extra, r, 2), 1);
   T_EQ_INT(r[0].status, 503);
   T_ASSERT(r[0].retry_after);
   client_close(&extra);
-  client_send(&a, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"); /* the others still work */
+  complete(1, 200); /* the others still work */
+  client_send(&b, "defgh");
   wait_n(&a, 1, 2000);
+  wait_n(&b, 1, 2000);
   T_EQ_INT(parse(&a, r, 2), 1);
   T_EQ_INT(r[0].status, 200);
+  T_EQ_INT(parse(&b, r, 2), 1);
+  T_EQ_STR(r[0].body, "abcdefgh");
   client_close(&a);
   client_close(&b);
+  server_stop();
+}
+
+/* At max_connections a newcomer closes a connection that costs nothing to lose: one that never
+ * sent a whole request (oldest first), else an idle keep-alive one; connections in use stay. */
+static void test_evict(void) {
+  opts o = {.max_connections = 3};
+  server_start(&o);
+  client busy, kept, idle, fresh, slow, n1, n2;
+  resp r[4];
+  client_open(&busy); /* in use: a deferred answer awaited */
+  client_send(&busy, "GET /defer/2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  client_open(&kept); /* served once, idle keep-alive */
+  client_send(&kept, "GET /k HTTP/1.1\r\nHost: x\r\n\r\n");
+  wait_n(&kept, 1, 2000);
+  client_open(&idle); /* never sent a byte */
+  spin(cond_conns, (void *)3L, 2000);
+  client_open(&fresh); /* full: the never-used one goes, not the keep-alive one */
+  spin(cond_eof, &idle, 2000);
+  T_ASSERT(idle.eof);
+  T_EQ_INT(idle.len, 0);
+  T_ASSERT(!kept.eof && !busy.eof);
+  client_send(&fresh, "GET /fresh HTTP/1.1\r\nHost: x\r\n\r\n");
+  wait_n(&fresh, 1, 2000);
+  T_EQ_INT(parse(&fresh, r, 4), 1);
+  T_EQ_STR(r[0].body, "fresh");
+  client_open(&slow); /* full again: fresh (served) and kept are idle: the longest idle goes */
+  spin(cond_eof, &kept, 2000);
+  T_ASSERT(kept.eof);
+  T_ASSERT(!fresh.eof && !busy.eof);
+  client_send(&slow, "GET /slo"); /* half a request line: never completed one */
+  spin(NULL, NULL, 30);
+  client_open(&n1); /* the slow one goes before the served idle one */
+  spin(cond_eof, &slow, 2000);
+  T_ASSERT(slow.eof);
+  T_EQ_INT(slow.len, 0);
+  T_ASSERT(!fresh.eof);
+  client_send(&n1, "GET /n1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  wait_n(&n1, 1, 2000);
+  client_send(&fresh, "GET /defer/3 HTTP/1.1\r\nHost: x\r\n\r\n");
+  client_send(&n1, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nab");
+  spin(NULL, NULL, 40);
+  client_open(&n2); /* all three in use (a body arriving counts): the newcomer gets 503 */
+  spin(cond_eof, &n2, 3000);
+  T_EQ_INT(parse(&n2, r, 4), 1);
+  T_EQ_INT(r[0].status, 503);
+  T_ASSERT(r[0].retry_after && r[0].close);
+  T_ASSERT(!busy.eof && !fresh.eof && !n1.eof);
+  complete(2, 200);
+  complete(3, 200);
+  wait_n(&busy, 1, 2000);
+  wait_n(&fresh, 2, 2000);
+  client *all[] = {&busy, &kept, &idle, &fresh, &slow, &n1, &n2};
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+    client_close(all[i]);
+  server_stop();
+}
+
+/* max_connections_per_addr: one address holding that many gets 503 for the next. */
+static void test_per_addr_limit(void) {
+  opts o = {.max_connections = 8, .max_connections_per_addr = 2};
+  server_start(&o);
+  client a, b, c;
+  resp r[2];
+  client_open(&a);
+  client_open(&b);
+  spin(cond_conns, (void *)2L, 2000);
+  client_open(&c);
+  spin(cond_eof, &c, 3000);
+  T_EQ_INT(parse(&c, r, 2), 1);
+  T_EQ_INT(r[0].status, 503);
+  T_ASSERT(!a.eof && !b.eof);
+  client_close(&c);
+  client_close(&b);
+  spin(cond_conns, (void *)1L, 2000);
+  client_open(&c); /* room again */
+  client_send(&c, "GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  wait_n(&c, 1, 2000);
+  T_EQ_INT(parse(&c, r, 2), 1);
+  T_EQ_STR(r[0].body, "again");
+  client_close(&a);
+  client_close(&c);
+  server_stop();
+}
+
+/* The header timeout: a socket that never sends closes in silence, a header block that trickles
+ * gets 408, both counted from the open; a keep-alive connection between requests and a body
+ * after its headers get the longer timeouts. */
+static void test_header_timeout(void) {
+  opts o = {.header_timeout_s = 0.2, .request_timeout_s = 1.5, .idle_timeout_s = 1.5};
+  server_start(&o);
+  client idle, slow, ka, up;
+  resp r[4];
+  uint64_t t0 = uv_hrtime();
+  client_open(&idle);
+  client_open(&slow);
+  client_open(&ka);
+  client_open(&up);
+  client_send(&ka, "GET /ka HTTP/1.1\r\nHost: x\r\n\r\n");
+  client_send(&up, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab");
+  client_send(&slow, "GET /");
+  for (int i = 0; i < 6 && !slow.eof; i++) { /* a byte every 50 ms does not extend it */
+    client_send(&slow, "a");
+    spin(NULL, NULL, 50);
+  }
+  spin(cond_eof, &idle, 2000);
+  spin(cond_eof, &slow, 2000);
+  double ms = (double)(uv_hrtime() - t0) / 1e6;
+  T_ASSERT(idle.eof && slow.eof);
+  T_ASSERT(ms < 1000); /* the header timeout, not the request timeout */
+  T_EQ_INT(idle.len, 0);
+  T_EQ_INT(parse(&slow, r, 4), 1);
+  T_EQ_INT(r[0].status, 408);
+  spin(NULL, NULL, 300); /* past the header timeout: the others live on */
+  T_ASSERT(!ka.eof && !up.eof);
+  client_send(&up, "cd");
+  client_send(&ka, "GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  wait_n(&up, 1, 2000);
+  wait_n(&ka, 2, 2000);
+  T_EQ_INT(parse(&up, r, 4), 1);
+  T_EQ_STR(r[0].body, "abcd");
+  T_EQ_INT(parse(&ka, r, 4), 2);
+  T_EQ_STR(r[1].body, "again");
+  client *all[] = {&idle, &slow, &ka, &up};
+  for (size_t i = 0; i < 4; i++)
+    client_close(all[i]);
+  server_stop();
+}
+
+/* The admit hook answers an upload on its headers: the body is never read nor buffered, the
+ * handler never runs, the connection closes; admitted requests reach the handler marked. */
+static void test_admit(void) {
+  opts o = {.admit = 1, .max_body_bytes = 1 << 20, .max_buffered_body_bytes = 4096};
+  server_start(&o);
+  client c;
+  resp r[2];
+  client_open(&c);
+  client_send(&c, "POST /deny HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nxxxx");
+  spin(cond_eof, &c, 3000);
+  T_EQ_INT(parse(&c, r, 2), 1);
+  T_EQ_INT(r[0].status, 401);
+  T_ASSERT(r[0].close);
+  T_EQ_INT(handled, 0);
+  T_EQ_INT(admit_calls, 1);
+  client_close(&c);
+  /* a body bigger than the budget was never buffered: the budget is whole for the next one */
+  client_open(&c);
+  client_send(&c, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                  "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+  wait_n(&c, 2, 2000);
+  T_EQ_INT(parse(&c, r, 2), 2);
+  T_EQ_STR(r[0].body, "abc");
+  T_EQ_STR(r[1].body, "plain");
+  T_EQ_INT(admit_calls, 2); /* only requests with a body are asked */
+  T_EQ_INT(admitted_seen, 1);
+  T_ASSERT(!c.eof);
+  client_close(&c);
+  server_stop();
+}
+
+/* max_buffered_body_bytes: bodies being received across connections are bounded; beyond, 503
+ * with Retry-After, and the budget comes back once a body completes or its connection goes. */
+static void test_body_budget(void) {
+  opts o = {.max_body_bytes = 4096, .max_buffered_body_bytes = 1024};
+  server_start(&o);
+  client a, b, c;
+  resp r[2];
+  static char part[701];
+  memset(part, 'p', 700);
+  client_open(&a);
+  client_send(&a, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n");
+  client_send(&a, part); /* 700 bytes: a 1024-byte buffer, the whole budget */
+  spin(NULL, NULL, 40);
+  client_open(&b);
+  client_send(&b, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789");
+  spin(cond_eof, &b, 3000);
+  T_EQ_INT(parse(&b, r, 2), 1);
+  T_EQ_INT(r[0].status, 503);
+  T_ASSERT(r[0].retry_after && r[0].close);
+  client_close(&b);
+  client_close(&a); /* its budget comes back */
+  spin(cond_conns, (void *)0L, 3000);
+  client_open(&c);
+  client_send(&c, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789");
+  wait_n(&c, 1, 2000);
+  T_EQ_INT(parse(&c, r, 2), 1);
+  T_EQ_INT(r[0].status, 200);
+  T_EQ_STR(r[0].body, "0123456789");
+  client_close(&c);
+  server_stop();
+}
+
+/* A request line without a version (HTTP/0.9) gets 400, and a chunk size over the body limit
+ * gets 413 at once, not after the request timeout. */
+static void test_bad_framing(void) {
+  opts o = {.request_timeout_s = 10};
+  server_start(&o);
+  client c;
+  resp r[2];
+  client_open(&c);
+  client_send(&c, "GET /\r\n\r\n");
+  spin(cond_eof, &c, 3000);
+  T_EQ_INT(parse(&c, r, 2), 1);
+  T_EQ_INT(r[0].status, 400);
+  T_EQ_INT(handled, 0);
+  client_close(&c);
+  uint64_t t0 = uv_hrtime();
+  client_open(&c);
+  client_send(&c, "POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "7fffffffffffffff\r\nabc");
+  spin(cond_eof, &c, 3000);
+  T_ASSERT((uv_hrtime() - t0) / 1000000u < 2000);
+  T_EQ_INT(parse(&c, r, 2), 1);
+  T_EQ_INT(r[0].status, 413);
+  client_close(&c);
   server_stop();
 }
 
@@ -697,6 +941,54 @@ static void test_alloc_failure_requests(void) {
   server_stop();
 }
 
+/* The same with the admit hook and the body budget: the answer on a head, the budget and the
+ * eviction bookkeeping survive every failed allocation, and the budget is whole afterwards. */
+static void test_alloc_failure_admit(void) {
+  opts o = {.admit = 1, .max_body_bytes = 4096, .max_buffered_body_bytes = 1024};
+  server_start(&o);
+  const char *reqs = "GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                     "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                     "POST /deny HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\nxx";
+  int clean = 0;
+  for (long nth = 0; nth < 500 && !clean; nth++) {
+    client c;
+    unsigned long before = sm_alloc_failures();
+    sm_alloc_fail_at(nth, 0);
+    client_open(&c);
+    client_send(&c, reqs);
+    spin(NULL, NULL, 30);
+    sm_alloc_fail_at(-1, 0);
+    spin(cond_eof, &c, 3000);
+    T_ASSERT(c.eof); /* the 401 (or a failure) ends the connection either way */
+    resp r[4];
+    int n = parse(&c, r, 4);
+    if (sm_alloc_failures() == before) {
+      T_EQ_INT(n, 3);
+      T_EQ_STR(r[1].body, "abc");
+      T_EQ_INT(r[2].status, 401);
+      clean = 1;
+    } else if (n > 0 && r[n - 1].status != 401 && r[n - 1].status != 200) {
+      T_ASSERT(r[n - 1].status >= 500);
+    }
+    client_close(&c);
+    spin(cond_conns, (void *)0L, 3000);
+  }
+  T_ASSERT(clean);
+  /* the budget was given back every time: a body of the whole budget still fits */
+  client c;
+  client_open(&c);
+  static char big[1200];
+  snprintf(big, sizeof(big),
+           "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n%01000d", 0);
+  client_send(&c, big);
+  wait_n(&c, 1, 2000);
+  resp r[1];
+  T_EQ_INT(parse(&c, r, 1), 1);
+  T_EQ_INT(r[0].status, 200);
+  client_close(&c);
+  server_stop();
+}
+
 int main(void) {
   sm_log_configure(getenv("SM_TEST_LOG") ? SM_LOG_DEBUG : SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_EQ_INT(uv_loop_init(&loop), 0);
@@ -704,6 +996,12 @@ int main(void) {
   T_RUN(test_keepalive_pipelining);
   T_RUN(test_deferred_order);
   T_RUN(test_limits);
+  T_RUN(test_evict);
+  T_RUN(test_per_addr_limit);
+  T_RUN(test_header_timeout);
+  T_RUN(test_admit);
+  T_RUN(test_body_budget);
+  T_RUN(test_bad_framing);
   T_RUN(test_pipeline_flood);
   T_RUN(test_timeouts);
   T_RUN(test_half_close_and_stop);
@@ -711,6 +1009,7 @@ int main(void) {
   T_RUN(test_tls);
   T_RUN(test_alloc_failure_create);
   T_RUN(test_alloc_failure_requests);
+  T_RUN(test_alloc_failure_admit);
   uv_run(&loop, UV_RUN_NOWAIT);
   T_EQ_INT(uv_loop_close(&loop), 0);
   return t_done();
