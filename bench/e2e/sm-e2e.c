@@ -731,6 +731,7 @@ typedef struct {
   long nlat, low;         /* low: every command below it is final */
   drain_stats ds;         /* ds.unique: commands seen final */
   long sweeps, partial, pages, records, rescans, errors;
+  double t0;           /* monotonic: the first submit */
   double t_last_final; /* monotonic: the page that showed the last new final command */
   char watermark[POLL_CURSOR_CAP];
 } poller;
@@ -892,8 +893,13 @@ static void *poll_thread(void *arg) {
   long last = -1;
   for (;;) {
     int done = atomic_load(&p->submit_done);
+    double ts = mono_s();
+    long pages = p->pages, finals = p->ds.unique;
     poll_sweep(p);
     double now = mono_s();
+    fprintf(stderr, "sm-e2e: sweep %ld at %.3f s: %.3f s, %ld pages, %ld new final (%ld of %ld)\n",
+            p->sweeps, ts - p->t0, now - ts, p->pages - pages, p->ds.unique - finals, p->ds.unique,
+            (long)atomic_load(&p->s->accepted));
     if (p->ds.unique != last) {
       last = p->ds.unique;
       t_progress = now;
@@ -951,6 +957,7 @@ static int mode_rest(const opts *o) {
   }
   pthread_t *th = calloc((size_t)o->conns, sizeof(pthread_t));
   double t0_wall = wall_ms(), t0 = mono_s();
+  p.t0 = t0;
   for (int i = 0; i < o->conns; i++)
     pthread_create(&th[i], NULL, submit_thread, &s);
   if (o->poll)
