@@ -212,7 +212,7 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b + 0 <= 0) pr
 
 run_tool rest --sink --n "$n" --conns "$conns" --prefix sink
 echo "submitter_alone: $(cat "$out/tool.out")"
-rest_rate='' amqp_rate='' valkey_rate=''
+rest_rate='' amqp_rate='' valkey_rate='' valkey_done_rate=''
 if [ "$with_broker" = 1 ]; then
   start_fleet manager.log "amqp://guest:guest@127.0.0.1:$aport/"
   phase warmup rest --admin-port "$admin" --amqp-port "$aport" --result-queue bench-res \
@@ -261,8 +261,13 @@ if has valkey_only; then
   redis-cli -p "$rport" flushall >/dev/null
   start_fleet manager-valkey.log
   phase warmup rest --poll --admin-port "$admin" --n 5000 --conns "$conns" --prefix warm >/dev/null
-  phase valkey_only rest --poll --admin-port "$admin" --n "$n" --conns "$conns" --prefix vk
+  # The listing begins after the warmup's commands (at its last page).
+  from=$(field poll_watermark "$last_line")
+  [ "$from" = - ] && from=''
+  phase valkey_only rest --poll --admin-port "$admin" --n "$n" --conns "$conns" --prefix vk \
+    ${from:+--poll-from "$from"}
   valkey_rate=$(field e2e_per_s "$last_line")
+  valkey_done_rate=$(field completed_per_s "$last_line")
   echo "manager_error_lines_valkey_only: $(grep -c '"level":"error"' "$out/manager-valkey.log" || true)"
   stop_fleet
 fi
@@ -276,5 +281,5 @@ if has amqp; then
   echo "ratio amqp_vs_half_broker_raw=$(ratio "$amqp_rate" "$half") amqp_e2e_per_s=$amqp_rate half_broker_publish_consume_per_s=$half"
 fi
 if has valkey_only; then
-  echo "ratio valkey_only_vs_redis_eval_create=$(ratio "$valkey_rate" "$eval_rate") valkey_only_e2e_per_s=$valkey_rate redis_eval_create_per_s=$eval_rate"
+  echo "ratio valkey_only_vs_redis_eval_create=$(ratio "$valkey_rate" "$eval_rate") valkey_only_e2e_per_s=$valkey_rate valkey_only_completed_per_s=$valkey_done_rate redis_eval_create_per_s=$eval_rate"
 fi
