@@ -14,7 +14,9 @@
 #                read over REST (sm-e2e rest --poll: GET /api/commands every 200 ms)
 # Each phase line adds the manager's CPU time per command (manager_us_per_cmd, from /proc) and
 # the redis script calls and commands per command (for valkey_only without the poller's own
-# listing calls); the ratio lines at the end relate the phases to the baselines of this run.
+# listing calls; its manager CPU does include serving the listing, poll_records= records, about
+# one per command when the pipeline keeps up); the ratio lines at the end relate the phases to
+# the baselines of this run.
 #
 # Usage: bench/e2e/run.sh [N=100000] [builddir=build-bench]
 #   env: PHASES (above), CONNS (REST submitters, 4), AGENTS (1000), MAX_CONCURRENT (4 per agent),
