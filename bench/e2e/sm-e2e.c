@@ -11,6 +11,21 @@
  *       same ids, so the repeat is idempotent); then waits until the result queue holds N
  *       messages and drains it (see below). With --sink the submitter runs against an in-process
  *       HTTP sink that answers 202 at once: the submitter's own ceiling.
+ *   sm-e2e rest --poll --admin-port P --n N --prefix X [--conns C] [--batch B] [--poll-ms M]
+ *               [--poll-from CURSOR]
+ *       the same submission for a manager without RabbitMQ: the results are read over REST
+ *       instead, while submitting, by sweeps of GET /api/commands?limit=1000 every M ms (200)
+ *       until every id was seen final. The listing is in creation order, so a sweep starts at
+ *       a watermark: the cursor of the first page that still held one of our unfinished
+ *       commands in the previous sweep (everything before it is final and already counted). A
+ *       command acknowledged (202) before a sweep began but not listed by it (stored with a
+ *       creation key before the watermark) resets the watermark to the beginning (rescans=).
+ *       A sweep stops at a page where none of our commands is final yet (the queued backlog).
+ *       The e2e time ends at the page that showed the last command final, so it is late by up
+ *       to one poll interval plus one sweep; last_completed_after_s (from completed_at) is the
+ *       exact moment, and completed_per_s the rate over it. The line ends with poll_watermark=,
+ *       the last watermark: a later run's --poll-from, so that its first sweep does not list
+ *       this run's commands again. Each sweep is logged to stderr.
  *   sm-e2e amqp --amqp-port P --command-queue Q --result-queue R --n N --prefix X [--window W]
  *       the same N commands published (persistent, confirmed, at most W unconfirmed) to the
  *       command queue while the manager runs, then the same wait and drain.
@@ -66,9 +81,9 @@ static double wall_ms(void) {
 typedef struct {
   const char *mode;
   int amqp_port, admin_port;
-  const char *queue, *command_queue, *result_queue, *prefix;
+  const char *queue, *command_queue, *result_queue, *prefix, *poll_from;
   long n;
-  int size, window, conns, batch, sink;
+  int size, window, conns, batch, sink, poll, poll_ms;
 } opts;
 
 static void parse_opts(opts *o, int argc, char **argv) {
@@ -78,6 +93,7 @@ static void parse_opts(opts *o, int argc, char **argv) {
   o->conns = 4;
   o->batch = MAX_BATCH;
   o->prefix = "c";
+  o->poll_ms = 200;
   if (argc < 2)
     die("usage: sm-e2e raw|rest|amqp [options] (see the comment at the top of sm-e2e.c)");
   o->mode = argv[1];
@@ -85,6 +101,10 @@ static void parse_opts(opts *o, int argc, char **argv) {
     const char *k = argv[i];
     if (strcmp(k, "--sink") == 0) {
       o->sink = 1;
+      continue;
+    }
+    if (strcmp(k, "--poll") == 0) {
+      o->poll = 1;
       continue;
     }
     if (i + 1 >= argc)
@@ -112,12 +132,18 @@ static void parse_opts(opts *o, int argc, char **argv) {
       o->conns = atoi(v);
     else if (strcmp(k, "--batch") == 0)
       o->batch = atoi(v);
+    else if (strcmp(k, "--poll-ms") == 0)
+      o->poll_ms = atoi(v);
+    else if (strcmp(k, "--poll-from") == 0)
+      o->poll_from = v;
     else
       die("unknown option");
   }
   if (o->n <= 0 || o->window <= 0 || o->conns <= 0 || o->batch <= 0 || o->batch > MAX_BATCH ||
-      o->size < 16)
-    die("bad --n, --window, --conns, --batch or --size");
+      o->size < 16 || o->poll_ms <= 0)
+    die("bad --n, --window, --conns, --batch, --size or --poll-ms");
+  if (o->poll && o->sink)
+    die("--poll and --sink exclude each other");
 }
 
 /* ---- AMQP helpers (blocking rabbitmq-c, one channel per connection) ---- */
@@ -470,6 +496,10 @@ typedef struct {
   atomic_long retries, retries_429, retries_503, errors, accepted;
   double t_last_ok; /* monotonic, written under mu */
   pthread_mutex_t mu;
+  /* --poll: the sweep counter when command i was acknowledged (-1: not yet); a sweep k must list
+   * every command marked below k (see the poller). */
+  atomic_int *acc_sweep;
+  atomic_int sweep;
 } submitter;
 
 static int tcp_connect(int port) {
@@ -583,6 +613,12 @@ static void *submit_thread(void *arg) {
         fd = tcp_connect(s->port);
       }
       if (st == 202 || st == 200) {
+        if (s->acc_sweep) {
+          /* Read after the answer arrived: a sweep numbered above k began after it. */
+          int k = atomic_load(&s->sweep);
+          for (long i = lo; i < hi; i++)
+            atomic_store(&s->acc_sweep[i], k);
+        }
         atomic_fetch_add(&s->accepted, hi - lo);
         pthread_mutex_lock(&s->mu);
         s->t_last_ok = mono_s();
@@ -673,28 +709,300 @@ static int start_sink(void) {
   return ntohs(a.sin_port);
 }
 
+/* ---- results read over REST (--poll) ---- */
+
+#define POLL_BODY_CAP (16u << 20) /* a page of 1000 commands stays far below */
+#define POLL_CURSOR_CAP 1024
+
+static const char *const final_statuses[] = {"completed", "failed", "timed_out", "cancelled",
+                                             "expired"};
+
+static int is_final(const char *st) {
+  for (size_t k = 0; k < sizeof(final_statuses) / sizeof(final_statuses[0]); k++)
+    if (strcmp(st, final_statuses[k]) == 0)
+      return 1;
+  return 0;
+}
+
+typedef struct {
+  submitter *s;
+  int port, poll_ms, fd;
+  long n;
+  const char *prefix;
+  atomic_int submit_done; /* set once every submitter thread returned */
+  char *buf;              /* one HTTP response */
+  unsigned char *final;   /* command i seen final */
+  int *seen;              /* the last sweep that listed command i */
+  double *lat;            /* completed_at - created_at of the final ones, ms */
+  long nlat, low;         /* low: every command below it is final */
+  drain_stats ds;         /* ds.unique: commands seen final */
+  long sweeps, partial, pages, records, rescans, errors;
+  double t0;           /* monotonic: the first submit */
+  double t_last_final; /* monotonic: the page that showed the last new final command */
+  char watermark[POLL_CURSOR_CAP];
+} poller;
+
+static void url_escape(const char *in, char *out, size_t cap) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t k = 0;
+  for (const unsigned char *c = (const unsigned char *)in; *c && k + 4 < cap; c++) {
+    if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+        *c == '-' || *c == '_' || *c == '.' || *c == '~') {
+      out[k++] = (char)*c;
+    } else {
+      out[k++] = '%';
+      out[k++] = hex[*c >> 4];
+      out[k++] = hex[*c & 15];
+    }
+  }
+  out[k] = '\0';
+}
+
+/* GETs one page of the listing from cursor ("" the beginning) into p->buf; returns the parsed
+ * body, or NULL (counted in errors) when the request failed. */
+static cJSON *poll_get(poller *p, const char *cursor, int *status) {
+  char req[3 * POLL_CURSOR_CAP + 256], esc[3 * POLL_CURSOR_CAP + 1];
+  url_escape(cursor, esc, sizeof(esc));
+  int len = snprintf(req, sizeof(req),
+                     "GET /api/commands?limit=1000%s%s HTTP/1.1\r\n"
+                     "Host: 127.0.0.1\r\n\r\n",
+                     cursor[0] ? "&cursor=" : "", esc);
+  int close_after = 0;
+  *status = -1;
+  if (send_all(p->fd, req, (size_t)len) == 0)
+    *status = read_response(p->fd, p->buf, POLL_BODY_CAP, &close_after);
+  if (*status < 0 || close_after) {
+    close(p->fd);
+    p->fd = tcp_connect(p->port);
+  }
+  char *body = *status == 200 ? strstr(p->buf, "\r\n\r\n") : NULL;
+  cJSON *doc = body ? cJSON_Parse(body + 4) : NULL;
+  if (doc == NULL) {
+    p->errors++;
+    if (p->errors <= 5)
+      fprintf(stderr, "sm-e2e: listing answered %d: %.300s\n", *status, p->buf);
+  }
+  return doc;
+}
+
+/* Notes one listed command; returns 0 when it is not ours, 1 when it is ours and not final, 2
+ * when it is ours and final. */
+static int poll_note(poller *p, const cJSON *it, int k) {
+  const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+  size_t plen = strlen(p->prefix);
+  if (!cJSON_IsString(id) || strncmp(id->valuestring, p->prefix, plen) != 0 ||
+      id->valuestring[plen] != '-')
+    return 0; /* another run's (the warmup's) */
+  char *end;
+  long i = strtol(id->valuestring + plen + 1, &end, 10);
+  if (*end || i < 0 || i >= p->n) {
+    p->ds.foreign++;
+    return 0;
+  }
+  if (p->seen[i] == k && p->ds.dups++ < 3) /* listed twice in one sweep */
+    fprintf(stderr, "sm-e2e: %s listed twice in one sweep\n", id->valuestring);
+  p->seen[i] = k;
+  const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
+  if (!cJSON_IsString(st) || !is_final(st->valuestring))
+    return 1;
+  if (p->final[i])
+    return 2;
+  p->final[i] = 1;
+  p->ds.unique++;
+  p->t_last_final = mono_s();
+  if (strcmp(st->valuestring, "completed") != 0)
+    p->ds.not_completed++;
+  double cr = parse_ts(cJSON_GetObjectItemCaseSensitive(it, "created_at"));
+  double co = parse_ts(cJSON_GetObjectItemCaseSensitive(it, "completed_at"));
+  if (cr < 0 || co < 0) {
+    p->ds.bad++;
+    return 2;
+  }
+  p->lat[p->nlat++] = co - cr;
+  if (co > p->ds.max_completed_ms)
+    p->ds.max_completed_ms = co;
+  if (cr < p->ds.min_created_ms)
+    p->ds.min_created_ms = cr;
+  return 2;
+}
+
+/* One sweep: the listing from the watermark to its end, then the new watermark. The sweep stops
+ * early at a page where none of our commands is final yet: dispatch is first come first served,
+ * so what follows is the queued backlog, and re-reading it every poll would cost the manager and
+ * Valkey as much as the work measured. Final commands beyond it are read by a later sweep (the
+ * watermark never passes an unfinished command); the last sweeps, with everything final, read to
+ * the end. */
+static void poll_sweep(poller *p) {
+  int k = atomic_fetch_add(&p->s->sweep, 1) + 1;
+  char cursor[POLL_CURSOR_CAP], candidate[POLL_CURSOR_CAP];
+  int have_candidate = 0;
+  snprintf(cursor, sizeof(cursor), "%s", p->watermark);
+  p->sweeps++;
+  for (;;) {
+    int status;
+    cJSON *doc = poll_get(p, cursor, &status);
+    if (doc == NULL) {
+      if (status == 400)
+        p->watermark[0] = '\0'; /* a cursor the store no longer knows */
+      return;
+    }
+    p->pages++;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(doc, "commands");
+    const cJSON *next = cJSON_GetObjectItemCaseSensitive(doc, "next_cursor");
+    const cJSON *it;
+    int finals = 0, unfinished = 0;
+    cJSON_ArrayForEach(it, arr) {
+      p->records++;
+      int r = poll_note(p, it, k);
+      finals += r == 2;
+      unfinished += r == 1;
+    }
+    if (unfinished && !have_candidate) {
+      snprintf(candidate, sizeof(candidate), "%s", cursor);
+      have_candidate = 1;
+    }
+    int more =
+        cJSON_IsString(next) && next->valuestring[0] && strlen(next->valuestring) < sizeof(cursor);
+    if (more)
+      snprintf(cursor, sizeof(cursor), "%s", next->valuestring);
+    cJSON_Delete(doc);
+    if (more && unfinished && !finals) {
+      p->partial++;
+      snprintf(p->watermark, sizeof(p->watermark), "%s", candidate);
+      return; /* the backlog: not listed whole, so no check for missed commands either */
+    }
+    if (!more)
+      break;
+  }
+  /* Every command acknowledged before this sweep began and not final yet must have been listed;
+   * one that was not lies before the watermark: start again from the beginning. */
+  while (p->low < p->n && p->final[p->low])
+    p->low++;
+  int missed = 0;
+  for (long i = p->low; i < p->n && !missed; i++) {
+    int a = atomic_load(&p->s->acc_sweep[i]);
+    missed = a >= 0 && a < k && !p->final[i] && p->seen[i] != k;
+  }
+  if (missed) {
+    p->rescans++;
+    p->watermark[0] = '\0';
+  } else {
+    /* The first page with an unfinished command of ours, else the last page (re-read next time:
+     * commands created after it land there or after it). */
+    snprintf(p->watermark, sizeof(p->watermark), "%s", have_candidate ? candidate : cursor);
+  }
+}
+
+static void *poll_thread(void *arg) {
+  poller *p = arg;
+  double t_progress = mono_s();
+  long last = -1;
+  for (;;) {
+    int done = atomic_load(&p->submit_done);
+    double ts = mono_s();
+    long pages = p->pages, finals = p->ds.unique;
+    poll_sweep(p);
+    double now = mono_s();
+    fprintf(stderr, "sm-e2e: sweep %ld at %.3f s: %.3f s, %ld pages, %ld new final (%ld of %ld)\n",
+            p->sweeps, ts - p->t0, now - ts, p->pages - pages, p->ds.unique - finals, p->ds.unique,
+            (long)atomic_load(&p->s->accepted));
+    if (p->ds.unique != last) {
+      last = p->ds.unique;
+      t_progress = now;
+    }
+    /* done was read before the sweep, so the sweep saw every acknowledged command's state */
+    if (done && p->ds.unique >= (long)atomic_load(&p->s->accepted))
+      break;
+    if (now - t_progress > WAIT_STALL_S) {
+      fprintf(stderr, "sm-e2e: final states stuck at %ld of %ld\n", p->ds.unique,
+              (long)atomic_load(&p->s->accepted));
+      break;
+    }
+    usleep((useconds_t)p->poll_ms * 1000);
+  }
+  return NULL;
+}
+
+static void poll_stats(poller *p) {
+  long nl = p->nlat;
+  if (nl > 0) {
+    qsort(p->lat, (size_t)nl, sizeof(double), cmp_double);
+    p->ds.p50 = p->lat[nl / 2];
+    p->ds.p99 = p->lat[(long)((double)nl * 0.99) < nl ? (long)((double)nl * 0.99) : nl - 1];
+    p->ds.max_lat = p->lat[nl - 1];
+  }
+  long missing = 0;
+  for (long i = 0; i < p->n; i++)
+    if (!p->final[i] && missing++ < 5)
+      fprintf(stderr, "sm-e2e: no final state seen for %s-%ld\n", p->prefix, i);
+}
+
 static int mode_rest(const opts *o) {
-  if (!o->sink && (!o->result_queue || !o->admin_port))
-    die("rest needs --admin-port and --result-queue (or --sink)");
+  if (!o->sink && (!o->admin_port || (!o->poll && !o->result_queue)))
+    die("rest needs --admin-port and --result-queue (or --poll, or --sink)");
   submitter s = {.port = o->sink ? start_sink() : o->admin_port,
                  .prefix = o->prefix,
                  .n = o->n,
                  .batch = o->batch};
   pthread_mutex_init(&s.mu, NULL);
+  poller p = {
+      .s = &s, .port = o->admin_port, .poll_ms = o->poll_ms, .n = o->n, .prefix = o->prefix};
+  pthread_t pth;
+  if (o->poll) {
+    s.acc_sweep = malloc(sizeof(atomic_int) * (size_t)o->n);
+    p.final = calloc((size_t)o->n, 1);
+    p.seen = calloc((size_t)o->n, sizeof(int));
+    p.lat = malloc(sizeof(double) * (size_t)o->n);
+    p.buf = malloc(POLL_BODY_CAP);
+    if (!s.acc_sweep || !p.final || !p.seen || !p.lat || !p.buf)
+      die("out of memory");
+    for (long i = 0; i < o->n; i++)
+      atomic_init(&s.acc_sweep[i], -1);
+    p.ds.min_created_ms = 1e18;
+    if (o->poll_from && strlen(o->poll_from) >= sizeof(p.watermark))
+      die("--poll-from too long");
+    snprintf(p.watermark, sizeof(p.watermark), "%s", o->poll_from ? o->poll_from : "");
+    p.fd = tcp_connect(o->admin_port);
+  }
   pthread_t *th = calloc((size_t)o->conns, sizeof(pthread_t));
   double t0_wall = wall_ms(), t0 = mono_s();
+  p.t0 = t0;
   for (int i = 0; i < o->conns; i++)
     pthread_create(&th[i], NULL, submit_thread, &s);
+  if (o->poll)
+    pthread_create(&pth, NULL, poll_thread, &p);
   for (int i = 0; i < o->conns; i++)
     pthread_join(th[i], NULL);
   free(th);
   double t_sub = s.t_last_ok - t0;
   printf("mode=rest%s n=%ld conns=%d batch=%d accepted=%ld retries=%ld (429: %ld, 503: %ld) "
          "errors=%ld submit_seconds=%.2f accepted_per_s=%.0f",
-         o->sink ? "-sink" : "", o->n, o->conns, o->batch, (long)s.accepted, (long)s.retries,
-         (long)s.retries_429, (long)s.retries_503, (long)s.errors, t_sub,
-         (double)s.accepted / t_sub);
-  if (!o->sink) {
+         o->sink   ? "-sink"
+         : o->poll ? "-poll"
+                   : "",
+         o->n, o->conns, o->batch, (long)s.accepted, (long)s.retries, (long)s.retries_429,
+         (long)s.retries_503, (long)s.errors, t_sub, (double)s.accepted / t_sub);
+  if (o->poll) {
+    atomic_store(&p.submit_done, 1);
+    pthread_join(pth, NULL);
+    poll_stats(&p);
+    double e2e = (p.ds.unique > 0 ? p.t_last_final : mono_s()) - t0;
+    double last = (p.ds.max_completed_ms - t0_wall) / 1e3;
+    /* completed_per_s: the same count over the last completed_at, free of the polling delay */
+    printf(" e2e_seconds=%.2f e2e_per_s=%.0f last_completed_after_s=%.2f completed_per_s=%.0f "
+           "poll_ms=%d sweeps=%ld partial_sweeps=%ld poll_pages=%ld poll_records=%ld rescans=%ld "
+           "poll_errors=%ld",
+           e2e, (double)p.ds.unique / e2e, last, last > 0 ? (double)p.ds.unique / last : 0.0,
+           p.poll_ms, p.sweeps, p.partial, p.pages, p.records, p.rescans, p.errors);
+    print_drain(&p.ds, o->n);
+    printf(" poll_watermark=%s", p.watermark[0] ? p.watermark : "-");
+    close(p.fd);
+    free(s.acc_sweep);
+    free(p.final);
+    free(p.seen);
+    free(p.lat);
+    free(p.buf);
+  } else if (!o->sink) {
     long qn = 0;
     double t_end = wait_results(o->amqp_port, o->result_queue, s.accepted, &qn);
     drain_stats ds;
