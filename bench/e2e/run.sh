@@ -7,7 +7,9 @@
 # message size) and redis-server alone (redis-benchmark SET/GET and an EVAL shaped like the
 # store's create script, pipelined). Prints key=value lines; stops by itself.
 # Phases (PHASES, default "rest amqp valkey_only", in that order whatever the order given):
-#   rest         REST arrays of 1000, results from the AMQP result queue (manager #1)
+#   rest         REST arrays of 1000, results from the AMQP result queue (manager #1); then
+#                rest_half_rate: the same at half the rate just measured (arrays of 50 on a
+#                schedule), for the latency at that load
 #   amqp         commands published to the command queue, results from the result queue (#1)
 #   valkey_only  a second manager without RABBITMQ_URL (manager #1, its agents and the broker
 #                stopped first, redis flushed), a new agent fleet, REST arrays of 1000, results
@@ -242,6 +244,14 @@ if has rest; then
         grep -v '^#' | grep '%' | head -60
     } >"$out/perf.txt" || true
     echo "profile: $out/perf.txt"
+  fi
+  # Latency at half that rate: arrays of 50 on a schedule (sm-e2e --rate), about 10 s of load
+  # or N/2 commands, whichever is fewer; p50/p99 are submit-to-result at that load.
+  half_rate=$(awk -v r="$rest_rate" 'BEGIN {printf "%.0f", r / 2}')
+  if [ "${half_rate:-0}" -gt 0 ]; then
+    half_n=$(awk -v r="$half_rate" -v n="$n" 'BEGIN {m = r * 10; if (m > n / 2) m = n / 2; printf "%d", m < 1000 ? 1000 : m}')
+    phase rest_half_rate rest --admin-port "$admin" --amqp-port "$aport" --result-queue bench-res \
+      --n "$half_n" --conns "$conns" --batch 50 --rate "$half_rate" --prefix half
   fi
 fi
 if has amqp; then

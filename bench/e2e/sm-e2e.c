@@ -5,7 +5,9 @@
  *       publisher confirms (at most W unconfirmed), another consumes them with acks, at the same
  *       time; the rate is N over first publish .. last delivery.
  *   sm-e2e rest --admin-port P --amqp-port P --result-queue R --n N --prefix X
- *               [--conns C] [--batch B] [--sink]
+ *               [--conns C] [--batch B] [--rate R] [--sink]
+ *     --rate R: the submitters keep to R commands/s (arrays of B start on schedule), so the
+ *     latency at a given load can be measured
  *       C threads, each on one keep-alive connection, POST /api/commands arrays of B echo
  *       commands with client ids X-0 .. X-(N-1) (429/503 answers are retried after 20 ms with the
  *       same ids, so the repeat is idempotent); then waits until the result queue holds N
@@ -84,6 +86,7 @@ typedef struct {
   const char *queue, *command_queue, *result_queue, *prefix, *poll_from;
   long n;
   int size, window, conns, batch, sink, poll, poll_ms;
+  double rate; /* rest: commands/s the submitters keep to (0: as fast as accepted) */
 } opts;
 
 static void parse_opts(opts *o, int argc, char **argv) {
@@ -134,6 +137,8 @@ static void parse_opts(opts *o, int argc, char **argv) {
       o->batch = atoi(v);
     else if (strcmp(k, "--poll-ms") == 0)
       o->poll_ms = atoi(v);
+    else if (strcmp(k, "--rate") == 0)
+      o->rate = atof(v);
     else if (strcmp(k, "--poll-from") == 0)
       o->poll_from = v;
     else
@@ -492,6 +497,7 @@ typedef struct {
   const char *prefix;
   long n;
   int batch;
+  double rate, t0; /* --rate: array b starts at t0 + b * batch / rate (monotonic s) */
   atomic_long next_batch;
   atomic_long retries, retries_429, retries_503, errors, accepted;
   double t_last_ok; /* monotonic, written under mu */
@@ -586,6 +592,11 @@ static void *submit_thread(void *arg) {
     if (lo >= s->n)
       break;
     long hi = lo + s->batch < s->n ? lo + s->batch : s->n;
+    if (s->rate > 0) { /* paced: wait for this array's turn */
+      double wait = s->t0 + (double)lo / s->rate - mono_s();
+      if (wait > 0)
+        usleep((useconds_t)(wait * 1e6));
+    }
     /* The header is written last, in front of the body, once the body length is known. */
     size_t hdr_room = 160, len = hdr_room;
     req[len++] = '[';
@@ -943,7 +954,9 @@ static int mode_rest(const opts *o) {
   submitter s = {.port = o->sink ? start_sink() : o->admin_port,
                  .prefix = o->prefix,
                  .n = o->n,
-                 .batch = o->batch};
+                 .batch = o->batch,
+                 .rate = o->rate,
+                 .t0 = mono_s()};
   pthread_mutex_init(&s.mu, NULL);
   poller p = {
       .s = &s, .port = o->admin_port, .poll_ms = o->poll_ms, .n = o->n, .prefix = o->prefix};
