@@ -9,6 +9,7 @@
 
 #include "h2peer.h"
 #include "t.h"
+#include "util/alloc.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -345,6 +346,37 @@ static void test_ping_and_execute(void) {
   teardown();
 }
 
+/* Allocation failure at every step of a send and of a refusal: the send fails cleanly (nothing
+ * outstanding, nothing sent) or works; a refusal is reported or (only when it cannot even be
+ * recorded) left to the command's timeout. ASan checks that nothing leaks. */
+static void test_alloc_failures(void) {
+  setup();
+  int32_t id = connect_agent();
+  size_t sent = 0;
+  for (long nth = 0;; nth++) {
+    sm_alloc_fail_at(nth, 0);
+    int err = send_cmd("c-1", "exec", "uptime");
+    sm_alloc_fail_at(-1, 0);
+    T_ASSERT(err == 0 || err == SM_ENOMEM);
+    if (err == 0)
+      break;
+    T_EQ_INT(h2peer_stream(&F.p, id)->nmsgs, sent);
+  }
+  sent = h2peer_stream(&F.p, id)->nmsgs;
+  T_EQ_INT(sent, 1);
+  send_result(id, "uptime", "up", 0);
+  T_EQ_INT(nresults, 1);
+  T_EQ_STR(R[0].id, "c-1");
+  for (long nth = 0; nth < 8; nth++) {
+    sm_alloc_fail_at(nth, 0);
+    T_EQ_INT(send_cmd("s", "scan", NULL), 0);
+    sm_alloc_fail_at(-1, 0);
+  }
+  uv_run(&F.loop, UV_RUN_NOWAIT);
+  T_ASSERT(nresults >= 1 + 5); /* each failure point is one of the 3 allocations of a refusal */
+  teardown();
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   T_RUN(test_register);
@@ -354,5 +386,6 @@ int main(void) {
   T_RUN(test_result_after_timeout);
   T_RUN(test_refused_type);
   T_RUN(test_ping_and_execute);
+  T_RUN(test_alloc_failures);
   return t_done();
 }
