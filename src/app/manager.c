@@ -32,6 +32,7 @@
 #include "app/lifecycle_mq.h"
 #include "core/lifecycle.h"
 #include "grpc/server.h"
+#include "grpc/services.h"
 #include "metrics/metrics.h"
 #include "mq/amqp.h"
 #include "mq/publisher.h"
@@ -337,6 +338,40 @@ static void metrics_snapshot_of(void *ud, metrics_snapshot *out) {
   }
 }
 
+/* hello.HelloService's counters, pulled at scrape time (m->grpc is NULL once closed). */
+static void hello_metrics_collect(void *ud, metrics_registry *r) {
+  sm_manager *m = ud;
+  if (m->grpc == NULL)
+    return;
+  grpc_hello_stats hs;
+  grpc_server_hello_stats(m->grpc, &hs);
+  metrics_family *f = metrics_find(r, "sirius_hello_unmatched_results_total");
+  if (f)
+    metrics_counter_set(f, NULL, (double)hs.unmatched);
+  f = metrics_find(r, "sirius_hello_rejected_commands_total");
+  if (f)
+    metrics_counter_set(f, NULL, (double)hs.rejected);
+}
+
+static int hello_metrics_register(sm_manager *m) {
+  metrics_registry *r = metrics_get_registry(m->metrics);
+  const metrics_desc d[] = {
+      {.type = METRICS_COUNTER,
+       .name = "sirius_hello_unmatched_results_total",
+       .help = "hello.HelloService results that matched no outstanding command"},
+      {.type = METRICS_COUNTER,
+       .name = "sirius_hello_rejected_commands_total",
+       .help = "Commands refused by hello.HelloService agents (types other than exec and status)"},
+  };
+  for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++) {
+    metrics_family *f;
+    int err = metrics_register(r, &d[i], &f);
+    if (err)
+      return err;
+  }
+  return metrics_on_collect(r, hello_metrics_collect, m);
+}
+
 static grpc_server_config grpc_config_of(const sm_settings *s) {
   return (grpc_server_config){
       .addr = s->grpc_addr,
@@ -582,6 +617,11 @@ int sm_manager_start(sm_manager *m, uv_loop_t *loop, const sm_settings *s) {
     goto fail;
   }
   grpc_server_set_observer(m->grpc, on_grpc_start, on_grpc_end, m);
+  err = hello_metrics_register(m);
+  if (err) {
+    sm_log_error("manager", "hello metrics setup failed", SM_LE(err));
+    goto fail;
+  }
   err = grpc_server_listen(m->grpc);
   if (err) {
     sm_log_error("manager", "agent listener failed", SM_LS("addr", s->grpc_addr), SM_LE(err));

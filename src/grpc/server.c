@@ -24,7 +24,7 @@
 #define KEEPALIVE_TIMEOUT_MS 20000 /* PING answer deadline (gRPC's default), capped by interval */
 #define HANDSHAKE_TIMEOUT_S 10.0
 
-enum { SVC_AGENT, SVC_HEALTH, SVC_COUNT };
+enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_COUNT };
 
 struct grpc_server {
   uv_loop_t *loop;
@@ -35,6 +35,7 @@ struct grpc_server {
   grpc_service svc[SVC_COUNT]; /* the service table's entries */
   const grpc_service *table[SVC_COUNT];
   grpc_agent_service *agents;
+  grpc_hello_service *hello;
   agent_tokens *tokens; /* AGENT_AUTH_TOKENS_FILE, NULL when unset */
   grpc_health *health;
   int draining;
@@ -111,6 +112,7 @@ static uint64_t to_ms(double s) {
 
 static void server_free(struct grpc_server *srv) {
   grpc_agent_service_destroy(srv->agents);
+  grpc_hello_service_destroy(srv->hello);
   agent_tokens_free(srv->tokens);
   grpc_health_destroy(srv->health);
   net_tls_ctx_destroy(srv->tls);
@@ -145,6 +147,10 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
                                   &srv->agents);
   if (err)
     goto fail;
+  err = grpc_hello_service_create(loop, reg, to_ms(s->first_message_timeout_s),
+                                  &srv->svc[SVC_HELLO], &srv->hello);
+  if (err)
+    goto fail;
   if (s->agent_tokens_file) {
     char why[512];
     err = agent_tokens_load(s->agent_tokens_file, &srv->tokens, why, sizeof(why));
@@ -153,9 +159,10 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
       goto fail;
     }
     grpc_agent_service_set_tokens(srv->agents, srv->tokens);
+    grpc_hello_service_set_tokens(srv->hello, srv->tokens);
     sm_log_info("grpc", "agent tokens required", SM_LI("tokens", agent_tokens_count(srv->tokens)));
   }
-  static const char *const health_names[] = {"scan.AgentService", NULL};
+  static const char *const health_names[] = {"scan.AgentService", "hello.HelloService", NULL};
   err = grpc_health_create(health_names, &srv->svc[SVC_HEALTH], &srv->health);
   if (err)
     goto fail;
@@ -231,6 +238,10 @@ void grpc_server_set_observer(struct grpc_server *srv, void (*on_start)(void *ud
   srv->scfg.on_call_start = on_start;
   srv->scfg.on_call_end = on_end;
   srv->scfg.observer_ud = ud;
+}
+
+void grpc_server_hello_stats(const struct grpc_server *srv, grpc_hello_stats *out) {
+  grpc_hello_service_get_stats(srv->hello, out);
 }
 
 size_t grpc_server_connections(const struct grpc_server *srv) {

@@ -1,5 +1,6 @@
 /* server.h - the agent listener: gRPC over HTTP/2 (h2c with prior knowledge, or TLS with ALPN
- * h2) serving scan.AgentService and grpc.health.v1.Health, feeding the agent registry.
+ * h2) serving scan.AgentService, hello.HelloService and grpc.health.v1.Health, feeding the agent
+ * registry.
  *
  * Lifecycle: create -> listen -> (drain) -> close. Everything runs on the loop.
  */
@@ -65,6 +66,10 @@ void grpc_server_set_observer(struct grpc_server *srv, void (*on_start)(void *ud
                               void (*on_end)(void *ud, const char *path, int known, int started,
                                              int status),
                               void *ud);
+
+struct grpc_hello_stats;
+/* hello.HelloService's counters (results, unmatched results, refused commands). */
+void grpc_server_hello_stats(const struct grpc_server *srv, struct grpc_hello_stats *out);
 
 /* Open connections now. */
 size_t grpc_server_connections(const struct grpc_server *srv);
