@@ -14,6 +14,8 @@ packages=(
   nghttp2-client curl openssl prometheus wrk procps iproute2 clang-format git bc util-linux
   # bench/grpcpp (the gRPC C++ reference server; ~8 MB, ~11 s to install)
   libgrpc++-dev libprotobuf-dev protobuf-compiler-grpc
+  # bench/valgrind.sh
+  valgrind
 )
 
 missing=()

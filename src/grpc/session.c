@@ -25,6 +25,11 @@
 #include <unistd.h>
 
 #define MSG_MAX 512 /* longest grpc-message we send (after percent-encoding) */
+/* A request header list past GRPC_MAX_HEADER_LIST_BYTES is answered RESOURCE_EXHAUSTED; past this
+ * many times that (an HPACK bomb: one byte naming a 4 KiB table entry, thousands of times) the
+ * rest of the block is skipped undecoded and the stream reset, so that the bytes a peer sends
+ * cannot make us validate 4000 times as many. */
+#define HEADER_BOMB_FACTOR 4
 
 typedef struct out_chunk {
   sm_list node; /* on the call's output queue */
@@ -531,13 +536,18 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
     return 0; /* trailers from the client carry nothing we use */
   grpc_call *c = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
-  if (c == NULL || c->headers_too_big)
+  if (c == NULL)
     return 0;
   c->header_bytes += nlen + vlen + 32;
   if (c->header_bytes > s->cfg->max_header_bytes) {
     c->headers_too_big = 1;
+    /* nghttp2 resets the stream (INTERNAL_ERROR) and skips the rest of the block */
+    if (c->header_bytes > (size_t)HEADER_BOMB_FACTOR * s->cfg->max_header_bytes)
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
   }
+  if (c->headers_too_big)
+    return 0;
   if (nlen > 0 && name[0] == ':') {
     if (name_is(name, nlen, ":method"))
       c->post = vlen == 4 && memcmp(value, "POST", 4) == 0;

@@ -7,9 +7,13 @@
 #include "util/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define READ_BUF_SIZE (64 * 1024)  /* one per listener, shared by its connections */
 #define PLAIN_BUF_SIZE (16 * 1024) /* decrypted bytes per SSL_read: one TLS record */
@@ -17,6 +21,11 @@
 #define LISTEN_BACKLOG 511
 #define CLOSE_GRACE_MS                                                                             \
   1000 /* listener close: time given to connections to write their last bytes */
+#define ACCEPT_LOG_INTERVAL_MS                                                                     \
+  1000 /* accept trouble (fds exhausted, errors): one line per second */
+/* "file descriptors nearly exhausted" once an accepted descriptor is in the top 1/16 of
+ * RLIMIT_NOFILE: descriptors are handed out lowest first, so the table is that full. */
+#define FD_HEADROOM_DIV 16
 
 /* Output gathered for one uv_write; the request lives with its bytes. */
 typedef struct net_wbuf {
@@ -73,6 +82,13 @@ struct net_listener {
   uint8_t *pbuf;           /* PLAIN_BUF_SIZE for TLS, allocated on first use */
   uint64_t full_logged_at; /* when "connection limit reached" was last logged */
   size_t refused;          /* connections refused since then */
+  int reserve_fd;          /* /dev/null held open for fd exhaustion (see fd_exhausted); -1 */
+  uint64_t fd_logged_at;   /* when accept trouble was last logged */
+  size_t fd_dropped;       /* connections dropped for want of a descriptor since then */
+  size_t fd_dropped_total;
+  size_t accept_errors; /* other accept failures since fd_logged_at */
+  uint64_t nofile_at;   /* when nofile was read */
+  rlim_t nofile;        /* RLIMIT_NOFILE (soft), re-read at most once a second */
   int closing;
   int prepare_closed;
   void (*close_cb)(void *ud);
@@ -80,6 +96,7 @@ struct net_listener {
 };
 
 static void conn_arm(net_conn *c);
+static void reserve_open(net_listener *l);
 static void conn_close_now(net_conn *c, int reason);
 static void conn_reading(net_conn *c);
 static void listener_maybe_done(net_listener *l);
@@ -91,6 +108,9 @@ void *net_listener_data(const net_listener *l) {
 }
 size_t net_listener_connections(const net_listener *l) {
   return l->nconns;
+}
+size_t net_listener_fd_dropped(const net_listener *l) {
+  return l->fd_dropped_total;
 }
 int net_listener_port(const net_listener *l) {
   return l->port;
@@ -459,7 +479,10 @@ static void prepare_cb(uv_prepare_t *p) {
     flush_unlink(c);
     conn_flush(c);
   }
-  uv_prepare_stop(&l->prepare);
+  if (l->listening)
+    reserve_open(l); /* used up by fd_exhausted: retried every loop turn until it opens */
+  if (!l->listening || l->reserve_fd >= 0)
+    uv_prepare_stop(&l->prepare);
 }
 
 /* ---- timers ---- */
@@ -648,10 +671,89 @@ static void refuse(net_listener *l, uv_stream_t *server) {
   }
 }
 
+static int accept_log_due(net_listener *l) {
+  uint64_t now = uv_now(l->loop);
+  if (l->fd_logged_at != 0 && now - l->fd_logged_at < ACCEPT_LOG_INTERVAL_MS)
+    return 0;
+  l->fd_logged_at = now;
+  return 1;
+}
+
+static void reserve_open(net_listener *l) {
+  if (l->reserve_fd < 0)
+    l->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* accept failed for want of a file descriptor. The pending connection would stay in the
+ * backlog and the listening socket readable, and libuv retries accept at once: at 100% CPU, the
+ * peer waiting for nothing. libuv tries the classic trick first with its one reserve descriptor
+ * per loop; when that one is gone (it reopens it only when a stream is created while a
+ * descriptor is free), this listener's own reserve does it: close it, accept and close what is
+ * pending (those peers see the connection closed at once). The reserve is reopened on the next
+ * loop turn (prepare_cb), not here: libuv keeps calling accept until it stops failing, and with
+ * the descriptor still free it gets EAGAIN and returns. Established connections are not touched
+ * and new ones are served again as soon as descriptors free up. */
+static void fd_exhausted(net_listener *l, int status) {
+  size_t n = 0;
+  uv_os_fd_t lfd;
+  if (l->reserve_fd >= 0 && uv_fileno((uv_handle_t *)&l->srv, &lfd) == 0) {
+    close(l->reserve_fd);
+    l->reserve_fd = -1;
+    for (;;) {
+      int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) {
+        if (errno == EINTR)
+          continue;
+        break; /* EAGAIN: drained; EMFILE: someone else took the descriptor */
+      }
+      close(fd);
+      n++;
+    }
+    if (!uv_is_active((uv_handle_t *)&l->prepare))
+      uv_prepare_start(&l->prepare, prepare_cb);
+  }
+  l->fd_dropped += n;
+  l->fd_dropped_total += n;
+  if (accept_log_due(l)) {
+    sm_log_warn(l->cfg.name, "file descriptors exhausted, new connections closed at accept",
+                SM_LE(sm_err_from_uv(status)), SM_LI("dropped", l->fd_dropped),
+                SM_LI("connections", l->nconns));
+    l->fd_dropped = 0;
+  }
+}
+
+/* libuv's own reserve trick closes connections silently: warn while the table is nearly full. */
+static void fd_watch(net_listener *l, net_conn *c) {
+  uv_os_fd_t fd;
+  uint64_t now = uv_now(l->loop);
+  if (l->nofile_at == 0 || now - l->nofile_at >= 1000) {
+    struct rlimit r;
+    l->nofile = getrlimit(RLIMIT_NOFILE, &r) == 0 ? r.rlim_cur : RLIM_INFINITY;
+    l->nofile_at = now;
+  }
+  if (l->nofile == RLIM_INFINITY || uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 ||
+      (rlim_t)fd < l->nofile - l->nofile / FD_HEADROOM_DIV)
+    return;
+  if (accept_log_due(l))
+    sm_log_warn(l->cfg.name,
+                "file descriptors nearly exhausted (RLIMIT_NOFILE): new connections "
+                "will be closed at accept",
+                SM_LI("fd", fd), SM_LI("limit", l->nofile), SM_LI("connections", l->nconns));
+}
+
 static void connection_cb(uv_stream_t *server, int status) {
   net_listener *l = server->data;
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    fd_exhausted(l, status);
+    return;
+  }
   if (status < 0) {
-    sm_log_warn(l->cfg.name, "accept failed", SM_LE(sm_err_from_uv(status)));
+    l->accept_errors++;
+    if (accept_log_due(l)) {
+      sm_log_warn(l->cfg.name, "accept failed", SM_LE(sm_err_from_uv(status)),
+                  SM_LI("failures", l->accept_errors));
+      l->accept_errors = 0;
+    }
     return;
   }
   if (l->closing)
@@ -679,6 +781,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  fd_watch(l, c);
   peer_name(&c->tcp, c->peer, sizeof(c->peer));
   sm_log_debug(l->cfg.name, "connection accepted", SM_LS("peer", c->peer),
                SM_LI("connections", l->nconns));
@@ -721,6 +824,7 @@ int net_listener_create(uv_loop_t *loop, const net_listener_config *cfg, net_lis
     l->cfg.stall_timeout_s = 30;
   if (l->cfg.handshake_timeout_s <= 0)
     l->cfg.handshake_timeout_s = 10;
+  l->reserve_fd = -1;
   sm_list_init(&l->conns);
   sm_list_init(&l->flush);
   uv_prepare_init(loop, &l->prepare);
@@ -826,6 +930,7 @@ int net_listener_listen(net_listener *l) {
     return err;
   }
   l->listening = 1;
+  reserve_open(l);
   struct sockaddr_storage bound;
   int blen = sizeof(bound);
   if (uv_tcp_getsockname(&l->srv, (struct sockaddr *)&bound, &blen) == 0)
@@ -865,6 +970,8 @@ static void listener_maybe_done(net_listener *l) {
     return;
   void (*cb)(void *) = l->close_cb;
   void *ud = l->close_ud;
+  if (l->reserve_fd >= 0)
+    close(l->reserve_fd);
   free(l->rbuf);
   free(l->pbuf);
   free((char *)l->cfg.addr);

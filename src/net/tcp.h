@@ -16,6 +16,10 @@
  *   linger_ms, a graceful close shuts the write side down after the last byte and discards
  *   input until the peer's EOF (at most linger_ms), so the peer reads the last bytes rather
  *   than a reset.
+ * - File descriptors exhausted (accept fails with EMFILE/ENFILE): pending connections are
+ *   accepted on a reserve descriptor and closed at once (libuv's reserve first, then the
+ *   listener's own), so the loop does not spin and established connections go on; a warn line
+ *   at most once a second, and one while the descriptor table is nearly full.
  * - Configured by its caller (net_listener_config): this layer reads no settings.
  */
 #ifndef SM_NET_TCP_H
@@ -91,6 +95,10 @@ void net_listener_stop(net_listener *l);
 
 /* Open connections. */
 size_t net_listener_connections(const net_listener *l);
+
+/* Connections closed at accept by the listener's own reserve descriptor because file
+ * descriptors ran out (those libuv's reserve closed are not counted: libuv does not say). */
+size_t net_listener_fd_dropped(const net_listener *l);
 
 /* Calls fn for every open connection (fn may close it). */
 void net_listener_foreach(net_listener *l, void (*fn)(net_conn *c, void *ud), void *ud);

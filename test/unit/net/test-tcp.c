@@ -1,6 +1,6 @@
 /* test-tcp.c - net/tcp on real loopback sockets, client and server on one loop: echo, gathered
  * writes, the connection limit, backpressure and the stall timeout, graceful and listener
- * close, timers, TLS through net/tls, bad addresses. */
+ * close, timers, TLS through net/tls, bad addresses, file descriptors exhausted (EMFILE). */
 #include "net/tcp.h"
 
 #include "certs.h"
@@ -8,7 +8,10 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <uv.h>
 
 static uv_loop_t *loop;
@@ -397,6 +400,120 @@ static void test_tls_echo_and_handshake_timeout(void) {
   net_tls_ctx_destroy(cctx);
 }
 
+/* ---- file descriptors exhausted ---- */
+
+static int fillers[4096];
+static int nfillers;
+
+/* Opens /dev/null until open fails (EMFILE): the descriptor table is full. */
+static void fds_fill(void) {
+  int fd;
+  while (nfillers < (int)(sizeof(fillers) / sizeof(fillers[0])) &&
+         (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+    fillers[nfillers++] = fd;
+  T_ASSERT(nfillers < (int)(sizeof(fillers) / sizeof(fillers[0])));
+  T_EQ_INT(errno, EMFILE);
+}
+
+static void fds_release(int n) {
+  while (n-- > 0 && nfillers > 0)
+    close(fillers[--nfillers]);
+}
+
+static double cpu_ms(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000.0 +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000.0;
+}
+
+/* Runs the loop for ms and returns the CPU milliseconds it took. */
+static double run_for(int ms) {
+  double c0 = cpu_ms();
+  uint64_t t0 = uv_now(loop);
+  while (uv_now(loop) - t0 < (uint64_t)ms) {
+    uv_run(loop, UV_RUN_ONCE);
+    uv_update_time(loop);
+  }
+  return cpu_ms() - c0;
+}
+
+/* With the table full a newcomer is accepted on a reserve descriptor and closed at once (it
+ * does not wait, the loop does not spin), an established connection is served on, and once
+ * descriptors are free new connections are served again. lose_uv_reserve: libuv's own reserve
+ * descriptor is gone (it only reopens it when a descriptor is free), so the listener's own
+ * reserve must do it: without it the pending connection stayed in the backlog and connection_cb
+ * ran on every loop turn with UV_EMFILE. */
+static void fd_exhaustion_case(int lose_uv_reserve) {
+  struct rlimit old, low;
+  T_EQ_INT(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = 256;
+  T_EQ_INT(setrlimit(RLIMIT_NOFILE, &low), 0);
+
+  reset(M_ECHO);
+  net_listener *l = make_listener("127.0.0.1:0", 100, NULL);
+  T_EQ_INT(net_listener_listen(l), 0);
+  int port = net_listener_port(l);
+  client a, b, c;
+  c_connect(&a, port, 1);
+  RUN_UNTIL(a.connected && opens == 1);
+
+  /* b's handle exists before the table fills (uv_tcp_init may open libuv's reserve) */
+  memset(&b, 0, sizeof(b));
+  uv_tcp_init(loop, &b.tcp);
+  b.tcp.data = &b;
+  b.conn.data = &b;
+  if (lose_uv_reserve) {
+    T_ASSERT(loop->emfile_fd >= 0);
+    close(loop->emfile_fd);
+    loop->emfile_fd = -1;
+  }
+  fds_fill();
+  fds_release(1); /* one for b's socket: the server has none left to accept it */
+  struct sockaddr_in sa;
+  uv_ip4_addr("127.0.0.1", port, &sa);
+  T_EQ_INT(uv_tcp_connect(&b.conn, &b.tcp, (const struct sockaddr *)&sa, c_connected), 0);
+  uv_read_start((uv_stream_t *)&b.tcp, c_alloc, c_read);
+  RUN_UNTIL(b.connected && b.eof); /* closed at once, not left waiting */
+  T_EQ_INT(opens, 1);
+  T_EQ_INT(net_listener_connections(l), 1);
+  T_EQ_INT(net_listener_fd_dropped(l), lose_uv_reserve ? 1 : 0);
+
+  /* the loop is idle again, not spinning on the listening socket */
+  double spent = run_for(300);
+  T_ASSERT(spent < 150.0);
+
+  /* the established connection is served (it needs no new descriptor) */
+  c_write(&a, "still");
+  RUN_UNTIL(a.ngot == 7);
+  T_ASSERT(memcmp(a.got, "<still>", 7) == 0);
+
+  /* descriptors free up: new connections are served again */
+  c_close(&b);
+  RUN_UNTIL(b.closed);
+  fds_release(nfillers);
+  T_EQ_INT(setrlimit(RLIMIT_NOFILE, &old), 0);
+  c_connect(&c, port, 1);
+  RUN_UNTIL(c.connected && opens == 2);
+  c_write(&c, "back");
+  RUN_UNTIL(c.ngot == 6);
+  T_ASSERT(memcmp(c.got, "<back>", 6) == 0);
+
+  c_close(&a);
+  c_close(&c);
+  RUN_UNTIL(a.closed && c.closed && closes == 2);
+  close_listener(l);
+}
+
+static void test_fd_exhaustion_libuv_reserve(void) {
+  fd_exhaustion_case(0);
+}
+
+static void test_fd_exhaustion_own_reserve(void) {
+  fd_exhaustion_case(1);
+}
+
 int main(void) {
   sm_log_configure(SM_LOG_ERROR, SM_LOG_CONSOLE);
   signal(SIGPIPE, SIG_IGN);
@@ -415,6 +532,8 @@ int main(void) {
   T_RUN(test_listener_close_with_connections);
   T_RUN(test_addresses);
   T_RUN(test_tls_echo_and_handshake_timeout);
+  T_RUN(test_fd_exhaustion_libuv_reserve);
+  T_RUN(test_fd_exhaustion_own_reserve);
   uv_close((uv_handle_t *)&tick, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   T_EQ_INT(uv_loop_close(loop), 0);
