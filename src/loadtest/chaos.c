@@ -158,9 +158,9 @@ static int run_shell(lt_chaos *c, const char *cmd, char *err, size_t errlen) {
   char sh[] = "/bin/sh", dash_c[] = "-c", line[LT_SHELL_MAX];
   snprintf(line, sizeof(line), "%s", cmd);
   char *args[] = {sh, dash_c, line, NULL};
-  uv_stdio_container_t io[3] = {{.flags = UV_IGNORE},
-                                {.flags = UV_INHERIT_FD, .data.fd = 2},
-                                {.flags = UV_INHERIT_FD, .data.fd = 2}};
+  /* /dev/null for all three: a restarted server must not hold our output pipes open (a
+   * caller reading them to the end would wait for that server) */
+  uv_stdio_container_t io[3] = {{.flags = UV_IGNORE}, {.flags = UV_IGNORE}, {.flags = UV_IGNORE}};
   uv_process_options_t o = {.exit_cb = on_proc_exit,
                             .file = "/bin/sh",
                             .args = args,

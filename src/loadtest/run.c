@@ -39,6 +39,7 @@
 #define LT_EV_STEP_MS 100            /* resolution of the error / retry event counts */
 #define LT_CHAOS_SETTLE_S 3.0        /* submission goes on this long after the last fault */
 #define LT_TIMELINE_MAX 600          /* points of the report's timeline */
+#define LT_DETECT_GRACE_MS 1000      /* a fault is detected while active or this long after */
 
 enum phase { P_INIT = 0, P_CONNECT, P_SUBMIT, P_DRAIN, P_FINISH, P_CLOSING, P_DONE };
 enum cmd_state { S_NEW = 0, S_SENDING, S_ACCEPTED, S_FINAL, S_REFUSED };
@@ -828,9 +829,9 @@ static void compute_chaos(lt_run *r, lt_report *rep) {
     fr->end_s = (double)(e0 - t0) / 1000.0;
     events_between(r, s0, e0, &fr->errors, &fr->retried);
     int64_t detect = INT64_MAX, recover = INT64_MAX;
-    /* the first error or retry at or after the start, within the window plus as long again
-     * (at least 5 s): later ones belong to something else */
-    int64_t horizon = e0 + ((e0 - s0) > 5000 ? (e0 - s0) : 5000);
+    /* the first error or retry at or after the start, within the window plus LT_DETECT_GRACE_MS:
+     * what shows only later is not counted as this fault's detection */
+    int64_t horizon = e0 + LT_DETECT_GRACE_MS;
     for (size_t j = 0; j < r->nev; j++) {
       int64_t t = t0 + (int64_t)j * LT_EV_STEP_MS;
       if (t + LT_EV_STEP_MS > s0 && t < horizon && (r->ev[j][0] || r->ev[j][1])) {
@@ -851,9 +852,11 @@ static void compute_chaos(lt_run *r, lt_report *rep) {
       double lat = cmd_latency(c, now);
       if (lat < 0)
         continue;
+      /* the window's max latency runs from the first attempt: retries during the fault count */
       int64_t end = c->state == S_FINAL ? c->done_ms : now;
-      if (c->submit_ms < e0 && end >= s0 && lat > fr->max_latency_ms)
-        fr->max_latency_ms = lat;
+      int64_t from = c->first_ms ? c->first_ms : c->submit_ms;
+      if (from < e0 && end >= s0 && end - from > fr->max_latency_ms)
+        fr->max_latency_ms = (double)(end - from);
       /* a spike is visible once a command has waited longer than the threshold */
       int64_t visible = c->submit_ms + (int64_t)thr;
       if (lat > thr && visible >= s0 && visible < horizon && visible < detect)
