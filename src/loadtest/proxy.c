@@ -54,7 +54,7 @@ struct pair {
 struct lt_proxy {
   uv_loop_t *loop;
   char name[32];
-  char addr[64];
+  char addr[96];
   int port;
   struct sockaddr_storage upstream;
   uv_tcp_t listener;

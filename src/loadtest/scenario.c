@@ -592,7 +592,7 @@ int lt_fault_spec_parse(const char *text, lt_fault_spec *f, char *err, size_t er
         snprintf(err, errlen, "target: 1 to %zu bytes", sizeof(f->target) - 1);
         return SM_EINVAL;
       }
-      snprintf(f->target, sizeof(f->target), "%s", val);
+      memcpy(f->target, val, strlen(val) + 1);
     } else if (strcmp(key, "action") == 0) {
       int a = -1;
       for (int k = 0; k < LT_ACT_COUNT; k++)
@@ -614,8 +614,12 @@ int lt_fault_spec_parse(const char *text, lt_fault_spec *f, char *err, size_t er
     } else if (strcmp(key, "pid") == 0) {
       rc = fault_num(key, val, 2, 4194304, &x, err, errlen);
       f->pid = (int)x;
-    } else if (strcmp(key, "pid_file") == 0 && strlen(val) < sizeof(f->pid_file)) {
-      snprintf(f->pid_file, sizeof(f->pid_file), "%s", val);
+    } else if (strcmp(key, "pid_file") == 0) {
+      if (val[0] == '\0' || strlen(val) >= sizeof(f->pid_file)) {
+        snprintf(err, errlen, "pid_file: 1 to %zu bytes", sizeof(f->pid_file) - 1);
+        return SM_EINVAL;
+      }
+      memcpy(f->pid_file, val, strlen(val) + 1);
     } else if (strcmp(key, "cmd") == 0) {
       snprintf(f->cmd, sizeof(f->cmd), "%s", val);
     } else if (strcmp(key, "restart_cmd") == 0) {
