@@ -1058,8 +1058,8 @@ static void on_tick(uv_timer_t *t) {
         now - r->phase_start > (uint64_t)((r->s->ramp_up + r->s->connect_timeout) * 1000) ||
         r->aborted) {
       if (!r->aborted && conn == 0)
-        fatal(r, "cannot reach the manager: no agent connected to %s within %g s", r->s->servers[0],
-              r->s->ramp_up + r->s->connect_timeout);
+        fatal(r, "cannot reach the manager: no agent connected to %s within %g s",
+              r->server_addrs[0], r->s->ramp_up + r->s->connect_timeout);
       else if (!r->aborted && api_needed && !r->api_reached)
         fatal(r, "cannot reach the manager API at %s within %g s", r->s->manager_api,
               r->s->ramp_up + r->s->connect_timeout);
