@@ -257,8 +257,9 @@ static void reap_hog(lt_chaos *c, size_t i, int kill_it) {
     return;
   if (kill_it)
     kill(c->hog[i], SIGKILL);
-  if (waitpid(c->hog[i], NULL, kill_it ? 0 : WNOHANG) == c->hog[i] || errno == ECHILD)
-    c->hog[i] = 0;
+  pid_t w = waitpid(c->hog[i], NULL, kill_it ? 0 : WNOHANG);
+  if (w == c->hog[i] || (w < 0 && errno == ECHILD))
+    c->hog[i] = 0; /* 0: still running */
 }
 
 /* ---- faults --------------------------------------------------------------------------------- */

@@ -216,3 +216,18 @@ def test_chaos_surface_and_unreachable_manager(tmp_path):
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 3 and "cannot reach the manager" in p.stderr, p.stderr
     assert time.monotonic() - t0 < 10
+
+
+def test_overall_deadline_ends_the_run(manager):
+    """--timeout stops a run that would go on (issue 17): it reports and exits 3."""
+    t0 = time.monotonic()
+    p = subprocess.run([LOADTEST_BIN, "--agents", "2", "--commands", "0", "--commands-per-agent",
+                        "0", "--duration", "60", "--rate", "10", "--server", manager.grpc_addr,
+                        "--manager-api", manager.admin_url, "--report-interval", "0",
+                        "--timeout", "2", "--format", "json"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 3 and "deadline" in p.stderr, p.stderr
+    rep = json.loads(p.stdout)
+    assert "deadline" in rep["fatal"] and rep["total"] > 0
+    assert rep["no_loss"]["pass"], rep["no_loss"]  # the drain still saw every result
+    assert time.monotonic() - t0 < 10
