@@ -62,8 +62,14 @@ static void run_done(lt_run *r, void *ud) {
   }
   if (f != stdout)
     fclose(f);
-  /* Exit 1 when a command accepted by the manager never reached a final status. */
-  if (m->exit_code == 0 && rep->not_final)
+  /* Exit 3 when the run could not be carried out (manager unreachable, deadline); 1 when the
+   * no-loss check failed (an accepted command never final, or final twice). */
+  if (rep->fatal[0]) {
+    fprintf(stderr, "sirius-loadtest: %s\n", rep->fatal);
+    if (m->exit_code == 0)
+      m->exit_code = 3;
+  }
+  if (m->exit_code == 0 && !rep->no_loss)
     m->exit_code = 1;
   uv_close((uv_handle_t *)&m->sigterm, NULL);
   uv_close((uv_handle_t *)&m->sigint, NULL);

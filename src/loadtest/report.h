@@ -23,6 +23,34 @@ typedef struct lt_latency {
   double avg, p50, p95, p99, max, min; /* ms */
 } lt_latency;
 
+/* One fault of a chaos scenario as the harness saw it. Times in seconds. */
+typedef struct lt_fault_report {
+  char target[32];
+  const char *action;
+  double at, duration;   /* as scheduled, after submission started */
+  double start_s, end_s; /* as applied, after submission started; -1: never */
+  double detect_s;       /* fault start to the first error, retry or latency spike; -1: none */
+  double recover_s;      /* fault end to the first fresh command completed under the spike
+                            threshold; -1: none before the run ended */
+  uint64_t submitted;    /* first submissions during the fault window */
+  uint64_t completed;    /* final status completed during the window */
+  uint64_t failed;       /* any other final status during the window */
+  uint64_t retried;      /* re-submissions (refused, connection errors) during the window */
+  uint64_t errors;       /* harness errors (every kind) during the window */
+  double max_latency_ms; /* of the commands in flight at any time during the window */
+  int pid, restart_pid;  /* process signalled or hog; restart_cmd shell */
+  char error[160];       /* applying the fault failed: why */
+} lt_fault_report;
+
+/* One step of the timeline (the HTML chart, and the JSON "timeline"). */
+typedef struct lt_tl_point {
+  double t;                      /* seconds after submission started */
+  double submitted_per_s;        /* first submissions */
+  double ok_per_s, failed_per_s; /* final results by completed_at */
+  double lat_avg_ms, lat_max_ms; /* of the commands that finished in the step */
+  uint64_t errors;               /* harness errors and retries */
+} lt_tl_point;
+
 typedef struct lt_report {
   const char *submit;    /* "rest" or "amqp" */
   uint64_t planned;      /* commands the scenario wanted (0: unlimited) */
@@ -47,6 +75,18 @@ typedef struct lt_report {
   int manager_ok; /* the manager counters were read */
   char not_final_ids[LT_NOT_FINAL_LIST][80];
   size_t nnot_final_ids;
+  /* the no-loss check: every accepted command reached a final status, none twice */
+  uint64_t final_twice; /* commands whose final status (or completed_at) changed once final */
+  int no_loss;          /* not_final == 0 && final_twice == 0 */
+  /* chaos */
+  lt_fault_report *faults; /* owned by the run */
+  size_t nfaults;
+  double spike_threshold_ms; /* latency above this counts as a spike (from the baseline) */
+  double baseline_p99_ms;    /* p99 before the first fault (0: no baseline) */
+  lt_tl_point *timeline;     /* owned by the run */
+  size_t ntimeline;
+  double timeline_step_s;
+  char fatal[256]; /* the run could not be carried out (manager unreachable, deadline) */
 } lt_report;
 
 /* Adds n to the counter `name` of arr (appends it when new and there is room). */

@@ -17,6 +17,7 @@
 
 #include "client/agent.h"
 #include "client/opts.h"
+#include "loadtest/chaos.h"
 #include "loadtest/http_client.h"
 #include "mq/amqp.h"
 #include "util/alloc.h"
@@ -35,6 +36,10 @@
 #define LT_FLEETS_MAX (LT_SERVERS_MAX + 1)
 #define LT_HTTP_MAX_BODY (64u << 20) /* a listing page of 1000 commands stays far below */
 #define LT_AMQP_WINDOW 2000          /* AMQP publishes awaiting a confirm */
+#define LT_EV_STEP_MS 100            /* resolution of the error / retry event counts */
+#define LT_CHAOS_SETTLE_S 3.0        /* submission goes on this long after the last fault */
+#define LT_TIMELINE_MAX 600          /* points of the report's timeline */
+#define LT_DETECT_GRACE_MS 1000      /* a fault is detected while active or this long after */
 
 enum phase { P_INIT = 0, P_CONNECT, P_SUBMIT, P_DRAIN, P_FINISH, P_CLOSING, P_DONE };
 enum cmd_state { S_NEW = 0, S_SENDING, S_ACCEPTED, S_FINAL, S_REFUSED };
@@ -43,9 +48,11 @@ enum cmd_state { S_NEW = 0, S_SENDING, S_ACCEPTED, S_FINAL, S_REFUSED };
 typedef struct lt_cmd {
   int64_t submit_ms; /* wall clock at the accepted submission */
   int64_t done_ms;   /* completed_at of the final result */
+  int64_t first_ms;  /* wall clock of the first attempt */
   uint8_t state;     /* enum cmd_state */
   uint8_t type;      /* index into the mix */
   uint8_t status;    /* final status index into status_names */
+  uint8_t twice;     /* a second, different final status was seen */
   uint32_t seen;     /* last sweep that listed it */
 } lt_cmd;
 
@@ -135,6 +142,20 @@ struct lt_run {
   uint32_t connected_start;
   uint64_t last_progress;
   int aborted;
+  /* chaos, deadline */
+  lt_chaos *chaos;
+  int chaos_open;
+  char server_addrs[LT_SERVERS_MAX][128]; /* --server with proxy:NAME resolved */
+  int64_t t0_ms;                          /* wall clock when submission started */
+  uint32_t (*ev)[2];                      /* per LT_EV_STEP_MS: errors, retries */
+  size_t nev;
+  uint64_t deadline;        /* loop ms */
+  uint64_t submit_for_ms;   /* submission lasts at least this long (0: until all submitted) */
+  int api_reached;          /* the manager API answered something */
+  uint64_t last_status_try; /* loop ms */
+  uint64_t run_start;       /* loop ms at lt_run_start */
+  lt_fault_report *frep;
+  lt_tl_point *tl;
 };
 
 static void set_phase(lt_run *r, enum phase p) {
@@ -142,8 +163,29 @@ static void set_phase(lt_run *r, enum phase p) {
   r->phase_start = uv_now(r->loop);
 }
 
+/* Counts an event (0: error, 1: retry) in its LT_EV_STEP_MS step after submission started. */
+static void event(lt_run *r, int which) {
+  if (r->t0_ms == 0)
+    return;
+  int64_t d = sm_now_ms() - r->t0_ms;
+  size_t k = d > 0 ? (size_t)(d / LT_EV_STEP_MS) : 0;
+  if (k >= r->nev) {
+    size_t n = r->nev ? r->nev : 256;
+    while (n <= k)
+      n *= 2;
+    uint32_t(*e)[2] = sm_realloc(r->ev, n * sizeof(*e));
+    if (e == NULL)
+      return; /* the figures lose one event; the run goes on */
+    memset(e + r->nev, 0, (n - r->nev) * sizeof(*e));
+    r->ev = e;
+    r->nev = n;
+  }
+  r->ev[k][which]++;
+}
+
 static void err_kind(lt_run *r, const char *kind) {
   lt_count_add(r->rep.errors, &r->rep.nerrors, LT_KINDS_MAX, kind, 1);
+  event(r, 0);
 }
 
 /* ---- commands ---------------------------------------------------------------------------- */
@@ -253,6 +295,10 @@ static int status_index(const char *st) {
 
 static void mark_final(lt_run *r, uint64_t i, int st, int64_t done_ms) {
   lt_cmd *c = &r->cmds[i];
+  if (c->state == S_FINAL && !c->twice && (c->status != st || c->done_ms != done_ms)) {
+    c->twice = 1; /* final once already, now final differently: it ran to an end twice */
+    err_kind(r, "final_twice");
+  }
   if (c->state != S_ACCEPTED)
     return; /* not yet acknowledged to us, or already counted */
   c->state = S_FINAL;
@@ -277,6 +323,7 @@ static void push_retry(lt_run *r, uint64_t i) {
   }
   r->cmds[i].state = S_NEW;
   r->retry[r->nretry++] = i;
+  event(r, 1);
 }
 
 /* ---- REST submission --------------------------------------------------------------------- */
@@ -378,8 +425,11 @@ static void submit_rest(lt_run *r) {
       sc->not_before = now + 200;
       continue;
     }
-    for (size_t k = 0; k < n; k++)
+    for (size_t k = 0; k < n; k++) {
       r->cmds[sc->batch[k]].state = S_SENDING;
+      if (r->cmds[sc->batch[k]].first_ms == 0)
+        r->cmds[sc->batch[k]].first_ms = sc->sent_ms;
+    }
     sc->n = n;
     r->sending += n;
   }
@@ -440,6 +490,8 @@ static void submit_amqp(lt_run *r) {
       break;
     }
     r->cmds[i].state = S_SENDING;
+    if (r->cmds[i].first_ms == 0)
+      r->cmds[i].first_ms = p->sent_ms;
     r->amqp_inflight++;
     r->sending++;
   }
@@ -624,6 +676,8 @@ static void on_status(void *ud, int err, const lt_http_resp *resp) {
   lt_run *r = ud;
   mgr_counters *mc = r->phase == P_FINISH ? &r->after : &r->before;
   r->status_busy = 0;
+  if (!err)
+    r->api_reached = 1;
   if (err || resp->status != 200) {
     err_kind(r, err ? "status_connection" : "status_http");
   } else {
@@ -666,16 +720,18 @@ static void print_progress(lt_run *r) {
   if (r->progress == NULL)
     return;
   double t = (double)(uv_now(r->loop) - r->submit_start) / 1000.0;
+  if (r->phase < P_SUBMIT)
+    t = (double)(uv_now(r->loop) - r->run_start) / 1000.0; /* the connect phase counts too */
   fprintf(r->progress,
           "progress t=%.1fs phase=%s submitted=%llu accepted=%llu final=%llu pending=%llu "
           "agents=%u rate=%.1f/s\n",
-          r->phase >= P_SUBMIT ? t : 0.0,
+          t,
           r->phase == P_CONNECT  ? "connect"
           : r->phase == P_SUBMIT ? "submit"
                                  : "drain",
           (unsigned long long)r->ncmds, (unsigned long long)r->accepted,
           (unsigned long long)r->finals, (unsigned long long)(r->accepted - r->finals),
-          connected_now(r), t > 0 ? (double)r->finals / t : 0.0);
+          connected_now(r), t > 0 && r->phase >= P_SUBMIT ? (double)r->finals / t : 0.0);
   fflush(r->progress);
 }
 
@@ -698,6 +754,176 @@ static void maybe_crash(lt_run *r) {
                 SM_LI("commands_held", st.commands));
     client_fleet_stop(r->fleets[r->crash_fleet], on_fleet_stopped, r);
   }
+}
+
+/* Latency of command c as seen at `now` (wall ms): final, or still in flight. */
+static double cmd_latency(const lt_cmd *c, int64_t now) {
+  if (c->state == S_FINAL)
+    return c->done_ms > c->submit_ms ? (double)(c->done_ms - c->submit_ms) : 0.0;
+  if (c->state == S_ACCEPTED)
+    return now > c->submit_ms ? (double)(now - c->submit_ms) : 0.0;
+  return -1;
+}
+
+/* Errors and retries counted in [from, to) (wall ms). */
+static void events_between(const lt_run *r, int64_t from, int64_t to, uint64_t *errors,
+                           uint64_t *retries) {
+  *errors = *retries = 0;
+  for (size_t k = 0; k < r->nev; k++) {
+    int64_t t = r->t0_ms + (int64_t)k * LT_EV_STEP_MS;
+    if (t + LT_EV_STEP_MS <= from || t >= to)
+      continue;
+    *errors += r->ev[k][0];
+    *retries += r->ev[k][1];
+  }
+}
+
+/* Per fault figures, the spike threshold and the timeline. */
+static void compute_chaos(lt_run *r, lt_report *rep) {
+  int64_t now = sm_now_ms();
+  int64_t t0 = r->t0_ms;
+  size_t nf = r->chaos ? lt_chaos_nfaults(r->chaos) : 0;
+  /* Baseline: commands finished before the first fault started. */
+  int64_t first = INT64_MAX;
+  for (size_t f = 0; f < nf; f++) {
+    const lt_fault_state *st = lt_chaos_fault(r->chaos, f);
+    if (st->start_ms && st->start_ms < first)
+      first = st->start_ms;
+  }
+  uint64_t nb = 0;
+  for (uint64_t i = 0; i < r->ncmds; i++)
+    nb += r->cmds[i].state == S_FINAL && r->cmds[i].done_ms < first;
+  double *b = nb ? sm_malloc(nb * sizeof(double)) : NULL;
+  uint64_t k = 0;
+  for (uint64_t i = 0; b && i < r->ncmds; i++)
+    if (r->cmds[i].state == S_FINAL && r->cmds[i].done_ms < first)
+      b[k++] = cmd_latency(&r->cmds[i], now);
+  lt_latency bl;
+  lt_latency_compute(b, k, &bl);
+  free(b);
+  rep->baseline_p99_ms = bl.p99;
+  /* A spike: three times the baseline p99, at least 250 ms above it; 1 s without a baseline. */
+  rep->spike_threshold_ms = k >= 5 ? (bl.p99 * 3 > bl.p99 + 250 ? bl.p99 * 3 : bl.p99 + 250) : 1000;
+  double thr = rep->spike_threshold_ms;
+  if (nf) {
+    r->frep = sm_calloc(nf, sizeof(*r->frep));
+    if (r->frep)
+      rep->nfaults = nf;
+    rep->faults = r->frep;
+  }
+  for (size_t f = 0; f < rep->nfaults; f++) {
+    const lt_fault_state *st = lt_chaos_fault(r->chaos, f);
+    lt_fault_report *fr = &r->frep[f];
+    snprintf(fr->target, sizeof(fr->target), "%s", st->spec->target);
+    fr->action = lt_action_name(st->spec->action);
+    fr->at = st->spec->at;
+    fr->duration = st->spec->duration;
+    fr->pid = st->pid;
+    fr->restart_pid = st->restart_pid;
+    snprintf(fr->error, sizeof(fr->error), "%s", st->error);
+    fr->start_s = fr->end_s = fr->detect_s = fr->recover_s = -1;
+    if (st->start_ms == 0 || t0 == 0)
+      continue;
+    int64_t s0 = st->start_ms, e0 = st->end_ms ? st->end_ms : now;
+    fr->start_s = (double)(s0 - t0) / 1000.0;
+    fr->end_s = (double)(e0 - t0) / 1000.0;
+    events_between(r, s0, e0, &fr->errors, &fr->retried);
+    int64_t detect = INT64_MAX, recover = INT64_MAX;
+    /* the first error or retry at or after the start, within the window plus LT_DETECT_GRACE_MS:
+     * what shows only later is not counted as this fault's detection */
+    int64_t horizon = e0 + LT_DETECT_GRACE_MS;
+    for (size_t j = 0; j < r->nev; j++) {
+      int64_t t = t0 + (int64_t)j * LT_EV_STEP_MS;
+      if (t + LT_EV_STEP_MS > s0 && t < horizon && (r->ev[j][0] || r->ev[j][1])) {
+        detect = t > s0 ? t : s0;
+        break;
+      }
+    }
+    for (uint64_t i = 0; i < r->ncmds; i++) {
+      const lt_cmd *c = &r->cmds[i];
+      if (c->first_ms >= s0 && c->first_ms < e0)
+        fr->submitted++;
+      if (c->state == S_FINAL && c->done_ms >= s0 && c->done_ms < e0) {
+        if (c->status == 0)
+          fr->completed++;
+        else
+          fr->failed++;
+      }
+      double lat = cmd_latency(c, now);
+      if (lat < 0)
+        continue;
+      /* the window's max latency runs from the first attempt: retries during the fault count */
+      int64_t end = c->state == S_FINAL ? c->done_ms : now;
+      int64_t from = c->first_ms ? c->first_ms : c->submit_ms;
+      if (from < e0 && end >= s0 && end - from > fr->max_latency_ms)
+        fr->max_latency_ms = (double)(end - from);
+      /* a spike is visible once a command has waited longer than the threshold */
+      int64_t visible = c->submit_ms + (int64_t)thr;
+      if (lat > thr && visible >= s0 && visible < horizon && visible < detect)
+        detect = visible;
+      if (c->state == S_FINAL && c->status == 0 && c->first_ms >= e0 && lat <= thr &&
+          c->done_ms < recover)
+        recover = c->done_ms;
+    }
+    if (detect != INT64_MAX)
+      fr->detect_s = (double)(detect - s0) / 1000.0;
+    if (recover != INT64_MAX)
+      fr->recover_s = (double)(recover - e0) / 1000.0;
+  }
+  /* Timeline: steps of 0.1 s or more, at most LT_TIMELINE_MAX of them. */
+  if (t0 == 0)
+    return;
+  int64_t tend = r->last_final_ms > now ? r->last_final_ms : now;
+  double span = (double)(tend - t0) / 1000.0;
+  double step = 0.1;
+  while (span / step > LT_TIMELINE_MAX)
+    step *= 2;
+  size_t np = (size_t)(span / step) + 1;
+  r->tl = sm_calloc(np, sizeof(*r->tl));
+  if (r->tl == NULL)
+    return;
+  uint64_t *nlat = sm_calloc(np, sizeof(uint64_t));
+  if (nlat == NULL) {
+    free(r->tl);
+    r->tl = NULL;
+    return;
+  }
+  rep->timeline = r->tl;
+  rep->ntimeline = np;
+  rep->timeline_step_s = step;
+  for (size_t j = 0; j < np; j++)
+    r->tl[j].t = (double)j * step;
+  int64_t step_ms = (int64_t)(step * 1000);
+  for (uint64_t i = 0; i < r->ncmds; i++) {
+    const lt_cmd *c = &r->cmds[i];
+    if (c->first_ms >= t0 && (size_t)((c->first_ms - t0) / step_ms) < np)
+      r->tl[(c->first_ms - t0) / step_ms].submitted_per_s += 1;
+    if (c->state != S_FINAL || c->done_ms < t0 || (size_t)((c->done_ms - t0) / step_ms) >= np)
+      continue;
+    lt_tl_point *p = &r->tl[(c->done_ms - t0) / step_ms];
+    double lat = cmd_latency(c, now);
+    if (c->status == 0)
+      p->ok_per_s += 1;
+    else
+      p->failed_per_s += 1;
+    p->lat_avg_ms += lat;
+    nlat[p - r->tl]++;
+    if (lat > p->lat_max_ms)
+      p->lat_max_ms = lat;
+  }
+  for (size_t j = 0; j < r->nev; j++) {
+    size_t q = (size_t)((int64_t)j * LT_EV_STEP_MS / step_ms);
+    if (q < np)
+      r->tl[q].errors += r->ev[j][0] + r->ev[j][1];
+  }
+  for (size_t j = 0; j < np; j++) {
+    r->tl[j].submitted_per_s /= step;
+    r->tl[j].ok_per_s /= step;
+    r->tl[j].failed_per_s /= step;
+    if (nlat[j])
+      r->tl[j].lat_avg_ms /= (double)nlat[j];
+  }
+  free(nlat);
 }
 
 static void compute_report(lt_run *r) {
@@ -743,6 +969,10 @@ static void compute_report(lt_run *r) {
   }
   if (rep->not_final)
     lt_count_add(rep->errors, &rep->nerrors, LT_KINDS_MAX, "not_final", rep->not_final);
+  for (uint64_t i = 0; i < r->ncmds; i++)
+    rep->final_twice += r->cmds[i].twice;
+  rep->no_loss = rep->not_final == 0 && rep->final_twice == 0;
+  compute_chaos(r, rep);
   for (size_t k = 0; k < r->nfleets; k++) {
     client_stats st;
     client_fleet_stats(r->fleets[k], &st);
@@ -759,6 +989,11 @@ static void compute_report(lt_run *r) {
         *p = '_';
     lt_count_add(rep->manager, &rep->nmanager, LT_KINDS_MAX, name, d > 0 ? (uint64_t)d : 0);
   }
+}
+
+static void on_chaos_closed(void *ud) {
+  lt_run *r = ud;
+  r->chaos_open = 0;
 }
 
 static void on_tick_closed(uv_handle_t *h) {
@@ -784,21 +1019,63 @@ static void finish(lt_run *r) {
   r->poll_http = r->status_http = NULL;
   mq_conn_destroy(r->mq);
   r->mq = NULL;
+  if (r->chaos) {
+    r->chaos_open = 1;
+    lt_chaos_close(r->chaos, on_chaos_closed, r);
+    r->chaos = NULL;
+  }
+}
+
+static void fatal(lt_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fatal(lt_run *r, const char *fmt, ...) {
+  if (r->rep.fatal[0])
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->rep.fatal, sizeof(r->rep.fatal), fmt, ap);
+  va_end(ap);
+  r->aborted = 1;
+  if (r->chaos)
+    lt_chaos_stop(r->chaos);
 }
 
 static void on_tick(uv_timer_t *t) {
   lt_run *r = t->data;
   uint64_t now = uv_now(r->loop);
+  if (r->phase < P_FINISH && now >= r->deadline)
+    fatal(r, "deadline of %.0f s reached (--timeout)", lt_scenario_deadline(r->s));
+  if (r->chaos && r->phase >= P_SUBMIT)
+    lt_chaos_tick(r->chaos);
   switch (r->phase) {
   case P_CONNECT: {
     uint32_t conn = connected_now(r);
-    if (conn >= r->s->agents || now - r->phase_start > (uint64_t)((r->s->ramp_up + 10) * 1000) ||
+    int api_needed = r->s->submit == LT_SUBMIT_REST;
+    if (!r->api_reached && !r->status_busy && now - r->last_status_try >= 1000) {
+      r->last_status_try = now;
+      read_status(r); /* the first read failed: ask again each second until the timeout */
+    }
+    if ((conn >= r->s->agents && (r->api_reached || !api_needed)) ||
+        now - r->phase_start > (uint64_t)((r->s->ramp_up + r->s->connect_timeout) * 1000) ||
         r->aborted) {
+      if (!r->aborted && conn == 0)
+        fatal(r, "cannot reach the manager: no agent connected to %s within %g s",
+              r->server_addrs[0], r->s->ramp_up + r->s->connect_timeout);
+      else if (!r->aborted && api_needed && !r->api_reached)
+        fatal(r, "cannot reach the manager API at %s within %g s", r->s->manager_api,
+              r->s->ramp_up + r->s->connect_timeout);
+      if (r->rep.fatal[0]) {
+        set_phase(r, P_FINISH);
+        finish(r);
+        break;
+      }
       r->connected_start = conn;
       if (conn < r->s->agents)
         err_kind(r, "agents_not_connected");
       set_phase(r, P_SUBMIT);
       r->submit_start = now;
+      r->t0_ms = sm_now_ms();
+      if (r->chaos)
+        lt_chaos_start(r->chaos, r->t0_ms);
       r->last_progress = now;
       if (r->s->submit == LT_SUBMIT_AMQP)
         if (mq_conn_consume(r->mq, r->s->result_queue, 1000) != 0)
@@ -811,8 +1088,7 @@ static void on_tick(uv_timer_t *t) {
       submit_rest(r);
     else
       submit_amqp(r);
-    if (r->aborted ||
-        (r->s->duration > 0 && now - r->submit_start >= (uint64_t)(r->s->duration * 1000)) ||
+    if (r->aborted || (r->submit_for_ms > 0 && now - r->submit_start >= r->submit_for_ms) ||
         (r->planned && r->ncmds >= r->planned && r->nretry == 0 && r->sending == 0)) {
       set_phase(r, P_DRAIN);
       r->submit_end = now;
@@ -824,16 +1100,19 @@ static void on_tick(uv_timer_t *t) {
       submit_rest(r);
     else if (r->nretry)
       submit_amqp(r);
-    if ((r->finals == r->accepted && r->nretry == 0 && r->sending == 0) ||
-        now - r->phase_start > (uint64_t)(r->s->drain_timeout * 1000) ||
-        (r->aborted && now - r->phase_start > 2000)) {
+    if (((r->finals == r->accepted && r->nretry == 0 && r->sending == 0) ||
+         now - r->phase_start > (uint64_t)(r->s->drain_timeout * 1000)) &&
+        (r->chaos == NULL || lt_chaos_pending(r->chaos) == 0))
       set_phase(r, P_FINISH);
-      if (r->phase != P_CLOSING && !r->status_busy)
+    else if (r->aborted && now - r->phase_start > 2000)
+      set_phase(r, P_FINISH);
+    if (r->phase == P_FINISH) {
+      if (!r->status_busy)
         read_status(r);
     }
     break;
   case P_CLOSING:
-    if (r->fleets_open == 0 && r->tick_open) {
+    if (r->fleets_open == 0 && r->chaos_open == 0 && r->tick_open) {
       uv_timer_stop(&r->tick);
       uv_close((uv_handle_t *)&r->tick, on_tick_closed);
       set_phase(r, P_DONE);
@@ -983,6 +1262,21 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
         snprintf(err, errlen, "--amqp-url: %s", sm_strerror(rc));
     }
   }
+  if (rc == 0 && (s->nproxies > 0 || s->nfaults > 0))
+    rc = lt_chaos_create(loop, s, &r->chaos, err, errlen);
+  for (size_t k = 0; rc == 0 && k < s->nservers; k++) {
+    /* proxy:NAME is the bound address of that --proxy */
+    const char *a = s->servers[k];
+    if (strncmp(a, "proxy:", 6) == 0) {
+      a = r->chaos ? lt_chaos_proxy_addr(r->chaos, a + 6) : NULL;
+      if (a == NULL) {
+        snprintf(err, errlen, "--server: %s names no --proxy", s->servers[k]);
+        rc = SM_EINVAL;
+        break;
+      }
+    }
+    snprintf(r->server_addrs[k], sizeof(r->server_addrs[k]), "%s", a);
+  }
   if (rc == 0) {
     uint32_t crash = (uint32_t)(s->crash_rate * s->agents + 0.5);
     if (s->crash_rate > 0 && crash == 0)
@@ -994,10 +1288,10 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
     for (size_t k = 0; rc == 0 && k < s->nservers && normal > 0; k++) {
       uint32_t n = normal / (uint32_t)s->nservers + (k < normal % s->nservers ? 1 : 0);
       if (n)
-        rc = add_fleet(r, s->servers[k], n, 0, err, errlen);
+        rc = add_fleet(r, r->server_addrs[k], n, 0, err, errlen);
     }
     if (rc == 0 && crash)
-      rc = add_fleet(r, s->servers[0], crash, 1, err, errlen);
+      rc = add_fleet(r, r->server_addrs[0], crash, 1, err, errlen);
   }
   if (rc && err[0] == '\0')
     snprintf(err, errlen, "%s", sm_strerror(rc));
@@ -1012,6 +1306,8 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
     lt_http_destroy(r->poll_http);
     lt_http_destroy(r->status_http);
     mq_conn_destroy(r->mq);
+    if (r->chaos)
+      lt_chaos_close(r->chaos, NULL, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     free(r);
     return rc;
@@ -1019,6 +1315,18 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
   uv_timer_init(loop, &r->tick);
   r->tick.data = r;
   r->tick_open = 1;
+  if (s->duration > 0) {
+    double d = s->duration;
+    if (s->nfaults) {
+      double last = 0;
+      for (size_t i = 0; i < s->nfaults; i++)
+        if (s->faults[i].at + s->faults[i].duration > last)
+          last = s->faults[i].at + s->faults[i].duration;
+      if (d < last + LT_CHAOS_SETTLE_S)
+        d = last + LT_CHAOS_SETTLE_S;
+    }
+    r->submit_for_ms = (uint64_t)(d * 1000);
+  }
   *out = r;
   return 0;
 }
@@ -1027,13 +1335,14 @@ void lt_run_start(lt_run *r, lt_run_done_cb done, void *ud) {
   r->done = done;
   r->done_ud = ud;
   set_phase(r, P_CONNECT);
-  r->last_progress = uv_now(r->loop);
+  r->last_progress = r->run_start = r->last_status_try = uv_now(r->loop);
   read_status(r);
   if (r->mq && mq_conn_start(r->mq) != 0)
     err_kind(r, "amqp_start");
   for (size_t k = 0; k < r->nfleets; k++)
     client_fleet_start(r->fleets[k]);
   r->fleets_open = r->nfleets;
+  r->deadline = uv_now(r->loop) + (uint64_t)(lt_scenario_deadline(r->s) * 1000);
   uv_timer_start(&r->tick, on_tick, TICK_MS, TICK_MS);
 }
 
@@ -1054,5 +1363,8 @@ void lt_run_destroy(lt_run *r) {
     free(r->conns[c].batch);
   free(r->cmds);
   free(r->retry);
+  free(r->ev);
+  free(r->frep);
+  free(r->tl);
   free(r);
 }

@@ -11,7 +11,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum opt_kind { K_U32, K_U64, K_DBL, K_STR, K_TYPES, K_SUBMIT, K_FORMAT, K_SERVERS, K_URL };
+enum opt_kind {
+  K_U32,
+  K_U64,
+  K_DBL,
+  K_STR,
+  K_TYPES,
+  K_SUBMIT,
+  K_FORMAT,
+  K_SERVERS,
+  K_URL,
+  K_PROXY,
+  K_FAULT
+};
 
 typedef struct opt_def {
   const char *name; /* flag without dashes, also the config key */
@@ -59,6 +71,10 @@ static const opt_def opts[] = {
     {"seed", K_U64, OFF(seed), 0, 0, 1e18, NULL},
     {"format", K_FORMAT, OFF(format), 0, 0, 0, NULL},
     {"output", K_STR, OFF(output), SZ(output), 0, 0, NULL},
+    {"timeout", K_DBL, OFF(timeout), 0, 0, 864000, NULL},
+    {"connect-timeout", K_DBL, OFF(connect_timeout), 0, 0.1, 3600, NULL},
+    {"proxy", K_PROXY, 0, 0, 0, 0, NULL},
+    {"fault", K_FAULT, 0, 0, 0, 0, NULL},
 };
 
 void lt_scenario_defaults(lt_scenario *s) {
@@ -84,6 +100,7 @@ void lt_scenario_defaults(lt_scenario *s) {
   s->max_concurrent = 4;
   s->heartbeat_interval = 5;
   snprintf(s->id_prefix, sizeof(s->id_prefix), "lt-agent-");
+  s->connect_timeout = 10;
 }
 
 int lt_types_parse(const char *text, lt_type_weight *out, size_t *n, char *err, size_t errlen) {
@@ -237,13 +254,41 @@ static int apply(lt_scenario *s, const opt_def *d, const char *v, char *err, siz
       s->format = LT_FORMAT_JSON;
     else if (strcmp(v, "csv") == 0)
       s->format = LT_FORMAT_CSV;
+    else if (strcmp(v, "html") == 0)
+      s->format = LT_FORMAT_HTML;
     else {
-      snprintf(err, errlen, "expected text, json or csv");
+      snprintf(err, errlen, "expected text, json, csv or html");
       return SM_EINVAL;
     }
     return 0;
   case K_SERVERS:
     return parse_servers(s, v, err, errlen);
+  case K_PROXY: {
+    if (s->nproxies == LT_PROXIES_MAX) {
+      snprintf(err, errlen, "at most %d proxies", LT_PROXIES_MAX);
+      return SM_EINVAL;
+    }
+    lt_proxy_spec ps;
+    if (lt_proxy_spec_parse(v, &ps, err, errlen))
+      return SM_EINVAL;
+    for (size_t i = 0; i < s->nproxies; i++)
+      if (strcmp(s->proxies[i].name, ps.name) == 0) {
+        snprintf(err, errlen, "proxy \"%s\" given twice", ps.name);
+        return SM_EINVAL;
+      }
+    s->proxies[s->nproxies++] = ps;
+    return 0;
+  }
+  case K_FAULT: {
+    if (s->nfaults == LT_FAULTS_MAX) {
+      snprintf(err, errlen, "at most %d faults", LT_FAULTS_MAX);
+      return SM_EINVAL;
+    }
+    if (lt_fault_spec_parse(v, &s->faults[s->nfaults], err, errlen))
+      return SM_EINVAL;
+    s->nfaults++;
+    return 0;
+  }
   }
   return SM_EINVAL;
 }
@@ -399,6 +444,19 @@ int lt_scenario_parse(lt_scenario *s, int argc, const char *const *argv, lt_gete
     snprintf(err, errlen, "--amqp-url: required with --submit amqp");
     return SM_EINVAL;
   }
+  for (size_t i = 0; i < s->nfaults; i++) {
+    const lt_fault_spec *f = &s->faults[i];
+    if (!lt_action_is_proxy(f->action))
+      continue;
+    size_t k = 0;
+    while (k < s->nproxies && strcmp(s->proxies[k].name, f->target) != 0)
+      k++;
+    if (k == s->nproxies) {
+      snprintf(err, errlen, "--fault: %s on \"%s\": the target must name a --proxy",
+               lt_action_name(f->action), f->target);
+      return SM_EINVAL;
+    }
+  }
   return 0;
 }
 
@@ -407,6 +465,234 @@ uint64_t lt_scenario_total(const lt_scenario *s) {
     return s->commands;
   uint64_t t = (uint64_t)s->agents * s->commands_per_agent;
   return t > LT_COMMANDS_MAX ? LT_COMMANDS_MAX : t;
+}
+
+/* ---- chaos: --proxy and --fault -------------------------------------------------------------- */
+
+static const char *const action_names[LT_ACT_COUNT] = {
+    "delay", "drop",    "blackhole", "reset",        "bandwidth",
+    "kill9", "sigterm", "restart",   "cpu_pressure", "memory_pressure"};
+
+const char *lt_action_name(enum lt_chaos_action a) {
+  return (unsigned)a < LT_ACT_COUNT ? action_names[a] : "?";
+}
+
+int lt_action_is_proxy(enum lt_chaos_action a) {
+  return a <= LT_ACT_BANDWIDTH;
+}
+
+static int valid_hostport(const char *v, size_t max) {
+  const char *colon = strrchr(v, ':');
+  if (colon == NULL || colon == v || strlen(v) >= max)
+    return 0;
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  return colon[1] != '\0' && *end == '\0' && port >= 0 && port <= 65535;
+}
+
+int lt_proxy_spec_parse(const char *text, lt_proxy_spec *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof(*out));
+  const char *eq = strchr(text, '=');
+  const char *arrow = eq ? strstr(eq, "->") : NULL;
+  size_t nl = eq ? (size_t)(eq - text) : 0;
+  if (eq == NULL || arrow == NULL || nl == 0 || nl >= sizeof(out->name)) {
+    snprintf(err, errlen,
+             "expected NAME=LISTEN->UPSTREAM, e.g. agents=127.0.0.1:7000->127.0.0.1:50051");
+    return SM_EINVAL;
+  }
+  for (size_t i = 0; i < nl; i++)
+    if (!isalnum((unsigned char)text[i]) && text[i] != '-' && text[i] != '_') {
+      snprintf(err, errlen, "proxy name: letters, digits, - and _ only");
+      return SM_EINVAL;
+    }
+  memcpy(out->name, text, nl);
+  size_t ll = (size_t)(arrow - eq - 1);
+  if (ll >= sizeof(out->listen)) {
+    snprintf(err, errlen, "listen address too long");
+    return SM_EINVAL;
+  }
+  memcpy(out->listen, eq + 1, ll);
+  snprintf(out->upstream, sizeof(out->upstream), "%s", arrow + 2);
+  if (!valid_hostport(out->listen, sizeof(out->listen)) ||
+      !valid_hostport(arrow + 2, sizeof(out->upstream))) {
+    snprintf(err, errlen, "proxy \"%s\": expected host:port on both sides of ->", out->name);
+    return SM_EINVAL;
+  }
+  return 0;
+}
+
+/* Next key=value token of a fault spec; values may be quoted with ' or " to hold spaces. */
+static int next_token(const char **pp, char *key, size_t kl, char *val, size_t vl) {
+  const char *p = *pp;
+  while (*p == ' ' || *p == '\t' || *p == ',')
+    p++;
+  if (*p == '\0')
+    return 0;
+  size_t k = 0;
+  while (*p && *p != '=' && *p != ' ' && *p != '\t' && *p != ',') {
+    if (k + 1 >= kl)
+      return -1;
+    key[k++] = *p++;
+  }
+  key[k] = '\0';
+  if (*p != '=')
+    return -1;
+  p++;
+  size_t n = 0;
+  char quote = 0;
+  if (*p == '\'' || *p == '"')
+    quote = *p++;
+  while (*p && (quote ? *p != quote : (*p != ' ' && *p != '\t' && *p != ','))) {
+    if (n + 1 >= vl)
+      return -2;
+    val[n++] = *p++;
+  }
+  if (quote) {
+    if (*p != quote)
+      return -1;
+    p++;
+  }
+  val[n] = '\0';
+  *pp = p;
+  return 1;
+}
+
+static int fault_num(const char *key, const char *v, double min, double max, double *out, char *err,
+                     size_t errlen) {
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (end == v || *end || errno || !isfinite(x) || x < min || x > max) {
+    snprintf(err, errlen, "%s: expected a number between %g and %g", key, min, max);
+    return SM_EINVAL;
+  }
+  *out = x;
+  return 0;
+}
+
+int lt_fault_spec_parse(const char *text, lt_fault_spec *f, char *err, size_t errlen) {
+  memset(f, 0, sizeof(*f));
+  f->action = (enum lt_chaos_action) - 1;
+  f->at = -1;
+  f->duration = -1;
+  f->threads = 1;
+  f->mb = 64;
+  const char *p = text;
+  char key[32], val[LT_SHELL_MAX];
+  int t;
+  while ((t = next_token(&p, key, sizeof(key), val, sizeof(val))) > 0) {
+    double x = 0;
+    int rc = 0;
+    if (strcmp(key, "at") == 0)
+      rc = fault_num(key, val, 0, 86400, &f->at, err, errlen);
+    else if (strcmp(key, "duration") == 0)
+      rc = fault_num(key, val, 0, 86400, &f->duration, err, errlen);
+    else if (strcmp(key, "target") == 0) {
+      if (val[0] == '\0' || strlen(val) >= sizeof(f->target)) {
+        snprintf(err, errlen, "target: 1 to %zu bytes", sizeof(f->target) - 1);
+        return SM_EINVAL;
+      }
+      memcpy(f->target, val, strlen(val) + 1);
+    } else if (strcmp(key, "action") == 0) {
+      int a = -1;
+      for (int k = 0; k < LT_ACT_COUNT; k++)
+        if (strcmp(val, action_names[k]) == 0)
+          a = k;
+      if (a < 0) {
+        snprintf(err, errlen,
+                 "action: expected delay, drop, blackhole, reset, bandwidth, kill9, sigterm, "
+                 "restart, cpu_pressure or memory_pressure");
+        return SM_EINVAL;
+      }
+      f->action = (enum lt_chaos_action)a;
+    } else if (strcmp(key, "delay_ms") == 0) {
+      rc = fault_num(key, val, 1, 600000, &x, err, errlen);
+      f->delay_ms = (uint64_t)x;
+    } else if (strcmp(key, "bytes_per_s") == 0) {
+      rc = fault_num(key, val, 1, 1e12, &x, err, errlen);
+      f->bytes_per_s = (uint64_t)x;
+    } else if (strcmp(key, "pid") == 0) {
+      rc = fault_num(key, val, 2, 4194304, &x, err, errlen);
+      f->pid = (int)x;
+    } else if (strcmp(key, "pid_file") == 0) {
+      if (val[0] == '\0' || strlen(val) >= sizeof(f->pid_file)) {
+        snprintf(err, errlen, "pid_file: 1 to %zu bytes", sizeof(f->pid_file) - 1);
+        return SM_EINVAL;
+      }
+      memcpy(f->pid_file, val, strlen(val) + 1);
+    } else if (strcmp(key, "cmd") == 0) {
+      snprintf(f->cmd, sizeof(f->cmd), "%s", val);
+    } else if (strcmp(key, "restart_cmd") == 0) {
+      snprintf(f->restart_cmd, sizeof(f->restart_cmd), "%s", val);
+    } else if (strcmp(key, "threads") == 0) {
+      rc = fault_num(key, val, 1, LT_HOG_THREADS_MAX, &x, err, errlen);
+      f->threads = (uint32_t)x;
+    } else if (strcmp(key, "mb") == 0) {
+      rc = fault_num(key, val, 1, LT_HOG_MB_MAX, &x, err, errlen);
+      f->mb = (uint32_t)x;
+    } else {
+      snprintf(err, errlen,
+               "unknown key \"%s\" (at, duration, target, action, delay_ms, "
+               "bytes_per_s, pid, pid_file, cmd, restart_cmd, threads, mb)",
+               key);
+      return SM_EINVAL;
+    }
+    if (rc)
+      return rc;
+  }
+  if (t < 0) {
+    snprintf(err, errlen,
+             t == -2 ? "a value is longer than %d bytes"
+                     : "expected key=value pairs (quote values with spaces), "
+                       "at most %d bytes each",
+             LT_SHELL_MAX - 1);
+    return SM_EINVAL;
+  }
+  if (f->at < 0 || f->target[0] == '\0' || (int)f->action < 0) {
+    snprintf(err, errlen, "at, target and action are required");
+    return SM_EINVAL;
+  }
+  int needs_duration =
+      lt_action_is_proxy(f->action) || f->action == LT_ACT_CPU || f->action == LT_ACT_MEMORY;
+  if (f->duration < 0)
+    f->duration = needs_duration ? -1 : 0;
+  if (needs_duration && f->duration <= 0) {
+    snprintf(err, errlen, "%s: duration > 0 is required", action_names[f->action]);
+    return SM_EINVAL;
+  }
+  if (f->action == LT_ACT_DELAY && f->delay_ms == 0) {
+    snprintf(err, errlen, "delay: delay_ms is required");
+    return SM_EINVAL;
+  }
+  if (f->action == LT_ACT_BANDWIDTH && f->bytes_per_s == 0) {
+    snprintf(err, errlen, "bandwidth: bytes_per_s is required");
+    return SM_EINVAL;
+  }
+  if ((f->action == LT_ACT_KILL9 || f->action == LT_ACT_SIGTERM) && f->pid == 0 &&
+      f->pid_file[0] == '\0' && f->cmd[0] == '\0') {
+    snprintf(err, errlen, "%s: pid, pid_file or cmd is required", action_names[f->action]);
+    return SM_EINVAL;
+  }
+  if (f->action == LT_ACT_RESTART &&
+      (f->restart_cmd[0] == '\0' || (f->pid == 0 && f->pid_file[0] == '\0' && f->cmd[0] == '\0'))) {
+    snprintf(err, errlen, "restart: restart_cmd and one of pid, pid_file, cmd are required");
+    return SM_EINVAL;
+  }
+  return 0;
+}
+
+double lt_scenario_deadline(const lt_scenario *s) {
+  if (s->timeout > 0)
+    return s->timeout;
+  double last = 0;
+  for (size_t i = 0; i < s->nfaults; i++)
+    if (s->faults[i].at + s->faults[i].duration > last)
+      last = s->faults[i].at + s->faults[i].duration;
+  /* Without --duration a run submits a bounded number of commands: allow it ten minutes. */
+  double submit = s->duration > 0 ? s->duration : 600;
+  if (submit < last + 5)
+    submit = last + 5;
+  return s->ramp_up + s->connect_timeout + submit + s->drain_timeout + 30;
 }
 
 const char *lt_scenario_usage(void) {
@@ -452,7 +738,22 @@ const char *lt_scenario_usage(void) {
          "  --disconnect-rate P       share of commands that drop the agent's connection\n"
          "  --crash-rate P            share of agents that crash: stop answering, then vanish\n"
          "Report:\n"
-         "  --format text|json|csv    report format (text)\n"
+         "  --format text|json|csv|html  report format (text); html: one self-contained page\n"
+         "                            with a timeline chart, fault windows shaded\n"
          "  --output FILE             write the report there (stdout)\n"
+         "Limits:\n"
+         "  --timeout S               overall deadline; the run stops and reports (exit 3)\n"
+         "                            (0: ramp-up + connect timeout + duration or 600 s +\n"
+         "                            faults + drain timeout + 30 s)\n"
+         "  --connect-timeout S       give up (exit 3) when no agent connected and the\n"
+         "                            manager API did not answer within S seconds (10)\n"
+         "Chaos (repeatable; see docs/loadtest.md):\n"
+         "  --proxy NAME=LISTEN->UPSTREAM   run a fault-injecting TCP proxy; agents use it\n"
+         "                            with --server proxy:NAME\n"
+         "  --fault 'at=S duration=S target=T action=A [key=value...]'\n"
+         "                            actions on a proxy: delay (delay_ms), drop, blackhole,\n"
+         "                            reset, bandwidth (bytes_per_s); on a process: kill9,\n"
+         "                            sigterm, restart (pid, pid_file or cmd; restart_cmd);\n"
+         "                            cpu_pressure (threads), memory_pressure (mb)\n"
          "  --help, --version\n";
 }

@@ -117,7 +117,24 @@ static void test_report_formats(void) {
   lt_count_add(r.errors, &r.nerrors, LT_KINDS_MAX, "http_429", 3);
   T_EQ_INT(r.nerrors, 1);
   T_EQ_INT(r.errors[0].n, 5); /* counts of one kind add up */
-  for (int fmt = LT_FORMAT_TEXT; fmt <= LT_FORMAT_CSV; fmt++) {
+  lt_fault_report fr = {.target = "agents",
+                        .action = "blackhole",
+                        .at = 1,
+                        .duration = 2,
+                        .start_s = 1,
+                        .end_s = 3,
+                        .detect_s = 0.3,
+                        .recover_s = -1,
+                        .submitted = 4,
+                        .error = "a \"quoted\" <why>"};
+  lt_tl_point tl[2] = {{.t = 0, .ok_per_s = 10}, {.t = 0.1, .ok_per_s = 5, .lat_max_ms = 40}};
+  r.faults = &fr;
+  r.nfaults = 1;
+  r.timeline = tl;
+  r.ntimeline = 2;
+  r.timeline_step_s = 0.1;
+  r.no_loss = 1;
+  for (int fmt = LT_FORMAT_TEXT; fmt <= LT_FORMAT_HTML; fmt++) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -130,11 +147,99 @@ static void test_report_formats(void) {
       T_ASSERT(j != NULL);
       T_EQ_INT(cJSON_GetObjectItem(j, "total")->valuedouble, 10);
       T_EQ_INT(cJSON_GetObjectItem(j, "successful")->valuedouble, 9);
+      const cJSON *f0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "faults"), 0);
+      T_ASSERT(f0 != NULL);
+      T_ASSERT(cJSON_GetObjectItem(f0, "time_to_detect_s")->valuedouble == 0.3);
+      T_ASSERT(cJSON_IsNull(cJSON_GetObjectItem(f0, "time_to_recover_s")));
+      T_ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "no_loss"), "pass")));
+      T_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "timeline"), "rows")),
+               2);
       cJSON_Delete(j);
       T_ASSERT(strstr(buf, "http_429") != NULL);
     }
+    if (fmt == LT_FORMAT_CSV) /* the fault table follows the summary row, quotes doubled */
+      T_ASSERT(strstr(buf, "\n\nfault,target,action") && strstr(buf, "\"a \"\"quoted\"\" <why>\""));
+    if (fmt == LT_FORMAT_HTML) {
+      T_ASSERT(strncmp(buf, "<!DOCTYPE html>", 15) == 0 && strstr(buf, "<svg") &&
+               strstr(buf, "class=\"fault\"") && !strstr(buf, "<script"));
+      T_ASSERT(strstr(buf, "&lt;why&gt;") && !strstr(buf, "<why>")); /* escaped */
+    }
     free(buf);
   }
+}
+
+static void test_chaos_specs(void) {
+  lt_proxy_spec ps;
+  char err[LT_ERRBUF] = "";
+  T_EQ_INT(lt_proxy_spec_parse("agents=127.0.0.1:0->127.0.0.1:50051", &ps, err, sizeof(err)), 0);
+  T_EQ_STR(ps.name, "agents");
+  T_EQ_STR(ps.listen, "127.0.0.1:0");
+  T_EQ_STR(ps.upstream, "127.0.0.1:50051");
+  T_EQ_INT(lt_proxy_spec_parse("agents=127.0.0.1:0", &ps, err, sizeof(err)), SM_EINVAL);
+  T_EQ_INT(lt_proxy_spec_parse("a b=1.2.3.4:1->1.2.3.4:2", &ps, err, sizeof(err)), SM_EINVAL);
+  lt_fault_spec f;
+  T_EQ_INT(lt_fault_spec_parse("at=1.5 duration=2 target=agents action=delay delay_ms=200", &f, err,
+                               sizeof(err)),
+           0);
+  T_ASSERT(f.at == 1.5 && f.duration == 2 && f.delay_ms == 200 && f.action == LT_ACT_DELAY);
+  T_EQ_INT(lt_fault_spec_parse("at=1,target=manager,action=kill9,pid_file=/run/m.pid,"
+                               "restart_cmd='systemctl start sirius-manager'",
+                               &f, err, sizeof(err)),
+           0);
+  T_EQ_STR(f.restart_cmd, "systemctl start sirius-manager");
+  T_ASSERT(f.duration == 0);
+  T_EQ_INT(lt_fault_spec_parse("at=0 duration=1 target=m action=cpu_pressure threads=3", &f, err,
+                               sizeof(err)),
+           0);
+  T_EQ_INT(f.threads, 3);
+  T_EQ_INT(f.mb, 64);
+  static const char *const bad[] = {
+      "at=1 target=agents action=blackhole",                     /* no duration */
+      "at=1 duration=1 target=agents action=delay",              /* no delay_ms */
+      "at=1 duration=1 target=agents action=bandwidth",          /* no bytes_per_s */
+      "at=1 target=manager action=kill9",                        /* nothing to kill */
+      "at=1 target=manager action=restart pid=10",               /* nothing to restart with */
+      "at=1 duration=1 target=m action=cpu_pressure threads=65", /* over the limit */
+      "at=1 duration=1 target=m action=memory_pressure mb=70000",
+      "at=1 duration=1 target=m action=nope",
+      "duration=1 target=m action=drop",
+      "at=1 duration=1 target=m action=drop bogus=1",
+      "at=1 duration=1 target=m action=drop cmd='unterminated",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    err[0] = '\0';
+    T_EQ_INT(lt_fault_spec_parse(bad[i], &f, err, sizeof(err)), SM_EINVAL);
+    T_ASSERT(err[0] != '\0' && strchr(err, '\n') == NULL);
+  }
+  /* proxy actions must name a --proxy; flags repeat */
+  lt_scenario s;
+  const char *argv[] = {"lt",
+                        "--proxy",
+                        "a=127.0.0.1:0->127.0.0.1:1",
+                        "--proxy",
+                        "b=127.0.0.1:0->127.0.0.1:2",
+                        "--fault",
+                        "at=1 duration=1 target=b action=reset",
+                        "--fault",
+                        "at=2 duration=1 target=c action=reset"};
+  T_EQ_INT(parse(&s, argv, 9, err), SM_EINVAL);
+  T_ASSERT(strstr(err, "--fault") && strstr(err, "\"c\""));
+  T_EQ_INT(parse(&s, argv, 7, err), 0);
+  T_EQ_INT(s.nproxies, 2);
+  T_EQ_INT(s.nfaults, 1);
+  const char *dup[] = {"lt", "--proxy", "a=127.0.0.1:0->127.0.0.1:1", "--proxy",
+                       "a=127.0.0.1:0->127.0.0.1:2"};
+  T_EQ_INT(parse(&s, dup, 5, err), SM_EINVAL);
+  /* the automatic deadline covers the faults and the drain */
+  lt_scenario_defaults(&s);
+  s.duration = 10;
+  s.faults[0] = f;
+  s.faults[0].at = 100;
+  s.faults[0].duration = 5;
+  s.nfaults = 1;
+  T_ASSERT(lt_scenario_deadline(&s) >= 105 + s.drain_timeout);
+  s.timeout = 7;
+  T_ASSERT(lt_scenario_deadline(&s) == 7);
 }
 
 int main(void) {
@@ -143,5 +248,6 @@ int main(void) {
   T_RUN(test_bad_values);
   T_RUN(test_latency);
   T_RUN(test_report_formats);
+  T_RUN(test_chaos_specs);
   return t_done();
 }
