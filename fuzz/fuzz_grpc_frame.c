@@ -29,7 +29,7 @@ typedef struct reading {
 } reading;
 
 static void reading_free(reading *r) {
-  for (size_t i = 0; i < r->n; i++)
+  for (size_t i = 0; i < r->n && i < MAX_MSGS; i++)
     free(r->msg[i]);
 }
 
