@@ -39,7 +39,8 @@ static uint32_t next_rand(uint32_t *s) {
 }
 
 /* Reads in[0..len) in chunks of pseudo-random sizes (seed 0: one chunk). */
-static void read_stream(size_t max_len, const uint8_t *in, size_t len, uint32_t seed, reading *out) {
+static void read_stream(size_t max_len, const uint8_t *in, size_t len, uint32_t seed,
+                        reading *out) {
   grpc_frame_reader r;
   grpc_frame_reader_init(&r, max_len);
   memset(out, 0, sizeof(*out));

@@ -154,10 +154,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   router.guard_ud = &sec;
 
   reqs r = {.n = 0};
-  http1_config hc = {.max_header_bytes = 8192,
-                     .max_body_bytes = 64 * 1024,
-                     .on_request = on_request,
-                     .ud = &r};
+  http1_config hc = {
+      .max_header_bytes = 8192, .max_body_bytes = 64 * 1024, .on_request = on_request, .ud = &r};
   http1_parser *p = NULL;
   if (http1_create(&hc, &p))
     fz_fail("harness: http1_create");

@@ -83,8 +83,7 @@ static void fuzz_agent_tokens(const uint8_t *data, size_t size) {
     return;
   }
   char id[256], tok[512], hdr[600];
-  if (first_line((const char *)data, size, id, sizeof(id), tok, sizeof(tok)) == 0 &&
-      id[0] != '#') {
+  if (first_line((const char *)data, size, id, sizeof(id), tok, sizeof(tok)) == 0 && id[0] != '#') {
     snprintf(hdr, sizeof(hdr), "Bearer %s", tok);
     (void)agent_tokens_check(t, hdr, strcmp(id, "*") == 0 ? NULL : id);
     (void)agent_tokens_check(t, hdr, "some-other-agent");
