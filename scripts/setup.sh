@@ -12,6 +12,8 @@ packages=(
   redis-server rabbitmq-server python3 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest
   python3-pika python3-h2
   nghttp2-client curl openssl prometheus wrk procps iproute2 clang-format git bc util-linux
+  # fuzzing (scripts/fuzz.sh): libFuzzer with ASan+UBSan
+  clang-14 libfuzzer-14-dev
   # bench/grpcpp (the gRPC C++ reference server; ~8 MB, ~11 s to install)
   libgrpc++-dev libprotobuf-dev protobuf-compiler-grpc
   # bench/valgrind.sh

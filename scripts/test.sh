@@ -77,6 +77,18 @@ if [ "$quick" -eq 0 ]; then
     -Dbuildtype=debug
 fi
 
+if [ "$quick" -eq 0 ]; then
+  # Fuzzing, short form (docs/testing.md): replays the seed corpora and every earlier crash
+  # input, then fuzzes each target for 30 s; a crash, leak or oracle failure fails the suite.
+  echo "=== fuzz (short): scripts/fuzz.sh --short"
+  if bash scripts/fuzz.sh --short; then
+    passed=$((passed + 1))
+  else
+    failures+=("fuzz")
+    failed=$((failed + 1))
+  fi
+fi
+
 echo
 for f in "${failures[@]}"; do echo "FAILED STEP: $f"; done
 echo "$passed passed, $failed failed"
