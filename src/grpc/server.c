@@ -23,6 +23,7 @@
 #define CONNECTION_WINDOW (1u << 20)
 #define KEEPALIVE_TIMEOUT_MS 20000 /* PING answer deadline (gRPC's default), capped by interval */
 #define HANDSHAKE_TIMEOUT_S 10.0
+#define LINGER_MS 2000 /* discard input this long after the GOAWAY, waiting for EOF */
 
 enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_COUNT };
 
@@ -212,6 +213,10 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
       .ops = &conn_ops,
       .ud = srv,
       .name = "grpc",
+      /* A GOAWAY is the last thing a closing connection writes; a client still sending when
+       * we close would otherwise get a reset that can discard the GOAWAY unread (and with it
+       * the reason, e.g. ENHANCE_YOUR_CALM). */
+      .linger_ms = LINGER_MS,
   };
   err = net_listener_create(loop, &lc, &srv->listener);
   if (err)

@@ -58,6 +58,7 @@ struct net_conn {
   unsigned bp : 1;        /* over max_output_bytes: reading stopped for backpressure */
   unsigned held : 1;      /* the protocol holds reading (net_conn_hold) */
   unsigned peer_eof : 1;  /* the peer finished sending (EOF or TLS close_notify) */
+  size_t lingered;        /* bytes discarded while lingering */
   unsigned lingering : 1; /* written out and shut down: discarding input until EOF or close_due */
   unsigned closing : 1;   /* graceful close: writing out, then closing */
   unsigned closed : 1;    /* uv_close called */
@@ -332,8 +333,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0 || c->closed)
     return;
   if (c->lingering) {
-    /* Input after our last response is discarded; the peer's EOF (or error) ends the linger. */
-    if (nread < 0)
+    /* Input after our last response is discarded; the peer's EOF (or error) ends the linger,
+     * and so does a peer that keeps sending (a flood must not keep us reading). */
+    if (nread < 0 || (c->lingered += (size_t)nread) > NET_LINGER_MAX_BYTES)
       conn_close_now(c, c->close_reason);
     return;
   }

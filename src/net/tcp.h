@@ -14,8 +14,8 @@
  * - Two-phase close: net_conn_close marks the connection; its memory and the protocol's
  *   on_close come from the handles' close callbacks, never inside the call that asked. With
  *   linger_ms, a graceful close shuts the write side down after the last byte and discards
- *   input until the peer's EOF (at most linger_ms), so the peer reads the last bytes rather
- *   than a reset.
+ *   input until the peer's EOF (at most linger_ms and NET_LINGER_MAX_BYTES), so the peer reads
+ *   the last bytes rather than a reset.
  * - File descriptors exhausted (accept fails with EMFILE/ENFILE): pending connections are
  *   accepted on a reserve descriptor and closed at once (libuv's reserve first, then the
  *   listener's own), so the loop does not spin and established connections go on; a warn line
@@ -24,6 +24,9 @@
  */
 #ifndef SM_NET_TCP_H
 #define SM_NET_TCP_H
+
+/* Input a lingering connection discards before it is closed anyway (a peer still flooding). */
+#define NET_LINGER_MAX_BYTES (256u * 1024u)
 
 #include "net/tls.h"
 #include "util/err.h"

@@ -69,8 +69,11 @@ static void p_close(net_conn *c, int reason) {
 
 static const net_conn_ops ops = {p_open, p_read, p_flush, p_timer, p_close, NULL};
 
+static uint64_t linger_ms; /* make_listener's linger_ms */
+
 static net_listener *make_listener(const char *addr, size_t max_conns, net_tls_ctx *tls) {
-  net_listener_config cfg = {.addr = addr,
+  net_listener_config cfg = {.linger_ms = linger_ms,
+                             .addr = addr,
                              .max_connections = max_conns,
                              .max_output_bytes = 64 * 1024,
                              .stall_timeout_s = 0.3,
@@ -256,6 +259,34 @@ static void test_graceful_close_after_reply(void) {
   T_ASSERT(memcmp(c.got, "<bye>", 5) == 0);
   RUN_UNTIL(closes == 1);
   T_EQ_INT(last_close_reason, SM_ECLOSED);
+  c_close(&c);
+  RUN_UNTIL(c.closed);
+  close_listener(l);
+}
+
+/* With linger_ms, a graceful close shuts the write side down and discards input: the client
+ * reads the reply and EOF even though it is still sending; a client that keeps sending past
+ * NET_LINGER_MAX_BYTES is closed then, long before the linger time. */
+static void test_linger_bounded(void) {
+  reset(M_BYE);
+  linger_ms = 10000;
+  net_listener *l = make_listener("127.0.0.1:0", 10, NULL);
+  linger_ms = 0;
+  T_EQ_INT(net_listener_listen(l), 0);
+  client c;
+  c_connect(&c, net_listener_port(l), 1);
+  RUN_UNTIL(c.connected);
+  c_write(&c, "bye");
+  RUN_UNTIL(c.eof); /* the write side was shut down after the reply */
+  T_EQ_INT(c.ngot, 5);
+  T_EQ_INT(closes, 0); /* lingering: waiting for the client's EOF */
+  uint64_t t0 = uv_now(loop);
+  static char junk[64 * 1024];
+  memset(junk, 'x', sizeof(junk));
+  for (int i = 0; i < 8; i++) /* 512 KiB > NET_LINGER_MAX_BYTES */
+    c_write_raw(&c, junk, sizeof(junk));
+  RUN_UNTIL(closes == 1);
+  T_ASSERT(uv_now(loop) - t0 < 5000);
   c_close(&c);
   RUN_UNTIL(c.closed);
   close_listener(l);
@@ -526,6 +557,7 @@ int main(void) {
   uv_timer_start(&tick, tick_cb, 10, 10);
   T_RUN(test_echo_gathered);
   T_RUN(test_graceful_close_after_reply);
+  T_RUN(test_linger_bounded);
   T_RUN(test_connection_limit);
   T_RUN(test_backpressure_and_stall);
   T_RUN(test_timer);
