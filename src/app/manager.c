@@ -464,6 +464,8 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     return err;
 
   lifecycle_publisher lp;
+  if (!s->rabbitmq_url && s->ui_command_queue && *s->ui_command_queue)
+    sm_log_warn("manager", "SIRIUS_UI_COMMAND_QUEUE is set but RABBITMQ_URL is not: UI queue off");
   if (s->rabbitmq_url) {
     mq_conn_opts mo = {
         .url = s->rabbitmq_url,

@@ -223,3 +223,32 @@ def test_ui_off_by_default(broker, redis, tmp_path, started):  # noqa: F811
     m = start_manager(str(tmp_path), pipeline_env(broker, redis, cmd_q, res_q), started)
     assert not any("UI queue" in e.get("msg", "") for e in m.log_events())
     assert redis.cmd("GET", "connected_agents") is None
+
+
+def test_store_away_requeues_then_accepts_once(broker, redis, tmp_path, started,  # noqa: F811
+                                               agent_factory):
+    """While Valkey is away a command message is nacked (requeued) every UI_QUEUE_RETRY_MS,
+    not lost and not answered; once Valkey is back it is stored and answered exactly once."""
+    m, ui = start_ui(broker, redis, tmp_path, started, agent_factory, "uistore")
+    try:
+        redis.kill()
+        wait_for(lambda: m.get("/ready", timeout=1)[0] == 503, timeout=15, what="not ready")
+        n = len(ui.replies)
+        ui.send({"command": "echo back", "target": {"type": "agent", "id": "ui-a1"}})
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            ui.conn.process_data_events(time_limit=0.1)
+        assert len(ui.replies) == n, ui.replies[n:]  # no answer while the store is away
+        redis.start()
+        r = ui.reply(n, timeout=30)
+        assert r["success"] is True, r
+        key = f"cmd:response:ui-a1:{r['command_id']}"
+        wait_for(lambda: (json.loads(redis.cmd("GET", key) or "{}").get("status")
+                          == "completed"), timeout=20, what="completed after the outage")
+        ui.conn.process_data_events(time_limit=1.5)
+        assert len(ui.replies) == n + 1, ui.replies[n:]
+        assert ui.depth() == 0
+        assert any(e.get("msg") == "command accepted" and e.get("component") == "ui-queue"
+                   for e in m.log_events())
+    finally:
+        ui.close()
