@@ -329,16 +329,37 @@ char *ui_response_json(const sm_command *c, const char *status, size_t *len) {
   return print_owned(j, len);
 }
 
-char *ui_agents_json(agent_registry *reg, size_t *len) {
+static int add_id(cJSON *a, sm_map *seen, const char *id) {
+  if (sm_map_get(seen, id, strlen(id)) != NULL)
+    return 0;
+  cJSON *s = cJSON_CreateString(id);
+  if (s == NULL || sm_map_put(seen, id, strlen(id), (void *)id) != 0) {
+    cJSON_Delete(s);
+    return SM_ENOMEM;
+  }
+  cJSON_AddItemToArray(a, s);
+  return 0;
+}
+
+char *ui_agents_json(agent_registry *reg, const char *instance, const store_agent_rec *recs,
+                     size_t n, size_t *len) {
   cJSON *a = cJSON_CreateArray();
-  size_t n = reg ? agent_registry_count(reg) : 0;
-  for (size_t i = 0; a && i < n; i++) {
-    cJSON *s = cJSON_CreateString(agent_registry_at(reg, i)->id);
-    if (s == NULL) {
-      cJSON_Delete(a);
-      return NULL;
-    }
-    cJSON_AddItemToArray(a, s);
+  sm_map seen;
+  sm_map_init(&seen, 0);
+  size_t nl = reg ? agent_registry_count(reg) : 0;
+  int err = a ? 0 : SM_ENOMEM;
+  for (size_t i = 0; !err && i < nl; i++)
+    err = add_id(a, &seen, agent_registry_at(reg, i)->id);
+  for (size_t i = 0; !err && recs && i < n; i++) {
+    if (recs[i].id == NULL || *recs[i].id == '\0' ||
+        (instance && recs[i].instance && strcmp(recs[i].instance, instance) == 0))
+      continue;
+    err = add_id(a, &seen, recs[i].id);
+  }
+  sm_map_finish(&seen);
+  if (err) {
+    cJSON_Delete(a);
+    return NULL;
   }
   return print_owned(a, len);
 }
@@ -653,13 +674,44 @@ static int kv_put(ui_queue *u, const char *key, char *value, size_t len, int64_t
   return 0;
 }
 
-static void agents_write(ui_queue *u) {
+/* The other instances' agents arrived (or not: then this instance's alone); write the key. */
+static void agents_listed(void *ud, int err, const store_agent_rec *recs, size_t n) {
+  ui_kv_op *op = ud;
+  ui_queue *u = op->u;
+  if (u == NULL) {
+    free(op);
+    return;
+  }
+  sm_list_remove(&op->node);
+  free(op);
+  if (err)
+    sm_log_debug("ui-queue", "agent records not read: connected_agents lists this instance's",
+                 SM_LE(err));
   size_t len = 0;
-  char *v = ui_agents_json(u->reg, &len);
+  char *v = ui_agents_json(u->reg, u->instance, err ? NULL : recs, err ? 0 : n, &len);
+  if (kv_put(u, UI_AGENTS_KEY, v, len, UI_AGENTS_TTL_MS, 1) != 0) {
+    u->agents_busy = 0; /* the next refresh or change tries again */
+    if (u->agents_dirty)
+      ui_queue_agents_changed(u);
+  }
+}
+
+static void agents_write(ui_queue *u) {
   u->agents_last_ms = (int64_t)uv_now(u->loop);
   u->agents_dirty = 0;
-  if (kv_put(u, UI_AGENTS_KEY, v, len, UI_AGENTS_TTL_MS, 1) == 0)
-    u->agents_busy = 1;
+  ui_kv_op *op = sm_calloc(1, sizeof(*op));
+  int err = op ? store_agent_list(u->st, UI_AGENTS_LIST_MAX, agents_listed, op) : SM_ENOMEM;
+  if (err) {
+    free(op);
+    u->stats.kv_failed++;
+    sm_log_debug("ui-queue", "agent records not listed", SM_LE(err));
+    return;
+  }
+  sm_list_init(&op->node);
+  op->u = u;
+  op->agents = 1;
+  sm_list_push_back(&u->kv_ops, &op->node);
+  u->agents_busy = 1;
 }
 
 static void on_agents_timer(uv_timer_t *t) {

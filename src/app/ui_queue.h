@@ -49,6 +49,7 @@
 #define UI_AGENTS_MIN_INTERVAL_MS 1000        /* and at most this often after changes */
 #define UI_RESPONSE_TTL_MS (24 * 3600 * 1000) /* cmd:response:* keys live a day */
 #define UI_TRACK_MAX 100000                   /* exec commands remembered for `running` */
+#define UI_AGENTS_LIST_MAX 100000             /* agent records read for connected_agents */
 
 /* ---- the pure parts (unit-tested) ---- */
 
@@ -101,10 +102,16 @@ SM_MUST_CHECK int ui_response_key(const char *agent_id, const char *command_id, 
  * from the result (else the final status name for a failure without one). NULL: out of memory. */
 char *ui_response_json(const sm_command *c, const char *status, size_t *len);
 
-/* The connected_agents value: a JSON array of ids. NULL: out of memory. */
-char *ui_agents_json(agent_registry *reg, size_t *len);
+/* The connected_agents value: a JSON array of the ids of reg's agents and of the live agent
+ * records (store_agent_list) held by other instances than `instance` (each id once; this
+ * instance's own records are left to reg, which knows at once when an agent left). recs may be
+ * NULL. NULL: out of memory. */
+char *ui_agents_json(agent_registry *reg, const char *instance, const store_agent_rec *recs,
+                     size_t n, size_t *len);
 
 /* ---- the consumer ---- */
+/* connected_agents lists every manager's agents: this one's registry and the other instances'
+ * live agent records from the shared store. */
 
 typedef struct ui_queue ui_queue;
 

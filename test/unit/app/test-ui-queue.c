@@ -286,6 +286,36 @@ static void test_response_json(void) {
   command_free(c);
 }
 
+static void test_agents_json(void) {
+  agent_registry_config rc = {.agent_timeout_s = 300, .max_agents = 10, .instance = "me"};
+  agent_registry *r = NULL;
+  T_EQ_INT(agent_registry_create(&loop, &rc, &r), 0);
+  agent *a = NULL;
+  sm_kv meta[] = {{"hostname", "h"}};
+  int link;
+  T_EQ_INT(agent_registry_attach(r, "local-1", 7, AGENT_IDLE, meta, 1, &fake_ops, &link, &a), 0);
+  store_agent_rec recs[] = {
+      {.id = "other-1", .instance = "mgr-b", .data = "{}"},
+      {.id = "local-1", .instance = "mgr-b", .data = "{}"}, /* moved here: listed once */
+      {.id = "gone-1", .instance = "me", .data = "{}"},     /* ours but left: not listed */
+      {.id = "other-1", .instance = "mgr-c", .data = "{}"}, /* twice in the store: once */
+  };
+  size_t len = 0;
+  char *v = ui_agents_json(r, "me", recs, 4, &len);
+  T_EQ_STR(v, "[\"local-1\",\"other-1\"]");
+  T_EQ_INT(strlen(v), len);
+  free(v);
+  v = ui_agents_json(r, "me", NULL, 0, &len);
+  T_EQ_STR(v, "[\"local-1\"]");
+  free(v);
+  v = ui_agents_json(NULL, NULL, NULL, 0, &len);
+  T_EQ_STR(v, "[]");
+  free(v);
+  agent_registry_detach(r, a, &link, SM_ECLOSED);
+  agent_registry_destroy(r);
+  uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 /* Allocation failure anywhere in parsing or building: an error or NULL, never a crash or leak. */
 static void test_alloc_failure(void) {
   const char *body = "{\"command\":\"ls\",\"userId\":\"u\",\"target\":{\"type\":\"agent\","
@@ -332,6 +362,12 @@ static void on_value(void *ud, int err, const char *v, size_t len) {
     snprintf(g->value, sizeof(g->value), "%.*s", (int)len, v);
 }
 
+static void put_done(void *ud, int err) {
+  got *g = ud;
+  g->done++;
+  g->err = err;
+}
+
 static void run_a_bit(void) {
   for (int i = 0; i < 5; i++)
     uv_run(&loop, UV_RUN_NOWAIT);
@@ -362,12 +398,17 @@ static void test_keys(void) {
   agent *a = NULL;
   sm_kv meta[] = {{"hostname", "h"}};
   T_EQ_INT(agent_registry_attach(reg, "a1", 2, AGENT_IDLE, meta, 1, &fake_ops, &links[0], &a), 0);
+  got put = {0};
+  T_EQ_INT(store_agent_put(st, "b-remote", "mgr-b", "{}", 60000, put_done, &put), 0);
+  while (!put.done)
+    uv_run(&loop, UV_RUN_ONCE);
   T_EQ_INT(ui_queue_start(u), 0);
   run_a_bit();
   cJSON *j = NULL;
   T_EQ_INT(kv(UI_AGENTS_KEY, &j), 0);
-  T_EQ_INT(cJSON_GetArraySize(j), 1);
+  T_EQ_INT(cJSON_GetArraySize(j), 2); /* ours, and the other instance's from the store */
   T_EQ_STR(cJSON_GetArrayItem(j, 0)->valuestring, "a1");
+  T_EQ_STR(cJSON_GetArrayItem(j, 1)->valuestring, "b-remote");
   cJSON_Delete(j);
   /* a change within UI_AGENTS_MIN_INTERVAL_MS waits for the interval (rate limit) */
   agent *b = NULL;
@@ -376,7 +417,7 @@ static void test_keys(void) {
   ui_queue_agents_changed(u);
   run_a_bit();
   T_EQ_INT(kv(UI_AGENTS_KEY, &j), 0);
-  T_EQ_INT(cJSON_GetArraySize(j), 1);
+  T_EQ_INT(cJSON_GetArraySize(j), 2);
   cJSON_Delete(j);
   uint64_t t0 = uv_now(&loop);
   int n = 0;
@@ -385,8 +426,8 @@ static void test_keys(void) {
     T_EQ_INT(kv(UI_AGENTS_KEY, &j), 0);
     n = cJSON_GetArraySize(j);
     cJSON_Delete(j);
-  } while (n != 2 && uv_now(&loop) - t0 < 3000);
-  T_EQ_INT(n, 2);
+  } while (n != 3 && uv_now(&loop) - t0 < 3000);
+  T_EQ_INT(n, 3);
   T_ASSERT(uv_now(&loop) - t0 <= UI_AGENTS_MIN_INTERVAL_MS + 200);
   ui_queue_stats s0;
   ui_queue_get_stats(u, &s0);
@@ -455,6 +496,7 @@ int main(void) {
   T_RUN(test_to_command);
   T_RUN(test_replies);
   T_RUN(test_response_json);
+  T_RUN(test_agents_json);
   T_RUN(test_alloc_failure);
   T_EQ_INT(store_mem_create(&loop, NULL, &st), 0);
   agent_registry_config rc = {.agent_timeout_s = 300, .max_agents = 10, .instance = "mgr-a"};
