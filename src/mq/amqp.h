@@ -7,7 +7,8 @@
  *   3  the periodic passive queue.declare that reads the command queue's depth.
  * On connect it declares the durable queues: the command queue, <command queue>.dlq and the
  * result queue; and, when configured, the non-durable queues of an auxiliary consumer (also on
- * channel 1, its own consumer tag: see mq_conn_opts.aux_queue). Nothing blocks the loop: the login handshake (protocol header, connection.start
+ * channel 1, its own consumer tag: see mq_conn_opts.aux_queue). Nothing blocks the loop: the login
+ * handshake (protocol header, connection.start
  * .. open-ok) is driven frame by frame from socket readiness like everything after it (channels,
  * confirm.select, declares, qos, consume: pipelined method frames whose -ok replies are handled
  * asynchronously). A broker that accepts TCP but never answers costs one deadline

@@ -18,8 +18,9 @@
 #include <string.h>
 
 #define MEM_MAX_SCAN 10000 /* records a listing page looks at before returning a cursor */
-#define MEM_MAX_KV 100000  /* plain keys kept (expired ones are dropped first); beyond: SM_ELIMIT  \
-                            */
+#define MEM_MAX_KV                                                                                 \
+  100000 /* plain keys kept (expired ones are dropped first); beyond: SM_ELIMIT                    \
+          */
 
 typedef struct mem_cmd {
   sm_command *c;
