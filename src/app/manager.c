@@ -29,6 +29,7 @@
 #include "admin/server.h"
 #include "app/agent_mirror.h"
 #include "app/cmd_intake.h"
+#include "app/ui_queue.h"
 #include "app/lifecycle_mq.h"
 #include "core/lifecycle.h"
 #include "grpc/server.h"
@@ -138,6 +139,8 @@ static void close_all(sm_manager *m) {
    * lifecycle); results not yet confirmed stay in the outbox for the next start. */
   cmd_intake_destroy(m->intake);
   m->intake = NULL;
+  ui_queue_destroy(m->ui);
+  m->ui = NULL;
   mq_publisher_destroy(m->publisher);
   m->publisher = NULL;
   /* The lifecycle lets go of the registry before the agents are told, so commands they still
@@ -206,11 +209,13 @@ int sm_manager_ready(const sm_manager *m, const char **reason) {
 static void on_cmd_received(void *ud, const sm_command *c) {
   sm_manager *m = ud;
   metrics_command_received(m->metrics, c);
+  ui_queue_cmd_received(m->ui, c);
 }
 
 static void on_cmd_finished(void *ud, const sm_command *c, double exec_s) {
   sm_manager *m = ud;
   metrics_command_finished(m->metrics, c, exec_s);
+  ui_queue_cmd_finished(m->ui, c);
 }
 
 static void on_grpc_start(void *ud, const char *path) {
@@ -232,6 +237,7 @@ static void mirror_register(void *ud, agent *a, int replaced) {
   sm_manager *m = ud;
   (void)replaced;
   agent_mirror_on_register(m->mirror, a);
+  ui_queue_agents_changed(m->ui);
 }
 
 static void mirror_update(void *ud, agent *a) {
@@ -243,6 +249,12 @@ static void mirror_unregister(void *ud, agent *a, int reason) {
   sm_manager *m = ud;
   (void)reason;
   agent_mirror_on_unregister(m->mirror, a);
+  ui_queue_agents_changed(m->ui);
+}
+
+static void on_agent_result(void *ud, agent *a, const agent_result *r) {
+  sm_manager *m = ud;
+  ui_queue_result(m->ui, a, r);
 }
 
 static void on_store_state(void *ud, int up) {
@@ -487,6 +499,8 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     return err;
 
   lifecycle_publisher lp;
+  if (!s->rabbitmq_url && s->ui_command_queue && *s->ui_command_queue)
+    sm_log_warn("manager", "SIRIUS_UI_COMMAND_QUEUE is set but RABBITMQ_URL is not: UI queue off");
   if (s->rabbitmq_url) {
     mq_conn_opts mo = {
         .url = s->rabbitmq_url,
@@ -494,6 +508,11 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
         .result_queue = s->amqp_result_queue,
         /* the result window plus dead-letter copies (at most one per held delivery) */
         .max_unconfirmed = s->amqp_pub_window + s->amqp_prefetch,
+        /* SiriusScan's UI queue, declared non-durable as the UI declares it */
+        .aux_queue = s->ui_command_queue,
+        .aux_reply_queue =
+            s->ui_command_queue && *s->ui_command_queue ? s->ui_response_queue : NULL,
+        .aux_prefetch = UI_QUEUE_PREFETCH,
     };
     err = mq_conn_create(m->loop, &mo, &m->mq);
     if (err) {
@@ -527,6 +546,7 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
       .agent_events = {.on_register = mirror_register,
                        .on_update = mirror_update,
                        .on_unregister = mirror_unregister,
+                       .on_result = on_agent_result,
                        .ud = m},
   };
   /* LOAD_BALANCING_STRATEGY is the default of the strategy set; a command's `strategy`
@@ -557,6 +577,16 @@ static int start_pipeline(sm_manager *m, const sm_settings *s) {
     err = cmd_intake_create(m->loop, m->mq, m->lifecycle, (uint16_t)s->amqp_prefetch, &m->intake);
     if (err == 0)
       err = cmd_intake_start(m->intake);
+    if (err == 0 && s->ui_command_queue && *s->ui_command_queue) {
+      err = ui_queue_create(m->loop, m->mq, m->lifecycle, m->registry, m->store,
+                            s->ui_response_queue, s->instance_id, &m->ui);
+      if (err == 0)
+        err = ui_queue_start(m->ui);
+      if (err == 0)
+        sm_log_info("manager", "serving the SiriusScan UI queue",
+                    SM_LS("queue", s->ui_command_queue),
+                    SM_LS("response_queue", s->ui_response_queue));
+    }
     if (err == 0)
       err = mq_conn_start(m->mq);
     if (err) {

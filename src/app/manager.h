@@ -18,6 +18,7 @@ struct store;
 struct mq_conn;
 struct cmd_intake;
 struct agent_mirror;
+struct ui_queue;
 struct mq_publisher;
 struct metrics;
 
@@ -32,6 +33,7 @@ typedef struct sm_manager {
   struct agent_mirror *mirror; /* registry mirrored into the store (src/app/agent_mirror.h) */
   struct mq_conn *mq;          /* RabbitMQ connection, NULL without RABBITMQ_URL (src/mq/amqp.h) */
   struct cmd_intake *intake;   /* AMQP intake into the lifecycle (src/app/cmd_intake.h) */
+  struct ui_queue *ui;         /* SiriusScan UI queue + keys, NULL unless configured (ui_queue.h) */
   struct mq_publisher *publisher; /* AMQP result publisher (src/mq/publisher.h) */
   struct metrics *metrics;        /* metrics and the METRICS_ADDR listener (metrics/metrics.h) */
   int64_t started_at_ms;          /* unix ms */

@@ -41,6 +41,8 @@ typedef struct sm_settings {
   char *amqp_result_queue;   /* AMQP_RESULT_QUEUE, "agent-results" */
   size_t amqp_prefetch;      /* AMQP_PREFETCH, 256 */
   size_t amqp_pub_window;    /* AMQP_PUBLISH_WINDOW, 4096 */
+  char *ui_command_queue;    /* SIRIUS_UI_COMMAND_QUEUE; NULL: the UI queue is not served */
+  char *ui_response_queue;   /* SIRIUS_UI_RESPONSE_QUEUE, "agent_response" */
   /* logging and identity */
   enum sm_log_level log_level;   /* SIRIUS_LOG_LEVEL */
   enum sm_log_format log_format; /* SIRIUS_LOG_FORMAT */

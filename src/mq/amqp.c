@@ -161,6 +161,13 @@ struct mq_conn {
   mq_deliver_cb deliver_cb;
   void *deliver_ud;
 
+  /* the auxiliary consumer (channel 1 as well, its own tag) */
+  char *aux_q, *aux_reply_q; /* NULL: none */
+  uint16_t aux_prefetch;
+  char aux_ctag[48]; /* "" until consumed on this connection */
+  mq_deliver_cb aux_cb;
+  void *aux_ud;
+
   /* depth (channel 3) */
   mq_depth_cb depth_cb;
   void *depth_ud;
@@ -178,6 +185,7 @@ struct mq_conn {
   /* the message being assembled from method + header + body frames */
   struct {
     enum mq_content_kind kind;
+    int aux; /* a delivery of the auxiliary consumer */
     uint16_t channel;
     uint64_t tag;
     int redelivered;
@@ -609,6 +617,7 @@ static void mq_content_reset(mq_conn *c) {
   c->in.body = NULL;
   recycle_amqp_pool(&c->in.pool);
   c->in.kind = MQ_CONTENT_NONE;
+  c->in.aux = 0;
   c->in.have_header = 0;
   c->in.size = c->in.got = 0;
   memset(&c->in.props, 0, sizeof c->in.props);
@@ -627,9 +636,11 @@ static void mq_content_complete(mq_conn *c) {
       .props = c->in.props,
   };
   enum mq_content_kind kind = c->in.kind;
+  mq_deliver_cb dcb = c->in.aux ? c->aux_cb : c->deliver_cb;
+  void *dud = c->in.aux ? c->aux_ud : c->deliver_ud;
   if (kind == MQ_CONTENT_DELIVER) {
-    if (c->deliver_cb) {
-      c->deliver_cb(c, &m, c->deliver_ud);
+    if (dcb) {
+      dcb(c, &m, dud);
     } else {
       /* No consumer hook: hand it back to the broker for another consumer. */
       sm_log_warn("amqp", "delivery without consumer, requeued", SM_LI("tag", m.delivery_tag));
@@ -742,6 +753,32 @@ static int mq_send_consume(mq_conn *c) {
   c->consume_inflight = 1;
   c->cancel_deferred = 0;
   return 0;
+}
+
+/* The auxiliary consumer: its own qos (a per-consumer prefetch applies to the consumers created
+ * after it on the channel; the main consumer sends its own before each consume). */
+static int mq_send_aux_consume(mq_conn *c) {
+  amqp_basic_qos_t qos = {.prefetch_size = 0, .prefetch_count = c->aux_prefetch, .global = 0};
+  int err = mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_QOS_METHOD, &qos);
+  if (err)
+    return err;
+  snprintf(c->aux_ctag, sizeof c->aux_ctag, "sm-aux-%llu", (unsigned long long)c->gen);
+  amqp_basic_consume_t bc = {
+      .ticket = 0,
+      .queue = amqp_cstring_bytes(c->aux_q),
+      .consumer_tag = amqp_cstring_bytes(c->aux_ctag),
+      .no_local = 0,
+      .no_ack = 0,
+      .exclusive = 0,
+      .nowait = 0,
+      .arguments = amqp_empty_table,
+  };
+  return mq_send_method(c, MQ_CH_CONSUME, AMQP_BASIC_CONSUME_METHOD, &bc);
+}
+
+static int mq_is_aux_tag(const mq_conn *c, amqp_bytes_t tag) {
+  size_t n = strlen(c->aux_ctag);
+  return n > 0 && tag.len == n && memcmp(tag.bytes, c->aux_ctag, n) == 0;
 }
 
 static int mq_send_cancel(mq_conn *c) {
@@ -923,6 +960,14 @@ static void mq_become_up(mq_conn *c) {
       return;
     }
   }
+  c->aux_ctag[0] = '\0';
+  if (c->aux_q) {
+    int err = mq_send_aux_consume(c);
+    if (err) {
+      mq_drop(c, err);
+      return;
+    }
+  }
   mq_notify(c, 1, 0);
 }
 
@@ -1001,6 +1046,8 @@ static void mq_on_method(mq_conn *c, uint16_t ch, amqp_method_t *m) {
     }
     return;
   case AMQP_BASIC_CONSUME_OK_METHOD:
+    if (mq_is_aux_tag(c, ((amqp_basic_consume_ok_t *)m->decoded)->consumer_tag))
+      return;
     c->consume_inflight = 0;
     if (c->cancel_deferred) {
       c->cancel_deferred = 0;
@@ -1023,6 +1070,7 @@ static void mq_on_method(mq_conn *c, uint16_t ch, amqp_method_t *m) {
     if (ch == MQ_CH_CONSUME)
       mq_dtrack_add(c, d->delivery_tag);
     mq_content_begin(c, MQ_CONTENT_DELIVER, ch, d->delivery_tag, d->redelivered, d->routing_key);
+    c->in.aux = ch == MQ_CH_CONSUME && mq_is_aux_tag(c, d->consumer_tag);
     return;
   }
   case AMQP_BASIC_RETURN_METHOD: {
@@ -1175,7 +1223,27 @@ static int mq_send_setup(mq_conn *c) {
     if (err)
       return err;
   }
-  c->setup_pending = 3 + 1 + 3;
+  int n_aux = 0;
+  const char *aux[2] = {c->aux_q, c->aux_reply_q};
+  for (int i = 0; i < 2; i++) {
+    if (aux[i] == NULL)
+      continue;
+    amqp_queue_declare_t qd = {
+        .ticket = 0,
+        .queue = amqp_cstring_bytes(aux[i]),
+        .passive = 0,
+        .durable = 0, /* as SiriusScan's UI declares its queues */
+        .exclusive = 0,
+        .auto_delete = 0,
+        .nowait = 0,
+        .arguments = amqp_empty_table,
+    };
+    err = mq_send_method(c, MQ_CH_PUBLISH, AMQP_QUEUE_DECLARE_METHOD, &qd);
+    if (err)
+      return err;
+    n_aux++;
+  }
+  c->setup_pending = 3 + 1 + 3 + n_aux;
   assert(c->n_pending == 0);
   c->next_tag = 0;
   c->p_low = 1;
@@ -1524,6 +1592,8 @@ static void mq_maybe_free(mq_conn *c) {
   free(c->dlq);
   free(c->res_q);
   free(c->consume_queue);
+  free(c->aux_q);
+  free(c->aux_reply_q);
   free(c);
 }
 
@@ -1545,9 +1615,21 @@ int mq_conn_create(uv_loop_t *loop, const mq_conn_opts *opts, mq_conn **out) {
     return SM_ENOMEM;
   }
   sprintf(c->dlq, "%s.dlq", cq);
+  if (opts->aux_queue && *opts->aux_queue) {
+    c->aux_q = sm_strdup(opts->aux_queue);
+    c->aux_reply_q =
+        opts->aux_reply_queue && *opts->aux_reply_queue ? sm_strdup(opts->aux_reply_queue) : NULL;
+    if (!c->aux_q || (opts->aux_reply_queue && *opts->aux_reply_queue && !c->aux_reply_q)) {
+      free(c->aux_q), free(c->aux_reply_q);
+      free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
+      return SM_ENOMEM;
+    }
+    c->aux_prefetch = opts->aux_prefetch ? opts->aux_prefetch : 64;
+  }
   amqp_default_connection_info(&c->info);
   if (amqp_parse_url(c->url_buf, &c->info) != AMQP_STATUS_OK || c->info.ssl || !*c->cmd_q ||
       !*c->res_q) {
+    free(c->aux_q), free(c->aux_reply_q);
     free(c->url_buf), free(c->cmd_q), free(c->res_q), free(c->dlq), free(c);
     return SM_EINVAL;
   }
@@ -1647,6 +1729,11 @@ void mq_conn_off_state(mq_conn *c, mq_state_cb cb, void *ud) {
 void mq_conn_set_consumer(mq_conn *c, mq_deliver_cb cb, void *ud) {
   c->deliver_cb = cb;
   c->deliver_ud = ud;
+}
+
+void mq_conn_set_aux_consumer(mq_conn *c, mq_deliver_cb cb, void *ud) {
+  c->aux_cb = cb;
+  c->aux_ud = ud;
 }
 
 void mq_conn_on_depth(mq_conn *c, mq_depth_cb cb, void *ud) {

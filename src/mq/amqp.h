@@ -6,7 +6,9 @@
  *   2  publishing with publisher confirms: every publish gets exactly one completion callback;
  *   3  the periodic passive queue.declare that reads the command queue's depth.
  * On connect it declares the durable queues: the command queue, <command queue>.dlq and the
- * result queue. Nothing blocks the loop: the login handshake (protocol header, connection.start
+ * result queue; and, when configured, the non-durable queues of an auxiliary consumer (also on
+ * channel 1, its own consumer tag: see mq_conn_opts.aux_queue). Nothing blocks the loop: the login
+ * handshake (protocol header, connection.start
  * .. open-ok) is driven frame by frame from socket readiness like everything after it (channels,
  * confirm.select, declares, qos, consume: pipelined method frames whose -ok replies are handled
  * asynchronously). A broker that accepts TCP but never answers costs one deadline
@@ -74,6 +76,15 @@ typedef struct mq_conn_opts {
   size_t max_unconfirmed;    /* publishes awaiting a confirm; 0: 4096 */
   size_t max_message_bytes;  /* body bytes kept per delivery; 0: 16 MiB (the rest is counted in
                                 body_size but discarded: the consumer dead-letters such messages) */
+  /* An auxiliary consumer (SiriusScan's UI queue): aux_queue and aux_reply_queue are declared
+   * NON-durable, not exclusive, not auto-delete (as their owner declares them: a different
+   * declaration would be refused by the broker), and aux_queue is consumed on channel 1 with
+   * its own consumer tag and prefetch, on every connect, for as long as the adapter lives.
+   * NULL aux_queue: none. Its deliveries go to the hook of mq_conn_set_aux_consumer and are
+   * settled with mq_conn_ack / mq_conn_nack like the others. */
+  const char *aux_queue;
+  const char *aux_reply_queue; /* NULL: not declared */
+  uint16_t aux_prefetch;       /* 0: 64 */
 } mq_conn_opts;
 
 /* Called on every transition to connected (up=1, err=0) or away from it (up=0, err says why).
@@ -110,6 +121,10 @@ void mq_conn_off_state(mq_conn *c, mq_state_cb cb, void *ud);
 
 /* Sets the one consumer hook for channel 1 deliveries. */
 void mq_conn_set_consumer(mq_conn *c, mq_deliver_cb cb, void *ud);
+
+/* Sets the hook for deliveries of the auxiliary consumer (opts.aux_queue); NULL: they are
+ * nacked with requeue. */
+void mq_conn_set_aux_consumer(mq_conn *c, mq_deliver_cb cb, void *ud);
 
 /* Sets the depth callback (optional; the getter works without it). */
 void mq_conn_on_depth(mq_conn *c, mq_depth_cb cb, void *ud);

@@ -28,8 +28,8 @@ uint64_t store_op_count(const store *s, store_op op) {
 
 const char *store_op_name(store_op op) {
   static const char *const names[STORE_OP_COUNT] = {
-      "cmd_create",  "cmd_get",       "cmd_update", "cmd_list",  "outbox_add",
-      "outbox_list", "outbox_remove", "agent_put",  "agent_del", "agent_list"};
+      "cmd_create",    "cmd_get",   "cmd_update", "cmd_list",   "outbox_add", "outbox_list",
+      "outbox_remove", "agent_put", "agent_del",  "agent_list", "kv_put",     "kv_get"};
   return op < STORE_OP_COUNT ? names[op] : "unknown";
 }
 
@@ -126,6 +126,26 @@ int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud) {
     return SM_EINVAL;
   REFUSE_IF_CLOSING(s);
   return counted(s, STORE_OP_AGENT_LIST, s->ops->agent_list(s, limit, cb, ud));
+}
+
+static int kv_key_ok(const char *key) {
+  size_t n = key ? strlen(key) : 0;
+  return n > 0 && n <= STORE_MAX_KEY;
+}
+
+int store_kv_put(store *s, const char *key, const char *value, size_t len, int64_t ttl_ms,
+                 store_done_cb cb, void *ud) {
+  if (!kv_key_ok(key) || value == NULL || len > STORE_MAX_VALUE || ttl_ms <= 0 || cb == NULL)
+    return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
+  return counted(s, STORE_OP_KV_PUT, s->ops->kv_put(s, key, value, len, ttl_ms, cb, ud));
+}
+
+int store_kv_get(store *s, const char *key, store_value_cb cb, void *ud) {
+  if (!kv_key_ok(key) || cb == NULL)
+    return SM_EINVAL;
+  REFUSE_IF_CLOSING(s);
+  return counted(s, STORE_OP_KV_GET, s->ops->kv_get(s, key, cb, ud));
 }
 
 int store_is_up(const store *s) {

@@ -56,6 +56,8 @@ typedef void (*store_list_cb)(void *ud, int err, sm_command *const *cmds, size_t
 typedef void (*store_done_cb)(void *ud, int err);
 typedef void (*store_outbox_cb)(void *ud, int err, const store_outbox_item *items, size_t n);
 typedef void (*store_agents_cb)(void *ud, int err, const store_agent_rec *recs, size_t n);
+/* A plain key's value (borrowed for the call; NUL-terminated, len bytes), or err. */
+typedef void (*store_value_cb)(void *ud, int err, const char *value, size_t len);
 /* Connection state of the backend (the in-process one is always up): 1 up, 0 down. */
 typedef void (*store_state_cb)(void *ud, int up);
 
@@ -77,6 +79,9 @@ typedef struct store_ops {
   int (*agent_list)(store *s, size_t limit, store_agents_cb cb, void *ud);
   int (*is_up)(const store *s);
   void (*close)(store *s, void (*closed)(void *ud), void *ud);
+  int (*kv_put)(store *s, const char *key, const char *value, size_t len, int64_t ttl_ms,
+                store_done_cb cb, void *ud);
+  int (*kv_get)(store *s, const char *key, store_value_cb cb, void *ud);
 } store_ops;
 
 /* Operations by kind, counted by the dispatch in store.c (valkey_operations_total{op}). */
@@ -91,6 +96,8 @@ typedef enum store_op {
   STORE_OP_AGENT_PUT,
   STORE_OP_AGENT_DEL,
   STORE_OP_AGENT_LIST,
+  STORE_OP_KV_PUT,
+  STORE_OP_KV_GET,
   STORE_OP_COUNT
 } store_op;
 
@@ -182,6 +189,18 @@ SM_MUST_CHECK int store_agent_del(store *s, const char *id, const char *instance
 
 /* Live (unexpired) agent records, up to limit (1..100000). */
 SM_MUST_CHECK int store_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud);
+
+/* Plain keys for other readers (SiriusScan's UI reads `connected_agents` and
+ * `cmd:response:<agent>:<command>`): the key is used AS IS, without the store's prefix, and
+ * expires after ttl_ms (> 0). A key is 1..STORE_MAX_KEY bytes, a value at most
+ * STORE_MAX_VALUE bytes (else SM_EINVAL at once). kv_put replaces the value and its TTL. */
+#define STORE_MAX_KEY 512
+#define STORE_MAX_VALUE (4u * 1024 * 1024)
+SM_MUST_CHECK int store_kv_put(store *s, const char *key, const char *value, size_t len,
+                               int64_t ttl_ms, store_done_cb cb, void *ud);
+
+/* Reads a plain key (as above); SM_ENOENT when absent or expired. */
+SM_MUST_CHECK int store_kv_get(store *s, const char *key, store_value_cb cb, void *ud);
 
 /* Whether command c passes the listing filter f (both backends list through it). */
 int store_filter_match(const store_filter *f, const sm_command *c);

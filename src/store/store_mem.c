@@ -18,6 +18,9 @@
 #include <string.h>
 
 #define MEM_MAX_SCAN 10000 /* records a listing page looks at before returning a cursor */
+#define MEM_MAX_KV                                                                                 \
+  100000 /* plain keys kept (expired ones are dropped first); beyond: SM_ELIMIT                    \
+          */
 
 typedef struct mem_cmd {
   sm_command *c;
@@ -38,7 +41,15 @@ typedef struct ag_item {
   int64_t expires_at;
 } ag_item;
 
-enum comp_kind { C_CMD, C_LIST, C_DONE, C_OUTBOX, C_AGENTS };
+/* A plain key (store_kv_put). */
+typedef struct kv_item {
+  char *key;
+  char *value; /* NUL-terminated, len bytes */
+  size_t len;
+  int64_t expires_at;
+} kv_item;
+
+enum comp_kind { C_CMD, C_LIST, C_DONE, C_OUTBOX, C_AGENTS, C_VALUE };
 
 /* A completion owed to a caller: queued by every accepted operation, run (and freed) exactly once
  * on the next loop turn, or with SM_ECANCELED by mem_close. */
@@ -51,6 +62,7 @@ typedef struct comp {
     store_done_cb done;
     store_outbox_cb outbox;
     store_agents_cb agents;
+    store_value_cb value;
   } cb;
   void *ud;
   int err;
@@ -61,6 +73,8 @@ typedef struct comp {
   char *cursor;             /* C_LIST */
   store_outbox_item *items; /* C_OUTBOX: strings owned */
   store_agent_rec *recs;    /* C_AGENTS: strings owned */
+  char *value;              /* C_VALUE: owned copy */
+  size_t vlen;
 } comp;
 
 typedef struct mem_store {
@@ -74,6 +88,7 @@ typedef struct mem_store {
   sm_map outbox; /* id -> ob_item */
   sm_list ob;    /* ob_item.node, oldest first */
   sm_map agents; /* id -> ag_item */
+  sm_map kv;     /* key -> kv_item */
   sm_list comps; /* comp.node waiting for the idle handle */
   uv_idle_t idle;
   int closing;
@@ -104,6 +119,9 @@ static void comp_free_results(comp *k) {
   }
   free(k->recs);
   k->recs = NULL;
+  free(k->value);
+  k->value = NULL;
+  k->vlen = 0;
   k->n = 0;
   k->existed = 0;
 }
@@ -130,6 +148,9 @@ static void comp_run(comp *k) {
     break;
   case C_AGENTS:
     k->cb.agents(k->ud, k->err, k->recs, k->n);
+    break;
+  case C_VALUE:
+    k->cb.value(k->ud, k->err, k->value, k->vlen);
     break;
   }
 }
@@ -610,6 +631,92 @@ static int mem_agent_list(store *s, size_t limit, store_agents_cb cb, void *ud) 
   return 0;
 }
 
+/* ---- plain keys --------------------------------------------------------------------------- */
+
+static void kv_free(kv_item *e) {
+  free(e->key);
+  free(e->value);
+  free(e);
+}
+
+/* Drops the expired keys, as Valkey's expiry would. */
+static void kv_expire(mem_store *m, int64_t now) {
+  for (size_t i = 0; i < m->kv.cap; i++) {
+    kv_item *e = m->kv.slots[i].key ? m->kv.slots[i].value : NULL;
+    if (e != NULL && e->expires_at <= now) {
+      sm_map_del(&m->kv, e->key, strlen(e->key));
+      kv_free(e);
+      i = (size_t)-1; /* the table may have moved entries: start over */
+    }
+  }
+}
+
+static int mem_kv_put(store *s, const char *key, const char *value, size_t len, int64_t ttl_ms,
+                      store_done_cb cb, void *ud) {
+  mem_store *m = (mem_store *)s;
+  int64_t now = command_now_ms();
+  kv_item *old = sm_map_get(&m->kv, key, strlen(key));
+  if (old == NULL && m->kv.len >= MEM_MAX_KV) {
+    kv_expire(m, now);
+    if (m->kv.len >= MEM_MAX_KV)
+      return SM_ELIMIT;
+  }
+  kv_item *n = sm_calloc(1, sizeof(*n));
+  if (n == NULL)
+    return SM_ENOMEM;
+  n->key = sm_strdup(key);
+  n->value = sm_malloc(len + 1);
+  if (!n->key || !n->value) {
+    kv_free(n);
+    return SM_ENOMEM;
+  }
+  memcpy(n->value, value, len);
+  n->value[len] = '\0';
+  n->len = len;
+  n->expires_at = now + ttl_ms;
+  comp *k = comp_new(m, C_DONE, ud);
+  int err = k ? (old ? sm_map_replace(&m->kv, n->key, strlen(n->key), n)
+                     : sm_map_put(&m->kv, n->key, strlen(n->key), n))
+              : SM_ENOMEM;
+  if (err) {
+    free(k);
+    kv_free(n);
+    return err;
+  }
+  if (old)
+    kv_free(old);
+  k->cb.done = cb;
+  comp_push(m, k);
+  return 0;
+}
+
+static int mem_kv_get(store *s, const char *key, store_value_cb cb, void *ud) {
+  mem_store *m = (mem_store *)s;
+  kv_item *e = sm_map_get(&m->kv, key, strlen(key));
+  if (e != NULL && e->expires_at <= command_now_ms()) {
+    sm_map_del(&m->kv, e->key, strlen(e->key));
+    kv_free(e);
+    e = NULL;
+  }
+  comp *k = comp_new(m, C_VALUE, ud);
+  if (k == NULL)
+    return SM_ENOMEM;
+  k->cb.value = cb;
+  if (e == NULL) {
+    k->err = SM_ENOENT;
+  } else {
+    k->value = sm_malloc(e->len + 1);
+    if (k->value == NULL) {
+      free(k);
+      return SM_ENOMEM;
+    }
+    memcpy(k->value, e->value, e->len + 1);
+    k->vlen = e->len;
+  }
+  comp_push(m, k);
+  return 0;
+}
+
 /* ---- life --------------------------------------------------------------------------------- */
 
 static int mem_is_up(const store *s) {
@@ -657,6 +764,10 @@ static void mem_close(store *s, void (*closed)(void *ud), void *ud) {
     if (m->agents.slots[i].key)
       ag_free(m->agents.slots[i].value);
   sm_map_finish(&m->agents);
+  for (size_t i = 0; i < m->kv.cap; i++)
+    if (m->kv.slots[i].key)
+      kv_free(m->kv.slots[i].value);
+  sm_map_finish(&m->kv);
   uv_close((uv_handle_t *)&m->idle, mem_on_closed);
 }
 
@@ -672,6 +783,8 @@ static const store_ops mem_ops = {
     .agent_put = mem_agent_put,
     .agent_del = mem_agent_del,
     .agent_list = mem_agent_list,
+    .kv_put = mem_kv_put,
+    .kv_get = mem_kv_get,
     .is_up = mem_is_up,
     .close = mem_close,
 };
@@ -694,6 +807,7 @@ int store_mem_create(uv_loop_t *loop, const store_mem_config *cfg, store **out) 
   sm_map_init(&m->idem, 0);
   sm_map_init(&m->outbox, 0);
   sm_map_init(&m->agents, 0);
+  sm_map_init(&m->kv, 0);
   sm_list_init(&m->ob);
   sm_list_init(&m->comps);
   uv_idle_init(loop, &m->idle);

@@ -178,7 +178,7 @@ typedef struct vstore {
   void *closed_ud;
 } vstore;
 
-enum op_kind { O_CMD, O_LIST, O_DONE, O_OUTBOX, O_AGENTS };
+enum op_kind { O_CMD, O_LIST, O_DONE, O_OUTBOX, O_AGENTS, O_VALUE };
 
 typedef struct vop {
   vstore *s;
@@ -189,6 +189,7 @@ typedef struct vop {
     store_done_cb done;
     store_outbox_cb outbox;
     store_agents_cb agents;
+    store_value_cb value;
   } cb;
   void *ud;
   enum script_id script;
@@ -441,6 +442,14 @@ static void on_op_reply(void *ud, int err, const sm_valkey_reply *r) {
   case O_AGENTS:
     finish_agents(o, err, r);
     break;
+  case O_VALUE: {
+    size_t len = 0;
+    const char *v = r ? sm_valkey_reply_str(r, &len) : NULL;
+    if (!err && v == NULL)
+      err = SM_ENOENT; /* nil: absent or expired */
+    o->cb.value(o->ud, err, err ? NULL : v, err ? 0 : len);
+    break;
+  }
   }
   op_free(o);
 }
@@ -899,6 +908,27 @@ static int v_agent_list(store *st, size_t limit, store_agents_cb cb, void *ud) {
   return op_start(o, err ? SM_ENOMEM : 0);
 }
 
+/* Plain keys: no script, no prefix (S_COUNT: nothing to resend on NOSCRIPT). */
+static int v_kv_put(store *st, const char *key, const char *value, size_t len, int64_t ttl_ms,
+                    store_done_cb cb, void *ud) {
+  vop *o = op_new((vstore *)st, O_DONE, S_COUNT, ud);
+  if (o == NULL)
+    return SM_ENOMEM;
+  o->cb.done = cb;
+  int err = op_str(o, "SET") | op_str(o, key) | op_arg(o, value, len) | op_str(o, "PX") |
+            op_int(o, ttl_ms);
+  return op_start(o, err ? SM_ENOMEM : 0);
+}
+
+static int v_kv_get(store *st, const char *key, store_value_cb cb, void *ud) {
+  vop *o = op_new((vstore *)st, O_VALUE, S_COUNT, ud);
+  if (o == NULL)
+    return SM_ENOMEM;
+  o->cb.value = cb;
+  int err = op_str(o, "GET") | op_str(o, key);
+  return op_start(o, err ? SM_ENOMEM : 0);
+}
+
 static int v_is_up(const store *st) {
   return sm_valkey_is_up(((const vstore *)st)->vk);
 }
@@ -958,6 +988,8 @@ static const store_ops valkey_ops = {
     .agent_put = v_agent_put,
     .agent_del = v_agent_del,
     .agent_list = v_agent_list,
+    .kv_put = v_kv_put,
+    .kv_get = v_kv_get,
     .is_up = v_is_up,
     .close = v_close,
 };

@@ -26,6 +26,8 @@ static void test_defaults(void) {
   T_EQ_STR(s.metrics_addr, ":2112");
   T_EQ_STR(s.amqp_command_queue, "agent-commands");
   T_EQ_STR(s.amqp_result_queue, "agent-results");
+  T_ASSERT(s.ui_command_queue == NULL); /* the UI queue is off unless named */
+  T_EQ_STR(s.ui_response_queue, "agent_response");
   T_EQ_STR(s.lb_strategy, "least_loaded");
   T_ASSERT(s.valkey_host == NULL);
   T_EQ_INT(s.valkey_port, 6379);
@@ -40,6 +42,17 @@ static void test_defaults(void) {
   T_EQ_INT(s.log_format, SM_LOG_JSON);
   T_ASSERT(s.instance_id != NULL && *s.instance_id);
   sm_settings_finish(&s);
+}
+
+static void test_ui_queues(void) {
+  setenv("SIRIUS_UI_COMMAND_QUEUE", "agent_commands", 1);
+  sm_settings s;
+  const char *argv[] = {"m", "--sirius-ui-response-queue", "ui_replies", NULL};
+  T_EQ_INT(load(&s, 3, argv), 0);
+  T_EQ_STR(s.ui_command_queue, "agent_commands");
+  T_EQ_STR(s.ui_response_queue, "ui_replies");
+  sm_settings_finish(&s);
+  unsetenv("SIRIUS_UI_COMMAND_QUEUE");
 }
 
 static void test_env_and_flags(void) {
@@ -121,6 +134,7 @@ static void test_addr(void) {
 
 int main(void) {
   T_RUN(test_defaults);
+  T_RUN(test_ui_queues);
   T_RUN(test_env_and_flags);
   T_RUN(test_bad);
   T_RUN(test_addr);

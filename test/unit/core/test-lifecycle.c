@@ -90,7 +90,7 @@ static void f_close(store *s, void (*closed)(void *ud), void *ud) {
 }
 static const store_ops flaky_ops = {"flaky",   f_create,  f_get,   f_update, f_list,
                                     f_ob_add,  f_ob_list, f_ob_rm, f_ag_put, f_ag_del,
-                                    f_ag_list, f_is_up,   f_close};
+                                    f_ag_list, f_is_up,   f_close, NULL,     NULL};
 
 static void flaky_set(store *s, int down) {
   DOWN(s) = down;

@@ -788,6 +788,115 @@ static void test_conn_destroy_pending(void) {
   T_EQ_INT(op_total(), 20);
 }
 
+/* The auxiliary consumer (SiriusScan's UI queue): declared non-durable with its reply queue,
+ * consumed on channel 1 beside the intake with its own tag; its deliveries reach only its hook
+ * and settle with mq_conn_ack; pausing the intake (basic.cancel of the main consumer) leaves it
+ * consuming; without a hook its deliveries are requeued. */
+static struct {
+  int got, main_got;
+  uint64_t gen, tag[16];
+  char body[16][32];
+  int ack;
+} X;
+
+static void on_aux(mq_conn *c, const mq_message *m, void *ud) {
+  (void)ud;
+  if (X.got < 16) {
+    copy_slice(X.body[X.got], sizeof X.body[0], m->body);
+    X.tag[X.got] = m->delivery_tag;
+  }
+  X.gen = m->generation;
+  if (X.ack)
+    T_EQ_INT(mq_conn_ack(c, m->generation, m->delivery_tag), 0);
+  X.got++;
+}
+
+static void on_aux_main(mq_intake *in, const mq_intake_msg *m, void *ud) {
+  (void)ud;
+  X.main_got++;
+  T_EQ_INT(mq_intake_ack(in, m->handle), 0);
+}
+
+static int x_want;
+static int p_aux(void) {
+  return X.got >= x_want;
+}
+static int p_aux_main(void) {
+  return X.main_got >= x_want;
+}
+static mq_conn *xc;
+static int xc_ups;
+static void on_xc_state(mq_conn *c, int up, int err, void *ud) {
+  (void)c, (void)err, (void)ud;
+  xc_ups += up;
+}
+static int p_xc_up(void) {
+  return xc_ups > 0;
+}
+
+static void test_aux_consumer(void) {
+  mq_conn_opts o = {.url = url,
+                    .command_queue = "t-aux-cmd",
+                    .result_queue = "t-aux-res",
+                    .aux_queue = "t-ui",
+                    .aux_reply_queue = "t-ui-resp",
+                    .aux_prefetch = 4,
+                    .depth_interval_s = -1};
+  T_EQ_INT(mq_conn_create(&T.loop, &o, &xc), 0);
+  T_EQ_INT(mq_conn_on_state(xc, on_xc_state, NULL), 0);
+  mq_conn_set_aux_consumer(xc, on_aux, NULL);
+  mq_intake *in = NULL;
+  T_EQ_INT(mq_intake_create(xc, 8, on_aux_main, NULL, &in), 0);
+  T_EQ_INT(mq_intake_start(in), 0);
+  T_EQ_INT(mq_conn_start(xc), 0);
+  T_ASSERT(run_until(p_xc_up, 10));
+  /* the UI's messages reach the aux hook only, the intake's the intake only */
+  for (int i = 0; i < 6; i++) {
+    char b[16];
+    int n = snprintf(b, sizeof b, "ui%d", i);
+    T_EQ_INT(mq_conn_publish(xc, "t-ui", (mq_slice){b, (size_t)n}, NULL, NULL, NULL), 0);
+  }
+  T_EQ_INT(mq_conn_publish(xc, "t-aux-cmd", (mq_slice){"m0", 2}, NULL, NULL, NULL), 0);
+  x_want = 4;
+  T_ASSERT(run_until(p_aux, 5));
+  x_want = 1;
+  T_ASSERT(run_until(p_aux_main, 5));
+  run_for(0.3);
+  T_EQ_INT(X.got, 4); /* its own prefetch holds the rest back */
+  T_EQ_INT(X.main_got, 1);
+  T_EQ_STR(X.body[0], "ui0");
+  for (int i = 0; i < 4; i++)
+    T_EQ_INT(mq_conn_ack(xc, X.gen, X.tag[i]), 0);
+  X.ack = 1;
+  x_want = 6;
+  T_ASSERT(run_until(p_aux, 5));
+  T_EQ_STR(X.body[5], "ui5");
+  /* pausing the intake cancels only its consumer */
+  T_EQ_INT(mq_intake_pause(in), 0);
+  run_for(0.2);
+  T_EQ_INT(mq_conn_publish(xc, "t-ui", (mq_slice){"ui6", 3}, NULL, NULL, NULL), 0);
+  T_EQ_INT(mq_conn_publish(xc, "t-aux-cmd", (mq_slice){"m1", 2}, NULL, NULL, NULL), 0);
+  x_want = 7;
+  T_ASSERT(run_until(p_aux, 5));
+  run_for(0.3);
+  T_EQ_INT(X.main_got, 1);
+  T_EQ_INT(mq_intake_resume(in), 0);
+  x_want = 2;
+  T_ASSERT(run_until(p_aux_main, 5));
+  /* without a hook a delivery goes back to the queue (and comes back with the hook) */
+  mq_conn_set_aux_consumer(xc, NULL, NULL);
+  T_EQ_INT(mq_conn_publish(xc, "t-ui", (mq_slice){"ui7", 3}, NULL, NULL, NULL), 0);
+  run_for(0.3);
+  T_EQ_INT(X.got, 7);
+  mq_conn_set_aux_consumer(xc, on_aux, NULL);
+  x_want = 8;
+  T_ASSERT(run_until(p_aux, 5));
+  T_EQ_STR(X.body[7], "ui7");
+  mq_intake_destroy(in);
+  mq_conn_destroy(xc);
+  run_for(0.1);
+}
+
 static void test_teardown(void) {
   mq_publisher_destroy(T.pub);
   mq_intake_destroy(T.intake);
@@ -827,6 +936,7 @@ int main(void) {
   T_RUN(test_broker_restart);
   T_RUN(test_heartbeat_timeout);
   T_RUN(test_results_queue);
+  T_RUN(test_aux_consumer);
   T_RUN(test_teardown);
   return t_done();
 }

@@ -107,6 +107,18 @@ static void agents_cb(void *ud, int err, const store_agent_rec *a, size_t n) {
   }
 }
 
+static void value_cb(void *ud, int err, const char *v, size_t len) {
+  res *r = ud;
+  T_ASSERT(r->done == 0);
+  r->done++;
+  r->err = err;
+  r->n = v ? len : 0;
+  if (v) {
+    T_EQ_INT(strlen(v), len); /* NUL-terminated */
+    r->payloads[0] = strdup(v);
+  }
+}
+
 static sm_command *mk(const char *id, const char *type, const char *agent_id, int64_t created) {
   sm_command *c = command_new();
   command_set_str(&c->id, id);
@@ -577,6 +589,77 @@ static void alloc_fail_loop(const char *name, af_op op) {
   T_ASSERT(af_nth > 0);
 }
 
+static int af_kv_put(res *r) {
+  arm();
+  return store_kv_put(S, "af:kv", "{\"a\":1}", 7, 10000, done_cb, r);
+}
+static int af_kv_get(res *r) {
+  arm();
+  return store_kv_get(S, "af:kv", value_cb, r);
+}
+
+/* Plain keys (store_kv_put / store_kv_get): as-is keys, replace, TTL, limits. */
+static void kv_get_expect(const char *key, int err, const char *value) {
+  res r = {0};
+  T_EQ_INT(store_kv_get(S, key, value_cb, &r), 0);
+  T_EQ_INT(r.done, 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, err);
+  if (value)
+    T_EQ_STR(r.payloads[0], value);
+  else
+    T_ASSERT(r.payloads[0] == NULL);
+  res_clear(&r);
+}
+
+static void kv_put_ok(const char *key, const char *value, int64_t ttl_ms) {
+  res r = {0};
+  T_EQ_INT(store_kv_put(S, key, value, strlen(value), ttl_ms, done_cb, &r), 0);
+  T_EQ_INT(r.done, 0);
+  wait_done(&r);
+  T_EQ_INT(r.err, 0);
+  res_clear(&r);
+}
+
+static void test_kv(void) {
+  kv_get_expect("connected_agents", SM_ENOENT, NULL);
+  kv_put_ok("connected_agents", "[\"a1\",\"a2\"]", 60000);
+  kv_get_expect("connected_agents", 0, "[\"a1\",\"a2\"]");
+  kv_put_ok("connected_agents", "[]", 60000); /* replaced */
+  kv_get_expect("connected_agents", 0, "[]");
+  kv_put_ok("cmd:response:a1:c1", "{\"status\":\"pending\"}", 60000);
+  kv_get_expect("cmd:response:a1:c1", 0, "{\"status\":\"pending\"}");
+  /* the TTL: gone once it passed */
+  kv_put_ok("short", "x", 50);
+  kv_get_expect("short", 0, "x");
+  uv_sleep(120);
+  kv_get_expect("short", SM_ENOENT, NULL);
+  /* an empty value is a value */
+  kv_put_ok("empty", "", 60000);
+  kv_get_expect("empty", 0, "");
+  /* refused at once, no callback */
+  res r = {0};
+  char big_key[STORE_MAX_KEY + 2];
+  memset(big_key, 'k', sizeof big_key - 1);
+  big_key[sizeof big_key - 1] = '\0';
+  T_EQ_INT(store_kv_put(S, "", "x", 1, 1000, done_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_put(S, NULL, "x", 1, 1000, done_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_put(S, "k", "x", 1, 0, done_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_put(S, "k", NULL, 0, 1000, done_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_put(S, "k", "x", (size_t)STORE_MAX_VALUE + 1, 1000, done_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_put(S, big_key, "x", 1, 1000, done_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_get(S, big_key, value_cb, &r), SM_EINVAL);
+  T_EQ_INT(store_kv_get(S, "", value_cb, &r), SM_EINVAL);
+  big_key[STORE_MAX_KEY] = '\0'; /* exactly the limit is fine */
+  kv_put_ok(big_key, "edge", 60000);
+  kv_get_expect(big_key, 0, "edge");
+  settle();
+  T_EQ_INT(r.done, 0);
+  T_ASSERT(store_op_count(S, STORE_OP_KV_PUT) > 0 && store_op_count(S, STORE_OP_KV_GET) > 0);
+  T_EQ_STR(store_op_name(STORE_OP_KV_PUT), "kv_put");
+  T_EQ_STR(store_op_name(STORE_OP_KV_GET), "kv_get");
+}
+
 static void test_alloc_fail(void) {
   alloc_fail_loop("cmd_create", af_create);
   alloc_fail_loop("cmd_get", af_get);
@@ -586,6 +669,8 @@ static void test_alloc_fail(void) {
   alloc_fail_loop("outbox_list", af_outbox_list);
   alloc_fail_loop("agent_put", af_agent_put);
   alloc_fail_loop("agent_list", af_agent_list);
+  alloc_fail_loop("kv_put", af_kv_put);
+  alloc_fail_loop("kv_get", af_kv_get);
   /* still works */
   res r = {0};
   T_EQ_INT(store_cmd_get(S, "c-1", cmd_cb, &r), 0);
@@ -626,7 +711,7 @@ static store *open_second(const char *backend, int redis_port) {
   return s;
 }
 
-#define NPEND 6
+#define NPEND 8
 static res pend[NPEND];
 static int closer_refused;
 
@@ -650,6 +735,8 @@ static void issue_pending(void) {
   T_EQ_INT(store_outbox_add(S2, "p-o", "{}", 2, done_cb, &pend[3]), 0);
   T_EQ_INT(store_outbox_list(S2, 10, outbox_cb, &pend[4]), 0);
   T_EQ_INT(store_agent_list(S2, 10, agents_cb, &pend[5]), 0);
+  T_EQ_INT(store_kv_put(S2, "p-kv", "v", 1, 10000, done_cb, &pend[6]), 0);
+  T_EQ_INT(store_kv_get(S2, "p-kv", value_cb, &pend[7]), 0);
 }
 
 static void test_close_pending(const char *backend, int redis_port) {
@@ -679,6 +766,8 @@ static void test_close_pending(const char *backend, int redis_port) {
   T_EQ_INT(store_cmd_get(S2, "nope", cmd_cb, &pend[1]), 0);
   T_EQ_INT(store_cmd_list(S2, NULL, NULL, 10, list_cb, &pend[2]), 0);
   T_EQ_INT(store_outbox_list(S2, 10, outbox_cb, &pend[3]), 0);
+  T_EQ_INT(store_kv_put(S2, "p-kv", "v", 1, 10000, done_cb, &pend[4]), 0);
+  T_EQ_INT(store_kv_get(S2, "p-kv", value_cb, &pend[5]), 0);
   while (!s2_closed)
     uv_run(loop, UV_RUN_ONCE);
   settle();
@@ -686,7 +775,7 @@ static void test_close_pending(const char *backend, int redis_port) {
   T_ASSERT(closer_refused);
   T_EQ_INT(pend[0].done, 1);
   T_EQ_INT(pend[0].err, 0);
-  for (int i = 1; i < 4; i++) {
+  for (int i = 1; i < 6; i++) {
     T_EQ_INT(pend[i].done, 1);
     T_EQ_INT(pend[i].err, SM_ECANCELED);
     res_clear(&pend[i]);
@@ -731,6 +820,7 @@ int main(int argc, char **argv) {
   T_RUN(test_fields_and_children);
   T_RUN(test_outbox);
   T_RUN(test_agents);
+  T_RUN(test_kv);
   T_RUN(test_alloc_fail);
   fprintf(stderr, "-- test_close_pending\n");
   test_close_pending(backend, redis.port);
