@@ -536,7 +536,9 @@ static void conn_arm(net_conn *c) {
   net_listener *l = c->l;
   if (c->closed)
     return;
-  uint64_t due = c->proto_due;
+  /* The protocol's timer does not run while closing (timer_cb skips it): a past one left
+   * armed would re-run this timer at once, forever, inside one pass of the loop's timers. */
+  uint64_t due = c->closing ? 0 : c->proto_due;
   if (c->handshake_due && (due == 0 || c->handshake_due < due))
     due = c->handshake_due;
   if (c->stall_since && !c->closing) {

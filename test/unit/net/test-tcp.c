@@ -19,13 +19,13 @@ static t_certs certs;
 
 /* ---- the server side: a small protocol ---- */
 
-enum mode { M_ECHO, M_BYE, M_FLOOD, M_TIMER };
+enum mode { M_ECHO, M_BYE, M_FLOOD, M_TIMER, M_BYE_TIMER };
 static enum mode mode;
 static int opens, closes, last_close_reason, timers, reads;
 
 static int p_open(net_conn *c) {
   opens++;
-  if (mode == M_TIMER)
+  if (mode == M_TIMER || mode == M_BYE_TIMER)
     net_conn_set_timer(c, net_conn_now(c) + 50);
   return 0;
 }
@@ -40,7 +40,7 @@ static int p_read(net_conn *c, const uint8_t *data, size_t len) {
   T_EQ_INT(net_conn_write(c, (const uint8_t *)"<", 1), 0);
   T_EQ_INT(net_conn_write(c, data, len), 0);
   T_EQ_INT(net_conn_write(c, (const uint8_t *)">", 1), 0);
-  if (mode == M_BYE)
+  if (mode == M_BYE || mode == M_BYE_TIMER)
     return SM_ECLOSED; /* graceful: what is queued still goes out */
   return 0;
 }
@@ -289,6 +289,29 @@ static void test_linger_bounded(void) {
   T_ASSERT(uv_now(loop) - t0 < 5000);
   c_close(&c);
   RUN_UNTIL(c.closed);
+  close_listener(l);
+}
+
+/* A protocol timer that comes due while its connection lingers is not run, and does not spin
+ * the loop (it once re-armed itself at 0 ms forever inside one pass of the loop's timers). */
+static void test_linger_with_protocol_timer(void) {
+  reset(M_BYE_TIMER);
+  linger_ms = 10000;
+  net_listener *l = make_listener("127.0.0.1:0", 10, NULL);
+  linger_ms = 0;
+  T_EQ_INT(net_listener_listen(l), 0);
+  client c;
+  c_connect(&c, net_listener_port(l), 1);
+  RUN_UNTIL(c.connected);
+  c_write(&c, "bye");
+  RUN_UNTIL(c.eof);
+  uint64_t t0 = uv_now(loop);
+  while (uv_now(loop) - t0 < 150) /* past the protocol's 50 ms timer */
+    uv_run(loop, UV_RUN_NOWAIT);
+  T_EQ_INT(timers, 0);
+  T_EQ_INT(closes, 0);
+  c_close(&c); /* the client's EOF ends the linger */
+  RUN_UNTIL(closes == 1 && c.closed);
   close_listener(l);
 }
 
@@ -558,6 +581,7 @@ int main(void) {
   T_RUN(test_echo_gathered);
   T_RUN(test_graceful_close_after_reply);
   T_RUN(test_linger_bounded);
+  T_RUN(test_linger_with_protocol_timer);
   T_RUN(test_connection_limit);
   T_RUN(test_backpressure_and_stall);
   T_RUN(test_timer);
