@@ -5,6 +5,7 @@
 #include "grpc/agent_auth.h"
 
 #include "grpc/frame.h"
+#include "grpc/reflection.h"
 #include "grpc/services.h"
 #include "grpc/session.h"
 #include "net/tcp.h"
@@ -24,7 +25,7 @@
 #define KEEPALIVE_TIMEOUT_MS 20000 /* PING answer deadline (gRPC's default), capped by interval */
 #define HANDSHAKE_TIMEOUT_S 10.0
 
-enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_COUNT };
+enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_REFLECTION_V1ALPHA, SVC_REFLECTION_V1, SVC_COUNT };
 
 struct grpc_server {
   uv_loop_t *loop;
@@ -38,6 +39,7 @@ struct grpc_server {
   grpc_hello_service *hello;
   agent_tokens *tokens; /* AGENT_AUTH_TOKENS_FILE, NULL when unset */
   grpc_health *health;
+  grpc_reflection *reflection;
   int draining;
   void (*close_cb)(void *ud);
   void *close_ud;
@@ -115,6 +117,7 @@ static void server_free(struct grpc_server *srv) {
   grpc_hello_service_destroy(srv->hello);
   agent_tokens_free(srv->tokens);
   grpc_health_destroy(srv->health);
+  grpc_reflection_destroy(srv->reflection);
   net_tls_ctx_destroy(srv->tls);
   free(srv);
 }
@@ -164,6 +167,10 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   }
   static const char *const health_names[] = {"scan.AgentService", "hello.HelloService", NULL};
   err = grpc_health_create(health_names, &srv->svc[SVC_HEALTH], &srv->health);
+  if (err)
+    goto fail;
+  err = grpc_reflection_create(srv->table, SVC_COUNT, &srv->svc[SVC_REFLECTION_V1ALPHA],
+                               &srv->svc[SVC_REFLECTION_V1], &srv->reflection);
   if (err)
     goto fail;
   for (int i = 0; i < SVC_COUNT; i++)
