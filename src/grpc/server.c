@@ -169,8 +169,9 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   err = grpc_health_create(health_names, &srv->svc[SVC_HEALTH], &srv->health);
   if (err)
     goto fail;
-  err = grpc_reflection_create(srv->table, SVC_COUNT, &srv->svc[SVC_REFLECTION_V1ALPHA],
-                               &srv->svc[SVC_REFLECTION_V1], &srv->reflection);
+  err = grpc_reflection_create(srv->table, s->reflection ? SVC_COUNT : SVC_REFLECTION_V1ALPHA,
+                               &srv->svc[SVC_REFLECTION_V1ALPHA], &srv->svc[SVC_REFLECTION_V1],
+                               &srv->reflection);
   if (err)
     goto fail;
   for (int i = 0; i < SVC_COUNT; i++)
@@ -192,7 +193,8 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   uint64_t keepalive = to_ms(s->keepalive_s);
   srv->scfg = (grpc_session_config){
       .services = srv->table,
-      .nservices = SVC_COUNT,
+      /* the reflection entries are last: left out with GRPC_REFLECTION=false */
+      .nservices = s->reflection ? SVC_COUNT : SVC_REFLECTION_V1ALPHA,
       .max_message_bytes = s->max_message_bytes,
       .max_streams = s->max_streams,
       .max_header_bytes = s->max_header_bytes,

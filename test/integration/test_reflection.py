@@ -128,3 +128,17 @@ def test_undecodable_request_ends_the_stream(manager):
     with grpc.insecure_channel(manager.grpc_addr) as ch:
         call = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
         assert len(list(call(iter([b"\x3a\x00"]), timeout=10))) == 1
+
+
+def test_setting_turns_it_off(manager_factory, rpb):
+    m = manager_factory(env={"GRPC_REFLECTION": "false"})
+    mod = rpb["v1alpha"]
+    with pytest.raises(grpc.RpcError) as e:
+        ask(m, mod, "v1alpha", [mod.ServerReflectionRequest(list_services="")])
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # the other services still serve
+    with grpc.insecure_channel(m.grpc_addr) as ch:
+        call = ch.unary_unary("/hello.HelloService/Ping",
+                              request_serializer=rpb["hello"].PingRequest.SerializeToString,
+                              response_deserializer=rpb["hello"].PingResponse.FromString)
+        assert call(rpb["hello"].PingRequest(agent_id="x"), timeout=5).message
