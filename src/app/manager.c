@@ -400,6 +400,7 @@ static grpc_server_config grpc_config_of(const sm_settings *s) {
       .max_output_bytes = s->grpc_max_output_bytes,
       .stall_timeout_s = s->grpc_stall_timeout_s,
       .first_message_timeout_s = s->grpc_first_message_timeout_s,
+      .reflection = s->grpc_reflection,
       .max_buffered_per_conn = s->grpc_max_buffered_per_conn,
       .max_buffered_bytes = s->grpc_max_buffered_bytes,
       .message_timeout_s = s->grpc_message_timeout_s,

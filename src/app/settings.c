@@ -138,6 +138,8 @@ static const setting table[] = {
      "queued output per connection before backpressure", NULL},
     {"GRPC_STALL_TIMEOUT", K_SECONDS, OFF(grpc_stall_timeout_s), "30", 0.05, 86400,
      "drop a connection that does not read its output this long", NULL},
+    {"GRPC_REFLECTION", K_BOOL, OFF(grpc_reflection), "true", 0, 0,
+     "serve gRPC server reflection (grpcurl list/describe) on the agent listener", NULL},
     {"GRPC_FIRST_MESSAGE_TIMEOUT", K_SECONDS, OFF(grpc_first_message_timeout_s), "10", 0.05, 3600,
      "a Connect stream must register within this", NULL},
     {"GRPC_MAX_BUFFERED_BYTES_PER_CONN", K_SIZE, OFF(grpc_max_buffered_per_conn), "8388608",

@@ -79,6 +79,7 @@ typedef struct sm_settings {
   double
       admin_request_timeout_s; /* ADMIN_REQUEST_TIMEOUT: a request must arrive whole in this, 30 */
   double admin_idle_timeout_s; /* ADMIN_IDLE_TIMEOUT: keep-alive connection idle limit, 60 */
+  int grpc_reflection;         /* GRPC_REFLECTION, true */
   double grpc_first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT: Connect must register in this,
                                           10 */
   double admin_rate_limit_rps;         /* ADMIN_RATE_LIMIT_RPS: requests/s per API key, 0: off */

@@ -2,6 +2,7 @@
 #include "client/agent.h"
 
 #include "agent.pb-c.h"
+#include "hello.pb-c.h"
 #include "client/backoff.h"
 #include "client/exec.h"
 #include "client/h2.h"
@@ -19,6 +20,8 @@
 #include <unistd.h>
 
 #define CONNECT_PATH "/scan.AgentService/Connect"
+#define HELLO_CONNECT_PATH "/hello.HelloService/ConnectStream"
+#define HELLO_OUTPUT_MAX 2048 /* output text of a simulated hello command (its data lines) */
 #define EXEC_OUTPUT_MAX 65536 /* stdout bytes an exec result carries; the rest is dropped */
 #define EXEC_SINK 4096        /* scratch space after them that drains excess output */
 #define STABLE_MS 1000        /* a stream that lived this long resets the backoff */
@@ -34,7 +37,8 @@ typedef struct client_cmd {
   struct client_cmd *prev, *next; /* the agent's running list */
   char *id;
   char *type;
-  char *arg; /* scan target / exec command */
+  char *arg;           /* scan target / exec command */
+  uint64_t started_ms; /* loop time it arrived: a hello result's execution_time */
   client_plan plan;
   uv_timer_t timer;  /* work duration and/or timeout */
   uv_process_t proc; /* exec */
@@ -131,6 +135,20 @@ static void agent_send(client_agent *a, Scan__AgentMessage *m) {
   }
 }
 
+static int is_hello(const client_agent *a) {
+  return a->f->o->protocol == CLIENT_PROTO_HELLO;
+}
+
+static void hello_send(client_agent *a, Hello__AgentMessage *m) {
+  if (a->call == NULL || !client_call_usable(a->call))
+    return;
+  m->agent_id = a->id;
+  if (client_call_send(a->call, &m->base) == SM_ELIMIT) {
+    sm_log_warn("agent", "send queue full, dropping the stream", SM_LS("agent_id", a->id));
+    client_call_abort(a->call);
+  }
+}
+
 static void send_register(client_agent *a) {
   client_fleet *f = a->f;
   Scan__AgentMessage m = SCAN__AGENT_MESSAGE__INIT;
@@ -164,6 +182,19 @@ static void send_heartbeat(client_agent *a) {
   Scan__AgentMessage m = SCAN__AGENT_MESSAGE__INIT;
   Scan__HeartbeatMessage hb = SCAN__HEARTBEAT_MESSAGE__INIT;
   client_hostinfo_sample(&f->host_info, uv_now(f->loop));
+  if (is_hello(a)) {
+    Hello__AgentMessage hm = HELLO__AGENT_MESSAGE__INIT;
+    Hello__HeartbeatMessage hhb = HELLO__HEARTBEAT_MESSAGE__INIT;
+    hhb.timestamp = unix_now();
+    hhb.cpu_usage = f->o->cpu_source_host ? f->host_info.cpu_usage : f->host_info.process_cpu_usage;
+    hhb.memory_usage = f->host_info.memory_usage;
+    hm.type = HELLO__MESSAGE_TYPE__HEARTBEAT;
+    hm.payload_case = HELLO__AGENT_MESSAGE__PAYLOAD_HEARTBEAT;
+    hm.heartbeat = &hhb;
+    hello_send(a, &hm);
+    f->st.heartbeats++;
+    return;
+  }
   hb.timestamp = unix_now();
   hb.cpu_usage = f->o->cpu_source_host ? f->host_info.cpu_usage : f->host_info.process_cpu_usage;
   hb.memory_usage = f->host_info.memory_usage;
@@ -191,8 +222,28 @@ static int is_final(const char *status) {
   return strcmp(status, "accepted") != 0 && strcmp(status, "running") != 0;
 }
 
-static void send_result(client_agent *a, const char *cmd_id, const char *status, const char *error,
-                        const Scan__CommandResult__DataEntry *const *data, size_t ndata) {
+/* hello.HelloService has no accepted/running: only a final result goes out, as RESULT
+ * {command: the line (cmd_id), output, error, exit_code, execution_time in ms}. */
+static void hello_send_result(client_agent *a, const char *line, const char *status,
+                              const char *error, const Scan__CommandResult__DataEntry *const *data,
+                              size_t ndata, uint64_t took_ms) {
+  Hello__AgentMessage m = HELLO__AGENT_MESSAGE__INIT;
+  Hello__CommandResult r = HELLO__COMMAND_RESULT__INIT;
+  char buf[HELLO_OUTPUT_MAX];
+  r.command = (char *)line;
+  r.output = (char *)client_hello_output(data, ndata, buf, sizeof(buf));
+  r.error = (char *)(error ? error : "");
+  r.exit_code = client_hello_exit_code(status, data, ndata);
+  r.execution_time = (int64_t)took_ms;
+  m.type = HELLO__MESSAGE_TYPE__RESULT;
+  m.payload_case = HELLO__AGENT_MESSAGE__PAYLOAD_RESULT;
+  m.result = &r;
+  hello_send(a, &m);
+}
+
+static void send_result_took(client_agent *a, const char *cmd_id, const char *status,
+                             const char *error, const Scan__CommandResult__DataEntry *const *data,
+                             size_t ndata, uint64_t took_ms) {
   client_fleet *f = a->f;
   Scan__AgentMessage m = SCAN__AGENT_MESSAGE__INIT;
   Scan__CommandResult r = SCAN__COMMAND_RESULT__INIT;
@@ -215,10 +266,20 @@ static void send_result(client_agent *a, const char *cmd_id, const char *status,
   }
   m.payload_case = SCAN__AGENT_MESSAGE__PAYLOAD_COMMAND_RESULT;
   m.command_result = &r;
-  if (a->call == NULL || !client_call_usable(a->call))
+  if ((a->call == NULL || !client_call_usable(a->call)) && (!is_hello(a) || is_final(status)))
     sm_log_warn("agent", "result dropped: not connected", SM_LS("agent_id", a->id),
                 SM_LS("command_id", cmd_id), SM_LS("status", status));
+  if (is_hello(a)) {
+    if (is_final(status))
+      hello_send_result(a, cmd_id, status, error, data, ndata, took_ms);
+    return;
+  }
   agent_send(a, &m);
+}
+
+static void send_result(client_agent *a, const char *cmd_id, const char *status, const char *error,
+                        const Scan__CommandResult__DataEntry *const *data, size_t ndata) {
+  send_result_took(a, cmd_id, status, error, data, ndata, 0);
 }
 
 /* A result's data under construction: entries point at caller-owned strings. */
@@ -291,7 +352,7 @@ static void cmd_finish(client_cmd *c, const char *status, const char *error,
   if (c->spawned && !c->exited)
     uv_kill(-c->proc.pid, SIGKILL); /* the whole group: the shell and what it started */
   if (status)
-    send_result(a, c->id, status, error, data, ndata);
+    send_result_took(a, c->id, status, error, data, ndata, uv_now(a->f->loop) - c->started_ms);
   cmd_maybe_close(c);
 }
 
@@ -472,7 +533,7 @@ static void agent_on_command(client_agent *a, const Scan__CommandMessage *m) {
   }
   /* The manager may send a command again (after a reconnect) while it still runs here: run it
    * once, and tell the manager it is running. */
-  if (*id && strcmp(m->type, "cancel") != 0 && find_cmd(a, id) != NULL) {
+  if (!is_hello(a) && *id && strcmp(m->type, "cancel") != 0 && find_cmd(a, id) != NULL) {
     send_result(a, id, "running", NULL, NULL, 0);
     return;
   }
@@ -547,6 +608,7 @@ static void agent_on_command(client_agent *a, const Scan__CommandMessage *m) {
     return;
   }
   c->a = a;
+  c->started_ms = uv_now(f->loop);
   c->plan = plan;
   c->plan.arg = c->arg;
   uv_timer_init(f->loop, &c->timer);
@@ -592,7 +654,10 @@ static void on_ready(client_call *call, void *ud) {
   f->st.connected++;
   a->up = 1;
   sm_log_debug("agent", "connected", SM_LS("agent_id", a->id));
-  send_register(a);
+  if (is_hello(a))
+    send_heartbeat(a); /* hello has no registration message: the first message registers */
+  else
+    send_register(a);
   uint64_t hb = (uint64_t)(f->o->heartbeat_interval * 1000.0 + 0.5);
   if (hb == 0)
     hb = 1;
@@ -600,9 +665,40 @@ static void on_ready(client_call *call, void *ud) {
   uv_timer_start(&a->timer, agent_timer_cb, hb, hb);
 }
 
+/* A ServerMessage of hello.HelloService: COMMAND runs its line, ACKNOWLEDGMENT is noted. */
+static void hello_on_message(client_agent *a, const uint8_t *msg, size_t len) {
+  Hello__ServerMessage *m = hello__server_message__unpack(NULL, len, msg);
+  if (m == NULL) {
+    sm_log_warn("agent", "undecodable ServerMessage, dropping the stream", SM_LS("agent_id", a->id),
+                SM_LI("len", len));
+    client_call_abort(a->call);
+    return;
+  }
+  if (m->type == HELLO__MESSAGE_TYPE__COMMAND &&
+      m->payload_case == HELLO__SERVER_MESSAGE__PAYLOAD_COMMAND) {
+    client_hello_cmd hc;
+    client_hello_command(m->command->command ? m->command->command : "", a->f->o->allow_exec, &hc);
+    agent_on_command(a, &hc.msg);
+  } else if (m->type == HELLO__MESSAGE_TYPE__ACKNOWLEDGMENT &&
+             m->payload_case == HELLO__SERVER_MESSAGE__PAYLOAD_ACKNOWLEDGMENT) {
+    a->f->st.acks++;
+    sm_log_debug("agent", "acknowledged", SM_LS("agent_id", a->id),
+                 SM_LS("command_id", m->acknowledgment->command_id),
+                 SM_LS("status", m->acknowledgment->status));
+  } else {
+    sm_log_debug("agent", "ServerMessage ignored", SM_LS("agent_id", a->id),
+                 SM_LI("type", m->type));
+  }
+  hello__server_message__free_unpacked(m, NULL);
+}
+
 static void on_message(client_call *call, void *ud, const uint8_t *msg, size_t len) {
   client_agent *a = ud;
   (void)call;
+  if (is_hello(a)) {
+    hello_on_message(a, msg, len);
+    return;
+  }
   Scan__CommandMessage *m = scan__command_message__unpack(NULL, len, msg);
   if (m == NULL) {
     sm_log_warn("agent", "undecodable CommandMessage, dropping the stream",
@@ -651,12 +747,14 @@ static void agent_timer_cb(uv_timer_t *t) {
 
 static void agent_connect(client_agent *a) {
   client_fleet *f = a->f;
-  client_header hdrs[2] = {{"agent-id", a->id}, {"authorization", f->bearer}};
+  /* SiriusScan's agents send agent_id; the manager reads both spellings. */
+  client_header hdrs[2] = {{is_hello(a) ? "agent_id" : "agent-id", a->id},
+                           {"authorization", f->bearer}};
   client_call_req req = {
       .addr = (const struct sockaddr *)&f->server,
       .bind_addr = f->nbinds ? (const struct sockaddr *)&f->binds[a->index % f->nbinds] : NULL,
       .authority = f->o->server,
-      .path = CONNECT_PATH,
+      .path = is_hello(a) ? HELLO_CONNECT_PATH : CONNECT_PATH,
       .headers = hdrs,
       .nheaders = f->bearer[0] ? 2 : 1,
       .tls = f->tls,
@@ -827,6 +925,7 @@ void client_fleet_start(client_fleet *f) {
     uv_timer_start(&a->timer, agent_timer_cb, at, 0);
   }
   sm_log_info("agent", "started", SM_LI("agents", f->nagents), SM_LS("server", f->o->server),
+              SM_LS("protocol", f->o->protocol == CLIENT_PROTO_HELLO ? "hello" : "scan"),
               SM_LB("tls", f->tls != NULL), SM_LS("first_id", f->agents[0].id));
 }
 

@@ -22,6 +22,7 @@ typedef struct client_stats {
   uint64_t results;                                /* final results sent */
   uint64_t completed, failed, cancelled, rejected; /* final results by status */
   uint64_t heartbeats;                             /* heartbeats sent */
+  uint64_t acks;                                   /* hello: ACKNOWLEDGMENT messages received */
 } client_stats;
 
 /* Creates a fleet from parsed options: resolves --server, --source-addrs, the TLS context.

@@ -126,3 +126,62 @@ void client_exec_plan(const client_exec_cfg *cfg, client_rng *rng, const Scan__C
       out->duration_ms = UPDATE_DURATION_MS;
   }
 }
+
+/* ---- hello.HelloService ---- */
+
+void client_hello_command(const char *line, int allow_exec, client_hello_cmd *out) {
+  memset(out, 0, sizeof(*out));
+  scan__command_message__init(&out->msg);
+  scan__command_message__params_entry__init(&out->param);
+  out->msg.id = (char *)line;
+  out->params[0] = &out->param;
+  out->param.value = (char *)line;
+  if (strcmp(line, CLIENT_HELLO_STATUS_LINE) == 0) {
+    out->msg.type = (char *)"status";
+    return;
+  }
+  out->msg.type = (char *)(allow_exec ? "exec" : "scan");
+  out->param.key = (char *)(allow_exec ? "command" : "target");
+  out->msg.params = out->params;
+  out->msg.n_params = 1;
+}
+
+static const char *data_value(const Scan__CommandResult__DataEntry *const *data, size_t ndata,
+                              const char *key) {
+  for (size_t i = 0; i < ndata; i++)
+    if (data[i]->key && strcmp(data[i]->key, key) == 0)
+      return data[i]->value ? data[i]->value : "";
+  return NULL;
+}
+
+int32_t client_hello_exit_code(const char *status,
+                               const Scan__CommandResult__DataEntry *const *data, size_t ndata) {
+  int completed = strcmp(status, "completed") == 0;
+  const char *v = data_value(data, ndata, "exit_code");
+  if (v != NULL && *v != '\0') {
+    char *end;
+    errno = 0;
+    long code = strtol(v, &end, 10);
+    if (errno == 0 && *end == '\0' && code >= INT32_MIN && code <= INT32_MAX &&
+        (code == 0) == completed)
+      return (int32_t)code;
+  }
+  return completed ? 0 : 1;
+}
+
+const char *client_hello_output(const Scan__CommandResult__DataEntry *const *data, size_t ndata,
+                                char *buf, size_t cap) {
+  const char *out = data_value(data, ndata, "stdout");
+  if (out != NULL)
+    return out;
+  size_t o = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < ndata && o < cap; i++) {
+    int w = snprintf(buf + o, cap - o, "%s=%s\n", data[i]->key ? data[i]->key : "",
+                     data[i]->value ? data[i]->value : "");
+    if (w < 0)
+      break;
+    o += (size_t)w < cap - o ? (size_t)w : cap - o - 1;
+  }
+  return buf;
+}

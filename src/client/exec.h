@@ -54,4 +54,35 @@ uint64_t client_scan_duration(const client_exec_cfg *cfg, client_rng *rng);
 void client_exec_plan(const client_exec_cfg *cfg, client_rng *rng, const Scan__CommandMessage *cmd,
                       int active, client_plan *out);
 
+/* ---- hello.HelloService: commands are bare command lines, results carry no id ---- */
+
+/* The command line the manager sends for a `status` command. */
+#define CLIENT_HELLO_STATUS_LINE "internal:status"
+
+/* A hello command line as the CommandMessage client_exec_plan understands. Entries borrow
+ * line. */
+typedef struct client_hello_cmd {
+  Scan__CommandMessage msg;
+  Scan__CommandMessage__ParamsEntry param;
+  Scan__CommandMessage__ParamsEntry *params[1];
+} client_hello_cmd;
+
+/* Maps line: CLIENT_HELLO_STATUS_LINE is a `status` command (answered at once with status
+ * text); with allow_exec any other line is `exec` (params.command = line, run with /bin/sh -c);
+ * without it a `scan` of target line (simulated: answered after a --scan-duration-ms draw).
+ * The message's id is the line, the only name a hello command has. */
+void client_hello_command(const char *line, int allow_exec, client_hello_cmd *out);
+
+/* The exit_code of a hello RESULT for a final status and its data: data's exit_code when
+ * present and consistent, else 0 for `completed` and 1 for anything else (a failed command never
+ * reports 0, since the manager derives completed/failed from it). */
+int32_t client_hello_exit_code(const char *status,
+                               const Scan__CommandResult__DataEntry *const *data, size_t ndata);
+
+/* The output text of a hello RESULT: data's stdout when present (exec), else the data as
+ * "key=value" lines written into buf (simulated work, status). Returns a string valid while
+ * data and buf are. */
+const char *client_hello_output(const Scan__CommandResult__DataEntry *const *data, size_t ndata,
+                                char *buf, size_t cap);
+
 #endif

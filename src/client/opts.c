@@ -144,6 +144,7 @@ typedef struct opt_def {
 static const opt_def opt_table[] = {
     {"server", "SERVER_ADDR", O_SPECIAL, OFF(server), 0, 0},
     {"id", "AGENT_ID", O_SPECIAL, OFF(id), 0, 0},
+    {"protocol", NULL, O_SPECIAL, OFF(protocol), 0, 0},
     {"count", NULL, O_U32, OFF(count), 1, CLIENT_COUNT_MAX},
     {"id-prefix", NULL, O_STR, OFF(id_prefix), 0, 0},
     {"capabilities", "CAPABILITIES", O_SPECIAL, OFF(capabilities), 0, 0},
@@ -226,6 +227,13 @@ static int apply(client_opts *o, const opt_def *d, const char *flag, const char 
     if (parse_u64(v, 1, 100000, &uv))
       return fail(err, errlen, flag, "expected an integer in [1, 100000], got \"%s\"", v);
     o->max_concurrent = (int32_t)uv;
+  } else if (!strcmp(n, "protocol")) {
+    if (!strcmp(v, "scan"))
+      o->protocol = CLIENT_PROTO_SCAN;
+    else if (!strcmp(v, "hello"))
+      o->protocol = CLIENT_PROTO_HELLO;
+    else
+      return fail(err, errlen, flag, "expected scan or hello, got \"%s\"", v);
   } else if (!strcmp(n, "cpu-source")) {
     if (!strcmp(v, "host"))
       o->cpu_source_host = 1;
@@ -318,6 +326,11 @@ int client_opts_parse(client_opts *o, int argc, const char *const *argv, client_
       return rc;
   }
 
+  /* The manager gives a hello agent CLIENT_HELLO_MAX_CONCURRENT commands at once (the protocol
+   * cannot declare a limit), so a hello agent takes as many unless told otherwise. */
+  const opt_def *mc = find_opt("max-concurrent", strlen("max-concurrent"));
+  if (o->protocol == CLIENT_PROTO_HELLO && !given[mc - opt_table])
+    o->max_concurrent = CLIENT_HELLO_MAX_CONCURRENT;
   if (o->reconnect_min_ms > o->reconnect_max_ms)
     return fail(err, errlen, "--reconnect-min-ms", "must not exceed --reconnect-max-ms (%u)",
                 o->reconnect_max_ms);
@@ -339,12 +352,16 @@ const char *client_opts_usage(void) {
          "\n"
          "  --server HOST:PORT         manager gRPC address (SERVER_ADDR; localhost:50051)\n"
          "  --id ID                    agent id (AGENT_ID; default: hostname)\n"
+         "  --protocol P               scan (scan.AgentService, default) or hello\n"
+         "                             (hello.HelloService, SiriusScan's agents: command\n"
+         "                             lines run with --allow-exec, else simulated)\n"
          "  --count N                  run N agents named PREFIX1..PREFIXN\n"
          "  --id-prefix P              prefix of ids with --count (agent-)\n"
          "  --capabilities K=V,...     declared capabilities (CAPABILITIES)\n"
          "  --version-tag V            reported version (build version)\n"
          "  --segment CIDR             reported network segment\n"
-         "  --max-concurrent N         commands run at once (1); more are rejected \"busy\"\n"
+         "  --max-concurrent N         commands run at once (1; hello: 8); more are rejected\n"
+         "                             \"busy\"\n"
          "  --weight W                 relative capacity (1)\n"
          "  --heartbeat-interval S     seconds between heartbeats, fractional allowed (10)\n"
          "  --cpu-source S             cpu in heartbeats: process (this process's share of\n"

@@ -5,6 +5,7 @@
 #include "grpc/agent_auth.h"
 
 #include "grpc/frame.h"
+#include "grpc/reflection.h"
 #include "grpc/services.h"
 #include "grpc/session.h"
 #include "net/tcp.h"
@@ -25,7 +26,7 @@
 #define HANDSHAKE_TIMEOUT_S 10.0
 #define LINGER_MS 2000 /* discard input this long after the GOAWAY, waiting for EOF */
 
-enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_COUNT };
+enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_REFLECTION_V1ALPHA, SVC_REFLECTION_V1, SVC_COUNT };
 
 struct grpc_server {
   uv_loop_t *loop;
@@ -39,6 +40,7 @@ struct grpc_server {
   grpc_hello_service *hello;
   agent_tokens *tokens; /* AGENT_AUTH_TOKENS_FILE, NULL when unset */
   grpc_health *health;
+  grpc_reflection *reflection;
   int draining;
   void (*close_cb)(void *ud);
   void *close_ud;
@@ -116,6 +118,7 @@ static void server_free(struct grpc_server *srv) {
   grpc_hello_service_destroy(srv->hello);
   agent_tokens_free(srv->tokens);
   grpc_health_destroy(srv->health);
+  grpc_reflection_destroy(srv->reflection);
   net_tls_ctx_destroy(srv->tls);
   free(srv);
 }
@@ -167,6 +170,11 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   err = grpc_health_create(health_names, &srv->svc[SVC_HEALTH], &srv->health);
   if (err)
     goto fail;
+  err = grpc_reflection_create(srv->table, s->reflection ? SVC_COUNT : SVC_REFLECTION_V1ALPHA,
+                               &srv->svc[SVC_REFLECTION_V1ALPHA], &srv->svc[SVC_REFLECTION_V1],
+                               &srv->reflection);
+  if (err)
+    goto fail;
   for (int i = 0; i < SVC_COUNT; i++)
     srv->table[i] = &srv->svc[i];
 
@@ -186,7 +194,8 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
   uint64_t keepalive = to_ms(s->keepalive_s);
   srv->scfg = (grpc_session_config){
       .services = srv->table,
-      .nservices = SVC_COUNT,
+      /* the reflection entries are last: left out with GRPC_REFLECTION=false */
+      .nservices = s->reflection ? SVC_COUNT : SVC_REFLECTION_V1ALPHA,
       .max_message_bytes = s->max_message_bytes,
       .max_streams = s->max_streams,
       .max_header_bytes = s->max_header_bytes,

@@ -34,6 +34,7 @@ typedef struct grpc_server_config {
   size_t max_output_bytes;        /* GRPC_MAX_OUTPUT_BYTES per connection */
   double stall_timeout_s;         /* GRPC_STALL_TIMEOUT */
   double first_message_timeout_s; /* GRPC_FIRST_MESSAGE_TIMEOUT */
+  int reflection;                 /* GRPC_REFLECTION: serve grpc.reflection.v1alpha and v1 */
   size_t max_connections;         /* MAX_CONNECTIONS */
   /* request buffering: GRPC_MAX_BUFFERED_BYTES_PER_CONN (raised to fit one message of
    * max_message_bytes), GRPC_MAX_BUFFERED_BYTES (raised to the per-connection bound),

@@ -146,7 +146,75 @@ static void test_param_lookup(void) {
   T_ASSERT(client_cmd_param(m, "missing") == NULL);
 }
 
+static void test_hello_command(void) {
+  client_exec_cfg c = cfg();
+  client_rng r;
+  client_plan p;
+  client_hello_cmd hc;
+  client_rng_seed(&r, 1);
+  client_hello_command("internal:status", 1, &hc);
+  T_EQ_STR(hc.msg.type, "status");
+  T_EQ_STR(hc.msg.id, "internal:status");
+  client_exec_plan(&c, &r, &hc.msg, 0, &p);
+  T_EQ_INT(p.kind, CLIENT_PLAN_NOW);
+  /* with exec allowed a line runs in the shell */
+  client_hello_command("uname -a", 1, &hc);
+  T_EQ_STR(hc.msg.type, "exec");
+  T_EQ_STR(hc.msg.id, "uname -a");
+  c.allow_exec = 1;
+  client_exec_plan(&c, &r, &hc.msg, 0, &p);
+  T_EQ_INT(p.kind, CLIENT_PLAN_EXEC);
+  T_EQ_STR(p.arg, "uname -a");
+  /* without, it is simulated as a scan of that line */
+  client_hello_command("nmap 10.0.0.1", 0, &hc);
+  T_EQ_STR(hc.msg.type, "scan");
+  c.allow_exec = 0;
+  client_exec_plan(&c, &r, &hc.msg, 0, &p);
+  T_EQ_INT(p.kind, CLIENT_PLAN_TIMED);
+  T_EQ_INT(p.duration_ms, 1000);
+  T_EQ_STR(p.arg, "nmap 10.0.0.1");
+  /* an empty line is refused like a scan without a target */
+  client_hello_command("", 0, &hc);
+  client_exec_plan(&c, &r, &hc.msg, 0, &p);
+  T_EQ_INT(p.kind, CLIENT_PLAN_REJECT);
+}
+
+static void test_hello_result(void) {
+  Scan__CommandResult__DataEntry e[3];
+  const Scan__CommandResult__DataEntry *d[3];
+  const char *kv[3][2] = {{"exit_code", "7"}, {"stdout", "out\n"}, {"x", "y"}};
+  for (int i = 0; i < 3; i++) {
+    scan__command_result__data_entry__init(&e[i]);
+    e[i].key = (char *)kv[i][0];
+    e[i].value = (char *)kv[i][1];
+    d[i] = &e[i];
+  }
+  char buf[64];
+  T_EQ_INT(client_hello_exit_code("failed", d, 3), 7);
+  T_EQ_STR(client_hello_output(d, 3, buf, sizeof(buf)), "out\n");
+  /* no data: 0 for completed, 1 for anything else */
+  T_EQ_INT(client_hello_exit_code("completed", NULL, 0), 0);
+  T_EQ_INT(client_hello_exit_code("rejected", NULL, 0), 1);
+  T_EQ_STR(client_hello_output(NULL, 0, buf, sizeof(buf)), "");
+  /* a failed command never reports 0 (the manager would call it completed), nor a completed
+   * one a non-zero code */
+  e[0].value = (char *)"0";
+  T_EQ_INT(client_hello_exit_code("failed", d, 1), 1);
+  e[0].value = (char *)"3";
+  T_EQ_INT(client_hello_exit_code("completed", d, 1), 0);
+  e[0].value = (char *)"junk";
+  T_EQ_INT(client_hello_exit_code("failed", d, 1), 1);
+  /* simulated work: its data as key=value lines, cut to the buffer */
+  T_EQ_STR(client_hello_output(&d[2], 1, buf, sizeof(buf)), "x=y\n");
+  e[2].value = (char *)"0123456789";
+  T_EQ_STR(client_hello_output(&d[2], 1, buf, 8), "x=01234");
+  const Scan__CommandResult__DataEntry *two[2] = {d[2], d[2]};
+  T_EQ_STR(client_hello_output(two, 2, buf, 8), "x=01234");
+}
+
 int main(void) {
+  T_RUN(test_hello_command);
+  T_RUN(test_hello_result);
   T_RUN(test_types);
   T_RUN(test_rejections);
   T_RUN(test_failure_modes);

@@ -133,8 +133,29 @@ static void test_caps(void) {
   T_EQ_INT(client_caps_validate("a=b,", err, sizeof(err)), SM_EINVAL);
 }
 
+static void test_protocol(void) {
+  client_opts o;
+  char err[CLIENT_ERRBUF];
+  T_EQ_INT(PARSE(&o, env_none, err, "--count", "2"), 0);
+  T_EQ_INT(o.protocol, CLIENT_PROTO_SCAN); /* the default stays scan */
+  T_EQ_INT(o.max_concurrent, 1);
+  T_EQ_INT(PARSE(&o, env_none, err, "--protocol", "hello", "--count", "3"), 0);
+  T_EQ_INT(o.protocol, CLIENT_PROTO_HELLO);
+  T_EQ_INT(o.max_concurrent, CLIENT_HELLO_MAX_CONCURRENT); /* what the manager assumes */
+  T_EQ_INT(PARSE(&o, env_none, err, "--protocol=hello", "--max-concurrent", "2"), 0);
+  T_EQ_INT(o.max_concurrent, 2); /* the flag wins */
+  T_EQ_INT(PARSE(&o, env_none, err, "--protocol", "scan"), 0);
+  T_EQ_INT(o.protocol, CLIENT_PROTO_SCAN);
+  T_EQ_INT(PARSE(&o, env_none, err, "--protocol", "grpc"), SM_EINVAL);
+  T_EQ_STR(err, "--protocol: expected scan or hello, got \"grpc\"");
+  T_EQ_INT(PARSE(&o, env_none, err, "--protocol"), SM_EINVAL);
+  T_EQ_STR(err, "--protocol: missing value");
+  T_ASSERT(strstr(client_opts_usage(), "--protocol") != NULL);
+}
+
 int main(void) {
   T_RUN(test_defaults);
+  T_RUN(test_protocol);
   T_RUN(test_flags);
   T_RUN(test_env_and_precedence);
   T_RUN(test_bad_values);
