@@ -41,7 +41,7 @@ void lifecycle_mq_publisher(mq_publisher *p, lifecycle_publisher *out) {
 
 static void lmq_ready(mq_publisher *p, void *ud) {
   (void)p;
-  lifecycle_outbox_replay(ud);
+  lifecycle_publisher_ready(ud);
 }
 
 void lifecycle_mq_attach(lifecycle *lc, mq_publisher *p) {

@@ -17,6 +17,9 @@
  * following (window full, nack) must not wait for one. */
 #define LC_OUTBOX_SWEEP_MS 5000
 #define LC_RM_QUEUE_MAX 100000 /* refused removals kept for retry; beyond, a duplicate later */
+/* Results kept in memory while the publisher's window is full, sent as confirms make room;
+ * beyond this many they are left to the outbox replay (which reads them back from the store). */
+#define LC_PARK_MAX 100000
 
 /* A confirmed result whose outbox entry is being removed. It stays in lc->ob.removing (so that
  * a replay does not publish it again) until the store took the removal; a removal the store
@@ -33,6 +36,7 @@ void lc_outbox_init(lifecycle *lc) {
   sm_map_init(&lc->ob.pubs, 0);
   sm_map_init(&lc->ob.removing, 0);
   sm_list_init(&lc->ob.rm_queue);
+  sm_list_init(&lc->ob.parked);
   uv_timer_init(lc->loop, &lc->ob.sweep);
   lc->ob.sweep.data = lc;
 }
@@ -160,12 +164,22 @@ static void pub_done(void *ud, int status) {
     pub_settle(p);
 }
 
-/* Publishes to the result queue and reply_to; takes payload. */
-static void pub_send(lc_pub *p) {
+/* Publishes to the result queue and reply_to; takes payload. Returns 1 when p was parked: the
+ * publisher's window was full before anything of p was sent, and p waits in memory for room
+ * (lc_pub_unpark) instead of a replay reading it back from the store. */
+static int pub_send(lc_pub *p) {
   lifecycle *lc = p->lc;
   p->outstanding = 1; /* held while issuing so no answer settles p early */
   int err =
       lc->ob.pub.publish(lc->ob.pub.self, p->payload, p->len, lc->result_queue, NULL, pub_done, p);
+  if (err == SM_ELIMIT && lc->ob.nparked < LC_PARK_MAX) {
+    p->outstanding = 0;
+    sm_list_push_back(&lc->ob.parked, &p->park);
+    lc->ob.nparked++;
+    return 1;
+  }
+  if (err == SM_ELIMIT)
+    lc->ob.overflow = 1;
   if (err == 0)
     p->outstanding++;
   else
@@ -180,6 +194,24 @@ static void pub_send(lc_pub *p) {
   }
   if (--p->outstanding == 0)
     pub_settle(p);
+  return 0;
+}
+
+/* Sends parked results, oldest first, until the window is full again. Returns 1 when none is
+ * left parked. */
+static int pub_unpark(lifecycle *lc) {
+  sm_list *n;
+  while ((n = sm_list_pop_front(&lc->ob.parked)) != NULL) {
+    lc->ob.nparked--;
+    lc_pub *p = SM_LIST_ENTRY(n, lc_pub, park);
+    if (pub_send(p)) {
+      /* still full: back to the front, in order */
+      sm_list_remove(&p->park);
+      sm_list_push_front(&lc->ob.parked, &p->park);
+      return 0;
+    }
+  }
+  return 1;
 }
 
 static lc_pub *pub_new(lifecycle *lc, const char *id, const char *reply_to, const char *corr) {
@@ -189,6 +221,7 @@ static lc_pub *pub_new(lifecycle *lc, const char *id, const char *reply_to, cons
   if (p == NULL)
     return NULL;
   p->lc = lc;
+  sm_list_init(&p->park);
   p->id = sm_strdup(id);
   p->reply_to = reply_to ? sm_strdup(reply_to) : NULL;
   p->corr = corr ? sm_strdup(corr) : NULL;
@@ -295,6 +328,11 @@ static void replay_listed(void *ud, int err, const store_outbox_item *items, siz
 void lifecycle_outbox_replay(lifecycle *lc) {
   if (lc == NULL || lc->cl.closing || !lc->ob.has_pub)
     return;
+  /* The publisher has room (or came back): the parked results first, from memory; the store's
+   * outbox is read only once none waits here (what it holds beyond them: failed publishes, a
+   * restart, results over LC_PARK_MAX). */
+  if (!pub_unpark(lc))
+    return;
   if (lc->ob.replaying) {
     lc->ob.again = 1;
     return;
@@ -307,6 +345,15 @@ void lifecycle_outbox_replay(lifecycle *lc) {
   }
   lc->ob.replaying = 1;
   lc->cl.ops_pending++;
+}
+
+void lifecycle_publisher_ready(lifecycle *lc) {
+  if (lc == NULL || lc->cl.closing || !lc->ob.has_pub)
+    return;
+  if (pub_unpark(lc) && lc->ob.overflow) {
+    lc->ob.overflow = 0;
+    lifecycle_outbox_replay(lc);
+  }
 }
 
 static void sweep_cb(uv_timer_t *t) {
@@ -329,6 +376,12 @@ void lc_outbox_close(lifecycle *lc) {
     lc_pub *p = lc->ob.pubs.slots[i].value;
     if (p->lookup)
       continue;
+    if (sm_list_linked(&p->park)) { /* parked: nothing at the publisher, its entry stays */
+      sm_list_remove(&p->park);
+      lc->ob.nparked--;
+      pub_free(p);
+      continue;
+    }
     assert(p->outstanding > 0);
     p->lc = NULL;
   }

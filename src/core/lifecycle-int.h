@@ -124,6 +124,7 @@ typedef struct lc_pub {
   int outstanding; /* publishes not yet answered */
   int lookup;      /* a store_cmd_get for its reply_to is pending */
   int failed;
+  sm_list park; /* on lc->ob.parked: refused for the publisher's window, sent when it has room */
 } lc_pub;
 
 /* The events the mechanisms report upward, each named by what happened; lc_machine.c (lc_api.c
@@ -169,6 +170,7 @@ struct lifecycle {
     sched_queue q;
     sm_list parked; /* lc_cmd.wait */
     size_t nparked;
+    int overflow;    /* a result refused for the window could not be parked: replay when ready */
     size_t creating; /* submissions at the store */
     size_t inflight, held;
     sm_map agents; /* agent id -> lc_agent */
@@ -204,7 +206,10 @@ struct lifecycle {
   struct { /* lc_outbox.c */
     lifecycle_publisher pub;
     int has_pub;
-    sm_map pubs;      /* command id -> lc_pub in flight */
+    sm_map pubs;    /* command id -> lc_pub in flight (or parked) */
+    sm_list parked; /* lc_pub.park: refused for the window, oldest first */
+    size_t nparked;
+    int overflow;     /* a result refused for the window could not be parked: replay when ready */
     sm_map removing;  /* command id -> lc_removal: confirmed, outbox removal in flight (a
                          replay must not publish those again) */
     sm_list rm_queue; /* lc_removal.node: removals the store refused, for the sweep */

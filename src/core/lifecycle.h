@@ -127,9 +127,14 @@ SM_MUST_CHECK int lifecycle_start(lifecycle *lc);
 SM_MUST_CHECK int lifecycle_recover(lifecycle *lc, void (*done)(void *ud, int err, size_t n),
                                     void *ud);
 
-/* Publishes every outbox entry again (at start and when the publisher reconnects; call it from
- * the publisher's ready callback). Duplicates carry the same id. */
+/* Publishes every outbox entry again (at start and when the publisher reconnects). Duplicates
+ * carry the same id. */
 void lifecycle_outbox_replay(lifecycle *lc);
+
+/* The publisher has room again after refusing for its window (call it from its ready
+ * callback): the results held in memory meanwhile go out, and the outbox is replayed only if
+ * some refused result could not be held. */
+void lifecycle_publisher_ready(lifecycle *lc);
 
 /* Submits a parsed command (source, idempotency_key, reply_to, correlation_id already set by
  * the intake). Takes ownership of cmd in every case (freed on error). Returns 0 (cb runs

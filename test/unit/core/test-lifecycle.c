@@ -22,6 +22,7 @@ typedef struct flaky {
   int busy;          /* updates refused with SM_ELIMIT (the adapter's pending bound is full) */
   int busy_refusals; /* how many were refused */
   int lose_creates;  /* creates written but answered SM_ETIMEDOUT (a reply that never came) */
+  int ob_lists;      /* outbox listings asked for */
 } flaky;
 
 #define INNER(s) (((flaky *)(s))->inner)
@@ -66,6 +67,7 @@ static int f_ob_add(store *s, const char *id, const char *p, size_t n, store_don
   return DOWN(s) ? SM_EUNAVAIL : store_outbox_add(INNER(s), id, p, n, cb, ud);
 }
 static int f_ob_list(store *s, size_t lim, store_outbox_cb cb, void *ud) {
+  ((flaky *)s)->ob_lists++;
   return DOWN(s) ? SM_EUNAVAIL : store_outbox_list(INNER(s), lim, cb, ud);
 }
 static int f_ob_rm(store *s, const char *id, store_done_cb cb, void *ud) {
@@ -162,6 +164,7 @@ static void link_result(flink *l, const char *id, const char *status) {
 #define MAX_PUB 64
 typedef struct fpub {
   int refuse; /* publish returns SM_ECLOSED */
+  int window; /* > 0: SM_ELIMIT while this many are unanswered (the publisher's window) */
   int n;
   char *payload[MAX_PUB];
   char queue[MAX_PUB][32];
@@ -176,6 +179,13 @@ static int fp_publish(void *self, const char *payload, size_t len, const char *q
   fpub *f = self;
   if (f->refuse)
     return SM_ECLOSED;
+  if (f->window > 0) {
+    int open = 0;
+    for (int i = 0; i < f->n; i++)
+      open += !f->answered[i];
+    if (open >= f->window)
+      return SM_ELIMIT;
+  }
   T_ASSERT(f->n < MAX_PUB);
   f->payload[f->n] = strndup(payload, len);
   snprintf(f->queue[f->n], 32, "%s", queue ? queue : "(results)");
@@ -819,6 +829,44 @@ static void test_outbox_replay_races(void) {
   lifecycle_outbox_replay(f.lc);
   fx_spin_ms(&f, 10);
   T_EQ_INT(f.pub.n, 1);
+  fx_finish(&f);
+}
+
+/* Results refused for the publisher's window wait in memory and go out, in order, as it makes
+ * room: no outbox listing (a read of every entry back from the store) is needed for them. */
+static void test_publish_window_parks_results(void) {
+  fx f;
+  fx_init(&f, 10, 3);
+  f.pub.window = 2;
+  flink l;
+  link_attach(&l, f.reg, "a1", "8", NULL);
+  char ids[5][80];
+  for (int i = 0; i < 5; i++) {
+    T_EQ_INT(submit(&f, "{\"type\":\"scan\"}"), 0);
+    snprintf(ids[i], sizeof(ids[i]), "%s", f.id);
+  }
+  WAIT(&f, l.nsent == 5);
+  int lists0 = ((flaky *)f.st)->ob_lists;
+  for (int i = 0; i < 5; i++)
+    link_result(&l, ids[i], "completed");
+  WAIT(&f, f.pub.n == 2);
+  fx_spin_ms(&f, 20);
+  T_EQ_INT(f.pub.n, 2); /* the window is full: three wait */
+  T_EQ_INT(outbox_len(&f), 5);
+  for (int round = 0; round < 2; round++) {
+    fp_confirm_all(&f.pub, 0);
+    lifecycle_publisher_ready(f.lc); /* the publisher has room again */
+    fx_spin_ms(&f, 10);
+  }
+  T_EQ_INT(f.pub.n, 5);
+  T_EQ_INT(((flaky *)f.st)->ob_lists, lists0); /* all five from memory */
+  fp_confirm_all(&f.pub, 0);
+  for (int i = 0; i < 5; i++) /* each once, in the order they finished */
+    T_ASSERT(strstr(f.pub.payload[i], ids[i]) != NULL);
+  WAIT(&f, outbox_len(&f) == 0);
+  lifecycle_stats st;
+  lifecycle_get_stats(f.lc, &st);
+  T_EQ_INT(st.publish_failures, 0);
   fx_finish(&f);
 }
 
@@ -1499,6 +1547,7 @@ int main(void) {
   T_RUN(test_store_outage);
   T_RUN(test_lost_create_answer_adopted);
   T_RUN(test_outbox_replay_races);
+  T_RUN(test_publish_window_parks_results);
   T_RUN(test_busy_store_retries_are_paced);
   T_RUN(test_broadcast);
   T_RUN(test_broadcast_slices);
