@@ -33,13 +33,13 @@
 
 #define TICK_MS 20
 #define LT_CONNS_MAX 64
-#define LT_FLEETS_MAX (LT_SERVERS_MAX + 1)
-#define LT_HTTP_MAX_BODY (64u << 20) /* a listing page of 1000 commands stays far below */
-#define LT_AMQP_WINDOW 2000          /* AMQP publishes awaiting a confirm */
-#define LT_EV_STEP_MS 100            /* resolution of the error / retry event counts */
-#define LT_CHAOS_SETTLE_S 3.0        /* submission goes on this long after the last fault */
-#define LT_TIMELINE_MAX 600          /* points of the report's timeline */
-#define LT_DETECT_GRACE_MS 1000      /* a fault is detected while active or this long after */
+#define LT_FLEETS_MAX (2 * LT_SERVERS_MAX + 1) /* a scan and a hello fleet per server, crash */
+#define LT_HTTP_MAX_BODY (64u << 20)           /* a listing page of 1000 commands stays far below */
+#define LT_AMQP_WINDOW 2000                    /* AMQP publishes awaiting a confirm */
+#define LT_EV_STEP_MS 100                      /* resolution of the error / retry event counts */
+#define LT_CHAOS_SETTLE_S 3.0   /* submission goes on this long after the last fault */
+#define LT_TIMELINE_MAX 600     /* points of the report's timeline */
+#define LT_DETECT_GRACE_MS 1000 /* a fault is detected while active or this long after */
 
 enum phase { P_INIT = 0, P_CONNECT, P_SUBMIT, P_DRAIN, P_FINISH, P_CLOSING, P_DONE };
 enum cmd_state { S_NEW = 0, S_SENDING, S_ACCEPTED, S_FINAL, S_REFUSED };
@@ -257,6 +257,9 @@ static int cmd_json(lt_run *r, uint64_t i, char **buf, size_t *len, size_t *cap)
     return rc;
   if (strcmp(type, "sleep") == 0)
     return append(buf, len, cap, "\"params\":{\"seconds\":\"%g\"}}", r->s->sleep_seconds);
+  if (strcmp(type, "exec") == 0) /* a command line (hello agents run exec and status) */
+    return append(buf, len, cap, "\"params\":{\"command\":\"echo lt-%llu\"}}",
+                  (unsigned long long)i);
   if (strcmp(type, "scan") == 0)
     return append(buf, len, cap, "\"params\":{\"target\":\"10.%u.%u.%u\"}}",
                   (unsigned)(i >> 16 & 255), (unsigned)(i >> 8 & 255), (unsigned)(i & 255));
@@ -1138,13 +1141,17 @@ static void on_tick(uv_timer_t *t) {
 
 /* Options of one fleet. */
 static int fleet_opts(lt_run *r, client_opts *o, const char *server, uint32_t count,
-                      const char *prefix, int crash, char *err, size_t errlen) {
+                      const char *prefix, int crash, int hello, char *err, size_t errlen) {
   const lt_scenario *s = r->s;
   client_opts_defaults(o);
+  o->protocol = hello ? CLIENT_PROTO_HELLO : CLIENT_PROTO_SCAN;
   o->server = server;
   o->count = count;
   o->id_prefix = prefix;
   o->max_concurrent = (int32_t)s->max_concurrent;
+  /* a hello agent sends no descriptor: the manager gives it GRPC_HELLO_MAX_CONCURRENT (8) */
+  if (hello && o->max_concurrent < CLIENT_HELLO_MAX_CONCURRENT)
+    o->max_concurrent = CLIENT_HELLO_MAX_CONCURRENT;
   o->heartbeat_interval = s->heartbeat_interval;
   o->scan_duration_ms = s->scan_duration_ms;
   o->fail_rate = crash ? 0 : s->fail_rate;
@@ -1171,16 +1178,17 @@ static int fleet_opts(lt_run *r, client_opts *o, const char *server, uint32_t co
   return 0;
 }
 
-static int add_fleet(lt_run *r, const char *server, uint32_t count, int crash, char *err,
+static int add_fleet(lt_run *r, const char *server, uint32_t count, int crash, int hello, char *err,
                      size_t errlen) {
   size_t k = r->nfleets;
+  const char *h = hello && strcmp(r->s->protocol, "mixed") == 0 ? "hello-" : "";
   if (crash)
     snprintf(r->prefixes[k], sizeof(r->prefixes[k]), "%scrash-", r->s->id_prefix);
   else if (r->s->nservers > 1)
-    snprintf(r->prefixes[k], sizeof(r->prefixes[k]), "%ss%zu-", r->s->id_prefix, k + 1);
+    snprintf(r->prefixes[k], sizeof(r->prefixes[k]), "%s%ss%zu-", r->s->id_prefix, h, k + 1);
   else
-    snprintf(r->prefixes[k], sizeof(r->prefixes[k]), "%s", r->s->id_prefix);
-  int rc = fleet_opts(r, &r->fopts[k], server, count, r->prefixes[k], crash, err, errlen);
+    snprintf(r->prefixes[k], sizeof(r->prefixes[k]), "%s%s", r->s->id_prefix, h);
+  int rc = fleet_opts(r, &r->fopts[k], server, count, r->prefixes[k], crash, hello, err, errlen);
   if (rc)
     return rc;
   rc = client_fleet_create(r->loop, &r->fopts[k], &r->fleets[k], err, errlen);
@@ -1285,13 +1293,17 @@ int lt_run_create(uv_loop_t *loop, const lt_scenario *s, FILE *progress, lt_run 
       crash = s->agents;
     r->crash_agents = crash;
     uint32_t normal = s->agents - crash;
+    int hello = strcmp(s->protocol, "hello") == 0, mixed = strcmp(s->protocol, "mixed") == 0;
     for (size_t k = 0; rc == 0 && k < s->nservers && normal > 0; k++) {
       uint32_t n = normal / (uint32_t)s->nservers + (k < normal % s->nservers ? 1 : 0);
-      if (n)
-        rc = add_fleet(r, r->server_addrs[k], n, 0, err, errlen);
+      uint32_t nh = mixed ? n / 2 : 0; /* mixed: half of each server's agents speak hello */
+      if (n - nh)
+        rc = add_fleet(r, r->server_addrs[k], n - nh, 0, hello, err, errlen);
+      if (rc == 0 && nh)
+        rc = add_fleet(r, r->server_addrs[k], nh, 0, 1, err, errlen);
     }
     if (rc == 0 && crash)
-      rc = add_fleet(r, r->server_addrs[0], crash, 1, err, errlen);
+      rc = add_fleet(r, r->server_addrs[0], crash, 1, hello, err, errlen);
   }
   if (rc && err[0] == '\0')
     snprintf(err, errlen, "%s", sm_strerror(rc));

@@ -39,6 +39,7 @@ typedef struct opt_def {
 
 static const opt_def opts[] = {
     {"agents", K_U32, OFF(agents), 0, 0, 1000000, NULL},
+    {"protocol", K_STR, OFF(protocol), SZ(protocol), 0, 0, NULL},
     {"commands-per-agent", K_U32, OFF(commands_per_agent), 0, 0, 1000000, NULL},
     {"commands", K_U64, OFF(commands), 0, 0, LT_COMMANDS_MAX, NULL},
     {"types", K_TYPES, 0, 0, 0, 0, NULL},
@@ -80,6 +81,7 @@ static const opt_def opts[] = {
 void lt_scenario_defaults(lt_scenario *s) {
   memset(s, 0, sizeof(*s));
   s->agents = 10;
+  snprintf(s->protocol, sizeof(s->protocol), "scan");
   s->commands_per_agent = 10;
   snprintf(s->types[0].name, sizeof(s->types[0].name), "echo");
   s->types[0].weight = 1;
@@ -432,6 +434,11 @@ int lt_scenario_parse(lt_scenario *s, int argc, const char *const *argv, lt_gete
     snprintf(err, errlen, "--agents: expected at least 1 agent");
     return SM_EINVAL;
   }
+  if (strcmp(s->protocol, "scan") != 0 && strcmp(s->protocol, "hello") != 0 &&
+      strcmp(s->protocol, "mixed") != 0) {
+    snprintf(err, errlen, "--protocol: expected scan, hello or mixed, got \"%s\"", s->protocol);
+    return SM_EINVAL;
+  }
   if (s->fail_rate + s->hang_rate + s->disconnect_rate > 1.0) {
     snprintf(err, errlen, "--fail-rate: fail, hang and disconnect rates add up to more than 1");
     return SM_EINVAL;
@@ -703,6 +710,8 @@ const char *lt_scenario_usage(void) {
          "Scenario (also LOADTEST_<FLAG> in the environment, or name=value lines in --config):\n"
          "  --config FILE             key=value lines with the flag names (flags win)\n"
          "  --agents N                simulated agents (10)\n"
+         "  --protocol P              scan, hello (hello.HelloService: give --types exec,status)\n"
+         "                            or mixed (half of the agents speak hello) (scan)\n"
          "  --commands-per-agent K    commands = agents * K (10)\n"
          "  --commands N              total commands (overrides --commands-per-agent;\n"
          "                            0 with --duration: submit until the duration ends)\n"

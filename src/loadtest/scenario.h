@@ -74,7 +74,8 @@ typedef struct lt_fault_spec {
 
 typedef struct lt_scenario {
   enum lt_action action;
-  uint32_t agents;                    /* simulated agents in this process */
+  uint32_t agents;  /* simulated agents in this process */
+  char protocol[8]; /* the agents' protocol: "scan", "hello" (hello.HelloService) or "mixed" */
   uint32_t commands_per_agent;        /* commands = agents * this, unless --commands */
   uint64_t commands;                  /* total commands; 0 with --duration: unlimited until then */
   lt_type_weight types[LT_TYPES_MAX]; /* the mix */

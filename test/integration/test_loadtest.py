@@ -121,3 +121,37 @@ def test_program_surface(tmp_path):
     env = dict(os.environ, LOADTEST_BATCH="5000")
     p = subprocess.run([LOADTEST_BIN], capture_output=True, text=True, env=env, timeout=5)
     assert p.returncode == 2 and "LOADTEST_BATCH" in p.stderr
+
+
+def test_hello_and_mixed_fleets(manager, tmp_path):
+    """--protocol hello: the in-process agents speak hello.HelloService and run exec/status
+    commands; --protocol mixed: half of them do, side by side with scan agents on one manager,
+    and every command completes."""
+    # mixed: `status`, which both kinds run (placement does not know which types an agent runs)
+    for proto, agents, types in (("hello", 6, "exec:3,status:1"), ("mixed", 8, "status")):
+        out = tmp_path / f"{proto}.json"
+        rc, stdout, stderr = run_lt([
+            "--agents", str(agents), "--commands", "120", "--types", types,
+            "--protocol", proto, "--id-prefix", f"lt-{proto}-",
+            "--server", manager.grpc_addr, "--manager-api", manager.admin_url,
+            "--batch", "40", "--scan-duration-ms", "10", "--format", "json",
+            "--output", str(out)], timeout=60)
+        assert rc == 0, stderr
+        rep = json.loads(out.read_text())
+        assert rep["total"] == 120 and rep["successful"] == 120 and rep["all_final"], rep
+        # the agents are gone with the run; their commands say who ran them and how: a hello
+        # agent's result carries exit_code and execution_time
+        st, _, body = manager.get(f"/api/commands?type={types.split(':')[0]}&limit=1000")
+        assert st == 200, body
+        ran = {}
+        for c in body["commands"]:
+            aid = c.get("agent_id") or ""
+            if aid.startswith(f"lt-{proto}-") and c["status"] == "completed":
+                hello = "execution_time" in ((c["result"] or {}).get("data") or {})
+                ran[hello] = ran.get(hello, 0) + 1
+        if proto == "hello":
+            assert set(ran) == {True}, ran
+        else:
+            assert set(ran) == {True, False}, ran
+    rc, _, stderr = run_lt(["--protocol", "nope", "--server", manager.grpc_addr])
+    assert rc == 2 and "--protocol" in stderr, stderr
