@@ -4,8 +4,10 @@
 # (--heartbeat-interval 0.001 --heartbeat-burst 64: each tick refills the stream's send queue up
 # to 32 KiB). The rate is read from the manager's own counter (GET /api/status,
 # agents.heartbeats_total) over a measuring window after a warm-up.
+# Env: PROTOCOL=hello measures hello.HelloService agents (SiriusScan's) instead of scan ones.
 # Usage: bench/heartbeats.sh [N=1000] [seconds=10] [builddir=build]
 set -euo pipefail
+protocol=${PROTOCOL:-scan} # the agents' protocol: scan or hello (hello.HelloService)
 cd "$(dirname "$0")/.."
 n=${1:-1000}
 secs=${2:-10}
@@ -26,14 +28,14 @@ mpid=$!
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$admin/health" >/dev/null 2>&1 && break; sleep 0.1; done
 
 SIRIUS_LOG_LEVEL=warn taskset -c 1 "$build/src/sirius-agent" --server 127.0.0.1:$port --count "$n" \
-  --id-prefix hb- --heartbeat-interval 0.001 --heartbeat-burst 64 2>"$tmp/agents.log" &
+  --id-prefix hb- --heartbeat-interval 0.001 --heartbeat-burst 64 --protocol "$protocol" 2>"$tmp/agents.log" &
 for _ in $(seq 300); do [ "$(total)" = "$n" ] && break; sleep 0.1; done
 sleep 2 # warm-up
 h0=$(hb); c0=$(cpu_ticks $mpid); t0=$(date +%s.%N)
 sleep "$secs"
 h1=$(hb); c1=$(cpu_ticks $mpid); t1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
-awk -v h0="$h0" -v h1="$h1" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v hz="$hz" -v n="$n" 'BEGIN {
+awk -v h0="$h0" -v h1="$h1" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v hz="$hz" -v n="$n" -v p="$protocol" 'BEGIN {
   dt = t1 - t0; cpu = (c1 - c0) / hz / dt;
-  printf "agents=%d heartbeats=%d seconds=%.2f rate_per_s=%.0f manager_cpu=%.2f cores per_core_rate=%.0f\n",
-    n, h1 - h0, dt, (h1 - h0) / dt, cpu, (h1 - h0) / dt / (cpu > 0 ? cpu : 1) }'
+  printf "protocol=%s agents=%d heartbeats=%d seconds=%.2f rate_per_s=%.0f manager_cpu=%.2f cores per_core_rate=%.0f\n",
+    p, n, h1 - h0, dt, (h1 - h0) / dt, cpu, (h1 - h0) / dt / (cpu > 0 ? cpu : 1) }'

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Memory per idle connected agent: RSS growth of sirius-manager with N agents connected
 # (sirius-agent --count N, connections spread over loopback source addresses), divided by N.
+# Env: PROTOCOL=hello measures hello.HelloService agents (SiriusScan's) instead of scan ones.
 # Usage: bench/idle-agents.sh [N=10000] [builddir=build]
 set -euo pipefail
+protocol=${PROTOCOL:-scan} # the agents' protocol: scan or hello (hello.HelloService)
 cd "$(dirname "$0")/.."
 n=${1:-10000}
 build=${2:-build}
@@ -24,7 +26,7 @@ before=$(rss_kb $mpid)
 addrs=$(seq -s, -f '127.0.0.%g' 2 9)
 SIRIUS_LOG_LEVEL=warn "$build/src/sirius-agent" --server 127.0.0.1:$port --count "$n" \
   --id-prefix idle- --heartbeat-interval 60 --ramp-ms 3000 --source-addrs "$addrs" \
-  --capabilities scan_type=nmap,os=linux 2>"$tmp/agents.log" &
+  --capabilities scan_type=nmap,os=linux --protocol "$protocol" 2>"$tmp/agents.log" &
 start=$(date +%s.%N)
 for _ in $(seq 600); do
   [ "$(total)" = "$n" ] && break
@@ -35,5 +37,5 @@ registered=$(date +%s.%N)
 sleep 3 # let allocations settle
 after=$(rss_kb $mpid)
 per=$(( (after - before) * 1024 / n ))
-echo "agents=$got/$n rss_before_kb=$before rss_after_kb=$after per_agent_bytes=$per" \
+echo "protocol=$protocol agents=$got/$n rss_before_kb=$before rss_after_kb=$after per_agent_bytes=$per" \
   "register_s=$(echo "$registered - $start" | bc)"
