@@ -91,14 +91,47 @@ static void read_stream(size_t max_len, const uint8_t *in, size_t len, uint32_t 
   grpc_frame_reader_finish(&r);
 }
 
-/* Decodes msg as type, encodes it again, and checks the second encoding decodes to the same
- * bytes (protobuf-c's canonical form is stable after one round). */
+/* Drops the unknown fields of m and of every message inside it. The manager never encodes a
+ * message it decoded, so unknown fields never travel on; and protobuf-c keeps some it should
+ * refuse: a field-0 tag written as an overlong varint ("80 00") decodes, is kept as unknown,
+ * and is encoded again as a plain 0x00 tag, which no decoder accepts
+ * (fuzz/crashes/grpc_frame/field0-overlong-tag). */
+static void strip_unknown(ProtobufCMessage *m) {
+  for (unsigned i = 0; i < m->n_unknown_fields; i++)
+    free(m->unknown_fields[i].data);
+  free(m->unknown_fields);
+  m->unknown_fields = NULL;
+  m->n_unknown_fields = 0;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    char *at = (char *)m + f->offset;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(size_t *)((char *)m + f->quantifier_offset);
+      ProtobufCMessage **sub = *(ProtobufCMessage ***)at;
+      for (size_t k = 0; k < n; k++)
+        if (sub[k] != NULL)
+          strip_unknown(sub[k]);
+    } else {
+      ProtobufCMessage *sub = *(ProtobufCMessage **)at;
+      if (sub != NULL && (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
+                          *(uint32_t *)((char *)m + f->quantifier_offset) == f->id))
+        strip_unknown(sub);
+    }
+  }
+}
+
+/* Decodes msg as type, encodes it again (without unknown fields), and checks the second
+ * encoding decodes to the same bytes (protobuf-c's canonical form is stable after one round). */
 static void roundtrip(const ProtobufCMessageDescriptor *d, const uint8_t *msg, size_t len) {
   ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, msg);
   if (m == NULL)
     return;
   if (!protobuf_c_message_check(m))
     fz_fail("%s: decoded message fails protobuf_c_message_check", d->name);
+  strip_unknown(m);
   size_t n1 = protobuf_c_message_get_packed_size(m);
   uint8_t *b1 = malloc(n1 ? n1 : 1);
   if (protobuf_c_message_pack(m, b1) != n1)

@@ -7,7 +7,10 @@
 # trips an oracle, naming the input.
 #
 # Usage: scripts/fuzz.sh [--short] [--time SECONDS] [--runs N] [target...]
-#   --short         what scripts/test.sh runs: replay, then 30 s per target
+#   --short         what scripts/test.sh runs: replay, then 100,000 executions per target from
+#                   a fixed seed and only the committed corpus, so the run is the same on every
+#                   machine and a failure reproduces (the exploring forms below find new bugs;
+#                   each becomes a regression input in fuzz/crashes/)
 #   --time SECONDS  per target (default 60; the bench form: --time 1800 or --runs 10000000)
 #   --runs N        stop a target after N executions (whichever comes first with --time)
 #   targets         grpc_frame grpc_session http_admin amqp_intake settings keyfiles (default all)
@@ -19,13 +22,14 @@ root=$(pwd)
 all=(grpc_frame grpc_session http_admin amqp_intake settings keyfiles)
 time_s=60
 runs=""
+short=0
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
-  --short) time_s=30 ;;
+  --short) short=1; time_s=300; runs=100000 ;;
   --time) time_s=$2; shift ;;
   --runs) runs=$2; shift ;;
-  -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
   *) targets+=("$1") ;;
   esac
   shift
@@ -69,6 +73,14 @@ for t in "${targets[@]}"; do
     continue
   fi
   run_opts=("-max_total_time=$time_s")
+  if [ "$short" = 1 ]; then
+    # Deterministic: fixed seed, fixed number of runs, new units kept apart from the corpus a
+    # longer run left behind.
+    run_opts+=(-seed=1)
+    work="$root/$bdir/corpus-short/$t"
+    rm -rf "$work"
+    mkdir -p "$work"
+  fi
   [ -n "$runs" ] && run_opts+=("-runs=$runs")
   [ "$jobs" -gt 1 ] && run_opts+=("-fork=$jobs")
   "$bin" "${opts[@]}" "${run_opts[@]}" "$work" "$root/fuzz/corpus/$t" >>"$log" 2>&1
