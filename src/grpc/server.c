@@ -24,6 +24,9 @@
 #define CONNECTION_WINDOW (1u << 20)
 #define KEEPALIVE_TIMEOUT_MS 20000 /* PING answer deadline (gRPC's default), capped by interval */
 #define HANDSHAKE_TIMEOUT_S 10.0
+/* From the end of the TLS handshake (h2c: from accept) to the client's HTTP/2 preface and first
+ * frame: a real client sends both at once. */
+#define PREFACE_TIMEOUT_S 10.0
 #define LINGER_MS 2000 /* discard input this long after the GOAWAY, waiting for EOF */
 
 enum { SVC_AGENT, SVC_HELLO, SVC_HEALTH, SVC_REFLECTION_V1ALPHA, SVC_REFLECTION_V1, SVC_COUNT };
@@ -205,6 +208,7 @@ int grpc_server_create(uv_loop_t *loop, const grpc_server_config *s, agent_regis
       .keepalive_timeout_ms =
           keepalive && keepalive < KEEPALIVE_TIMEOUT_MS ? keepalive : KEEPALIVE_TIMEOUT_MS,
       .idle_ms = to_ms(s->idle_timeout_s),
+      .preface_ms = to_ms(PREFACE_TIMEOUT_S),
       .max_output_bytes = s->max_output_bytes,
       .stall_ms = to_ms(s->stall_timeout_s),
       .max_buffered_per_conn = per_conn,

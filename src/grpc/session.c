@@ -108,7 +108,9 @@ struct grpc_session {
   uint64_t ping_sent_ms;     /* keepalive PING outstanding since; 0: none */
   uint64_t stalled_since_ms; /* output over the maximum since; 0: not */
   uint64_t timer_due_ms;     /* what the transport's timer is set to; 0: not set */
+  uint64_t started_ms;       /* when the session began (the preface deadline counts from it) */
   unsigned draining : 1, closing : 1, dead : 1, destroying : 1;
+  unsigned greeted : 1; /* the client's preface and first frame (its SETTINGS) arrived */
   /* nghttp2's large buffers (its 16 KiB outbound frame buffer above all) live in their own
    * page-aligned mappings so that an idle connection can hand their pages back (see trim). */
   struct {
@@ -691,6 +693,7 @@ static void call_half_close(grpc_call *c) {
 
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user_data) {
   grpc_session *s = user_data;
+  s->greeted = 1;
   grpc_call *c =
       frame->hd.stream_id ? nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id) : NULL;
   switch (frame->hd.type) {
@@ -1046,7 +1049,9 @@ int grpc_session_create(const grpc_session_config *cfg, const grpc_session_io *i
     return rv == NGHTTP2_ERR_NOMEM ? SM_ENOMEM : SM_EINVAL;
   }
   uint64_t now = now_ms(s);
-  s->last_recv_ms = s->idle_since_ms = now;
+  s->last_recv_ms = s->idle_since_ms = s->started_ms = now;
+  if (cfg->preface_ms)
+    arm(s, now + cfg->preface_ms);
   if (cfg->keepalive_ms)
     arm(s, now + cfg->keepalive_ms);
   if (cfg->idle_ms)
@@ -1128,6 +1133,17 @@ int grpc_session_timer(grpc_session *s) {
   const grpc_session_config *cfg = s->cfg;
   uint64_t now = now_ms(s), next = 0;
   s->timer_due_ms = 0;
+
+  /* A peer that opens connections and never says a word (or drips the 24-byte preface) would
+   * otherwise hold each one until the idle timeout, minutes. */
+  if (!s->greeted && cfg->preface_ms) {
+    if (now - s->started_ms >= cfg->preface_ms) {
+      sm_log_info("grpc", "no HTTP/2 preface in time, closing",
+                  SM_LS("peer", s->io->peer(s->io_ud)), SM_LI("timeout_ms", cfg->preface_ms));
+      return SM_ETIMEDOUT;
+    }
+    next_due(&next, s->started_ms + cfg->preface_ms);
+  }
 
   SM_LIST_FOREACH(it, &s->calls) {
     grpc_call *c = SM_LIST_ENTRY(it, grpc_call, node);

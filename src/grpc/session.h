@@ -38,6 +38,8 @@ typedef struct grpc_session_config {
   uint64_t keepalive_ms;         /* PING after this much silence; 0: never */
   uint64_t keepalive_timeout_ms; /* close when the PING gets no answer in this */
   uint64_t idle_ms;              /* close a connection without calls after this; 0: never */
+  uint64_t preface_ms;           /* the client preface and first frame must arrive in this of the
+                                    session's start, else the connection is closed; 0: no bound */
   size_t max_output_bytes;       /* stop producing above this (transport + queued messages) */
   uint64_t stall_ms;             /* close when output stays above the maximum this long */
   /* Request buffering (see grpc_buffer_pool): a connection holding more than

@@ -167,6 +167,34 @@ def test_slow_preface_is_ended_by_the_idle_timeout(run_attack):
     assert r["goaway"] == 0 and r["seconds"] < 5, r  # GOAWAY NO_ERROR at the idle timeout
 
 
+def test_silent_connections_are_closed_after_the_preface_timeout(run_attack):
+    """Connections that send nothing, or only part of the 24-byte client preface, are closed
+    about 10 s after accept (the preface timeout, docs/agent-protocol.md), not after
+    GRPC_IDLE_TIMEOUT (left at its 300 s default here); Ping and /health served meanwhile."""
+    def attack(m):
+        silent = A.idle_connections(m.grpc_addr, count=20, hold=0.1, preface=False)["conns"]
+        half = A.idle_connections(m.grpc_addr, count=20, hold=0.1, preface=False)["conns"]
+        for c in half:
+            c.send(A.PREFACE[:12])
+        conns = silent + half
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 40 and not all(c.eof for c in conns):
+            for c in conns:
+                c.poll()
+            time.sleep(0.2)
+        r = {"closed": sum(1 for c in conns if c.eof), "seconds": time.monotonic() - t0,
+             "goaway": sorted({c.goaway for c in conns if c.goaway is not None})}
+        for c in conns:
+            c.close()
+        return r
+    r, m = run_attack(attack, name="silent connections")
+    assert r["closed"] == 40, r
+    assert r["goaway"] == [], r  # no preface, no HTTP/2: a plain close
+    from conftest import wait_for
+    wait_for(lambda: "no HTTP/2 preface in time" in m.logs(), timeout=5,
+             what="the log line")
+
+
 def test_many_idle_connections(run_attack):
     """400 connections that send the preface and sit: about 15 KiB of RSS each (bound: 64 KiB),
     all closed with GOAWAY NO_ERROR by GRPC_IDLE_TIMEOUT; Ping and /health served meanwhile."""
